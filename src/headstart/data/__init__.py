@@ -1,0 +1,1 @@
+"""Datasets: importing Fashion-MNIST, reading ImageFolder splits, decoding into tensors."""
