@@ -1,0 +1,72 @@
+"""A trained model on disk: `model.safetensors` plus `model.json` (architecture, classes, preset).
+
+Everything needed to rebuild the network without downloading weights, and without pickle.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from headstart.errors import DataError
+from headstart.presets import Preset
+
+WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "model.json"
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    arch: str
+    classes: tuple[str, ...]
+    preset: Preset
+    role: str
+    weights_source: str | None = None
+    run_id: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        data: dict[str, Any] = asdict(self)
+        data["preset"] = self.preset.to_dict()
+        data["classes"] = list(self.classes)
+        return json.dumps(data, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelCard:
+        data = json.loads(text)
+        return cls(
+            arch=data["arch"], classes=tuple(data["classes"]), preset=Preset.from_dict(data["preset"]),
+            role=data["role"], weights_source=data.get("weights_source"), run_id=data.get("run_id"),
+            metrics=dict(data.get("metrics", {})),
+        )
+
+
+def save(model: nn.Module, card: ModelCard, folder: Path) -> Path:
+    from headstart.models import save_weights
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_weights(model, folder / WEIGHTS_FILE)
+    (folder / CARD_FILE).write_text(card.to_json() + "\n")
+    return folder
+
+
+def load_card(folder: Path) -> ModelCard:
+    card_path = folder / CARD_FILE
+    if not card_path.is_file() or not (folder / WEIGHTS_FILE).is_file():
+        raise DataError(f"{folder}: not a Headstart model folder (needs {CARD_FILE} and {WEIGHTS_FILE})")
+    return ModelCard.from_json(card_path.read_text())
+
+
+def load(folder: Path) -> tuple[nn.Module, ModelCard]:
+    """Rebuild the architecture with random init, then load the trained weights (safetensors)."""
+    from headstart.models import build_model, load_weights
+
+    card = load_card(folder)
+    built = build_model(card.arch, None, len(card.classes), in_channels=card.preset.channels)
+    load_weights(built.model, folder / WEIGHTS_FILE)
+    built.model.eval()
+    return built.model, card

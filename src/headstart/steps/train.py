@@ -1,0 +1,144 @@
+"""Train one candidate: `finetune` (pre-trained backbone) or `scratch` (random init baseline)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from headstart import modelio, plots
+from headstart.checkpoint import Checkpointer
+from headstart.config import Frozen, TrackingConfig, build, section
+from headstart.data.imagefolder import list_classes, load_split
+from headstart.engine import EngineConfig, EpochStats, fit
+from headstart.presets import Preset
+
+Role = Literal["finetune", "scratch"]
+
+
+class TrainConfig(Frozen):
+    role: Role
+    backbone: str = "efficientnet_lite0"
+    weights: str | None = "imagenet"
+    image_size: int = 64
+    channels: int = 3
+    images_per_class: int | None = 100
+    val_images_per_class: int | None = 100
+    epochs: int = 8
+    batch_size: int = 64
+    lr_head: float = 3e-3
+    lr_backbone: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    probe_epochs: int = 0
+    patience: int = 3
+    augment: bool = True
+    flip: bool = True
+    max_shift: float = 0.1
+    seed: int = 42
+    threads: int | None = None
+    checkpoint_dir: str | None = ".headstart/checkpoints"
+
+    def engine(self) -> EngineConfig:
+        fields = EngineConfig.__dataclass_fields__
+        return EngineConfig(**{k: v for k, v in self.model_dump().items() if k in fields})
+
+    def fingerprint(self, data_dir: Path) -> str:
+        """Ties checkpoints to this config and this dataset version, so a resume never mixes runs."""
+        stamp = json.dumps(self.model_dump(exclude={"checkpoint_dir", "threads"}), sort_keys=True)
+        dvc_file = data_dir.with_suffix(".dvc")
+        stamp += dvc_file.read_text() if dvc_file.is_file() else str(data_dir.resolve())
+        return hashlib.sha256(stamp.encode()).hexdigest()[:16]
+
+
+def config_from_params(params: dict[str, Any], role: Role) -> TrainConfig:
+    merged = {**section(params, "train.shared"), **section(params, f"train.{role}"), "role": role}
+    if "seed" not in merged and "seed" in params:
+        merged["seed"] = params["seed"]
+    return build(TrainConfig, merged, f"train.{role}")
+
+
+@dataclass
+class TrainResult:
+    role: str
+    model_dir: str
+    run_id: str | None
+    best_epoch: int
+    best_val_accuracy: float
+    seconds: float
+    epochs_run: int
+    resumed_from: int | None
+
+
+def run(cfg: TrainConfig, data_dir: Path, out_dir: Path, tracking: TrackingConfig | None = None) -> TrainResult:
+    """Train on `data_dir` (ImageFolder) and write the best model to `out_dir`."""
+    from headstart.models import build_model, count_params, head_and_backbone_params
+
+    import torch
+
+    classes = list_classes(data_dir)
+    torch.manual_seed(cfg.seed)  # the head (and a scratch model) is initialised from this seed
+    built = build_model(cfg.backbone, cfg.weights, len(classes), in_channels=cfg.channels)
+    preset = Preset(cfg.image_size, built.in_channels, built.mean, built.std)
+    train = load_split(data_dir, "train", preset, classes, cfg.images_per_class, cfg.seed)
+    val = load_split(data_dir, "val", preset, classes, cfg.val_images_per_class, cfg.seed)
+    head, backbone = head_and_backbone_params(built)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = None
+    if cfg.checkpoint_dir:
+        ckpt = Checkpointer(Path(cfg.checkpoint_dir) / cfg.role, cfg.fingerprint(data_dir))
+
+    def log_epoch(stats: EpochStats) -> None:
+        if tracking is not None:
+            import mlflow
+
+            metrics = {k: v for k, v in asdict(stats).items() if k != "epoch"}
+            mlflow.log_metrics(metrics, step=stats.epoch)
+
+    with _tracking_run(tracking, cfg, len(train.y), count_params(built.model)) as run_id:
+        result = fit(built.model, head, backbone, preset, train, val, cfg.engine(), log_epoch, ckpt, cfg.role)
+        history = [asdict(h) for h in result.history]
+        curve = plots.learning_curve(history, out_dir / "learning_curve.png", f"{cfg.role}: {cfg.backbone}")
+        metrics = {"best_val_accuracy": result.best_val_accuracy, "train_seconds": result.seconds,
+                   "best_epoch": float(result.best_epoch)}
+        card = modelio.ModelCard(arch=cfg.backbone, classes=classes, preset=preset, role=cfg.role,
+                                 weights_source=cfg.weights, run_id=run_id, metrics=metrics)
+        modelio.save(built.model, card, out_dir / "model")
+        (out_dir / "history.json").write_text(json.dumps(history, indent=2) + "\n")
+        if tracking is not None:
+            import mlflow
+
+            mlflow.log_metrics(metrics)
+            mlflow.log_artifact(str(curve))
+            mlflow.log_artifact(str(out_dir / "history.json"))
+    summary = TrainResult(
+        role=cfg.role, model_dir=str(out_dir / "model"), run_id=run_id, best_epoch=result.best_epoch,
+        best_val_accuracy=result.best_val_accuracy, seconds=result.seconds,
+        epochs_run=len(result.history), resumed_from=result.resumed_from,
+    )
+    (out_dir / "metrics.json").write_text(json.dumps(asdict(summary), indent=2, sort_keys=True) + "\n")
+    return summary
+
+
+@contextlib.contextmanager
+def _tracking_run(
+    tracking: TrackingConfig | None, cfg: TrainConfig, n_train: int, n_params: int
+) -> Iterator[str | None]:
+    """An MLflow run with the config as params, or nothing when tracking is off."""
+    if tracking is None:
+        yield None
+        return
+    import mlflow
+
+    from headstart import tracking as trk
+
+    with trk.run(tracking, f"train-{cfg.role}", {"headstart.step": "train", "headstart.role": cfg.role}) as rid:
+        params = cfg.model_dump(exclude={"checkpoint_dir"})
+        params.update(train_images=n_train, parameters=n_params)
+        mlflow.log_params({k: str(v) for k, v in params.items()})
+        yield rid

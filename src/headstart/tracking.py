@@ -1,0 +1,53 @@
+"""MLflow set-up done inside functions, never at import: URI, experiment and artifact location."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from headstart.config import TrackingConfig
+from headstart.errors import RegistryError
+
+
+def _is_local_store(uri: str) -> bool:
+    return uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri
+
+
+def configure(tracking: TrackingConfig) -> str:
+    """Point MLflow at the store and return the experiment id (created on first use)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    uri = tracking.resolved_uri()
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+    try:
+        exp = mlflow.get_experiment_by_name(tracking.experiment)
+        if exp is not None:
+            return exp.experiment_id
+        location = None
+        if _is_local_store(uri) and "://" not in tracking.artifact_root:
+            folder = Path(tracking.artifact_root).resolve()
+            folder.mkdir(parents=True, exist_ok=True)
+            location = folder.as_uri()
+        return mlflow.create_experiment(tracking.experiment, artifact_location=location)
+    except MlflowException as exc:
+        raise RegistryError(f"MLflow at {uri}: {exc.message}") from exc
+
+
+@contextlib.contextmanager
+def run(tracking: TrackingConfig, name: str, tags: dict[str, str] | None = None) -> Iterator[str]:
+    """Start an MLflow run in the Headstart experiment and yield its id."""
+    import mlflow
+
+    experiment_id = configure(tracking)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags or {}) as active:
+        yield active.info.run_id
+
+
+def ui_command(tracking: TrackingConfig) -> str:
+    return f"mlflow ui --backend-store-uri {tracking.resolved_uri()} --port 5000"

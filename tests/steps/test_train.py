@@ -1,0 +1,130 @@
+"""The training step and engine on a tiny generated ImageFolder (1-2 epochs, 32 px)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from headstart import modelio
+from headstart.checkpoint import Checkpointer
+from headstart.config import TrackingConfig
+from headstart.data.imagefolder import list_classes, load_split
+from headstart.engine import EngineConfig, fit, predict_logits
+from headstart.models import build_model, head_and_backbone_params
+from headstart.presets import Preset
+from headstart.steps import train
+
+
+def _cfg(role: str = "scratch", **kw) -> train.TrainConfig:
+    base = dict(role=role, backbone="small_cnn", weights="none", channels=1, image_size=32, epochs=2,
+                images_per_class=None, val_images_per_class=None, checkpoint_dir=None, batch_size=16)
+    base.update(kw)
+    return train.TrainConfig(**base)
+
+
+def test_finetune_step_writes_a_reloadable_model_and_logs_to_mlflow(tiny_imagefolder: Path, tmp_path: Path):
+    import mlflow
+
+    tracking = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "art"))
+    cfg = _cfg("finetune", backbone="efficientnet_lite0", weights="imagenet", channels=3, epochs=1)
+    result = train.run(cfg, tiny_imagefolder, tmp_path / "ft", tracking)
+    model, card = modelio.load(Path(result.model_dir))
+    assert card.classes == ("circle", "square", "stripes")
+    assert card.preset.mean == (0.5, 0.5, 0.5) and card.preset.image_size == 32
+    assert (tmp_path / "ft" / "learning_curve.png").stat().st_size > 1000
+    run = mlflow.get_run(result.run_id)
+    assert run.data.params["backbone"] == "efficientnet_lite0" and run.data.params["weights"] == "imagenet"
+    assert "val_accuracy" in run.data.metrics and "train_loss" in run.data.metrics
+    history = mlflow.MlflowClient().get_metric_history(result.run_id, "val_accuracy")
+    assert [m.step for m in history] == [1]
+
+
+def test_same_seed_same_cpu_gives_same_weights_and_metrics(tiny_imagefolder: Path, tmp_path: Path):
+    a = train.run(_cfg(), tiny_imagefolder, tmp_path / "a")
+    b = train.run(_cfg(), tiny_imagefolder, tmp_path / "b")
+    assert a.best_val_accuracy == b.best_val_accuracy
+    wa = (tmp_path / "a/model/model.safetensors").read_bytes()
+    wb = (tmp_path / "b/model/model.safetensors").read_bytes()
+    assert wa == wb
+
+
+def test_scratch_learns_the_tiny_task(tiny_imagefolder: Path, tmp_path: Path):
+    result = train.run(_cfg(epochs=6, lr_head=0.01, lr_backbone=0.01), tiny_imagefolder, tmp_path / "s")
+    assert result.best_val_accuracy >= 0.75  # 3 classes: chance is 0.33
+
+
+def _setup(data: Path):
+    classes = list_classes(data)
+    torch.manual_seed(0)
+    built = build_model("small_cnn", None, len(classes), in_channels=1)
+    preset = Preset(32, 1, built.mean, built.std)
+    tr = load_split(data, "train", preset, classes)
+    va = load_split(data, "val", preset, classes)
+    head, backbone = head_and_backbone_params(built)
+    return built.model, head, backbone, preset, tr, va
+
+
+def test_interrupted_training_resumes_to_the_same_weights(tiny_imagefolder: Path, tmp_path: Path):
+    cfg = EngineConfig(epochs=3, batch_size=16, patience=10, seed=3)
+    model, head, backbone, preset, tr, va = _setup(tiny_imagefolder)
+    full = fit(model, head, backbone, preset, tr, va, cfg)
+
+    class Killed(Exception):
+        pass
+
+    def die_after_epoch_2(stats):
+        if stats.epoch == 2:
+            raise Killed
+
+    ckpt = Checkpointer(tmp_path / "ckpt", "fp")
+    model, head, backbone, preset, tr, va = _setup(tiny_imagefolder)
+    with pytest.raises(Killed):
+        # the checkpoint is written after the callback, so the last one on disk is epoch 1
+        fit(model, head, backbone, preset, tr, va, cfg, on_epoch=die_after_epoch_2, checkpointer=ckpt)
+    assert [p.name for p in sorted((tmp_path / "ckpt").glob("*.pt"))] == ["epoch-0001.pt"]
+    model, head, backbone, preset, tr, va = _setup(tiny_imagefolder)
+    ckpt2 = Checkpointer(tmp_path / "ckpt", "fp")
+    resumed = fit(model, head, backbone, preset, tr, va, cfg, checkpointer=ckpt2)
+    assert resumed.resumed_from == 1
+    assert [h.val_accuracy for h in resumed.history] == [h.val_accuracy for h in full.history]
+    for key, value in full.best_state.items():
+        assert torch.equal(value, resumed.best_state[key]), key
+
+
+def test_torn_checkpoint_falls_back_to_the_previous_one(tiny_imagefolder: Path, tmp_path: Path):
+    cfg = EngineConfig(epochs=2, batch_size=16, patience=10)
+    model, head, backbone, preset, tr, va = _setup(tiny_imagefolder)
+    fit(model, head, backbone, preset, tr, va, cfg, checkpointer=Checkpointer(tmp_path / "c", "fp"))
+    newest = tmp_path / "c" / "epoch-0002.pt"
+    newest.write_bytes(newest.read_bytes()[:100])  # as if killed mid-write without the atomic rename
+    model, head, backbone, preset, tr, va = _setup(tiny_imagefolder)
+    ckpt = Checkpointer(tmp_path / "c", "fp")
+    resumed = fit(model, head, backbone, preset, tr, va, cfg, checkpointer=ckpt)
+    assert resumed.resumed_from == 1
+
+
+def test_checkpoint_of_another_config_is_not_used(tiny_imagefolder: Path, tmp_path: Path):
+    cfg = EngineConfig(epochs=1, batch_size=16)
+    model, head, backbone, preset, tr, va = _setup(tiny_imagefolder)
+    fit(model, head, backbone, preset, tr, va, cfg, checkpointer=Checkpointer(tmp_path / "c", "one"))
+    model, head, backbone, preset, tr, va = _setup(tiny_imagefolder)
+    result = fit(model, head, backbone, preset, tr, va, cfg, checkpointer=Checkpointer(tmp_path / "c", "two"))
+    assert result.resumed_from is None
+
+
+def test_predict_logits_matches_a_plain_forward(tiny_imagefolder: Path):
+    model, _, _, preset, _, va = _setup(tiny_imagefolder)
+    logits = predict_logits(model, preset, va.x, batch_size=5)
+    model.eval()
+    with torch.no_grad():
+        plain = model(preset.normalize(va.x))
+    assert torch.allclose(logits, plain, atol=1e-5)
+
+
+def test_train_config_rejects_unknown_keys_naming_them():
+    from headstart.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train\.finetune\.epoch"):
+        train.config_from_params({"train": {"finetune": {"epoch": 3}}}, "finetune")
