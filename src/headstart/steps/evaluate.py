@@ -1,0 +1,151 @@
+"""Evaluate both candidates, and the current champion when there is one, on the same test split."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from headstart import modelio, plots, stats
+from headstart.config import Frozen, TrackingConfig, build, section
+from headstart.data.imagefolder import load_split
+from headstart.engine import predict_logits
+from headstart.errors import DataError
+
+
+class EvaluateConfig(Frozen):
+    ci_level: float = 0.95
+    bootstrap_samples: int = 2000
+    seed: int = 0
+    batch_size: int = 256
+    include_champion: bool = True
+
+
+def config_from_params(params: dict[str, Any]) -> EvaluateConfig:
+    return build(EvaluateConfig, section(params, "evaluate"), "evaluate")
+
+
+@dataclass
+class EvaluateResult:
+    models: dict[str, dict[str, Any]]
+    comparison: dict[str, Any]
+    champion_version: str | None
+    classes: list[str]
+    files: dict[str, str] = field(default_factory=dict)
+
+
+def predict_folder(model_dir: Path, data_dir: Path, batch_size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Predictions of a saved model on the test split, decoded with the model's own preset."""
+    model, card = modelio.load(model_dir)
+    test = load_split(data_dir, "test", card.preset, card.classes)
+    logits = predict_logits(model, card.preset, test.x, batch_size)
+    return test.y.numpy(), logits.argmax(1).numpy(), list(test.paths)
+
+
+def summarise(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    n = len(classes)
+    recall = stats.per_class_recall(y_true, y_pred, n)
+    return {
+        "accuracy": stats.accuracy(y_true, y_pred),
+        "macro_f1": stats.macro_f1(y_true, y_pred, n),
+        "per_class_recall": {c: float(r) for c, r in zip(classes, recall, strict=True)},
+        "n_test": int(len(y_true)),
+    }
+
+
+def confusion(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> np.ndarray:
+    return np.bincount(y_true * n + y_pred, minlength=n * n).reshape(n, n)
+
+
+def run(
+    cfg: EvaluateConfig,
+    data_dir: Path,
+    candidates: dict[str, Path],
+    out_dir: Path,
+    tracking: TrackingConfig | None = None,
+) -> EvaluateResult:
+    """Write predictions.npz, metrics.json, confusion PNGs and report.md to `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    preds: dict[str, np.ndarray] = {}
+    y_true: np.ndarray | None = None
+    paths: list[str] = []
+    classes: list[str] = []
+    for name, folder in candidates.items():
+        y, p, paths_ = predict_folder(folder, data_dir, cfg.batch_size)
+        classes_ = list(modelio.load_card(folder).classes)
+        if y_true is not None and (paths_ != paths or classes_ != classes):
+            raise DataError(f"{folder}: model was trained on other classes than {classes}; cannot compare")
+        y_true, paths, classes, preds[name] = y, paths_, classes_, p
+    assert y_true is not None
+    champion_version = None
+    if cfg.include_champion and tracking is not None:
+        from headstart import registry
+
+        found = registry.champion_model_dir(tracking, out_dir / "champion_model")
+        if found is not None:
+            champ_dir, champion_version = found
+            if list(modelio.load_card(champ_dir).classes) == classes:
+                preds["champion"] = predict_folder(champ_dir, data_dir, cfg.batch_size)[1]
+    models = {name: summarise(y_true, p, classes) for name, p in preds.items()}
+    files: dict[str, str] = {}
+    for name, p in preds.items():
+        png = plots.confusion_matrix_png(confusion(y_true, p, len(classes)), classes,
+                                         out_dir / f"confusion_{name}.png", f"{name}: confusion matrix")
+        files[f"confusion_{name}"] = str(png)
+    comparison = paired_comparison(preds, y_true, cfg)
+    np.savez_compressed(out_dir / "predictions.npz", y_true=y_true, paths=np.array(paths),
+                        **{f"pred_{k}": v for k, v in preds.items()})
+    result = EvaluateResult(models=models, comparison=comparison, champion_version=champion_version,
+                            classes=classes, files=files)
+    payload = {"models": models, "comparison": comparison, "champion_version": champion_version,
+               "classes": classes}
+    (out_dir / "metrics.json").write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    (out_dir / "report.md").write_text(report_markdown(result))
+    return result
+
+
+def paired_comparison(preds: dict[str, np.ndarray], y_true: np.ndarray, cfg: EvaluateConfig) -> dict[str, Any]:
+    """finetune vs scratch on the same images: McNemar exact test and a paired bootstrap CI."""
+    if "finetune" not in preds or "scratch" not in preds:
+        return {}
+    a, b = preds["finetune"] == y_true, preds["scratch"] == y_true
+    mc = stats.mcnemar_exact(a, b)
+    ci = stats.paired_bootstrap_diff(a, b, level=cfg.ci_level, n_boot=cfg.bootstrap_samples, seed=cfg.seed)
+    return {"pair": "finetune - scratch", "accuracy_diff": ci.diff, "ci_low": ci.low, "ci_high": ci.high,
+            "ci_level": ci.level, "mcnemar_p": mc.p_value, "finetune_only_right": mc.b10,
+            "scratch_only_right": mc.b01}
+
+
+def report_markdown(result: EvaluateResult) -> str:
+    lines = ["# Evaluation on the test split", "", "| model | accuracy | macro-F1 | test images |",
+             "|---|---:|---:|---:|"]
+    for name, m in result.models.items():
+        label = f"{name} (v{result.champion_version})" if name == "champion" else name
+        lines.append(f"| {label} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} | {m['n_test']} |")
+    c = result.comparison
+    if c:
+        lines += ["", f"Paired comparison ({c['pair']}): difference {c['accuracy_diff']:+.4f}, "
+                  f"{c['ci_level']:.0%} bootstrap CI [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}], "
+                  f"McNemar exact p = {c['mcnemar_p']:.3g}."]
+    lines += ["", "## Per-class recall", "", "| class | " + " | ".join(result.models) + " |",
+              "|---|" + "---:|" * len(result.models)]
+    for cls in result.classes:
+        row = " | ".join(f"{m['per_class_recall'][cls]:.3f}" for m in result.models.values())
+        lines.append(f"| {cls} | {row} |")
+    return "\n".join(lines) + "\n"
+
+
+def eval_for_gate(out_dir: Path, name: str, version: str | None = None):
+    """Load one model's predictions back as a gate.ModelEval."""
+    from headstart.gate import ModelEval
+
+    data = np.load(out_dir / "predictions.npz")
+    meta = json.loads((out_dir / "metrics.json").read_text())
+    if f"pred_{name}" not in data:
+        return None
+    return ModelEval(name=name, y_true=data["y_true"], y_pred=data[f"pred_{name}"],
+                     class_names=tuple(meta["classes"]), version=version)
+

@@ -1,0 +1,206 @@
+"""Register the winner, run the gate, and promote it only when every check passes.
+
+Order matters for "nothing is half done": the version is registered and fully tagged first;
+the champion alias is the very last write, and only after the decision and the serving check.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from headstart import registry
+from headstart.config import Frozen, TrackingConfig, build, section
+from headstart.errors import RegistryError
+from headstart.gate import Decision, GateThresholds, ModelEval, choose_winner, decide
+from headstart.steps.evaluate import eval_for_gate
+
+
+class RegisterConfig(Frozen):
+    serving_check_images: int = 32
+    description: str = "Headstart image classifier"
+
+
+def configs_from_params(params: dict[str, Any]) -> tuple[RegisterConfig, GateThresholds]:
+    return (build(RegisterConfig, section(params, "register"), "register"),
+            build(GateThresholds, section(params, "gate"), "gate"))
+
+
+@dataclass
+class RegisterResult:
+    model_name: str
+    version: str
+    winner: str
+    promoted: bool
+    alias: str | None
+    previous_champion: str | None
+    decision: dict[str, Any]
+
+
+def lineage(data_dir: Path) -> dict[str, str]:
+    """data.dvc md5 and git commit, so a registered version points back at code and data."""
+    tags = {}
+    dvc_file = data_dir.with_suffix(".dvc")
+    if dvc_file.is_file():
+        import yaml
+
+        outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs", [{}])
+        tags["data.dvc_md5"] = str(outs[0].get("md5", ""))
+    tags["git.commit"] = os.environ.get("HEADSTART_GIT_COMMIT") or _git_head() or "unknown"
+    return tags
+
+
+def _git_head() -> str | None:
+    """The commit of the working directory (the project checkout), if it is a git repo."""
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _log_model(tracking: TrackingConfig, model_dir: Path, card_run: str | None, sample: list[Path],
+               tags: dict[str, str], data_dir: Path) -> tuple[str, str]:
+    """Log the winner as a pyfunc (code + safetensors, no pickle) and register a new version."""
+    import mlflow
+    import pandas as pd
+    import headstart
+    from headstart import tracking as trk
+    from headstart.serving import ARTIFACT_KEY, MODEL_CODE, Classifier
+
+    classifier = Classifier(model_dir)
+    example = pd.DataFrame({"image": [p.read_bytes() for p in sample[:2]]})
+    signature = mlflow.models.infer_signature(example, classifier.predict(example))
+    exp_id = trk.configure(tracking)
+    with mlflow.start_run(run_id=card_run) if card_run else mlflow.start_run(
+        experiment_id=exp_id, run_name="register"
+    ) as active:
+        info = registry.retry("logging the model", lambda: mlflow.pyfunc.log_model(
+            name="model", python_model=str(MODEL_CODE), artifacts={ARTIFACT_KEY: str(model_dir)},
+            code_paths=[str(Path(headstart.__file__).parent)], signature=signature, input_example=example,
+            pip_requirements=pip_requirements(), registered_model_name=tracking.registered_model,
+            tags=tags,
+        ))
+        dataset = mlflow.data.from_pandas(pd.DataFrame({"dataset": [str(data_dir)], **{k: [v] for k, v in tags.items()
+                                                                                         if k.startswith("data")}}),
+                                          source=str(data_dir), name="imagefolder")
+        mlflow.log_input(dataset, context="test")
+        return str(info.registered_model_version), active.info.run_id
+
+
+def pip_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    pkgs = ["torch", "torchvision", "timm", "safetensors", "numpy", "pillow", "pandas", "mlflow", "pydantic",
+            "pyyaml", "tqdm"]
+    return [f"{p}=={version(p)}" for p in pkgs]
+
+
+def serving_check(tracking: TrackingConfig, version: str, images: list[Path], expected: list[str]) -> str | None:
+    """Load the version with mlflow.pyfunc in a fresh process; None if it reproduces the labels."""
+    with tempfile.TemporaryDirectory() as tmp:
+        listing, out = Path(tmp) / "images.txt", Path(tmp) / "out.json"
+        listing.write_text("\n".join(str(p.resolve()) for p in images))
+        env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.resolved_uri()}
+        uri = f"models:/{tracking.registered_model}/{version}"
+        proc = subprocess.run([sys.executable, "-m", "headstart.serving.check", "--model-uri", uri,
+                               "--images", str(listing), "--out", str(out)], env=env, capture_output=True, text=True)
+        if not out.is_file():
+            return f"serving check crashed (exit {proc.returncode}): {proc.stderr.strip()[-300:]}"
+        result = json.loads(out.read_text())
+    if not result["ok"]:
+        return f"serving check: the model does not load through mlflow.pyfunc: {result['error']}"
+    wrong = sum(a != b for a, b in zip(result["labels"], expected, strict=True))
+    if wrong:
+        return f"serving check: pyfunc disagrees with the evaluation on {wrong}/{len(expected)} images"
+    return None
+
+
+def run(cfg: RegisterConfig, thresholds: GateThresholds, data_dir: Path, candidates: dict[str, Path],
+        eval_dir: Path, out_dir: Path, tracking: TrackingConfig, promote: bool = True) -> RegisterResult:
+    """Pick the winner, register it, decide, check serving, then promote or record the rejection.
+
+    With promote=False the alias is left alone and the caller runs headstart.steps.promote on the
+    decision record (the Kubeflow pipeline does this inside a dsl.If on the decision).
+    """
+    from headstart import modelio
+
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    evaluated_champion = metrics.get("champion_version")
+    finetune, scratch = eval_for_gate(eval_dir, "finetune"), eval_for_gate(eval_dir, "scratch")
+    if finetune is None or scratch is None:
+        raise RegistryError(f"{eval_dir}: evaluation lacks the finetune or scratch predictions; re-run evaluate")
+    current = registry.champion(tracking)
+    if (current.version if current else None) != evaluated_champion:
+        raise RegistryError(
+            f"the champion changed since evaluation (evaluated v{evaluated_champion}, now "
+            f"v{current.version if current else None}); re-run evaluate so the gate compares against it"
+        )
+    champ = eval_for_gate(eval_dir, "champion", evaluated_champion)
+    winner, _ = choose_winner(finetune, scratch)
+    decision = decide(winner, scratch, champ, thresholds)
+    card = modelio.load_card(candidates[winner.name])
+    preds = np.load(eval_dir / "predictions.npz")
+    paths = [data_dir / p for p in preds["paths"][: cfg.serving_check_images]]
+    expected = [card.classes[i] for i in preds[f"pred_{winner.name}"][: cfg.serving_check_images]]
+    tags = {**lineage(data_dir), "headstart.winner": winner.name,
+            "headstart.finetune_run_id": modelio.load_card(candidates["finetune"]).run_id or "",
+            "headstart.scratch_run_id": modelio.load_card(candidates["scratch"]).run_id or "",
+            "headstart.pretraining_paid": str(decision.pretraining_paid)}
+    version, run_id = _log_model(tracking, candidates[winner.name], card.run_id, paths, tags, data_dir)
+    metric_tags = {f"metric.{k}.{m}": f"{v[m]:.4f}" for k, v in metrics["models"].items()
+                   for m in ("accuracy", "macro_f1")}
+    registry.set_version_tags(tracking, version, {**metric_tags, "params.arch": card.arch,
+                                                  "params.image_size": str(card.preset.image_size)})
+    failure = serving_check(tracking, version, paths, expected)
+    decision = _with_serving(decision, failure)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record = {**decision.to_dict(), "model_name": tracking.registered_model, "version": version,
+              "winner": winner.name}
+    (out_dir / "decision.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    (out_dir / "decision.md").write_text(decision.to_markdown())
+    _log_decision(run_id, out_dir)
+    previous = None
+    if promote:
+        from headstart.steps import promote as promote_step
+
+        previous = promote_step.run(out_dir / "decision.json", tracking).previous_champion
+    result = RegisterResult(model_name=tracking.registered_model, version=version, winner=winner.name,
+                            promoted=decision.promote and promote,
+                            alias=registry.CHAMPION if decision.promote and promote else None,
+                            previous_champion=previous, decision=record)
+    (out_dir / "registration.json").write_text(json.dumps(asdict(result), indent=2, sort_keys=True) + "\n")
+    return result
+
+
+def _with_serving(decision: Decision, failure: str | None) -> Decision:
+    """Add the serving check to the decision record; a failure rejects the version."""
+    from dataclasses import replace
+
+    from headstart.gate import Check
+
+    check = Check(name="serving_check", passed=failure is None, applies=True,
+                  detail=failure or "the registered version loads through mlflow.pyfunc in a fresh process "
+                  "and reproduces the evaluation's predictions")
+    reasons = decision.reasons + ((failure,) if failure else ())
+    return replace(decision, checks=decision.checks + (check,), promote=decision.promote and failure is None,
+                   reasons=reasons)
+
+
+def _log_decision(run_id: str, out_dir: Path) -> None:
+    from mlflow import MlflowClient
+
+    c = MlflowClient()
+    for name in ("decision.json", "decision.md"):
+        registry.retry(f"logging {name}", lambda n=name: c.log_artifact(run_id, str(out_dir / n), "decision"))
+
+
+__all__ = ["ModelEval", "RegisterConfig", "RegisterResult", "run"]
