@@ -1,0 +1,61 @@
+# Headstart: `make run` runs the whole loop locally (set-up included); `make test` runs the tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+export PATH := $(BIN):$(PATH)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST_ARGS ?=
+
+.PHONY: help setup data run repro summary test test-fast lint lint-infra bench compile clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+setup: $(VENV)/.installed  ## create .venv (pip; torch from this machine's disk) and install headstart
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -c requirements.lock -e '.[dev]'
+	@touch $@
+
+data: setup  ## build data/ from the Fashion-MNIST IDX files and check it matches data.dvc
+	@if [ -z "$$FASHION_MNIST_DIR" ] && [ ! -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] \
+	   && command -v apt-get >/dev/null; then \
+	  echo "installing the Debian package dataset-fashion-mnist"; \
+	  $(SUDO) apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	  ($(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q dataset-fashion-mnist >/dev/null) || \
+	  echo "apt-get could not install dataset-fashion-mnist; trying other sources"; \
+	fi
+	@if [ -d data ] && dvc status -q data.dvc 2>/dev/null; then echo "data/ matches data.dvc"; else \
+	  headstart data import-fashion-mnist --out data && \
+	  if dvc status -q data.dvc; then dvc commit -f -q data.dvc && echo "data/ matches data.dvc"; \
+	  else echo "error: the import does not match the hash pinned in data.dvc" >&2; dvc status data.dvc; exit 1; fi; \
+	fi
+
+run: data  ## the whole loop: validate, train both, evaluate, register, gate (dvc repro), then the summary
+	@start=$$(date +%s); dvc repro; rc=$$?; \
+	echo "wall time: $$(( $$(date +%s) - start ))s"; \
+	if [ -f outputs/decision/registration.json ]; then headstart summary; fi; exit $$rc
+
+repro: run
+
+summary: setup  ## print the last run's summary table again
+	headstart summary
+
+test: data  ## the full test suite (slow tests included)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast: setup  ## unit and step tests only
+	$(BIN)/python -m pytest -q -m "not slow and not integration" $(PYTEST_ARGS)
+
+lint: setup  ## ruff over the code
+	$(BIN)/ruff check src tests benchmarks
+
+bench: data  ## benchmarks; results land in benchmarks/results/
+	$(BIN)/python benchmarks/gate_simulation.py
+
+clean:  ## remove run outputs (keeps data/, the venv and the MLflow store)
+	rm -rf outputs .headstart/checkpoints

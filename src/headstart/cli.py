@@ -1,0 +1,201 @@
+"""`headstart` command line: thin drivers over headstart.steps, called by people and by dvc.yaml."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from headstart.errors import HeadstartError
+
+app = typer.Typer(
+    help="Headstart: retrain an image classifier, prove the pre-trained head start, promote only winners.\n\n"
+    "The loop: data -> validate -> train finetune + train scratch -> evaluate -> register (gate, promote).",
+    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+)
+data_app = typer.Typer(help="Build and inspect the versioned dataset.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console(stderr=True)
+
+ParamsOpt = Annotated[Path, typer.Option("--params", help="params.yaml to read knobs and thresholds from.")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a parameter, e.g. --set train.shared.epochs=2 (repeatable)."),
+]
+DataOpt = Annotated[Path, typer.Option("--data", help="Dataset root: <data>/<split>/<class>/<image>.")]
+
+
+def _params(params: Path, overrides: list[str] | None) -> dict[str, Any]:
+    from headstart.config import load_params
+
+    return load_params(params, overrides)
+
+
+def _tracking(p: dict[str, Any]):
+    from headstart.config import TrackingConfig, build, section
+
+    return build(TrackingConfig, section(p, "tracking"), "tracking")
+
+
+def _echo_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+@data_app.command("import-fashion-mnist")
+def import_fashion_mnist(
+    out: Annotated[Path, typer.Option(help="Where to write the ImageFolder (replaced atomically).")] = Path("data"),
+    source: Annotated[Path | None, typer.Option(help="Folder with the four *-ubyte.gz IDX files. Default: "
+                                                "$FASHION_MNIST_DIR, then /usr/share/datasets/fashion-mnist.")] = None,
+    download: Annotated[bool, typer.Option(help="Fall back to the upstream download when no local copy.")] = True,
+    params: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
+) -> None:
+    """Build data/{train,val,test}/<class>/*.png from Fashion-MNIST (checksums verified, deterministic)."""
+    from headstart.data.fashion_mnist import import_fashion_mnist as run
+
+    p = _params(params, overrides)
+    data_cfg = p.get("data", {})
+    result = run(out, val_per_class=int(data_cfg.get("val_per_class", 500)), seed=int(p.get("seed", 42)),
+                 source=source, download_dir=Path(".headstart/downloads") if download else None)
+    console.print(f"[green]imported[/] {result.counts} from {result.source} into {result.out_dir}")
+
+
+@app.command()
+def validate(
+    data: DataOpt = Path("data"),
+    out: Annotated[Path, typer.Option(help="Report folder (report.json, report.html, data_docs/).")] = Path(
+        "outputs/validation"),
+    params: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
+    track: Annotated[bool, typer.Option(help="Log the reports to MLflow.")] = True,
+) -> None:
+    """Validate the dataset (integrity, labels, leakage, distribution, drift); exit 3 on failure."""
+    from headstart.errors import ValidationFailed
+    from headstart.steps import validate as step
+
+    p = _params(params, overrides)
+    result = step.run(step.config_from_params(p), data, out, _tracking(p) if track else None)
+    table = step.format_failures(result)
+    if table:
+        console.print(table)
+    if not result.passed:
+        raise ValidationFailed(f"{data}: validation failed; see {out / 'report.html'}. No training was started.")
+    console.print(f"[green]validation passed[/]: {data} (report {out / 'report.html'})")
+
+
+@app.command()
+def train(
+    role: Annotated[str, typer.Argument(help="finetune (pre-trained backbone) or scratch (baseline).")],
+    data: DataOpt = Path("data"),
+    out: Annotated[Path | None, typer.Option(help="Output folder. Default: outputs/<role>.")] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
+) -> None:
+    """Train one candidate with the shared engine; settings from train.shared + train.<role>."""
+    from headstart.errors import ConfigError
+    from headstart.steps import train as step
+
+    if role not in ("finetune", "scratch"):
+        raise ConfigError(f"role {role!r}: choose finetune or scratch")
+    p = _params(params, overrides)
+    result = step.run(step.config_from_params(p, role), data, out or Path("outputs") / role, _tracking(p))
+    if result.resumed_from:
+        console.print(f"resumed from the checkpoint of epoch {result.resumed_from}")
+    console.print(f"[green]{role}[/]: best val accuracy {result.best_val_accuracy:.4f} at epoch "
+                  f"{result.best_epoch} in {result.seconds:.0f}s (MLflow run {result.run_id})")
+
+
+@app.command()
+def evaluate(
+    data: DataOpt = Path("data"),
+    finetune: Annotated[Path, typer.Option(help="Fine-tuned model folder.")] = Path("outputs/finetune/model"),
+    scratch: Annotated[Path, typer.Option(help="Scratch model folder.")] = Path("outputs/scratch/model"),
+    out: Annotated[Path, typer.Option(help="Evaluation folder.")] = Path("outputs/evaluation"),
+    params: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
+) -> None:
+    """Evaluate both candidates and the current champion on the same test split."""
+    from headstart.steps import evaluate as step
+
+    p = _params(params, overrides)
+    result = step.run(step.config_from_params(p), data, {"finetune": finetune, "scratch": scratch}, out,
+                      _tracking(p))
+    for name, m in result.models.items():
+        console.print(f"{name:>9}: accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}")
+
+
+@app.command()
+def register(
+    data: DataOpt = Path("data"),
+    finetune: Annotated[Path, typer.Option(help="Fine-tuned model folder.")] = Path("outputs/finetune/model"),
+    scratch: Annotated[Path, typer.Option(help="Scratch model folder.")] = Path("outputs/scratch/model"),
+    evaluation: Annotated[Path, typer.Option("--eval", help="Evaluation folder.")] = Path("outputs/evaluation"),
+    out: Annotated[Path, typer.Option(help="Decision folder.")] = Path("outputs/decision"),
+    params: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
+) -> None:
+    """Register the winner in MLflow, run the gate, promote it to `champion` only if every check passes."""
+    from headstart.steps import register as step
+
+    p = _params(params, overrides)
+    cfg, thresholds = step.configs_from_params(p)
+    result = step.run(cfg, thresholds, data, {"finetune": finetune, "scratch": scratch}, evaluation, out,
+                      _tracking(p))
+    verdict = "[green]promoted to champion[/]" if result.promoted else "[yellow]rejected[/] (champion unchanged)"
+    console.print(f"{result.model_name} v{result.version} ({result.winner}): {verdict}")
+
+
+@app.command()
+def summary(
+    outputs: Annotated[Path, typer.Option(help="Folder holding the step outputs.")] = Path("outputs"),
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Print the run's summary table: candidates, winner, gate checks, promotion, MLflow model."""
+    from headstart.summary import render
+
+    Console().print(render(outputs, _tracking(_params(params, None))))
+
+
+@app.command("run")
+def run_all(
+    data: DataOpt = Path("data"),
+    outputs: Annotated[Path, typer.Option(help="Folder for every step's outputs.")] = Path("outputs"),
+    params: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
+) -> None:
+    """Run the whole loop in-process (what `dvc repro` runs stage by stage), then print the summary."""
+    ctx_params = {"params": params, "overrides": overrides}
+    validate(data=data, out=outputs / "validation", track=True, **ctx_params)
+    for role in ("finetune", "scratch"):
+        train(role=role, data=data, out=outputs / role, **ctx_params)
+    evaluate(data=data, finetune=outputs / "finetune/model", scratch=outputs / "scratch/model",
+             out=outputs / "evaluation", **ctx_params)
+    register(data=data, finetune=outputs / "finetune/model", scratch=outputs / "scratch/model",
+             evaluation=outputs / "evaluation", out=outputs / "decision", **ctx_params)
+    summary(outputs=outputs, params=params)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors print one clear line and exit non-zero, without a traceback."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except HeadstartError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()
