@@ -51,8 +51,18 @@ test: data  ## the full test suite (slow tests included)
 test-fast: setup  ## unit and step tests only
 	$(BIN)/python -m pytest -q -m "not slow and not integration" $(PYTEST_ARGS)
 
-lint: setup  ## ruff over the code
+lint: setup lint-infra  ## ruff over the code, then the infra checks
 	$(BIN)/ruff check src tests benchmarks
+
+LINT_VENV := .venv-lint
+
+$(LINT_VENV)/.installed: requirements-lint.txt
+	@test -x $(LINT_VENV)/bin/python || $(PYTHON) -m venv $(LINT_VENV)
+	$(LINT_VENV)/bin/pip install -q --disable-pip-version-check -r requirements-lint.txt
+	@touch $@
+
+lint-infra: $(LINT_VENV)/.installed  ## hadolint, kustomize, kubernetes-validate, checkov, HCL2 parse over infra/ and the Dockerfiles
+	LINT_VENV=$(LINT_VENV) bash tools/lint-infra.sh
 
 bench: data  ## benchmarks; results land in benchmarks/results/
 	$(BIN)/python benchmarks/gate_simulation.py
