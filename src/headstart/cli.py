@@ -36,9 +36,9 @@ def _params(params: Path, overrides: list[str] | None) -> dict[str, Any]:
 
 
 def _tracking(p: dict[str, Any]):
-    from headstart.config import TrackingConfig, build, section
+    from headstart.config import tracking_from_params
 
-    return build(TrackingConfig, section(p, "tracking"), "tracking")
+    return tracking_from_params(p)
 
 
 def _echo_json(obj: Any) -> None:
@@ -158,6 +158,49 @@ def summary(
     from headstart.summary import render
 
     Console().print(render(outputs, _tracking(_params(params, None))))
+
+
+@app.command()
+def promote(
+    version: Annotated[str, typer.Option("--version", help="Registered model version to make champion.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why the gate is overridden (recorded, required).")],
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Manual override: move `champion` to a version even if its gate failed; records who and why."""
+    from headstart import lifecycle
+
+    tracking = _tracking(_params(params, None))
+    previous = lifecycle.override(tracking, version, reason)
+    console.print(f"[green]{tracking.registered_model} v{version} is champion[/] (was v{previous}); reason recorded")
+
+
+@app.command()
+def rollback(
+    reason: Annotated[str, typer.Option("--reason", help="Why (recorded in the history).")] = "rollback",
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Move `champion` back to the version it replaced, and record the rollback."""
+    from headstart import lifecycle
+
+    tracking = _tracking(_params(params, None))
+    old, new = lifecycle.rollback(tracking, reason)
+    console.print(f"[green]rolled back[/] {tracking.registered_model}: champion v{old} -> v{new}")
+
+
+@app.command()
+def status(
+    params: ParamsOpt = Path("params.yaml"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """Show the champion, its metrics and data version, the promotion history and recent rejections."""
+    from headstart import lifecycle
+    from headstart.summary import render_status
+
+    info = lifecycle.status(_tracking(_params(params, None)))
+    if as_json:
+        _echo_json(info)
+    else:
+        Console().print(render_status(info))
 
 
 @app.command("run")

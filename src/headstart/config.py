@@ -29,7 +29,7 @@ class Frozen(BaseModel):
 
 
 class TrackingConfig(Frozen):
-    """Where MLflow lives. `MLFLOW_TRACKING_URI` in the environment wins over params.yaml."""
+    """Where MLflow lives. Build it with `tracking_from_params` so `MLFLOW_TRACKING_URI` wins."""
 
     tracking_uri: str = DEFAULT_TRACKING_URI
     artifact_root: str = DEFAULT_ARTIFACT_ROOT
@@ -37,7 +37,17 @@ class TrackingConfig(Frozen):
     registered_model: str = "headstart-classifier"
 
     def resolved_uri(self) -> str:
-        return os.environ.get("MLFLOW_TRACKING_URI") or self.tracking_uri
+        # Not re-read from the environment here: mlflow.set_tracking_uri writes MLFLOW_TRACKING_URI
+        # itself, so a later config in the same process would silently inherit the earlier store.
+        return self.tracking_uri
+
+
+def tracking_from_params(params: dict[str, Any]) -> TrackingConfig:
+    """The `tracking` section, with MLFLOW_TRACKING_URI from the environment taking precedence."""
+    data = section(params, "tracking")
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        data["tracking_uri"] = os.environ["MLFLOW_TRACKING_URI"]
+    return build(TrackingConfig, data, "tracking")
 
 
 def load_params(path: Path | str = DEFAULT_PARAMS, overrides: list[str] | None = None) -> dict[str, Any]:

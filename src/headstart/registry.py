@@ -6,11 +6,16 @@ champion versions is kept as a JSON tag on the registered model so rollbacks can
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
+import os
+import random
 import shutil
+import socket
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -131,11 +136,65 @@ def move_champion(tracking: TrackingConfig, version: str, action: str, reason: s
     if old is not None:
         retry(f"setting alias {PREVIOUS} -> v{old}", lambda: c.set_registered_model_alias(name, PREVIOUS, old))
     _append_history(tracking, {"version": version, "previous": old, "action": action, "reason": reason,
-                               "by": _user(), "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+                               "by": current_user(), "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     return old
 
 
-def _user() -> str:
+def set_previous(tracking: TrackingConfig, version: str | None) -> None:
+    """Point `previous-champion` at `version`, or remove the alias when there is none."""
+    c = client(tracking)
+    name = tracking.registered_model
+    if version is None:
+        with contextlib.suppress(Exception):
+            c.delete_registered_model_alias(name, PREVIOUS)
+        return
+    retry(f"setting alias {PREVIOUS} -> v{version}", lambda: c.set_registered_model_alias(name, PREVIOUS, version))
+
+
+@contextlib.contextmanager
+def lock(tracking: TrackingConfig, owner: str | None = None, timeout: float = 120.0,
+         ttl: float = 300.0) -> Iterator[str]:
+    """Serialise alias moves across concurrent runs: MLflow has no transactions, but creating a
+    registered model is atomic (unique name), so `<name>.lock` is a compare-and-set. A lock older
+    than `ttl` seconds (its holder died) is broken."""
+    from mlflow.exceptions import MlflowException
+
+    c = client(tracking)
+    name = f"{tracking.registered_model}.lock"
+    me = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            c.create_registered_model(name, tags={"owner": me, "expires": str(time.time() + ttl)},
+                                      description="Headstart registry lock; delete only if its holder died")
+            break
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise RegistryError(f"MLflow: taking the registry lock failed: {exc.message}") from exc
+        _break_if_stale(c, name)
+        if time.monotonic() > deadline:
+            raise RegistryError(f"registry lock {name!r} still held after {timeout:.0f}s; another run is "
+                                f"promoting. If no run is, delete the registered model {name!r}.")
+        time.sleep(0.2 + random.random() * 0.3)  # noqa: S311 - jitter, not crypto
+    try:
+        yield me
+    finally:
+        with contextlib.suppress(MlflowException):
+            held = c.get_registered_model(name)
+            if held.tags.get("owner") == me:
+                c.delete_registered_model(name)
+
+
+def _break_if_stale(c: Any, name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    with contextlib.suppress(MlflowException, ValueError):
+        held = c.get_registered_model(name)
+        if float(held.tags.get("expires", "inf")) < time.time():
+            c.delete_registered_model(name)
+
+
+def current_user() -> str:
     try:
         return getpass.getuser()
     except (KeyError, OSError):

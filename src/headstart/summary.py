@@ -76,3 +76,23 @@ def render(outputs: Path, tracking: TrackingConfig) -> Group:
                  + (f" (previous champion v{reg['previous_champion']})" if reg.get("previous_champion") else "")),
             Text(f"Open the MLflow UI: {ui_command(tracking)}")]
     return Group(cands, *[Text(x) for x in lines], gate, verdict, *tail)
+
+
+def render_status(info: dict[str, Any]) -> Group:
+    champ = info["champion"]
+    head = (Text(f"{info['model']}: no champion yet", style="yellow") if champ is None else
+            Text(f"{info['model']}: champion v{champ['version']} ({champ.get('winner') or '?'}), "
+                 f"data {champ.get('data') or '?'}, "
+                 + ", ".join(f"{k.removeprefix('metric.')}={v}" for k, v in sorted(champ["metrics"].items())),
+                 style="bold green"))
+    hist = Table(title="Champion history (newest last)", title_justify="left")
+    for col in ("at", "action", "version", "previous", "by", "reason"):
+        hist.add_column(col)
+    for h in info["history"][-10:]:
+        hist.add_row(h.get("at", ""), h.get("action", ""), f"v{h['version']}",
+                     f"v{h['previous']}" if h.get("previous") else "—", h.get("by", ""), h.get("reason", "")[:80])
+    rej = Table(title="Latest rejected candidates", title_justify="left")
+    rej.add_column("version"), rej.add_column("reason")
+    for r in info["rejected"]:
+        rej.add_row(f"v{r['version']}", r["reason"])
+    return Group(head, hist, rej)

@@ -24,7 +24,7 @@ def configure(tracking: TrackingConfig) -> str:
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+    mlflow.set_registry_uri(uri)
     try:
         exp = mlflow.get_experiment_by_name(tracking.experiment)
         if exp is not None:

@@ -1,7 +1,8 @@
 """Act on a gate decision record: move `champion` to the version, or record the rejection.
 
 Kept apart from registration so the Kubeflow pipeline can branch on the decision (dsl.If) and so
-the alias move is the last write of a run.
+the alias move is the last write of a run. The move happens under the registry lock and only if
+the champion is still the one the candidate was compared against.
 """
 
 from __future__ import annotations
@@ -29,7 +30,19 @@ def run(decision_file: Path, tracking: TrackingConfig) -> PromoteResult:
         raise RegistryError(f"{decision_file}: decision record not found; run `headstart register` first")
     record = json.loads(decision_file.read_text())
     version, promote = str(record["version"]), record["decision"] == "promoted"
-    reason = record.get("summary") or "; ".join(record.get("reasons", [])) or record["decision"]
-    registry.set_version_tags(tracking, version, {"decision": record["decision"], "decision_reason": reason[:250]})
-    previous = registry.move_champion(tracking, version, "promote", reason) if promote else None
-    return PromoteResult(version=version, promoted=promote, previous_champion=previous, reason=reason)
+    reason = record.get("summary") or record["decision"]
+    if not promote:
+        registry.set_version_tags(tracking, version, {"decision": "rejected", "decision_reason": reason[:250]})
+        return PromoteResult(version=version, promoted=False, previous_champion=None, reason=reason)
+    compared = record.get("champion_version")
+    with registry.lock(tracking):
+        current = registry.champion(tracking)
+        now = current.version if current else None
+        if now != (str(compared) if compared is not None else None):
+            reason = (f"rejected: the champion moved to v{now} while this run compared against "
+                      f"v{compared}; re-run to compare against the new champion")
+            registry.set_version_tags(tracking, version, {"decision": "rejected", "decision_reason": reason})
+            return PromoteResult(version=version, promoted=False, previous_champion=None, reason=reason)
+        registry.set_version_tags(tracking, version, {"decision": "promoted", "decision_reason": reason[:250]})
+        previous = registry.move_champion(tracking, version, "promote", reason)
+    return PromoteResult(version=version, promoted=True, previous_champion=previous, reason=reason)

@@ -164,18 +164,21 @@ def run(cfg: RegisterConfig, thresholds: GateThresholds, data_dir: Path, candida
     decision = _with_serving(decision, failure)
     out_dir.mkdir(parents=True, exist_ok=True)
     record = {**decision.to_dict(), "model_name": tracking.registered_model, "version": version,
-              "winner": winner.name}
+              "winner": winner.name, "champion_version": evaluated_champion}
     (out_dir / "decision.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     (out_dir / "decision.md").write_text(decision.to_markdown())
     _log_decision(run_id, out_dir)
-    previous = None
+    previous, promoted = None, False
     if promote:
         from headstart.steps import promote as promote_step
 
-        previous = promote_step.run(out_dir / "decision.json", tracking).previous_champion
+        outcome = promote_step.run(out_dir / "decision.json", tracking)
+        previous, promoted = outcome.previous_champion, outcome.promoted
+        if outcome.promoted != decision.promote:  # the champion moved while this run was gated
+            record.update(decision="rejected", summary=outcome.reason)
+            (out_dir / "decision.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     result = RegisterResult(model_name=tracking.registered_model, version=version, winner=winner.name,
-                            promoted=decision.promote and promote,
-                            alias=registry.CHAMPION if decision.promote and promote else None,
+                            promoted=promoted, alias=registry.CHAMPION if promoted else None,
                             previous_champion=previous, decision=record)
     (out_dir / "registration.json").write_text(json.dumps(asdict(result), indent=2, sort_keys=True) + "\n")
     return result

@@ -1,0 +1,87 @@
+"""Champion lifecycle against a real MLflow store: override, rollback, status, stale promotions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from headstart import lifecycle, registry
+from headstart.config import TrackingConfig
+from headstart.errors import ConfigError, RegistryError
+from headstart.steps import promote
+
+
+@pytest.fixture
+def tracking(tmp_path: Path) -> TrackingConfig:
+    t = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "art"),
+                       registered_model="lc")
+    c = registry.client(t)
+    c.create_registered_model("lc")
+    src = tmp_path / "src"
+    src.mkdir()
+    for _ in range(3):
+        c.create_model_version("lc", str(src))
+    return t
+
+
+def _decision(tmp_path: Path, version: str, compared: str | None, verdict: str = "promoted") -> Path:
+    f = tmp_path / f"decision-{version}.json"
+    f.write_text(json.dumps({"version": version, "decision": verdict, "champion_version": compared,
+                             "summary": f"{verdict}: test"}))
+    return f
+
+
+def test_promote_rollback_override_and_status(tracking: TrackingConfig, tmp_path: Path):
+    assert promote.run(_decision(tmp_path, "1", None), tracking).promoted
+    assert promote.run(_decision(tmp_path, "2", "1"), tracking).previous_champion == "1"
+    assert registry.champion(tracking).version == "2"
+
+    assert lifecycle.rollback(tracking, "bad predictions") == ("2", "1")
+    assert registry.champion(tracking).version == "1"
+
+    with pytest.raises(ConfigError, match="--reason"):
+        lifecycle.override(tracking, "3", "  ")
+    assert lifecycle.override(tracking, "3", "hotfix approved by the team") == "1"
+    info = lifecycle.status(tracking)
+    assert info["champion"]["version"] == "3"
+    assert [(h["action"], h["version"]) for h in info["history"]] == [
+        ("promote", "1"), ("promote", "2"), ("rollback", "1"), ("override", "3")]
+    assert info["history"][-1]["reason"] == "hotfix approved by the team" and info["history"][-1]["by"]
+    mv = registry.client(tracking).get_model_version("lc", "3")
+    assert mv.tags["override_reason"] == "hotfix approved by the team"
+
+
+def test_rejected_decision_tags_and_leaves_champion(tracking: TrackingConfig, tmp_path: Path):
+    promote.run(_decision(tmp_path, "1", None), tracking)
+    out = promote.run(_decision(tmp_path, "2", "1", verdict="rejected"), tracking)
+    assert not out.promoted and registry.champion(tracking).version == "1"
+    assert lifecycle.status(tracking)["rejected"][0]["version"] == "2"
+
+
+def test_stale_promotion_is_refused(tracking: TrackingConfig, tmp_path: Path):
+    promote.run(_decision(tmp_path, "1", None), tracking)
+    promote.run(_decision(tmp_path, "2", "1"), tracking)
+    stale = promote.run(_decision(tmp_path, "3", "1"), tracking)  # compared against v1, champion is v2
+    assert not stale.promoted and "moved" in stale.reason
+    assert registry.champion(tracking).version == "2"
+
+
+def test_rollback_without_history_and_unknown_version_are_clear_errors(tracking: TrackingConfig, tmp_path):
+    with pytest.raises(RegistryError, match="no champion"):
+        lifecycle.rollback(tracking)
+    promote.run(_decision(tmp_path, "1", None), tracking)
+    with pytest.raises(RegistryError, match="no previous champion"):
+        lifecycle.rollback(tracking)
+    with pytest.raises(RegistryError, match="v42 does not exist"):
+        lifecycle.override(tracking, "42", "because")
+
+
+def test_lock_is_exclusive_and_stale_locks_are_broken(tracking: TrackingConfig):
+    with registry.lock(tracking, owner="a"), pytest.raises(RegistryError, match="still held"):
+        with registry.lock(tracking, owner="b", timeout=0.5):
+            pass
+    with registry.lock(tracking, owner="dead", ttl=-1):
+        with registry.lock(tracking, owner="b", timeout=2):  # the holder's expiry has passed
+            pass
