@@ -30,9 +30,10 @@ data: setup  ## build data/ from the Fashion-MNIST IDX files and check it matche
 	  echo "apt-get could not install dataset-fashion-mnist; trying other sources"; \
 	fi
 	@if [ -d data ] && dvc status -q data.dvc 2>/dev/null; then echo "data/ matches data.dvc"; else \
-	  headstart data import-fashion-mnist --out data && \
-	  if dvc status -q data.dvc; then dvc commit -f -q data.dvc && echo "data/ matches data.dvc"; \
-	  else echo "error: the import does not match the hash pinned in data.dvc" >&2; dvc status data.dvc; exit 1; fi; \
+	  headstart data import-fashion-mnist --out data && dvc commit -f -q data.dvc && \
+	  if git diff --quiet -- data.dvc; then echo "data/ matches data.dvc"; else \
+	    echo "error: the import does not reproduce the hash pinned in data.dvc" >&2; \
+	    git diff -- data.dvc >&2; git checkout -- data.dvc; exit 1; fi; \
 	fi
 
 run: data  ## the whole loop: validate, train both, evaluate, register, gate (dvc repro), then the summary
