@@ -1,0 +1,130 @@
+"""Validate step: stop a bad dataset version before any training, with a report to act on.
+
+Checks layout and labels, decodes every image (in parallel, cached by content hash), runs the
+GX suite over the manifest, looks for leakage, imbalance and drift against the last accepted
+version, and writes report.json, report.html, summary.json, manifest.csv and data_docs/.
+It returns the verdict and never raises on failed checks: the caller decides what a failure
+stops. A missing or unreadable data folder is a DataError.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from headstart.config import TrackingConfig, build, section
+from headstart.validation import distribution, leakage
+from headstart.validation.cache import ResultCache
+from headstart.validation.config import ValidateConfig
+from headstart.validation.drift import drift_checks
+from headstart.validation.expectations import run_suite
+from headstart.validation.findings import assemble
+from headstart.validation.labels import class_counts, expected_labels, label_checks
+from headstart.validation.layout import scan_layout
+from headstart.validation.manifest import build_manifest, integrity_numbers, write_manifest
+from headstart.validation.report import class_chart, render_html, sample_thumbs
+from headstart.validation.result import ValidationResult
+from headstart.validation.scan import scan_files
+from headstart.validation.state import load_accepted, save_accepted
+from headstart.validation.summary import summarize, write_json
+
+
+def config_from_params(params: dict[str, Any]) -> ValidateConfig:
+    """The `validate:` section of params.yaml (plus overrides), checked."""
+    return build(ValidateConfig, section(params, "validate"), "validate")
+
+
+def run(
+    cfg: ValidateConfig, data_dir: Path, out_dir: Path, tracking: TrackingConfig | None = None
+) -> ValidationResult:
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    layout = scan_layout(data_dir, cfg.splits, cfg.extensions)
+    cache = ResultCache(cfg.cache_dir, cfg.max_pixels) if cfg.cache_dir is not None else None
+    facts, scan = scan_files([e.path for e in layout.entries], cfg.max_pixels, cfg.workers, cache)
+    manifest = build_manifest(layout.entries, facts)
+
+    previous = load_accepted(cfg.state_dir)
+    if previous is None and tracking is not None:
+        from headstart.validation.tracking import load_accepted_from_mlflow
+
+        previous = load_accepted_from_mlflow(tracking)
+    labels, source = expected_labels(cfg, previous, layout)
+    counts = class_counts(manifest)
+    stats = distribution.pixel_stats(manifest)
+
+    findings, numbers = list(layout.findings), integrity_numbers(manifest)
+    for found, nums in (
+        label_checks(cfg, layout, manifest, labels, source),
+        leakage.exact_duplicates(cfg, manifest),
+        leakage.near_duplicates(cfg, manifest),
+        distribution.class_balance(cfg, counts, labels),
+        distribution.pixel_checks(cfg, stats),
+        drift_checks(cfg, summarize(manifest, labels, counts, stats, {}), previous),
+    ):
+        findings += found
+        numbers.update(nums)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    docs_dir = out_dir / "data_docs"
+    shutil.rmtree(docs_dir, ignore_errors=True)
+    suite = run_suite(cfg, manifest, labels, docs_dir)
+    checks = assemble(findings + suite.findings, numbers, cfg, suite.totals)
+    summary = summarize(manifest, labels, counts, stats, {c.name: c.status for c in checks})
+    result = ValidationResult(
+        passed=summary["passed"],
+        checks=checks,
+        counts=counts,
+        n_images=len(manifest),
+        labels=labels,
+        label_source=source,
+        fingerprint=summary["fingerprint"],
+        scan={
+            "files": scan.files,
+            "decoded": scan.decoded,
+            "cache_hits": scan.cache_hits,
+            "workers": scan.workers,
+        },
+    )
+    report = result.to_dict() | {"expectations": suite.expectations}
+    reports = {
+        "report_json": write_json(out_dir / "report.json", report),
+        "summary_json": write_json(out_dir / "summary.json", summary),
+        "manifest_csv": write_manifest(manifest, out_dir / "manifest.csv"),
+        "report_html": out_dir / "report.html",
+        "data_docs": suite.docs_index or docs_dir,
+    }
+    sample_split = next((s for s in cfg.splits if s in counts), None)
+    thumbs = sample_thumbs(manifest, data_dir, sample_split) if sample_split else {}
+    reports["report_html"].write_text(
+        render_html(result, class_chart(counts, cfg.splits), thumbs), encoding="utf-8"
+    )
+    if result.passed and cfg.state_dir is not None:
+        save_accepted(cfg.state_dir, summary)
+    run_id = None
+    if tracking is not None:
+        from headstart.validation.tracking import log_run
+
+        run_id = log_run(tracking, out_dir, result)
+    return replace(result, reports={k: str(v) for k, v in reports.items()}, mlflow_run_id=run_id)
+
+
+def format_failures(result: ValidationResult, width: int = 160) -> str:
+    """Failed and warned checks as a compact table for the CLI; one line when all passed."""
+    verdict = "PASSED" if result.passed else "FAILED"
+    head = (
+        f"validation {verdict}: {len(result.failed)} failed, {len(result.warned)} warned "
+        f"of {len(result.checks)} checks on {result.n_images} images"
+    )
+    bad = [c for c in result.checks if c.status != "pass"]
+    if not bad:
+        return head
+    name_w = max(len(c.name) for c in bad)
+    lines = [head, f"{'status':6}  {'check':{name_w}}  {'files':>5}  problem"]
+    for c in sorted(bad, key=lambda c: (c.status != "fail", c.name)):
+        line = f"{c.status:6}  {c.name:{name_w}}  {c.n_files:>5}  {c.message}"
+        lines.append(line if len(line) <= width else line[: width - 3] + "...")
+    if "report_html" in result.reports:
+        lines.append(f"report: {result.reports['report_html']}")
+    return "\n".join(lines)

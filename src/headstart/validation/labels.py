@@ -1,0 +1,85 @@
+"""Layout and label checks: the label set, per-split class counts, empty splits.
+
+The expected label set comes from params.yaml, else from the last accepted version, else from
+what is on disk (then the only check left is that every split has the same classes).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from headstart.validation.config import ValidateConfig
+from headstart.validation.findings import Finding
+from headstart.validation.layout import Layout
+
+
+def expected_labels(
+    cfg: ValidateConfig, previous: dict[str, Any] | None, layout: Layout
+) -> tuple[list[str], str]:
+    """(labels, where they came from)."""
+    if cfg.label_set:
+        return sorted(cfg.label_set), "params (validate.label_set)"
+    if previous and previous.get("label_set"):
+        return sorted(previous["label_set"]), "previous accepted version"
+    return sorted({c for classes in layout.class_dirs.values() for c in classes}), "observed folders"
+
+
+def label_checks(
+    cfg: ValidateConfig, layout: Layout, manifest: pd.DataFrame, labels: list[str], source: str
+) -> tuple[list[Finding], dict[str, dict[str, Any]]]:
+    findings: list[Finding] = []
+    known = set(labels)
+    for split in layout.split_dirs:
+        for name in layout.class_dirs.get(split, []):
+            if name not in known:
+                findings.append(
+                    Finding(
+                        "labels",
+                        f"unknown class folder {name!r} (label set from {source})",
+                        f"{split}/{name}/",
+                    )
+                )
+    counts = class_counts(manifest)
+    for split in layout.split_dirs:
+        if not counts.get(split):
+            findings.append(Finding("splits", "empty split: no images", split + "/"))
+            continue
+        for label in labels:
+            n = counts[split].get(label, 0)
+            if n == 0:
+                findings.append(
+                    Finding(
+                        "class_counts", f"class {label!r} missing from split {split!r}", f"{split}/{label}/"
+                    )
+                )
+            elif n < cfg.min_images_per_class:
+                findings.append(
+                    Finding(
+                        "class_counts",
+                        f"{n} images < min_images_per_class={cfg.min_images_per_class}",
+                        f"{split}/{label}/",
+                    )
+                )
+    numbers = {
+        "labels": {"expected": labels, "source": source, "n_classes": len(labels)},
+        "class_counts": {"min_images_per_class": cfg.min_images_per_class, "counts": counts},
+        "splits": {
+            "expected": list(cfg.splits),
+            "found": layout.split_dirs,
+            "images": {s: sum(c.values()) for s, c in counts.items()},
+        },
+    }
+    return findings, numbers
+
+
+def class_counts(manifest: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """{split: {label: n}} over every file in the manifest, decodable or not."""
+    if manifest.empty:
+        return {}
+    grouped = manifest.groupby(["split", "label"]).size()
+    out: dict[str, dict[str, int]] = {}
+    for (split, label), n in sorted(grouped.items()):
+        out.setdefault(str(split), {})[str(label)] = int(n)
+    return out

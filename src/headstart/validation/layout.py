@@ -1,0 +1,128 @@
+"""Walk the ImageFolder tree without trusting it: names, symlinks, stray files, splits.
+
+Runs before anything is opened, so a file with a hostile name or a link out of the data folder
+is reported and never read. Unsafe entries are left out of the manifest.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from headstart.errors import DataError
+from headstart.validation.findings import Finding
+
+
+@dataclass(frozen=True)
+class Entry:
+    """An image candidate: `rel` is split/class/name, `path` is where to read it (a str: 70k Paths cost)."""
+
+    rel: str
+    split: str
+    label: str
+    path: str
+
+
+@dataclass
+class Layout:
+    entries: list[Entry] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    split_dirs: list[str] = field(default_factory=list)
+    class_dirs: dict[str, list[str]] = field(default_factory=dict)
+
+
+def shown(name: str) -> str:
+    """A printable form of a name: control characters and undecodable bytes escaped."""
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode() for c in name
+    )
+
+
+def unsafe_reason(name: str) -> str | None:
+    """Why a file or folder name is unsafe, or None. Names come from the OS, so no '/'."""
+    if name.isprintable() and ".." not in name and "\\" not in name and name == name.strip():
+        return None  # the common case, decided in one pass
+    if ".." in name:
+        return "name contains '..' (path traversal)"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "name contains control characters"
+    if "\\" in name:
+        return "name contains a backslash"
+    if any(0xDC80 <= ord(c) <= 0xDCFF for c in name):
+        return "name is not valid UTF-8"
+    if name != name.strip():
+        return "name starts or ends with whitespace"
+    return "name contains non-printable characters"
+
+
+def scan_layout(root: Path, splits: tuple[str, ...], extensions: frozenset[str]) -> Layout:
+    """Three levels, split/class/file; anything else is a finding."""
+    if not root.exists():
+        raise DataError(
+            f"{root}: data folder not found. Run `headstart data` first or pass the right --data."
+        )
+    if not root.is_dir():
+        raise DataError(f"{root}: expected a folder laid out as <split>/<class>/<image>")
+    real_root = Path(os.path.realpath(root))
+    layout = Layout()
+    for split_entry in _entries(root, real_root, "", layout):
+        rel = split_entry.name
+        if not split_entry.is_dir():
+            layout.findings.append(Finding("stray_files", "file outside any split/class folder", rel))
+            continue
+        if split_entry.name not in splits:
+            layout.findings.append(
+                Finding("splits", f"unexpected split folder (splits: {list(splits)})", rel + "/")
+            )
+            continue
+        layout.split_dirs.append(split_entry.name)
+        classes = layout.class_dirs.setdefault(split_entry.name, [])
+        for class_entry in _entries(Path(split_entry.path), real_root, rel + "/", layout):
+            crel = f"{rel}/{class_entry.name}"
+            if not class_entry.is_dir():
+                layout.findings.append(Finding("stray_files", "file outside any class folder", crel))
+                continue
+            classes.append(class_entry.name)
+            for item in _entries(Path(class_entry.path), real_root, crel + "/", layout):
+                irel = f"{crel}/{item.name}"
+                if item.is_dir():
+                    layout.findings.append(
+                        Finding("stray_files", "nested folder inside a class folder", irel + "/")
+                    )
+                elif os.path.splitext(item.name)[1].lower() not in extensions:
+                    layout.findings.append(Finding("stray_files", "not an image file extension", irel))
+                else:
+                    layout.entries.append(Entry(irel, split_entry.name, class_entry.name, item.path))
+    for split in splits:
+        if split not in layout.split_dirs:
+            layout.findings.append(Finding("splits", "missing split folder", split + "/"))
+    layout.split_dirs.sort()
+    layout.entries.sort(key=lambda e: e.rel)
+    return layout
+
+
+def _entries(folder: Path, real_root: Path, prefix: str, layout: Layout) -> list[os.DirEntry[str]]:
+    """Safe children of a folder, sorted; unsafe names and escaping links become findings."""
+    try:
+        with os.scandir(folder) as it:
+            children = sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        raise DataError(f"{folder}: cannot list folder ({exc.strerror}); check permissions") from exc
+    safe = []
+    for child in children:
+        rel = prefix + shown(child.name)
+        reason = unsafe_reason(child.name)
+        if reason:
+            layout.findings.append(Finding("file_names", reason, rel))
+            continue
+        if child.is_symlink():
+            target = Path(os.path.realpath(child.path))
+            if not target.exists():
+                layout.findings.append(Finding("symlinks", "dangling symlink", rel))
+                continue
+            if not target.is_relative_to(real_root):
+                layout.findings.append(Finding("symlinks", "symlink points outside the data folder", rel))
+                continue
+        safe.append(child)
+    return safe
