@@ -58,9 +58,11 @@ def import_fashion_mnist(
     from headstart.data.fashion_mnist import import_fashion_mnist as run
 
     p = _params(params, overrides)
-    data_cfg = p.get("data", {})
+    data_cfg, val_cfg = p.get("data", {}), p.get("validate", {})
     result = run(out, val_per_class=int(data_cfg.get("val_per_class", 500)), seed=int(p.get("seed", 42)),
-                 source=source, download_dir=Path(".headstart/downloads") if download else None)
+                 source=source, download_dir=Path(".headstart/downloads") if download else None,
+                 near_duplicate_max_rms=float(val_cfg.get("near_duplicate_max_rms", 0.01)),
+                 near_duplicate_max_hamming=int(val_cfg.get("near_duplicate_max_hamming", 12)))
     console.print(f"[green]imported[/] {result.counts} from {result.source} into {result.out_dir}")
 
 
@@ -94,15 +96,40 @@ def train(
     out: Annotated[Path | None, typer.Option(help="Output folder. Default: outputs/<role>.")] = None,
     params: ParamsOpt = Path("params.yaml"),
     overrides: SetOpt = None,
+    nproc: Annotated[int, typer.Option(
+        "--nproc", min=1, help="Train with N processes (DDP: one per GPU, or gloo on CPU) by re-launching "
+        "this command under torchrun --standalone. batch_size stays the global batch.")] = 1,
 ) -> None:
     """Train one candidate with the shared engine; settings from train.shared + train.<role>."""
+    import subprocess
+
+    from headstart import distributed
     from headstart.errors import ConfigError
     from headstart.steps import train as step
 
     if role not in ("finetune", "scratch"):
         raise ConfigError(f"role {role!r}: choose finetune or scratch")
     p = _params(params, overrides)
-    result = step.run(step.config_from_params(p, role), data, out or Path("outputs") / role, _tracking(p))
+    cfg = step.config_from_params(p, role)
+    if nproc > 1 and distributed.env_world_size() <= 1:
+        distributed.per_rank_batch(cfg.batch_size, nproc)  # a config error here, not in every rank
+        args = ["train", role, "--data", str(data), "--params", str(params)]
+        args += [*(["--out", str(out)] if out else []), *[a for o in overrides or [] for a in ("--set", o)]]
+        rc = subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                              f"--nproc-per-node={nproc}", "-m", "headstart.cli", *args])
+        if rc:
+            console.print(f"[bold red]error:[/] distributed training failed (torchrun exit {rc}); the "
+                          "failing rank's error is above. Re-run the same command to resume from the last "
+                          "checkpoint.")
+            raise SystemExit(rc)
+        return
+    try:
+        result = step.run(cfg, data, out or Path("outputs") / role, _tracking(p))
+        main = distributed.is_main()
+    finally:
+        distributed.shutdown()
+    if not main:
+        return
     if result.resumed_from:
         console.print(f"resumed from the checkpoint of epoch {result.resumed_from}")
     console.print(f"[green]{role}[/]: best val accuracy {result.best_val_accuracy:.4f} at epoch "

@@ -111,11 +111,38 @@ def parse_idx(payload: bytes, name: str) -> np.ndarray:
     raise DataError(f"{name}: not an IDX file (magic {magic})")
 
 
-def carve_val(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+def _fingerprints(images: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """8x8 thumbnails and dHashes, exactly as validation computes them, for a stack of images."""
+    from headstart.validation.decode import dhash, shrink
+
+    gray = images.astype(np.float32) / 255.0
+    thumbs = np.stack([shrink(g, 8, 8).ravel() for g in gray])
+    return thumbs, [dhash(g) for g in gray]
+
+
+def near_copies(
+    train: np.ndarray, test: np.ndarray, max_rms: float, max_hamming: int
+) -> tuple[set[int], set[int]]:
+    """Fashion-MNIST has near-identical images across its official splits. Returns (train images that
+    near-copy a test image, train images with a near-copy elsewhere in train): the first are left out,
+    the second never go to val, so validation's leakage check passes on the imported dataset."""
+    from headstart.validation.leakage import match_near_duplicates
+
+    tr_thumbs, tr_hashes = _fingerprints(train)
+    te_thumbs, te_hashes = _fingerprints(test)
+    leaks = match_near_duplicates(te_thumbs, te_hashes, tr_thumbs, tr_hashes, max_rms, max_hamming)
+    keys = [str(i) for i in range(len(train))]
+    within = match_near_duplicates(tr_thumbs, tr_hashes, tr_thumbs, tr_hashes, max_rms, max_hamming, keys, keys)
+    return {q for q, *_ in leaks}, {q for q, *_ in within} | {r for _, r, *_ in within}
+
+
+def carve_val(labels: np.ndarray, per_class: int, seed: int, exclude: set[int] | None = None) -> np.ndarray:
     """Pick a stratified validation subset by a seeded hash order, independent of numpy's RNG."""
     chosen: list[int] = []
     for cls in range(int(labels.max()) + 1):
         idx = np.flatnonzero(labels == cls)
+        if exclude:
+            idx = np.array([i for i in idx if i not in exclude], dtype=np.int64)
         if per_class > len(idx):
             raise DataError(f"data.val_per_class={per_class} exceeds the {len(idx)} images of class {cls}")
         order = sorted(idx.tolist(), key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).digest())
@@ -132,15 +159,22 @@ def _write(images: np.ndarray, labels: np.ndarray, indices: np.ndarray, folder: 
 def import_fashion_mnist(
     out_dir: Path, *, val_per_class: int = 500, seed: int = 42,
     source: Path | None = None, download_dir: Path | None = None,
+    near_duplicate_max_rms: float = 0.01, near_duplicate_max_hamming: int = 12,
 ) -> ImportResult:
-    """Write out_dir/{train,val,test}/<class>/*.png; replaces out_dir atomically."""
+    """Write out_dir/{train,val,test}/<class>/*.png; replaces out_dir atomically.
+
+    The official test set is kept whole; train images that near-copy a test image are left out,
+    and val is carved only from train images without a near-copy in train, so no split leaks.
+    """
     payloads, origin = locate(source, download_dir)
     train_x = parse_idx(payloads["train-images-idx3-ubyte.gz"], "train images")
     train_y = parse_idx(payloads["train-labels-idx1-ubyte.gz"], "train labels")
     test_x = parse_idx(payloads["t10k-images-idx3-ubyte.gz"], "test images")
     test_y = parse_idx(payloads["t10k-labels-idx1-ubyte.gz"], "test labels")
-    val_idx = carve_val(train_y, val_per_class, seed)
-    train_idx = np.setdiff1d(np.arange(len(train_y)), val_idx)
+    leaking, twins = near_copies(train_x, test_x, near_duplicate_max_rms, near_duplicate_max_hamming)
+    val_idx = carve_val(train_y, val_per_class, seed, exclude=leaking | twins)
+    dropped = np.array(sorted(leaking), dtype=np.int64)
+    train_idx = np.setdiff1d(np.arange(len(train_y)), np.concatenate([val_idx, dropped]))
 
     staging = out_dir.with_name(out_dir.name + ".importing")
     shutil.rmtree(staging, ignore_errors=True)
@@ -153,5 +187,5 @@ def import_fashion_mnist(
     if out_dir.exists():
         shutil.rmtree(out_dir)
     staging.rename(out_dir)
-    counts = {"train": len(train_idx), "val": len(val_idx), "test": len(test_y)}
+    counts = {"train": len(train_idx), "val": len(val_idx), "test": len(test_y), "left_out": len(dropped)}
     return ImportResult(out_dir=out_dir, source=origin, counts=counts)
