@@ -93,7 +93,7 @@ def run_suite(
                     "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
                     "store_backend": {
                         "class_name": "TupleFilesystemStoreBackend",
-                        "base_directory": str(docs_dir),
+                        "base_directory": str(docs_dir.resolve()),
                     },
                 },
             )
