@@ -1,0 +1,58 @@
+"""A bad dataset stops the whole loop before any training, and production is untouched."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from headstart import cli, registry
+from headstart.config import TrackingConfig
+
+from .corpus import EXPECTED, KINDS, corpus_config, make_variant
+
+ROOT = Path(__file__).resolve().parents[2]
+FAILING = [k for k in KINDS if EXPECTED[k].status == "fail"]
+
+
+def _params(root: Path) -> Path:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["validate"] = corpus_config(root).model_dump(mode="json")
+    params["tracking"].update(tracking_uri=f"sqlite:///{root}/mlflow.db", artifact_root=str(root / "art"))
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def _with_champion(root: Path) -> TrackingConfig:
+    tracking = TrackingConfig(tracking_uri=f"sqlite:///{root}/mlflow.db", artifact_root=str(root / "art"),
+                              registered_model=yaml.safe_load((ROOT / "params.yaml").read_text())["tracking"][
+                                  "registered_model"])
+    c = registry.client(tracking)
+    c.create_registered_model(tracking.registered_model)
+    c.create_model_version(tracking.registered_model, str(root))
+    registry.move_champion(tracking, "1", "test", "existing production model")
+    return tracking
+
+
+@pytest.mark.parametrize("kind", FAILING)
+def test_bad_dataset_fails_validation_and_nothing_trains(kind: str, tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    data = make_variant(kind, tmp_path)
+    params = _params(tmp_path)
+    tracking = _with_champion(tmp_path)
+    out = tmp_path / "outputs"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["run", "--data", str(data), "--outputs", str(out), "--params", str(params)])
+    assert exit_info.value.code == 3
+    err = capsys.readouterr().err
+    assert "validation failed" in err and "No training was started" in err
+    assert EXPECTED[kind].check in err
+    assert not (out / "finetune").exists() and not (out / "scratch").exists()
+    c = registry.client(tracking)
+    runs = c.search_runs([e.experiment_id for e in c.search_experiments()], "tags.`headstart.step` = 'train'")
+    assert runs == []
+    champ = registry.champion(tracking)
+    assert champ is not None and champ.version == "1"
+    assert [h["version"] for h in registry.history(tracking)] == ["1"]
