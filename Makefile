@@ -53,7 +53,7 @@ test-fast: setup  ## unit and step tests only
 	$(BIN)/python -m pytest -q -m "not slow and not integration" $(PYTEST_ARGS)
 
 lint: setup lint-infra  ## ruff over the code, then the infra checks
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks components pipelines
 
 LINT_VENV := .venv-lint
 
@@ -67,6 +67,9 @@ lint-infra: $(LINT_VENV)/.installed  ## hadolint, kustomize, kubernetes-validate
 
 bench: data  ## benchmarks; results land in benchmarks/results/
 	$(BIN)/python benchmarks/gate_simulation.py
+
+compile: setup  ## compile the Kubeflow pipeline spec (commit pipelines/headstart_pipeline.yaml)
+	$(BIN)/headstart pipeline compile
 
 clean:  ## remove run outputs (keeps data/, the venv and the MLflow store)
 	rm -rf outputs .headstart/checkpoints

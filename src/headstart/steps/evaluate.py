@@ -104,7 +104,51 @@ def run(
                "classes": classes}
     (out_dir / "metrics.json").write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
     (out_dir / "report.md").write_text(report_markdown(result))
+    (out_dir / "report.html").write_text(report_html(result, out_dir))
+    if tracking is not None:
+        _log(tracking, result, out_dir)
     return result
+
+
+def _log(tracking: TrackingConfig, result: EvaluateResult, out_dir: Path) -> None:
+    """One MLflow run per evaluation: every model's test metrics, the paired comparison, the plots."""
+    import mlflow
+
+    from headstart import tracking as trk
+
+    with trk.run(tracking, "evaluate", {"headstart.step": "evaluate",
+                                        "headstart.champion_version": str(result.champion_version)}):
+        for name, m in result.models.items():
+            mlflow.log_metrics({f"{name}_test_accuracy": m["accuracy"], f"{name}_test_macro_f1": m["macro_f1"]})
+        numeric = {f"diff_{k}": float(v) for k, v in result.comparison.items() if isinstance(v, int | float)}
+        if numeric:
+            mlflow.log_metrics(numeric)
+        for name in ("metrics.json", "report.md", "report.html", *(Path(f).name for f in result.files.values())):
+            mlflow.log_artifact(str(out_dir / name))
+
+
+def report_html(result: EvaluateResult, out_dir: Path) -> str:
+    """Self-contained HTML (inline CSS and images) for the Kubeflow UI's HTML viewer."""
+    import base64
+    import html
+
+    rows = "".join(
+        f"<tr><td>{html.escape(n)}</td><td>{m['accuracy']:.4f}</td><td>{m['macro_f1']:.4f}</td></tr>"
+        for n, m in result.models.items()
+    )
+    imgs = "".join(
+        f'<figure><img alt="{html.escape(k)}" src="data:image/png;base64,'
+        f'{base64.b64encode(Path(f).read_bytes()).decode()}"/><figcaption>{html.escape(k)}</figcaption></figure>'
+        for k, f in result.files.items()
+    )
+    c = result.comparison
+    paired = (f"<p>finetune &minus; scratch: {c['accuracy_diff']:+.4f}, {c['ci_level']:.0%} CI "
+              f"[{c['ci_low']:+.4f}, {c['ci_high']:+.4f}], McNemar p = {c['mcnemar_p']:.3g}</p>") if c else ""
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>Headstart evaluation</title><style>"
+            "body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
+            "padding:4px 10px}figure{display:inline-block;margin:8px}img{max-width:420px}</style></head><body>"
+            f"<h1>Evaluation on the test split</h1><table><tr><th>model</th><th>accuracy</th><th>macro-F1</th>"
+            f"</tr>{rows}</table>{paired}{imgs}</body></html>\n")
 
 
 def paired_comparison(preds: dict[str, np.ndarray], y_true: np.ndarray, cfg: EvaluateConfig) -> dict[str, Any]:

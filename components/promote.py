@@ -1,0 +1,27 @@
+"""KFP component: act on the gate's decision record (headstart.steps.promote).
+
+The pipeline runs it in both branches of the dsl.If on the decision: it moves the `champion` alias
+for a promoted version and tags a rejected one with the reasons.
+"""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Input
+from kfp.dsl.python_component import PythonComponent
+
+
+def act_on_decision(
+    decision: Input[Artifact], params_json: str, overrides: list, registered_model: str
+) -> str:
+    """Returns the previous champion version ("" if none or not moved)."""
+    from pathlib import Path
+
+    from headstart.pipeline import kfp_io
+    from headstart.steps import promote
+
+    p = kfp_io.params(params_json, overrides, {"tracking.registered_model": registered_model})
+    result = promote.run(Path(decision.path) / "decision.json", kfp_io.tracking(p))
+    return result.previous_champion or ""
+
+
+def component(image: str) -> PythonComponent:
+    return dsl.component(act_on_decision, base_image=image, install_kfp_package=False)

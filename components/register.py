@@ -1,0 +1,60 @@
+"""KFP component: register the winner and run the gate (headstart.steps.register, promote=False)."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Markdown, Model, Output
+from kfp.dsl.python_component import PythonComponent
+
+
+def register_and_gate(
+    dataset: Input[Dataset],
+    finetune: Input[Model],
+    scratch: Input[Model],
+    evaluation: Input[Artifact],
+    params_json: str,
+    overrides: list,
+    min_accuracy: float,
+    min_gain_over_baseline: float,
+    max_regression: float,
+    max_class_recall_drop: float,
+    registered_model: str,
+    decision_files: Output[Artifact],
+    decision_record: Output[Markdown],
+) -> NamedTuple("Outputs", decision=str, version=str, winner=str):
+    """Register a new model version and decide; the champion alias is left to the promote task."""
+    from pathlib import Path
+    from typing import NamedTuple
+
+    from headstart.pipeline import kfp_io
+    from headstart.steps import register
+
+    p = kfp_io.gate_params(
+        params_json,
+        overrides,
+        min_accuracy=min_accuracy,
+        min_gain_over_baseline=min_gain_over_baseline,
+        max_regression=max_regression,
+        max_class_recall_drop=max_class_recall_drop,
+        registered_model=registered_model,
+    )
+    cfg, thresholds = register.configs_from_params(p)
+    models = {"finetune": Path(finetune.path) / "model", "scratch": Path(scratch.path) / "model"}
+    result = register.run(
+        cfg,
+        thresholds,
+        Path(dataset.path),
+        models,
+        Path(evaluation.path),
+        Path(decision_files.path),
+        kfp_io.tracking(p),
+        promote=False,
+    )
+    kfp_io.record_lineage(kfp_io.tracking(p), result.version, dict(dataset.metadata))
+    kfp_io.copy_text(decision_record.path, Path(decision_files.path) / "decision.md")
+    outputs = NamedTuple("Outputs", decision=str, version=str, winner=str)  # noqa: UP014 - KFP's form
+    return outputs(result.decision["decision"], result.version, result.winner)
+
+
+def component(image: str) -> PythonComponent:
+    return dsl.component(register_and_gate, base_image=image, install_kfp_package=False)

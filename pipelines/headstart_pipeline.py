@@ -1,0 +1,257 @@
+"""The Headstart retraining pipeline for Kubeflow Pipelines v2: wiring only.
+
+Compile it with `headstart pipeline compile` (writes pipelines/headstart_pipeline.yaml); the
+steps live in headstart.steps, the components in components/.
+"""
+
+import json
+from typing import Any
+
+from kfp import dsl, kubernetes
+from kfp.dsl import PipelineTask
+from kfp.dsl.graph_component import GraphComponent
+
+from headstart.pipeline.settings import MLFLOW_KEYS, S3_KEYS, PipelineSettings
+
+NAME = "headstart-retraining"
+DESCRIPTION = (
+    "Retrain the Headstart image classifier on a pinned dataset version: validate the data, fine-tune a "
+    "pre-trained backbone and train the same architecture from scratch in parallel on the GPU pool, "
+    "evaluate both and the current champion on the same test split, register the winner in MLflow and "
+    "promote it to `champion` only if the gate passes. Results: Metrics, confusion matrices, HTML reports "
+    "and the decision record on each task's artifacts."
+)
+
+
+def defaults(params: dict[str, Any]) -> dict[str, Any]:
+    """The run parameters' defaults, read through the step configs so they match a local run."""
+    from headstart.config import section
+    from headstart.steps import register, train
+
+    ft, sc = train.config_from_params(params, "finetune"), train.config_from_params(params, "scratch")
+    _, gate = register.configs_from_params(params)
+    fetch = section(params, "fetch")
+    min_gain = gate.min_gain_over_baseline
+    return {
+        "data_repo": fetch.get("repo", ""),
+        "data_rev": fetch.get("rev", ""),
+        "dvc_remote": fetch.get("remote", ""),
+        "backbone": ft.backbone,
+        "weights": ft.weights or "none",
+        "image_size": ft.image_size,
+        "epochs": ft.epochs,
+        "images_per_class": ft.images_per_class or 0,
+        "finetune_lr_head": ft.lr_head,
+        "finetune_lr_backbone": ft.lr_backbone,
+        "scratch_lr_head": sc.lr_head,
+        "scratch_lr_backbone": sc.lr_backbone,
+        "min_accuracy": gate.min_accuracy,
+        "min_gain_over_baseline": -1.0 if min_gain is None else min_gain,
+        "max_regression": gate.max_regression,
+        "max_class_recall_drop": gate.max_class_recall_drop,
+        "registered_model": section(params, "tracking").get("registered_model", "headstart-classifier"),
+        "overrides": [],
+    }
+
+
+def _on_cpu(task: PipelineTask, s: PipelineSettings, *secrets: tuple[str, tuple[str, ...]]) -> PipelineTask:
+    task.set_cpu_request(s.cpu_request).set_cpu_limit(s.cpu_limit)
+    task.set_memory_request(s.memory_request).set_memory_limit(s.memory_limit)
+    return _common(task, s, *secrets)
+
+
+def _common(task: PipelineTask, s: PipelineSettings, *secrets: tuple[str, tuple[str, ...]]) -> PipelineTask:
+    kubernetes.add_pod_label(task, s.pod_label_key, s.pod_label_value)
+    for name, keys in secrets:
+        kubernetes.use_secret_as_env(task, secret_name=name, secret_key_to_env={k: k for k in keys})
+    return task
+
+
+def _on_gpu(task: PipelineTask, s: PipelineSettings) -> PipelineTask:
+    """GPU pool: accelerator, resources, toleration for its taint, its label, retries for spot nodes."""
+    task.set_accelerator_type(s.accelerator_type).set_accelerator_limit(s.accelerator_limit)
+    task.set_cpu_request(s.train_cpu_request).set_cpu_limit(s.train_cpu_limit)
+    task.set_memory_request(s.train_memory_request).set_memory_limit(s.train_memory_limit)
+    kubernetes.add_toleration(
+        task,
+        key=s.gpu_toleration_key,
+        operator="Equal",
+        value=s.gpu_toleration_value,
+        effect=s.gpu_toleration_effect,
+    )
+    kubernetes.add_node_selector(
+        task, label_key=s.gpu_node_selector_key, label_value=s.gpu_node_selector_value
+    )
+    task.set_retry(
+        num_retries=s.train_retries,
+        backoff_duration=s.retry_backoff,
+        backoff_factor=s.retry_backoff_factor,
+        backoff_max_duration=s.retry_backoff_max,
+    )
+    return _common(task, s, (s.s3_secret, S3_KEYS), (s.mlflow_secret, MLFLOW_KEYS))
+
+
+def build(params: dict[str, Any], s: PipelineSettings) -> GraphComponent:
+    """The pipeline for these params.yaml contents and settings (images, pool, resources)."""
+    from components import evaluate, fetch, promote, register, train, validate
+
+    cpu, gpu = s.cpu_image(), s.cuda_image()
+    fetch_op, validate_op, rejected_op = (
+        fetch.component(cpu),
+        validate.component(cpu),
+        validate.rejected_component(cpu),
+    )
+    train_op, evaluate_op = train.component(gpu), evaluate.component(cpu)
+    register_op, promote_op = register.component(cpu), promote.component(cpu)
+    params_json = json.dumps(params, sort_keys=True)
+    s3, mlflow = (s.s3_secret, S3_KEYS), (s.mlflow_secret, MLFLOW_KEYS)
+    d = defaults(params)
+    config = None
+    if s.workspace_size:
+        config = dsl.PipelineConfig(
+            workspace=dsl.WorkspaceConfig(
+                size=s.workspace_size, kubernetes=dsl.KubernetesWorkspaceConfig(pvcSpecPatch=s.pvc_patch())
+            )
+        )
+    checkpoint_root = dsl.WORKSPACE_PATH_PLACEHOLDER if s.workspace_size else ""
+
+    def headstart(
+        data_repo: str = d["data_repo"],
+        data_rev: str = d["data_rev"],
+        dvc_remote: str = d["dvc_remote"],
+        backbone: str = d["backbone"],
+        weights: str = d["weights"],
+        image_size: int = d["image_size"],
+        epochs: int = d["epochs"],
+        images_per_class: int = d["images_per_class"],
+        finetune_lr_head: float = d["finetune_lr_head"],
+        finetune_lr_backbone: float = d["finetune_lr_backbone"],
+        scratch_lr_head: float = d["scratch_lr_head"],
+        scratch_lr_backbone: float = d["scratch_lr_backbone"],
+        min_accuracy: float = d["min_accuracy"],
+        min_gain_over_baseline: float = d["min_gain_over_baseline"],
+        max_regression: float = d["max_regression"],
+        max_class_recall_drop: float = d["max_class_recall_drop"],
+        registered_model: str = d["registered_model"],
+        overrides: list = d["overrides"],
+    ) -> None:
+        """Headstart retraining.
+
+        Args:
+            data_repo: Git URL of the Headstart repository whose data.dvc pins the dataset. Empty: the working
+                copy (local runs).
+            data_rev: Git commit, tag or branch of data_repo; its data.dvc is the dataset version. Prefer a
+                commit or tag: fetch is cached. Empty: the default branch.
+            dvc_remote: DVC remote URL holding the data, e.g. s3://bucket/dvcstore. Empty: the remote
+                configured in the repository.
+            backbone: Architecture of both candidates (efficientnet_lite0, small_cnn, or a torchvision model
+                name).
+            weights: Pre-trained weights of the fine-tuned candidate (imagenet, a torchvision enum, a path or
+                s3:// URI). The scratch candidate always starts from random weights.
+            image_size: Input size in pixels, both candidates.
+            epochs: Maximum training epochs, both candidates (early stopping may end sooner).
+            images_per_class: Training images per class, both candidates. 0: all.
+            finetune_lr_head: Learning rate of the classifier head, fine-tuned candidate.
+            finetune_lr_backbone: Learning rate of the pre-trained backbone, fine-tuned candidate.
+            scratch_lr_head: Learning rate of the head, scratch candidate.
+            scratch_lr_backbone: Learning rate of the backbone, scratch candidate.
+            min_accuracy: Gate: the winner's test accuracy must reach this.
+            min_gain_over_baseline: Gate: the fine-tuned model must beat scratch by more than this (CI lower
+                bound); -1 lets any gain pass.
+            max_regression: Gate: the winner may trail the champion by at most this (CI lower bound).
+            max_class_recall_drop: Gate: no class's recall may drop by more than this versus the champion.
+            registered_model: MLflow registered model name; the alias `champion` marks the production version.
+            overrides: More params.yaml settings as KEY=VALUE strings, e.g. ["train.shared.batch_size=32"];
+                applied last.
+        """
+        fetched = fetch_op(
+            data_repo=data_repo, data_rev=data_rev, dvc_remote=dvc_remote, params_json=params_json
+        )
+        _on_cpu(fetched, s, s3).set_caching_options(True).set_display_name("fetch-data")
+        fetched.set_retry(
+            num_retries=s.fetch_retries,
+            backoff_duration=s.retry_backoff,
+            backoff_factor=s.retry_backoff_factor,
+            backoff_max_duration=s.retry_backoff_max,
+        )
+        dataset = fetched.outputs["dataset"]
+        checked = validate_op(dataset=dataset, params_json=params_json, overrides=overrides)
+        _on_cpu(checked, s, mlflow).set_caching_options(True).set_display_name("validate-data")
+
+        with dsl.If(checked.outputs["Output"] == True, name="data-valid"):  # noqa: E712 - a KFP condition
+            trained = {}
+            for role, lr_head, lr_backbone, role_weights in (
+                ("finetune", finetune_lr_head, finetune_lr_backbone, weights),
+                ("scratch", scratch_lr_head, scratch_lr_backbone, ""),
+            ):
+                task = train_op(
+                    role=role,
+                    dataset=dataset,
+                    params_json=params_json,
+                    overrides=overrides,
+                    backbone=backbone,
+                    weights=role_weights,
+                    image_size=image_size,
+                    epochs=epochs,
+                    images_per_class=images_per_class,
+                    lr_head=lr_head,
+                    lr_backbone=lr_backbone,
+                    checkpoint_root=checkpoint_root,
+                )
+                _on_gpu(task, s).set_caching_options(True).set_display_name(f"train-{role}")
+                trained[role] = task.outputs["model"]
+            evaluated = evaluate_op(
+                dataset=dataset,
+                finetune=trained["finetune"],
+                scratch=trained["scratch"],
+                params_json=params_json,
+                overrides=overrides,
+                registered_model=registered_model,
+            )
+            _on_cpu(evaluated, s, mlflow).set_caching_options(False).set_display_name("evaluate")
+            gated = register_op(
+                dataset=dataset,
+                finetune=trained["finetune"],
+                scratch=trained["scratch"],
+                evaluation=evaluated.outputs["evaluation"],
+                params_json=params_json,
+                overrides=overrides,
+                min_accuracy=min_accuracy,
+                min_gain_over_baseline=min_gain_over_baseline,
+                max_regression=max_regression,
+                max_class_recall_drop=max_class_recall_drop,
+                registered_model=registered_model,
+            )
+            _on_cpu(gated, s, mlflow).set_caching_options(False).set_display_name("register-and-gate")
+            decision = gated.outputs["decision_files"]
+            with dsl.If(gated.outputs["decision"] == "promoted", name="gate-passed"):
+                moved = promote_op(
+                    decision=decision,
+                    params_json=params_json,
+                    overrides=overrides,
+                    registered_model=registered_model,
+                )
+                _on_cpu(moved, s, mlflow).set_caching_options(False).set_display_name("promote-champion")
+            with dsl.Else(name="gate-failed"):
+                kept = promote_op(
+                    decision=decision,
+                    params_json=params_json,
+                    overrides=overrides,
+                    registered_model=registered_model,
+                )
+                _on_cpu(kept, s, mlflow).set_caching_options(False).set_display_name("record-rejection")
+        with dsl.Else(name="data-invalid"):
+            stop = rejected_op(report=checked.outputs["report"])
+            _on_cpu(stop, s).set_caching_options(False).set_display_name("stop-on-invalid-data")
+
+    return dsl.pipeline(
+        name=NAME, description=DESCRIPTION, display_name="Headstart retraining", pipeline_config=config
+    )(headstart)
+
+
+if __name__ == "__main__":  # `python pipelines/headstart_pipeline.py [options]` = the compile command
+    import sys
+
+    from headstart.pipeline.cli import app
+
+    app(["compile", *sys.argv[1:]])

@@ -1,0 +1,216 @@
+"""What the KFP components call besides the steps: parameters in, UI artifacts out.
+
+Components stay wiring only; the small mappings between KFP's simple-typed inputs, the step
+configs and the Kubeflow UI's artifact types (Metrics, ClassificationMetrics, HTML) live here,
+where they are tested. Nothing here imports kfp: artifacts are duck-typed.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from headstart.config import TrackingConfig, apply_override, tracking_from_params
+
+
+class MetricsLike(Protocol):
+    def log_metric(self, metric: str, value: float) -> None: ...
+
+
+class ConfusionLike(Protocol):
+    def log_confusion_matrix(self, categories: list[str], matrix: list[list[int]]) -> None: ...
+
+
+def _set(params: dict[str, Any], dotted: str, value: Any) -> None:
+    node = params
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+
+
+def params(
+    params_json: str, overrides: list[str] | None = None, knobs: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """params.yaml as compiled in, then the run's parameters (`knobs`), then `key=value` overrides."""
+    merged: dict[str, Any] = json.loads(params_json)
+    for key, value in (knobs or {}).items():
+        _set(merged, key, value)
+    for item in overrides or []:
+        apply_override(merged, str(item))
+    return merged
+
+
+def tracking(merged: dict[str, Any]) -> TrackingConfig:
+    """MLFLOW_TRACKING_URI in the task's environment (the headstart-mlflow secret) wins, as everywhere."""
+    return tracking_from_params(merged)
+
+
+def checkpoint_dir(root: str, model_path: str) -> str:
+    """The run's workspace when there is one (it outlives a retried pod), else beside the task's output."""
+    return str(Path(root) / "checkpoints") if root else str(Path(model_path).parent / "checkpoints")
+
+
+def validate_params(params_json: str, overrides: list[str]) -> dict[str, Any]:
+    """No local cache or state folder: a pod's disk is gone after the task; the last accepted dataset
+    summary (the drift baseline) is read from MLflow instead, where every passing validation logs it."""
+    knobs = {"validate.cache_dir": None, "validate.state_dir": None}
+    return params(params_json, overrides, knobs)
+
+
+def train_params(
+    params_json: str,
+    overrides: list[str],
+    role: str,
+    *,
+    backbone: str,
+    weights: str,
+    image_size: int,
+    epochs: int,
+    images_per_class: int,
+    lr_head: float,
+    lr_backbone: float,
+    checkpoints: str,
+) -> dict[str, Any]:
+    """One candidate's settings: the run's knobs go to train.<role>; `weights` "" keeps params.yaml's."""
+    knobs: dict[str, Any] = {
+        "backbone": backbone,
+        "image_size": image_size,
+        "epochs": epochs,
+        "images_per_class": images_per_class if images_per_class > 0 else None,
+        "lr_head": lr_head,
+        "lr_backbone": lr_backbone,
+        "checkpoint_dir": checkpoints,
+    }
+    if weights:
+        knobs["weights"] = weights
+    return params(params_json, overrides, {f"train.{role}.{k}": v for k, v in knobs.items()})
+
+
+def gate_params(
+    params_json: str,
+    overrides: list[str],
+    *,
+    min_accuracy: float,
+    min_gain_over_baseline: float,
+    max_regression: float,
+    max_class_recall_drop: float,
+    registered_model: str,
+) -> dict[str, Any]:
+    knobs = {
+        "gate.min_accuracy": min_accuracy,
+        "gate.min_gain_over_baseline": min_gain_over_baseline,
+        "gate.max_regression": max_regression,
+        "gate.max_class_recall_drop": max_class_recall_drop,
+        "tracking.registered_model": registered_model,
+    }
+    return params(params_json, overrides, knobs)
+
+
+def record_lineage(
+    tracking_cfg: TrackingConfig, version: str, dataset_metadata: dict[str, Any]
+) -> dict[str, str]:
+    """Tag the registered version with the dataset version fetch resolved (git commit, data.dvc md5).
+
+    register finds these next to a working copy; in a pod there is neither git nor data.dvc, so
+    the fetch task's artifact metadata is the record. Returns the tags written.
+    """
+    from headstart import registry
+
+    tags = {}
+    if dataset_metadata.get("md5"):
+        tags["data.dvc_md5"] = str(dataset_metadata["md5"])
+    if dataset_metadata.get("rev"):
+        tags["git.commit"] = str(dataset_metadata["rev"])
+        tags["data.source"] = str(dataset_metadata.get("source", ""))
+    if tags:
+        registry.set_version_tags(tracking_cfg, version, tags)
+    return tags
+
+
+def log_metrics(artifact: MetricsLike, values: dict[str, Any]) -> None:
+    """Numbers only (the UI's scalar metrics table); None and text are left out."""
+    for key, value in values.items():
+        if isinstance(value, bool) or value is None or not isinstance(value, int | float):
+            continue
+        artifact.log_metric(key, float(value))
+
+
+def model_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """evaluate's per-model summary, flattened: accuracy, macro_f1, n_test, recall.<class>."""
+    flat = {k: v for k, v in summary.items() if k != "per_class_recall"}
+    flat.update({f"recall.{cls}": r for cls, r in summary.get("per_class_recall", {}).items()})
+    return flat
+
+
+def validation_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """validate's report.json body, reduced to the numbers the UI can table: verdict and counts."""
+    flat: dict[str, float] = {
+        "passed": float(bool(report.get("passed"))),
+        "images": report.get("n_images", 0),
+        "failed_checks": report.get("n_failed", 0),
+        "warnings": report.get("n_warned", 0),
+    }
+    for split, classes in sorted(report.get("counts", {}).items()):
+        flat[f"images.{split}"] = float(sum(classes.values()))
+    return flat
+
+
+def log_confusion(artifact: ConfusionLike, eval_dir: Path, name: str) -> bool:
+    """Recompute `name`'s confusion matrix from predictions.npz; False when that model was not evaluated."""
+    from headstart.steps.evaluate import confusion
+
+    data = np.load(eval_dir / "predictions.npz")
+    if f"pred_{name}" not in data:
+        return False
+    classes = list(json.loads((eval_dir / "metrics.json").read_text())["classes"])
+    matrix = confusion(data["y_true"], data[f"pred_{name}"], len(classes))
+    artifact.log_confusion_matrix(classes, matrix.astype(int).tolist())
+    return True
+
+
+def _img(png: Path, alt: str) -> str:
+    data = base64.b64encode(png.read_bytes()).decode()
+    return (
+        f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"/>'
+        f"<figcaption>{html.escape(alt)}</figcaption></figure>"
+    )
+
+
+def page(title: str, body: str) -> str:
+    """A self-contained HTML page: the Kubeflow UI shows it in a sandboxed iframe, so nothing external."""
+    style = (
+        "body{font-family:system-ui,sans-serif;margin:1.5em;max-width:70em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}th:first-child,td:first-child"
+        "{text-align:left}img{max-width:100%}figure{display:inline-block;margin:.5em}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body>{body}</body></html>\n"
+    )
+
+
+def markdown_html(markdown: str, title: str, images: list[Path] | None = None) -> str:
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
+    body += "".join(_img(p, p.stem.replace("_", " ")) for p in images or [] if p.is_file())
+    return page(title, body)
+
+
+def write_markdown_html(out: str, markdown_file: Path, title: str, images: list[Path] | None = None) -> None:
+    Path(out).write_text(markdown_html(markdown_file.read_text(), title, images))
+
+
+def write_png_html(out: str, png: Path, title: str) -> None:
+    body = f"<h1>{html.escape(title)}</h1>" + (_img(png, title) if png.is_file() else "<p>no plot</p>")
+    Path(out).write_text(page(title, body))
+
+
+def copy_text(out: str, source: Path) -> None:
+    Path(out).write_text(source.read_text())

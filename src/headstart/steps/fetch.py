@@ -1,0 +1,136 @@
+"""Materialise the pinned dataset version as a folder: the first step of the Kubeflow pipeline.
+
+A dataset version is a git revision of this project (its `data.dvc` pins the content hash) plus
+the DVC remote that holds the files. With no repository given, the step reads the working copy,
+which is what `kfp.local` runs and `make run` use.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from headstart.config import Frozen, build, section
+from headstart.errors import DataError, StorageError
+
+REMOTE_NAME = "headstart-pipeline"
+
+
+class FetchConfig(Frozen):
+    """Where the dataset version comes from."""
+
+    repo: str = ""  # git URL (or path) of the project; "" = the working copy
+    rev: str = ""  # commit, tag or branch whose data.dvc pins the data; "" = the default branch
+    remote: str = ""  # DVC remote URL, e.g. s3://bucket/dvcstore; "" = the remote the repo configures
+    path: str = "data"  # the DVC-tracked folder, relative to the repository root
+    link: bool = True  # working copy only: hard-link the files (no copy) where the filesystem allows
+    jobs: int | None = None  # parallel downloads; None = DVC's default
+
+
+def config_from_params(params: dict[str, Any]) -> FetchConfig:
+    data = section(params, "fetch")
+    if "path" not in data and "dir" in section(params, "data"):
+        data["path"] = section(params, "data")["dir"]
+    return build(FetchConfig, data, "fetch")
+
+
+@dataclass
+class FetchResult:
+    data_dir: str
+    source: str
+    rev: str | None
+    md5: str | None
+    files: int
+
+
+def _pinned_md5(dvc_text: str) -> str | None:
+    outs = (yaml.safe_load(dvc_text) or {}).get("outs") or [{}]
+    md5 = outs[0].get("md5")
+    return str(md5) if md5 else None
+
+
+def _clear(out_dir: Path) -> None:
+    """Accept a missing or empty destination; refuse to overwrite data."""
+    if out_dir.is_symlink():
+        out_dir.unlink()
+    elif out_dir.is_dir() and not any(out_dir.iterdir()):
+        out_dir.rmdir()
+    elif out_dir.exists():
+        raise StorageError(f"{out_dir}: already exists and is not empty; choose an empty output folder")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """A hard link shares the bytes without the symlink a validation check would reject."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _count(folder: Path) -> int:
+    return sum(1 for p in folder.rglob("*") if p.is_file())
+
+
+def _from_working_copy(cfg: FetchConfig, out_dir: Path) -> FetchResult:
+    source = Path(cfg.path)
+    if not source.is_dir():
+        raise DataError(
+            f"{source.resolve()}: dataset folder not found; run `make data` (or `dvc pull`) first, "
+            "or give the git repository and revision to fetch from (fetch.repo and fetch.rev; in the "
+            "pipeline, the run parameters data_repo and data_rev)"
+        )
+    pin = source.with_suffix(".dvc")
+    md5 = _pinned_md5(pin.read_text()) if pin.is_file() else None
+    shutil.copytree(source, out_dir, copy_function=_link_or_copy if cfg.link else shutil.copy2)
+    return FetchResult(
+        data_dir=str(out_dir), source=str(source.resolve()), rev=None, md5=md5, files=_count(out_dir)
+    )
+
+
+def _dvc_config(remote: str) -> dict[str, Any] | None:
+    """A named remote made the default, so the given URL wins over the repository's own."""
+    if not remote:
+        return None
+    return {"core": {"remote": REMOTE_NAME}, "remote": {REMOTE_NAME: {"url": remote}}}
+
+
+def _from_repo(cfg: FetchConfig, out_dir: Path) -> FetchResult:
+    from dvc.api import DVCFileSystem
+    from dvc.exceptions import DvcException
+    from scmrepo.exceptions import SCMError
+
+    where = f"{cfg.repo}@{cfg.rev or 'default branch'}"
+    try:
+        fs = DVCFileSystem(cfg.repo, rev=cfg.rev or None, config=_dvc_config(cfg.remote))
+        pin = f"{cfg.path}.dvc"
+        if not fs.exists(pin):
+            raise DataError(
+                f"{where}: no {pin} at this revision; check that the revision exists and "
+                f"pins the dataset with {pin}"
+            )
+        md5 = _pinned_md5(fs.read_text(pin))
+        fs.get(cfg.path, str(out_dir), recursive=True, **({"batch_size": cfg.jobs} if cfg.jobs else {}))
+        rev = fs.repo.get_rev()
+    except (DvcException, SCMError, OSError) as exc:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        remote = cfg.remote or "the remote configured in the repository"
+        raise StorageError(
+            f"{where}: could not fetch {cfg.path!r} from {remote}: {exc}. Check the repository URL, the "
+            "revision, the DVC remote URL and its credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+            "AWS_ENDPOINT_URL)"
+        ) from exc
+    return FetchResult(data_dir=str(out_dir), source=cfg.repo, rev=rev, md5=md5, files=_count(out_dir))
+
+
+def run(cfg: FetchConfig, out_dir: Path) -> FetchResult:
+    """Write the dataset version to `out_dir` (<split>/<class>/<image>) and say where it came from."""
+    _clear(out_dir)
+    if not cfg.repo:
+        return _from_working_copy(cfg, out_dir)
+    return _from_repo(cfg, out_dir)

@@ -1,0 +1,99 @@
+"""The fetch step: the working copy locally, a git revision plus a DVC remote on a cluster."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from headstart.errors import DataError, StorageError
+from headstart.steps import fetch
+from tests.conftest import make_imagefolder
+
+DVC = str(Path(sys.executable).parent / "dvc")
+
+
+def test_working_copy_is_linked_not_symlinked(tmp_path):
+    data = make_imagefolder(tmp_path / "data", per_class={"train": 2, "test": 1})
+    (tmp_path / "data.dvc").write_text("outs:\n- md5: abc.dir\n  path: data\n")
+    out = tmp_path / "out" / "dataset"
+    result = fetch.run(fetch.FetchConfig(path=str(data)), out)
+    assert result.files == 9 and result.md5 == "abc.dir" and result.rev is None
+    assert not out.is_symlink()
+    first = next(out.rglob("*.png"))
+    assert first.stat().st_ino == (data / first.relative_to(out)).stat().st_ino
+
+
+def test_missing_working_copy_says_what_to_do(tmp_path):
+    with pytest.raises(DataError, match="make data"):
+        fetch.run(fetch.FetchConfig(path=str(tmp_path / "nope")), tmp_path / "out")
+
+
+def test_refuses_to_overwrite_data(tmp_path):
+    data = make_imagefolder(tmp_path / "data", per_class={"train": 1})
+    out = tmp_path / "out"
+    (out / "keep").mkdir(parents=True)
+    with pytest.raises(StorageError, match="not empty"):
+        fetch.run(fetch.FetchConfig(path=str(data)), out)
+
+
+def test_config_defaults_to_the_data_dir_of_params():
+    assert fetch.config_from_params({"data": {"dir": "elsewhere"}}).path == "elsewhere"
+    assert fetch.config_from_params({"fetch": {"repo": "r", "path": "d"}}).path == "d"
+
+
+@pytest.fixture(scope="module")
+def dvc_repo(tmp_path_factory) -> tuple[Path, Path, str]:
+    """A git repo whose data.dvc pins a tiny dataset pushed to a DVC remote (a folder); no local cache."""
+    root = tmp_path_factory.mktemp("dvc")
+    repo, remote = root / "repo", root / "remote"
+    repo.mkdir()
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+        "DVC_NO_ANALYTICS": "1",
+    }
+
+    def sh(*cmd: str) -> str:
+        return subprocess.run(
+            cmd, cwd=repo, env=env, check=True, capture_output=True, text=True
+        ).stdout.strip()
+
+    sh("git", "init", "-q")
+    sh(DVC, "init", "-q")
+    make_imagefolder(repo / "data", per_class={"train": 2, "val": 1, "test": 1})
+    sh(DVC, "add", "-q", "data")
+    sh(DVC, "remote", "add", "-q", "-d", "store", str(remote))
+    sh(DVC, "push", "-q")
+    sh("git", "add", "-A")
+    sh("git", "commit", "-qm", "pin the dataset")
+    rev = sh("git", "rev-parse", "HEAD")
+    subprocess.run(["rm", "-rf", str(repo / ".dvc" / "cache"), str(repo / "data")], check=True)
+    return repo, remote, rev
+
+
+def test_fetches_the_pinned_version_from_the_remote(dvc_repo, tmp_path):
+    repo, remote, rev = dvc_repo
+    moved = tmp_path / "moved-remote"
+    remote.rename(moved)  # the repository's own remote URL is now wrong: the given one must win
+    try:
+        result = fetch.run(fetch.FetchConfig(repo=str(repo), rev=rev, remote=str(moved)), tmp_path / "ds")
+    finally:
+        moved.rename(remote)
+    assert result.rev == rev and result.files == 12 and result.md5 and result.md5.endswith(".dir")
+    assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == ["test", "train", "val"]
+
+
+def test_unknown_revision_and_empty_remote_are_user_errors(dvc_repo, tmp_path):
+    repo, _, rev = dvc_repo
+    with pytest.raises(DataError, match="revision"):
+        fetch.run(fetch.FetchConfig(repo=str(repo), rev="no-such-tag"), tmp_path / "a")
+    with pytest.raises(StorageError, match="DVC remote"):
+        fetch.run(fetch.FetchConfig(repo=str(repo), rev=rev, remote=str(tmp_path / "empty")), tmp_path / "b")
+    assert not (tmp_path / "b").exists()

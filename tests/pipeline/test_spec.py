@@ -1,0 +1,332 @@
+"""Assertions on the compiled pipeline spec (not golden text): GPU pool, secrets, retries, caching, inputs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from headstart.config import load_params
+from headstart.pipeline.settings import MLFLOW_KEYS, S3_KEYS
+from tests.pipeline.conftest import ROOT, load_spec
+
+TRAIN = ("train-candidate", "train-candidate-2")
+ALL_TASKS = (
+    "fetch-data",
+    "validate-data",
+    *TRAIN,
+    "evaluate-candidates",
+    "register-and-gate",
+    "act-on-decision",
+    "act-on-decision-2",
+    "data-rejected",
+)
+
+
+def tasks(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every task in the DAG, nested condition branches included, by task name."""
+    found: dict[str, dict[str, Any]] = {}
+    comps = spec["components"]
+
+    def walk(dag_tasks: dict[str, Any]) -> None:
+        for name, task in dag_tasks.items():
+            found[name] = task
+            sub = comps[task["componentRef"]["name"]].get("dag")
+            if sub:
+                walk(sub["tasks"])
+
+    walk(spec["root"]["dag"]["tasks"])
+    return found
+
+
+def guards(spec: dict[str, Any]) -> dict[str, list[str]]:
+    """The dsl.If/Else conditions that must hold for each task to run, outermost first."""
+    found: dict[str, list[str]] = {}
+    comps = spec["components"]
+
+    def walk(dag_tasks: dict[str, Any], outer: list[str]) -> None:
+        for name, task in dag_tasks.items():
+            here = outer + ([task["triggerPolicy"]["condition"]] if "triggerPolicy" in task else [])
+            found[name] = here
+            sub = comps[task["componentRef"]["name"]].get("dag")
+            if sub:
+                walk(sub["tasks"], here)
+
+    walk(spec["root"]["dag"]["tasks"], [])
+    return found
+
+
+def executor_of(spec: dict[str, Any], task: dict[str, Any]) -> str:
+    return spec["components"][task["componentRef"]["name"]]["executorLabel"]
+
+
+def container(spec: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
+    return spec["deploymentSpec"]["executors"][executor_of(spec, task)]["container"]
+
+
+def k8s(spec: dict[str, Any], platform: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
+    return platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].get(executor_of(spec, task), {})
+
+
+def by_display(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {t["taskInfo"]["name"]: t for t in tasks(spec).values()}
+
+
+def test_every_step_is_a_task(compiled):
+    _, spec, _ = compiled
+    assert set(ALL_TASKS) <= set(tasks(spec))
+    names = set(by_display(spec))
+    assert {
+        "fetch-data",
+        "validate-data",
+        "train-finetune",
+        "train-scratch",
+        "evaluate",
+        "register-and-gate",
+        "promote-champion",
+        "record-rejection",
+        "stop-on-invalid-data",
+    } <= names
+
+
+def test_training_requests_a_gpu_with_resources_and_runs_on_the_pool(compiled):
+    _, spec, platform = compiled
+    pool = load_params(ROOT / "params.yaml")["pipeline"]
+    for name in TRAIN:
+        task = tasks(spec)[name]
+        res = container(spec, task)["resources"]
+        assert res["accelerator"]["resourceType"] == "nvidia.com/gpu"
+        assert int(res["accelerator"]["resourceCount"]) == 1
+        assert res["resourceCpuRequest"] and res["resourceCpuLimit"]
+        assert res["resourceMemoryRequest"] and res["resourceMemoryLimit"]
+        cfg = k8s(spec, platform, task)
+        assert cfg["nodeSelector"]["labels"] == {
+            pool["gpu_node_selector_key"]: pool["gpu_node_selector_value"]
+        }
+        assert cfg["tolerations"] == [
+            {
+                "key": pool["gpu_toleration_key"],
+                "operator": "Equal",
+                "value": pool["gpu_toleration_value"],
+                "effect": pool["gpu_toleration_effect"],
+            }
+        ]
+        assert container(spec, task)["image"] == "registry.test/headstart:9.9-cuda"
+
+
+def test_no_other_task_requests_a_gpu_or_the_pool(compiled):
+    _, spec, platform = compiled
+    for name, task in tasks(spec).items():
+        if name in TRAIN or "dag" in spec["components"][task["componentRef"]["name"]]:
+            continue
+        c = container(spec, task)
+        assert "accelerator" not in c.get("resources", {}), name
+        assert c["image"] == "registry.test/headstart:9.9", name
+        cfg = k8s(spec, platform, task)
+        assert "tolerations" not in cfg and "nodeSelector" not in cfg, name
+        assert c["resources"]["resourceCpuLimit"] and c["resources"]["resourceMemoryLimit"], name
+
+
+def test_training_runs_in_parallel_after_validation(compiled):
+    _, spec, _ = compiled
+    t = tasks(spec)
+    assert "train-candidate" not in t["train-candidate-2"].get("dependentTasks", [])
+    assert "train-candidate-2" not in t["train-candidate"].get("dependentTasks", [])
+    assert set(TRAIN) <= set(t["evaluate-candidates"]["dependentTasks"])
+    valid = "inputs.parameter_values['pipelinechannel--validate-data-Output'] == true"
+    for name in (*TRAIN, "evaluate-candidates", "register-and-gate"):
+        assert guards(spec)[name] == [valid], name
+    assert guards(spec)["data-rejected"] == [f"!({valid})"]
+    assert guards(spec)["fetch-data"] == guards(spec)["validate-data"] == []
+
+
+def test_secrets_are_env_from_kubernetes_secrets_only(compiled):
+    _, spec, platform = compiled
+    want = {
+        "fetch-data": {"headstart-s3"},
+        "validate-data": {"headstart-mlflow"},
+        "train-candidate": {"headstart-s3", "headstart-mlflow"},
+        "train-candidate-2": {"headstart-s3", "headstart-mlflow"},
+        "evaluate-candidates": {"headstart-mlflow"},
+        "register-and-gate": {"headstart-mlflow"},
+        "act-on-decision": {"headstart-mlflow"},
+        "act-on-decision-2": {"headstart-mlflow"},
+        "data-rejected": set(),
+    }
+    keys = {"headstart-s3": set(S3_KEYS), "headstart-mlflow": set(MLFLOW_KEYS)}
+    for name, secrets in want.items():
+        mounted = k8s(spec, platform, tasks(spec)[name]).get("secretAsEnv", [])
+        assert {m["secretName"] for m in mounted} == secrets, name
+        for m in mounted:
+            assert {e["envVar"] for e in m["keyToEnv"]} == keys[m["secretName"]]
+            assert all(e["envVar"] == e["secretKey"] for e in m["keyToEnv"])
+    for name in want:
+        assert k8s(spec, platform, tasks(spec)[name])["podMetadata"]["labels"] == {
+            "headstart.io/pipeline": "true"
+        }
+
+
+def test_no_secret_value_or_credential_parameter_in_the_spec(tmp_path, monkeypatch):
+    from headstart.pipeline import compile as compile_spec
+
+    sentinels = {
+        "AWS_SECRET_ACCESS_KEY": "sentinel-aws-secret-4f1c",
+        "AWS_ACCESS_KEY_ID": "SENTINELKEYID9",
+        "MLFLOW_TRACKING_PASSWORD": "sentinel-mlflow-pw-77",
+        "MLFLOW_TRACKING_USERNAME": "sentinel-user",
+        "MLFLOW_TRACKING_URI": "http://sentinel-mlflow.invalid:5000",
+    }
+    for k, v in sentinels.items():
+        monkeypatch.setenv(k, v)
+    out = compile_spec("registry.test/headstart:9.9", tmp_path / "p.yaml", params_file=ROOT / "params.yaml")
+    text = out.read_text()
+    for value in sentinels.values():
+        assert value not in text
+    spec, _ = load_spec(out)
+    for name in spec["root"]["inputDefinitions"]["parameters"]:
+        assert not any(word in name.lower() for word in ("password", "secret", "token", "access_key"))
+
+
+def test_retry_policy(compiled):
+    _, spec, _ = compiled
+    t = tasks(spec)
+    for name in TRAIN:
+        policy = t[name]["retryPolicy"]
+        assert policy["maxRetryCount"] == 3
+        assert policy["backoffDuration"] == "60s" and policy["backoffFactor"] == 2.0
+        assert policy["backoffMaxDuration"] == "3600s"
+    assert t["fetch-data"]["retryPolicy"]["maxRetryCount"] == 2
+    for name in ("register-and-gate", "act-on-decision", "act-on-decision-2", "evaluate-candidates"):
+        assert "retryPolicy" not in t[name], f"{name} must not repeat registry writes"
+
+
+def test_caching_on_for_fetch_validate_train_off_for_registry_steps(compiled):
+    _, spec, _ = compiled
+    t = tasks(spec)
+    for name in ("fetch-data", "validate-data", *TRAIN):
+        assert t[name]["cachingOptions"].get("enableCache") is True, name
+    for name in ("evaluate-candidates", "register-and-gate", "act-on-decision", "act-on-decision-2"):
+        assert not t[name]["cachingOptions"].get("enableCache"), name
+
+
+def test_decision_branches_promote_or_record(compiled):
+    _, spec, _ = compiled
+    promoted = "inputs.parameter_values['pipelinechannel--register-and-gate-decision'] == 'promoted'"
+    g, shown = guards(spec), {t["taskInfo"]["name"]: n for n, t in tasks(spec).items()}
+    assert g[shown["promote-champion"]][-1] == promoted
+    assert g[shown["record-rejection"]][-1] == f"!({promoted})"
+    for name in ("promote-champion", "record-rejection"):
+        source = tasks(spec)[shown[name]]["inputs"]["artifacts"]["decision"]["componentInputArtifact"]
+        assert source == "pipelinechannel--register-and-gate-decision_files"
+
+
+def test_parameters_defaults_and_descriptions(compiled):
+    _, spec, _ = compiled
+    params = load_params(ROOT / "params.yaml")
+    inputs = spec["root"]["inputDefinitions"]["parameters"]
+    expected = {
+        "data_repo",
+        "data_rev",
+        "dvc_remote",
+        "backbone",
+        "weights",
+        "image_size",
+        "epochs",
+        "images_per_class",
+        "finetune_lr_head",
+        "finetune_lr_backbone",
+        "scratch_lr_head",
+        "scratch_lr_backbone",
+        "min_accuracy",
+        "min_gain_over_baseline",
+        "max_regression",
+        "max_class_recall_drop",
+        "registered_model",
+        "overrides",
+    }
+    assert set(inputs) == expected
+    for name, p in inputs.items():
+        assert p.get("description"), f"{name} has no description for the UI"
+        assert "defaultValue" in p, name
+    ft, gate = params["train"]["finetune"], params["gate"]
+    assert inputs["backbone"]["defaultValue"] == ft["backbone"]
+    assert inputs["finetune_lr_head"]["defaultValue"] == ft["lr_head"]
+    assert inputs["image_size"]["defaultValue"] == ft["image_size"]
+    assert inputs["epochs"]["defaultValue"] == params["train"]["shared"]["epochs"]
+    assert inputs["min_accuracy"]["defaultValue"] == gate["min_accuracy"]
+    assert inputs["registered_model"]["defaultValue"] == params["tracking"]["registered_model"]
+    assert spec["pipelineInfo"]["description"].startswith("Retrain")
+
+
+def test_checkpoints_go_to_the_run_workspace(compiled, tmp_path):
+    _, spec, platform = compiled
+    for name in TRAIN:
+        root = tasks(spec)[name]["inputs"]["parameters"]["checkpoint_root"]["runtimeValue"]["constant"]
+        assert root == "{{$.workspace_path}}"
+    assert platform["platforms"]["kubernetes"]["pipelineConfig"]["workspace"]["size"] == "20Gi"
+
+    from headstart.pipeline import compile as compile_spec
+
+    out = compile_spec("r/h:1", tmp_path / "p.yaml", params_file=ROOT / "params.yaml", workspace_size="")
+    spec2, platform2 = load_spec(out)
+    assert "pipelineConfig" not in platform2["platforms"]["kubernetes"]
+    root = tasks(spec2)["train-candidate"]["inputs"]["parameters"]["checkpoint_root"]["runtimeValue"][
+        "constant"
+    ]
+    assert root == ""
+
+
+def test_committed_spec_is_current(tmp_path):
+    """Fails when pipelines/ or components/ or params.yaml changed without `headstart pipeline compile`."""
+    from headstart.pipeline import compile as compile_spec
+
+    committed = ROOT / "pipelines" / "headstart_pipeline.yaml"
+    assert committed.is_file(), (
+        "run `headstart pipeline compile` and commit pipelines/headstart_pipeline.yaml"
+    )
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        fresh = compile_spec(out=tmp_path / "fresh.yaml")
+    finally:
+        os.chdir(cwd)
+    assert load_spec(fresh) == load_spec(committed), (
+        "pipelines/headstart_pipeline.yaml is stale: run `headstart pipeline compile` and commit it"
+    )
+
+
+@pytest.mark.parametrize(
+    "bad", [{"train_cpu_limit": "lots"}, {"memory_limit": "8 GB"}, {"train_retries": "many"}]
+)
+def test_bad_settings_are_config_errors(tmp_path, bad):
+    from headstart.errors import ConfigError
+    from headstart.pipeline import compile as compile_spec
+
+    with pytest.raises(ConfigError, match="pipeline\\."):
+        compile_spec("r/h:1", tmp_path / "p.yaml", params_file=ROOT / "params.yaml", **bad)
+
+
+def test_image_defaults_from_registry_and_tag(tmp_path):
+    from headstart.pipeline import compile as compile_spec
+
+    out = compile_spec(
+        None,
+        tmp_path / "p.yaml",
+        params_file=ROOT / "params.yaml",
+        image_registry="ghcr.io/acme",
+        image_tag="1.2.3",
+    )
+    spec, _ = load_spec(out)
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert images == {"ghcr.io/acme/headstart:1.2.3", "ghcr.io/acme/headstart:1.2.3-cuda"}
+
+
+def test_missing_pipeline_definition_is_a_config_error(tmp_path, monkeypatch):
+    from headstart.errors import ConfigError
+    from headstart.pipeline import spec
+
+    monkeypatch.setattr(spec, "PIPELINE_FILE", Path("pipelines/nothing_here.py"))
+    with pytest.raises(ConfigError, match="nothing_here.py"):
+        spec.project_root(tmp_path)
