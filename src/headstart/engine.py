@@ -2,6 +2,14 @@
 
 Works on pre-decoded uint8 tensors; augmentation and normalisation run batched on the device.
 Uses CUDA with bf16 autocast and channels_last when a GPU is present, plain fp32 on CPU.
+
+Runs unchanged under `torchrun --nproc-per-node N` (see headstart.distributed): `batch_size` stays the
+global batch, every rank draws the same seeded permutation and takes rows rank::world of each global
+batch (DistributedSampler's split, padded the same way), gradients are averaged by DDP, and train and
+validation metrics are summed over ranks, so the step count, LR schedule and metrics do not depend on N
+(train metrics include the at most N-1 padding repeats per epoch).
+Validation is sharded (rank::world of the val split) and all-reduced: every rank gets the same numbers
+and so takes the same early-stopping decision. With one process none of this runs.
 """
 
 from __future__ import annotations
@@ -11,12 +19,15 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from headstart import distributed
 from headstart.checkpoint import Checkpointer
 from headstart.data.imagefolder import Split
 from headstart.presets import Preset
@@ -25,6 +36,10 @@ from headstart.progress import progress_enabled
 
 @dataclass(frozen=True)
 class EngineConfig:
+    """`batch_size` is the global batch (per rank: batch_size / world size). `lr_scaling="linear"`
+    multiplies both learning rates by batch_size / lr_reference_batch (Goyal et al. 2017); "none" uses
+    them as written. Neither depends on the number of processes."""
+
     epochs: int = 10
     batch_size: int = 64
     eval_batch_size: int = 256
@@ -40,6 +55,11 @@ class EngineConfig:
     max_shift: float = 0.1
     seed: int = 42
     threads: int | None = None
+    lr_scaling: Literal["none", "linear"] = "none"
+    lr_reference_batch: int = 64
+
+    def lr_factor(self) -> float:
+        return self.batch_size / self.lr_reference_batch if self.lr_scaling == "linear" else 1.0
 
 
 @dataclass
@@ -65,28 +85,43 @@ class FitResult:
 
 
 def device_for_training() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", distributed.local_rank() if distributed.is_distributed() else None)
 
 
 def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-def augment(x: torch.Tensor, gen: torch.Generator, max_shift: float, flip: bool) -> torch.Tensor:
-    """Random translation (replicate-padded crop) and horizontal flip of a float NCHW batch."""
+def augment(
+    x: torch.Tensor, gen: torch.Generator, max_shift: float, flip: bool,
+    drawn: int | None = None, pick: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Random translation (replicate-padded crop) and horizontal flip of a float NCHW batch.
+
+    Under DDP `x` is one rank's share of a global batch: every rank draws parameters for the `drawn`
+    real samples of the global batch (keeping the shared generator in step on all ranks) and applies
+    those at positions `pick`, so each sample is augmented exactly as in a single-process run.
+    """
     n, _, h, w = x.shape
     pad = int(round(max_shift * h))
+
+    def draw(values: torch.Tensor) -> torch.Tensor:
+        return (values if pick is None else values[pick]).to(x.device)
+
+    count = n if drawn is None else drawn
     if pad > 0:
         xp = F.pad(x, (pad, pad, pad, pad), mode="replicate")
-        oy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
-        ox = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
+        oy = draw(torch.randint(0, 2 * pad + 1, (count,), generator=gen))
+        ox = draw(torch.randint(0, 2 * pad + 1, (count,), generator=gen))
         rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
         cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
         idx = torch.arange(n, device=x.device)[:, None, None, None]
         ch = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
         x = xp[idx, ch, rows, cols]
     if flip:
-        mask = (torch.rand(n, generator=gen) < 0.5).to(x.device)
+        mask = draw(torch.rand(count, generator=gen) < 0.5)
         x = torch.where(mask[:, None, None, None], x.flip(3), x)
     return x
 
@@ -133,25 +168,33 @@ def fit(
     checkpointer: Checkpointer | None = None,
     label: str = "train",
 ) -> FitResult:
-    """Train with AdamW, warmup+cosine, label smoothing and early stopping; keep the best weights."""
+    """Train with AdamW, warmup+cosine, label smoothing and early stopping; keep the best weights.
+
+    Under torchrun every rank calls this with the same arguments; `on_epoch` runs on every rank with
+    the same, all-reduced, stats; only rank 0 writes checkpoints.
+    """
     start_time = time.perf_counter()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
+    distributed.init()
+    rank, world = distributed.rank(), distributed.world_size()
+    distributed.per_rank_batch(cfg.batch_size, world)  # a full batch splits evenly, or a ConfigError
+    torch.manual_seed(cfg.seed + rank)  # dropout masks differ per rank; rank 0 is the single-process run
     device = device_for_training()
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    groups = [{"params": head_params, "lr": cfg.lr_head}]
+    factor = cfg.lr_factor()
+    groups = [{"params": head_params, "lr": cfg.lr_head * factor}]
     if backbone_params:
-        groups.append({"params": backbone_params, "lr": cfg.lr_backbone})
+        groups.append({"params": backbone_params, "lr": cfg.lr_backbone * factor})
     opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train.x) / cfg.batch_size)
+    steps_per_epoch = math.ceil(len(train.x) / cfg.batch_size)  # the same for every world size
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, _lr_lambda(cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch))
     )
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)  # identical on every rank: the shared permutation
     result = FitResult(best_state=_cpu_state(model), best_epoch=0, best_val_accuracy=-1.0)
     first_epoch = 1
     if checkpointer is not None:
@@ -160,27 +203,36 @@ def fit(
             result, first_epoch = restored, restored.history[-1].epoch + 1 if restored.history else 1
     bad_epochs = _epochs_since_best(result)
     x_train, y_train = train.x.to(device), train.y.to(device)
+    n_train = len(x_train)
+    ddp: nn.Module = model
+    ddp_trainable: bool | None = None
     for epoch in range(first_epoch, cfg.epochs + 1):
         if bad_epochs >= cfg.patience:
             result.stopped_early = True
             break
         t0 = time.perf_counter()
-        _set_backbone_trainable(backbone_params, epoch > cfg.probe_epochs)
+        trainable = epoch > cfg.probe_epochs
+        _set_backbone_trainable(backbone_params, trainable)
+        if world > 1 and trainable != ddp_trainable:  # DDP fixes its set of gradients when it is built
+            ddp, ddp_trainable = _wrap(model, device), trainable
         model.train()
-        order = torch.randperm(len(x_train), generator=gen).to(device)
-        total_loss, correct = 0.0, 0
+        order = distributed.pad_for_world(torch.randperm(n_train, generator=gen).to(device), world)
+        total_loss, correct, seen = 0.0, 0, 0
         bar = tqdm(range(steps_per_epoch), desc=f"{label} epoch {epoch}/{cfg.epochs}", unit="batch",
-                   disable=not progress_enabled(), leave=False)
+                   disable=not (progress_enabled() and rank == 0), leave=False)
         for step in bar:
-            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            batch = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            rows = None if world == 1 else torch.arange(rank, len(batch), world)
+            idx = batch if rows is None else batch[rows.to(device)]
             xb = preset.normalize(x_train[idx])
             if cfg.augment:
-                xb = augment(xb, gen, cfg.max_shift, cfg.flip)
+                real = min(cfg.batch_size, n_train - step * cfg.batch_size)
+                xb = augment(xb, gen, cfg.max_shift, cfg.flip, real, None if rows is None else rows % real)
             if device.type == "cuda":
                 xb = xb.contiguous(memory_format=torch.channels_last)
             yb = y_train[idx]
             with _autocast(device):
-                logits = model(xb)
+                logits = ddp(xb)
                 loss = loss_fn(logits.float(), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -188,11 +240,16 @@ def fit(
             sched.step()
             total_loss += loss.detach() * len(idx)
             correct += (logits.argmax(1) == yb).sum()
-        val_logits = predict_logits(model, preset, val.x, cfg.eval_batch_size)
-        val_loss = F.cross_entropy(val_logits, val.y).item()
-        val_acc = (val_logits.argmax(1) == val.y).float().mean().item()
+            seen += len(idx)
+        if world == 1:
+            train_loss, train_acc = float(total_loss) / n_train, float(correct) / n_train
+        else:
+            sums = distributed.all_reduce_sum([float(total_loss), float(correct), seen])
+            train_loss, train_acc = sums[0] / sums[2], sums[1] / sums[2]
+            distributed.broadcast_buffers(model)  # BN running stats from rank 0: all ranks evaluate one model
+        val_loss, val_acc = _validate(model, preset, val, cfg.eval_batch_size, rank, world)
         stats = EpochStats(
-            epoch=epoch, train_loss=float(total_loss) / len(x_train), train_accuracy=float(correct) / len(x_train),
+            epoch=epoch, train_loss=train_loss, train_accuracy=train_acc,
             val_loss=val_loss, val_accuracy=val_acc, lr=opt.param_groups[0]["lr"],
             seconds=time.perf_counter() - t0,
         )
@@ -211,6 +268,28 @@ def fit(
     model.load_state_dict(result.best_state)
     result.seconds += time.perf_counter() - start_time
     return result
+
+
+def _wrap(model: nn.Module, device: torch.device) -> nn.Module:
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _validate(
+    model: nn.Module, preset: Preset, val: Split, batch_size: int, rank: int, world: int
+) -> tuple[float, float]:
+    """(loss, accuracy) on the val split; with several ranks each scores rows rank::world and the sums
+    are all-reduced, so every rank gets the same numbers."""
+    if world == 1:
+        logits = predict_logits(model, preset, val.x, batch_size)
+        return F.cross_entropy(logits, val.y).item(), (logits.argmax(1) == val.y).float().mean().item()
+    x, y = val.x[rank::world], val.y[rank::world]
+    loss_sum, correct = 0.0, 0.0
+    if len(x):
+        logits = predict_logits(model, preset, x, batch_size)
+        loss_sum = F.cross_entropy(logits, y, reduction="sum").item()
+        correct = float((logits.argmax(1) == y).sum())
+    loss_sum, correct = distributed.all_reduce_sum([loss_sum, correct])
+    return loss_sum / len(val.y), correct / len(val.y)
 
 
 def _epochs_since_best(result: FitResult) -> int:

@@ -1,4 +1,8 @@
-"""Train one candidate: `finetune` (pre-trained backbone) or `scratch` (random init baseline)."""
+"""Train one candidate: `finetune` (pre-trained backbone) or `scratch` (random init baseline).
+
+Under torchrun every rank runs this; rank 0 alone logs to MLflow and writes `out_dir`, the others
+return the same result without writing anything.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +14,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from headstart import modelio, plots
+from headstart import distributed, modelio, plots
 from headstart.checkpoint import Checkpointer
 from headstart.config import Frozen, TrackingConfig, build, section
 from headstart.data.imagefolder import list_classes, load_split
-from headstart.engine import EngineConfig, EpochStats, fit
+from headstart.engine import EngineConfig, EpochStats, FitResult, fit
 from headstart.presets import Preset
 
 Role = Literal["finetune", "scratch"]
@@ -29,7 +33,9 @@ class TrainConfig(Frozen):
     images_per_class: int | None = 100
     val_images_per_class: int | None = 100
     epochs: int = 8
-    batch_size: int = 64
+    batch_size: int = 64  # global: split evenly across torchrun processes
+    lr_scaling: Literal["none", "linear"] = "none"  # linear: LRs x batch_size / lr_reference_batch
+    lr_reference_batch: int = 64
     lr_head: float = 3e-3
     lr_backbone: float = 1e-3
     weight_decay: float = 0.05
@@ -75,12 +81,17 @@ class TrainResult:
     resumed_from: int | None
 
 
-def run(cfg: TrainConfig, data_dir: Path, out_dir: Path, tracking: TrackingConfig | None = None) -> TrainResult:
+def run(
+    cfg: TrainConfig, data_dir: Path, out_dir: Path, tracking: TrackingConfig | None = None
+) -> TrainResult:
     """Train on `data_dir` (ImageFolder) and write the best model to `out_dir`."""
-    from headstart.models import build_model, count_params, head_and_backbone_params
-
     import torch
 
+    from headstart.models import build_model, count_params, head_and_backbone_params
+
+    distributed.init()
+    main = distributed.is_main()
+    distributed.per_rank_batch(cfg.batch_size, distributed.world_size())  # fail before any MLflow run
     classes = list_classes(data_dir)
     torch.manual_seed(cfg.seed)  # the head (and a scratch model) is initialised from this seed
     built = build_model(cfg.backbone, cfg.weights, len(classes), in_channels=cfg.channels)
@@ -88,7 +99,9 @@ def run(cfg: TrainConfig, data_dir: Path, out_dir: Path, tracking: TrackingConfi
     train = load_split(data_dir, "train", preset, classes, cfg.images_per_class, cfg.seed)
     val = load_split(data_dir, "val", preset, classes, cfg.val_images_per_class, cfg.seed)
     head, backbone = head_and_backbone_params(built)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    tracking = tracking if main else None
     ckpt = None
     if cfg.checkpoint_dir:
         ckpt = Checkpointer(Path(cfg.checkpoint_dir) / cfg.role, cfg.fingerprint(data_dir))
@@ -102,6 +115,8 @@ def run(cfg: TrainConfig, data_dir: Path, out_dir: Path, tracking: TrackingConfi
 
     with _tracking_run(tracking, cfg, len(train.y), count_params(built.model)) as run_id:
         result = fit(built.model, head, backbone, preset, train, val, cfg.engine(), log_epoch, ckpt, cfg.role)
+        if not main:
+            return _summary(cfg, out_dir, None, result)
         history = [asdict(h) for h in result.history]
         curve = plots.learning_curve(history, out_dir / "learning_curve.png", f"{cfg.role}: {cfg.backbone}")
         metrics = {"best_val_accuracy": result.best_val_accuracy, "train_seconds": result.seconds,
@@ -116,13 +131,17 @@ def run(cfg: TrainConfig, data_dir: Path, out_dir: Path, tracking: TrackingConfi
             mlflow.log_metrics(metrics)
             mlflow.log_artifact(str(curve))
             mlflow.log_artifact(str(out_dir / "history.json"))
-    summary = TrainResult(
+    summary = _summary(cfg, out_dir, run_id, result)
+    (out_dir / "metrics.json").write_text(json.dumps(asdict(summary), indent=2, sort_keys=True) + "\n")
+    return summary
+
+
+def _summary(cfg: TrainConfig, out_dir: Path, run_id: str | None, result: FitResult) -> TrainResult:
+    return TrainResult(
         role=cfg.role, model_dir=str(out_dir / "model"), run_id=run_id, best_epoch=result.best_epoch,
         best_val_accuracy=result.best_val_accuracy, seconds=result.seconds,
         epochs_run=len(result.history), resumed_from=result.resumed_from,
     )
-    (out_dir / "metrics.json").write_text(json.dumps(asdict(summary), indent=2, sort_keys=True) + "\n")
-    return summary
 
 
 @contextlib.contextmanager
@@ -137,8 +156,11 @@ def _tracking_run(
 
     from headstart import tracking as trk
 
-    with trk.run(tracking, f"train-{cfg.role}", {"headstart.step": "train", "headstart.role": cfg.role}) as rid:
+    tags = {"headstart.step": "train", "headstart.role": cfg.role}
+    with trk.run(tracking, f"train-{cfg.role}", tags) as rid:
         params = cfg.model_dump(exclude={"checkpoint_dir"})
-        params.update(train_images=n_train, parameters=n_params)
+        world = distributed.world_size()
+        params.update(train_images=n_train, parameters=n_params, world_size=world,
+                      batch_size_per_rank=cfg.batch_size // world)
         mlflow.log_params({k: str(v) for k, v in params.items()})
         yield rid

@@ -1,0 +1,83 @@
+"""KFP component: train one candidate on several GPU nodes through a Kubeflow PyTorchJob.
+
+The same step as train_candidate (headstart.steps.train, via `headstart train` under torchrun in the
+job's pods); this task only stages the dataset, creates the job, waits for it, prints its pods' logs
+and hands the job's outputs on as its own Model artifact, with the MLflow run id in the metadata.
+"""
+
+from kfp import dsl
+from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
+from kfp.dsl.python_component import PythonComponent
+
+
+def train_distributed(
+    role: str,
+    dataset: Input[Dataset],
+    params_json: str,
+    overrides: list,
+    backbone: str,
+    weights: str,
+    image_size: int,
+    epochs: int,
+    images_per_class: int,
+    lr_head: float,
+    lr_backbone: float,
+    nodes: int,
+    gpus_per_node: int,
+    staging_uri: str,
+    job_image: str,
+    namespace: str,
+    timeout_s: int,
+    model: Output[Model],
+    metrics: Output[Metrics],
+    learning_curve: Output[HTML],
+):
+    """Create the PyTorchJob, wait for Succeeded (fail the task on Failed or timeout), pass its model on."""
+    import json
+    import uuid
+    from pathlib import Path
+
+    from headstart import bundle, pytorchjob
+    from headstart.pipeline import kfp_io
+    from headstart.pipeline.settings import settings_from_params
+
+    p = kfp_io.train_params(
+        params_json,
+        overrides,
+        role,
+        backbone=backbone,
+        weights=weights,
+        image_size=image_size,
+        epochs=epochs,
+        images_per_class=images_per_class,
+        lr_head=lr_head,
+        lr_backbone=lr_backbone,
+        checkpoints="/checkpoints",
+    )
+    name = f"headstart-{role}-{uuid.uuid4().hex[:8]}"
+    ns = namespace or pytorchjob.current_namespace()
+    req = pytorchjob.JobRequest(
+        name=name, namespace=ns, role=role, params=p, staging_uri=f"{staging_uri.rstrip('/')}/{name}",
+        nodes=nodes, gpus_per_node=gpus_per_node, image=job_image,
+    )
+    bundle.put(Path(dataset.path), req.data_uri())
+    api = pytorchjob.api_client()
+    pytorchjob.create(pytorchjob.manifest(req, settings_from_params(p)), api)
+    print(f"created PyTorchJob {ns}/{name}: {nodes} node(s) x {gpus_per_node} GPU(s)")
+    try:
+        pytorchjob.wait(name, ns, api, timeout_s)
+    finally:
+        for pod, text in pytorchjob.logs(name, ns, api).items():
+            print(f"----- {pod} -----\n{text}")
+    bundle.get(req.outputs_uri(), Path(model.path))
+    result = json.loads((Path(model.path) / "metrics.json").read_text())
+    kfp_io.log_metrics(metrics, result)
+    kfp_io.write_png_html(
+        learning_curve.path, Path(model.path) / "learning_curve.png", f"{role}: learning curve"
+    )
+    model.metadata.update(role=role, backbone=backbone, mlflow_run_id=result.get("run_id") or "",
+                          pytorchjob=f"{ns}/{name}", world=f"{nodes}x{gpus_per_node}")
+
+
+def component(image: str) -> PythonComponent:
+    return dsl.component(train_distributed, base_image=image, install_kfp_package=False)

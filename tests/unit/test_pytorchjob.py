@@ -1,0 +1,238 @@
+"""The PyTorchJob Headstart creates: valid against the training operator's CRD schema, with the GPU pool's
+placement; and create / wait / logs against a small fake Kubernetes API on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import jsonschema
+import pytest
+import yaml
+
+from headstart import bundle, pytorchjob
+from headstart.config import load_params
+from headstart.errors import StorageError
+from headstart.pipeline.settings import settings_from_params
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD = ROOT / "tests" / "data" / "schemas" / "kubeflow.org_pytorchjobs.yaml"
+
+
+@pytest.fixture(scope="module")
+def schema() -> dict[str, Any]:
+    crd = yaml.safe_load(CRD.read_text())
+    (v1,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    return v1["schema"]["openAPIV3Schema"]
+
+
+def _request(**kw: Any) -> pytorchjob.JobRequest:
+    params = load_params(ROOT / "params.yaml")
+    base = dict(name="headstart-finetune-abc123", namespace="kubeflow-user", role="finetune", params=params,
+                staging_uri="s3://bucket/staging/headstart-finetune-abc123", nodes=3, gpus_per_node=4)
+    return pytorchjob.JobRequest(**{**base, **kw})
+
+
+def _job(**kw: Any) -> dict[str, Any]:
+    req = _request(**kw)
+    return pytorchjob.manifest(req, settings_from_params(req.params))
+
+
+def _undeclared(value: Any, schema: dict[str, Any], path: str = "") -> list[str]:
+    """Fields the API server would prune silently: keys the structural schema does not declare."""
+    if isinstance(value, dict):
+        props, extra = schema.get("properties"), schema.get("additionalProperties")
+        if props is None and extra is None:
+            return []  # the root `metadata` is ObjectMeta, checked by the API server itself
+        out = []
+        for key, item in value.items():
+            sub = (props or {}).get(key, extra if isinstance(extra, dict) else None)
+            out += [f"{path}.{key}"] if sub is None else _undeclared(item, sub, f"{path}.{key}")
+        return out
+    if isinstance(value, list):
+        items = schema.get("items", {})
+        return [p for i, item in enumerate(value) for p in _undeclared(item, items, f"{path}[{i}]")]
+    return []
+
+
+@pytest.mark.parametrize("nodes", [1, 3])
+def test_manifest_is_valid_for_the_training_operator_crd(schema, nodes: int):
+    job = _job(nodes=nodes, checkpoint_claim="headstart-ckpt" if nodes > 1 else "", service_account="trainer")
+    jsonschema.validate(job, schema)
+    assert _undeclared(job, schema) == []
+
+
+def test_the_schema_check_is_live(schema):
+    job = _job()
+    job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] = "2"
+    with pytest.raises(jsonschema.ValidationError, match="'2' is not of type 'integer'"):
+        jsonschema.validate(job, schema)
+    job = _job()
+    del job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["name"]
+    with pytest.raises(jsonschema.ValidationError, match="'name' is a required property"):
+        jsonschema.validate(job, schema)
+    job = _job()
+    job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["tolerationz"] = []
+    assert _undeclared(job, schema) == [".spec.pytorchReplicaSpecs.Master.template.spec.tolerationz"]
+
+
+def test_master_and_workers_run_on_the_gpu_pool_with_its_secrets_and_labels():
+    params = load_params(ROOT / "params.yaml")
+    pool = params["pipeline"]
+    job = _job(nodes=3, gpus_per_node=4)
+    specs = job["spec"]["pytorchReplicaSpecs"]
+    assert specs["Master"]["replicas"] == 1 and specs["Worker"]["replicas"] == 2
+    assert job["spec"]["nprocPerNode"] == "4"
+    for replica in specs.values():
+        pod = replica["template"]
+        assert pod["metadata"]["labels"] == {"headstart.io/pipeline": "true",
+                                             "headstart.io/distributed-training": "true"}
+        spec = pod["spec"]
+        assert spec["nodeSelector"] == {pool["gpu_node_selector_key"]: pool["gpu_node_selector_value"]}
+        assert spec["tolerations"] == [{"key": pool["gpu_toleration_key"], "operator": "Equal",
+                                        "value": pool["gpu_toleration_value"],
+                                        "effect": pool["gpu_toleration_effect"]}]
+        (container,) = spec["containers"]
+        assert container["name"] == "pytorch"
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == "4"
+        assert container["resources"]["requests"]["nvidia.com/gpu"] == "4"
+        assert container["envFrom"] == [{"secretRef": {"name": "headstart-s3"}},
+                                        {"secretRef": {"name": "headstart-mlflow"}}]
+        assert container["image"].endswith("-cuda")
+    assert "Worker" not in _job(nodes=1)["spec"]["pytorchReplicaSpecs"]
+
+
+def test_pods_run_headstart_train_under_torchrun_with_the_operators_variables():
+    req = _request(overrides=["train.shared.epochs=2"])
+    container = _job(overrides=req.overrides)["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"][
+        "containers"][0]
+    shell, flag, script = container["command"]
+    assert (shell, flag) == ("/bin/sh", "-c")
+    subprocess.run(["sh", "-n", "-c", script], check=True)  # it parses
+    assert "python -m torch.distributed.run --nnodes=3 --nproc-per-node=4" in script
+    assert '--node-rank="$NODE_RANK" --master-addr="$MASTER_ADDR" --master-port="$MASTER_PORT"' in script
+    assert "-m headstart.cli train finetune" in script
+    assert "--set train.shared.epochs=2 --set train.finetune.checkpoint_dir=/checkpoints" in script
+    assert req.data_uri() in script and req.outputs_uri() in script and "$(" not in script
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert json.loads(env["HEADSTART_PARAMS"]) == req.params
+
+
+def test_bundle_round_trip_and_refuses_paths_outside_the_target(tmp_path: Path):
+    src = tmp_path / "src"
+    (src / "model").mkdir(parents=True)
+    (src / "model" / "w.bin").write_bytes(b"\x00\x01")
+    (src / "metrics.json").write_text("{}")
+    bundle.put(src, str(tmp_path / "staging" / "out.tar.gz"))  # a path works as well as s3://
+    dest = bundle.get(str(tmp_path / "staging" / "out.tar.gz"), tmp_path / "dest")
+    assert (dest / "model" / "w.bin").read_bytes() == b"\x00\x01" and (dest / "metrics.json").exists()
+
+    import tarfile
+
+    evil = tmp_path / "evil.tar.gz"
+    with tarfile.open(evil, "w:gz") as tar:
+        tar.add(src / "metrics.json", arcname="../escaped.json")
+    with pytest.raises(StorageError, match="not a readable"):
+        bundle.unpack(evil, tmp_path / "dest2")
+    assert not (tmp_path / "escaped.json").exists()
+
+
+# --- create / wait / logs against a fake Kubernetes API -------------------------------------------
+
+
+class FakeKube(BaseHTTPRequestHandler):
+    """PyTorchJobs (created, then conditions advance one step per GET), pods and logs."""
+
+    jobs: dict[str, dict[str, Any]] = {}
+    script: dict[str, list[tuple[str, str]]] = {}
+    seen: list[str] = []
+
+    def _send(self, code: int, body: Any, content_type: str = "application/json") -> None:
+        data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self) -> None:  # noqa: N802
+        job = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.seen.append(f"POST {self.path}")
+        self.jobs[job["metadata"]["name"]] = job
+        self._send(201, job)
+
+    def do_GET(self) -> None:  # noqa: N802
+        url = urlparse(self.path)
+        parts = url.path.strip("/").split("/")
+        self.seen.append(f"GET {self.path}")
+        if parts[:3] == ["apis", "kubeflow.org", "v1"] and parts[-2] == "pytorchjobs":
+            name = parts[-1]
+            if name not in self.jobs:
+                return self._send(404, {"kind": "Status", "code": 404, "reason": "NotFound"})
+            steps = self.script[name]
+            kind, message = steps.pop(0) if len(steps) > 1 else steps[0]
+            job = {**self.jobs[name], "status": {"conditions": [
+                {"type": "Created", "status": "True"}, {"type": kind, "status": "True", "message": message}]}}
+            return self._send(200, job)
+        if url.path.endswith("/pods"):
+            selector = parse_qs(url.query)["labelSelector"][0]
+            name = selector.split("=")[1]
+            items = [{"metadata": {"name": f"{name}-{r}", "namespace": parts[3]}}
+                     for r in ("master-0", "worker-0")]
+            return self._send(200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items})
+        if url.path.endswith("/log"):
+            query = parse_qs(url.query)
+            return self._send(200, f"{parts[-2]} log ({query['container'][0]}, last {query['tailLines'][0]})",
+                              "text/plain")
+        return self._send(404, {"kind": "Status", "code": 404})
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def kube() -> Iterator[Any]:
+    from kubernetes import client
+
+    FakeKube.jobs, FakeKube.script, FakeKube.seen = {}, {}, []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeKube)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    cfg = client.Configuration()
+    cfg.host = f"http://127.0.0.1:{server.server_address[1]}"
+    with client.ApiClient(cfg) as api:
+        yield api
+    server.shutdown()
+    server.server_close()
+
+
+def test_create_wait_until_succeeded_and_fetch_every_pods_log(kube):
+    job = _job()
+    name, ns = job["metadata"]["name"], job["metadata"]["namespace"]
+    FakeKube.script[name] = [("Running", ""), ("Running", ""), ("Succeeded", "PyTorchJob succeeded")]
+    created = pytorchjob.create(job, kube)
+    assert created["spec"] == job["spec"]
+    assert FakeKube.seen[0] == f"POST /apis/kubeflow.org/v1/namespaces/{ns}/pytorchjobs"
+    assert pytorchjob.wait(name, ns, kube, timeout_s=10, poll_s=0.01) == "PyTorchJob succeeded"
+    logs = pytorchjob.logs(name, ns, kube, tail_lines=50)
+    assert logs == {f"{name}-master-0": f"{name}-master-0 log (pytorch, last 50)",
+                    f"{name}-worker-0": f"{name}-worker-0 log (pytorch, last 50)"}
+    assert any("labelSelector=training.kubeflow.org%2Fjob-name%3D" in s for s in FakeKube.seen)
+
+
+def test_wait_raises_on_failed_and_on_timeout(kube):
+    failing, stuck = _job(name="failing"), _job(name="stuck")
+    FakeKube.script["failing"] = [("Running", ""), ("Failed", "worker-0 exited with code 1")]
+    FakeKube.script["stuck"] = [("Running", "")]
+    pytorchjob.create(failing, kube)
+    pytorchjob.create(stuck, kube)
+    with pytest.raises(pytorchjob.TrainingJobFailed, match="failed: worker-0 exited with code 1"):
+        pytorchjob.wait("failing", "kubeflow-user", kube, timeout_s=10, poll_s=0.01)
+    with pytest.raises(pytorchjob.TrainingJobFailed, match="still Running after 0s"):
+        pytorchjob.wait("stuck", "kubeflow-user", kube, timeout_s=0.05, poll_s=0.01)
