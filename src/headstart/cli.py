@@ -19,6 +19,15 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Build and inspect the versioned dataset.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+
+
+def _mount_pipeline() -> None:
+    from headstart.pipeline.cli import app as pipeline_app
+
+    app.add_typer(pipeline_app, name="pipeline", help="Compile, run locally, submit or schedule the Kubeflow pipeline.")
+
+
+_mount_pipeline()
 console = Console(stderr=True)
 
 ParamsOpt = Annotated[Path, typer.Option("--params", help="params.yaml to read knobs and thresholds from.")]
@@ -249,8 +258,18 @@ def run_all(
     summary(outputs=outputs, params=params)
 
 
+def _quiet_library_warnings() -> None:
+    """MLflow's advice aimed at notebook users (type hints, integer columns) is noise in a pipeline log."""
+    import warnings
+
+    for pattern in (".*type hints to the `predict` method", ".*Inferred schema contains integer column",
+                    ".*dataset source can be interpreted in multiple ways"):
+        warnings.filterwarnings("ignore", message=pattern, category=UserWarning)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors print one clear line and exit non-zero, without a traceback."""
+    _quiet_library_warnings()
     try:
         app(args=argv, standalone_mode=False)
     except HeadstartError as exc:

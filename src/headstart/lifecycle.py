@@ -29,7 +29,8 @@ def override(tracking: TrackingConfig, version: str, reason: str) -> str | None:
     _version_exists(tracking, version)
     with registry.lock(tracking):
         previous = registry.move_champion(tracking, version, "override", reason)
-        registry.set_version_tags(tracking, version, {"override_by": registry.current_user(), "override_reason": reason})
+        registry.set_version_tags(tracking, version,
+                                  {"override_by": registry.current_user(), "override_reason": reason})
     return previous
 
 

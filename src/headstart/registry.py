@@ -72,7 +72,9 @@ def champion(tracking: TrackingConfig) -> Champion | None:
     except MlflowException as exc:
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
             return None
-        raise RegistryError(f"MLflow: reading the champion of {tracking.registered_model!r} failed: {exc.message}") from exc
+        raise RegistryError(
+            f"MLflow: reading the champion of {tracking.registered_model!r} failed: {exc.message}"
+        ) from exc
     return Champion(version=str(mv.version), run_id=mv.run_id, tags=dict(mv.tags))
 
 

@@ -64,7 +64,7 @@ def render(outputs: Path, tracking: TrackingConfig) -> Group:
     for c in dec["checks"]:
         status = "n/a" if not c["applies"] else ("pass" if c["passed"] else "FAIL")
         style = {"pass": "green", "FAIL": "red"}.get(status, "dim")
-        ci = "" if c.get("ci_low") is None else f"[{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]"
+        ci = "" if c.get("ci_low") is None else f"{c['ci_low']:.3f}..{c['ci_high']:.3f}"
         gate.add_row(c["name"], Text(status, style=style), _num(c.get("value")), _num(c.get("threshold")), ci,
                      _num(c.get("p_value"), "{:.3g}"))
     verdict = (Text(f"PROMOTED: {reg['model_name']} v{reg['version']} now has alias @champion", style="bold green")

@@ -79,9 +79,9 @@ def test_rollback_without_history_and_unknown_version_are_clear_errors(tracking:
 
 
 def test_lock_is_exclusive_and_stale_locks_are_broken(tracking: TrackingConfig):
-    with registry.lock(tracking, owner="a"), pytest.raises(RegistryError, match="still held"):
-        with registry.lock(tracking, owner="b", timeout=0.5):
-            pass
-    with registry.lock(tracking, owner="dead", ttl=-1):
-        with registry.lock(tracking, owner="b", timeout=2):  # the holder's expiry has passed
-            pass
+    with (registry.lock(tracking, owner="a"), pytest.raises(RegistryError, match="still held"),
+          registry.lock(tracking, owner="b", timeout=0.5)):
+        pass
+    # the holder's expiry has passed: the lock is broken and taken
+    with registry.lock(tracking, owner="dead", ttl=-1), registry.lock(tracking, owner="b", timeout=2):
+        pass

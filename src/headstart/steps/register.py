@@ -72,6 +72,7 @@ def _log_model(tracking: TrackingConfig, model_dir: Path, card_run: str | None, 
     """Log the winner as a pyfunc (code + safetensors, no pickle) and register a new version."""
     import mlflow
     import pandas as pd
+
     import headstart
     from headstart import tracking as trk
     from headstart.serving import ARTIFACT_KEY, MODEL_CODE, Classifier

@@ -9,10 +9,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+from tqdm import tqdm
 
 from headstart import distributed, modelio, plots
 from headstart.checkpoint import Checkpointer
@@ -107,6 +110,10 @@ def run(
         ckpt = Checkpointer(Path(cfg.checkpoint_dir) / cfg.role, cfg.fingerprint(data_dir))
 
     def log_epoch(stats: EpochStats) -> None:
+        if main:
+            tqdm.write(f"{cfg.role} epoch {stats.epoch}/{cfg.epochs}: train loss {stats.train_loss:.3f} "
+                       f"acc {stats.train_accuracy:.3f} | val acc {stats.val_accuracy:.3f} | {stats.seconds:.1f}s",
+                       file=sys.stderr)
         if tracking is not None:
             import mlflow
 
