@@ -22,8 +22,7 @@ def configure(tracking: TrackingConfig) -> str:
     uri = tracking.resolved_uri()
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    mlflow.set_tracking_uri(uri)  # the registry follows it; no set_registry_uri, which would pin an env var
     try:
         exp = mlflow.get_experiment_by_name(tracking.experiment)
         if exp is not None:
