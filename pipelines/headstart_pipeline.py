@@ -93,7 +93,7 @@ def _on_gpu(task: PipelineTask, s: PipelineSettings) -> PipelineTask:
 
 def build(params: dict[str, Any], s: PipelineSettings) -> GraphComponent:
     """The pipeline for these params.yaml contents and settings (images, pool, resources)."""
-    from components import evaluate, fetch, promote, register, train, validate
+    from components import evaluate, fetch, promote, register, train, train_distributed, validate
 
     cpu, gpu = s.cpu_image(), s.cuda_image()
     fetch_op, validate_op, rejected_op = (
@@ -102,6 +102,7 @@ def build(params: dict[str, Any], s: PipelineSettings) -> GraphComponent:
         validate.rejected_component(cpu),
     )
     train_op, evaluate_op = train.component(gpu), evaluate.component(cpu)
+    distributed_op = train_distributed.component(cpu)
     register_op, promote_op = register.component(cpu), promote.component(cpu)
     params_json = json.dumps(params, sort_keys=True)
     s3, mlflow = (s.s3_secret, S3_KEYS), (s.mlflow_secret, MLFLOW_KEYS)
@@ -134,6 +135,9 @@ def build(params: dict[str, Any], s: PipelineSettings) -> GraphComponent:
         max_class_recall_drop: float = d["max_class_recall_drop"],
         registered_model: str = d["registered_model"],
         overrides: list = d["overrides"],
+        distributed_nodes: int = 0,
+        gpus_per_node: int = 1,
+        staging_uri: str = "",
     ) -> None:
         """Headstart retraining.
 
@@ -163,6 +167,10 @@ def build(params: dict[str, Any], s: PipelineSettings) -> GraphComponent:
             registered_model: MLflow registered model name; the alias `champion` marks the production version.
             overrides: More params.yaml settings as KEY=VALUE strings, e.g. ["train.shared.batch_size=32"];
                 applied last.
+            distributed_nodes: 0 or 1: train inside the pipeline pod (one node). 2 or more: each candidate
+                trains as a Kubeflow PyTorchJob on this many GPU nodes (needs the training operator).
+            gpus_per_node: GPUs per node of a distributed training job.
+            staging_uri: s3:// folder where a distributed job's dataset and outputs are staged.
         """
         fetched = fetch_op(
             data_repo=data_repo, data_rev=data_rev, dvc_remote=dvc_remote, params_json=params_json
@@ -184,22 +192,26 @@ def build(params: dict[str, Any], s: PipelineSettings) -> GraphComponent:
                 ("finetune", finetune_lr_head, finetune_lr_backbone, weights),
                 ("scratch", scratch_lr_head, scratch_lr_backbone, ""),
             ):
-                task = train_op(
-                    role=role,
-                    dataset=dataset,
-                    params_json=params_json,
-                    overrides=overrides,
-                    backbone=backbone,
-                    weights=role_weights,
-                    image_size=image_size,
-                    epochs=epochs,
-                    images_per_class=images_per_class,
-                    lr_head=lr_head,
-                    lr_backbone=lr_backbone,
-                    checkpoint_root=checkpoint_root,
+                knobs = dict(
+                    role=role, dataset=dataset, params_json=params_json, overrides=overrides, backbone=backbone,
+                    weights=role_weights, image_size=image_size, epochs=epochs, images_per_class=images_per_class,
+                    lr_head=lr_head, lr_backbone=lr_backbone,
                 )
-                _on_gpu(task, s).set_caching_options(True).set_display_name(f"train-{role}")
-                trained[role] = task.outputs["model"]
+                if not s.multi_node_training:
+                    task = train_op(**knobs, checkpoint_root=checkpoint_root)
+                    _on_gpu(task, s).set_caching_options(True).set_display_name(f"train-{role}")
+                    trained[role] = task.outputs["model"]
+                    continue
+                with dsl.If(distributed_nodes > 1, name=f"{role}-multi-node"):
+                    job = distributed_op(
+                        **knobs, nodes=distributed_nodes, gpus_per_node=gpus_per_node, staging_uri=staging_uri,
+                        job_image=gpu, namespace="", timeout_s=s.distributed_timeout_s,
+                    )
+                    _on_cpu(job, s, s3, mlflow).set_caching_options(True).set_display_name(f"train-{role}-job")
+                with dsl.Else(name=f"{role}-in-pod"):
+                    task = train_op(**knobs, checkpoint_root=checkpoint_root)
+                    _on_gpu(task, s).set_caching_options(True).set_display_name(f"train-{role}")
+                trained[role] = dsl.OneOf(job.outputs["model"], task.outputs["model"])
             evaluated = evaluate_op(
                 dataset=dataset,
                 finetune=trained["finetune"],

@@ -134,9 +134,16 @@ def test_training_runs_in_parallel_after_validation(compiled):
     t = tasks(spec)
     assert "train-candidate" not in t["train-candidate-2"].get("dependentTasks", [])
     assert "train-candidate-2" not in t["train-candidate"].get("dependentTasks", [])
-    assert set(TRAIN) <= set(t["evaluate-candidates"]["dependentTasks"])
     valid = "inputs.parameter_values['pipelinechannel--validate-data-Output'] == true"
-    for name in (*TRAIN, "evaluate-candidates", "register-and-gate"):
+    multi = "int(inputs.parameter_values['pipelinechannel--distributed_nodes']) > 1"
+    for name in TRAIN:  # in-pod training unless a multi-node job is asked for
+        assert guards(spec)[name] == [valid, f"!({multi})"], name
+    for name in ("train-distributed", "train-distributed-2"):
+        assert guards(spec)[name] == [valid, multi], name
+    # evaluation waits for both candidates' If/Else groups, whichever branch ran
+    branches = {n for n in t["evaluate-candidates"]["dependentTasks"] if n.startswith("condition-branches")}
+    assert len(branches) == 2
+    for name in ("evaluate-candidates", "register-and-gate"):
         assert guards(spec)[name] == [valid], name
     assert guards(spec)["data-rejected"] == [f"!({valid})"]
     assert guards(spec)["fetch-data"] == guards(spec)["validate-data"] == []
@@ -245,6 +252,9 @@ def test_parameters_defaults_and_descriptions(compiled):
         "max_class_recall_drop",
         "registered_model",
         "overrides",
+        "distributed_nodes",
+        "gpus_per_node",
+        "staging_uri",
     }
     assert set(inputs) == expected
     for name, p in inputs.items():

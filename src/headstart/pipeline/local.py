@@ -52,7 +52,8 @@ def run_local(
     from kfp import local
 
     params = load_params(params_file, overrides)
-    pipeline = build(params, settings_from_params(params))
+    # kfp.local has no training operator and cannot merge If/Else outputs (dsl.OneOf): local runs train in-pod
+    pipeline = build(params, settings_from_params(params).model_copy(update={"multi_node_training": False}))
     root = Path(pipeline_root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     workspace = root / "workspace"  # kfp.local deletes it after the run, as KFP deletes the run's volume

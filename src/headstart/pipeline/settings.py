@@ -55,6 +55,8 @@ class PipelineSettings(BaseModel):
 
     train_retries: int = 3
     fetch_retries: int = 2
+    distributed_timeout_s: int = 6 * 3600  # a multi-node PyTorchJob that runs longer fails the task
+    multi_node_training: bool = True  # offer the distributed_nodes switch (PyTorchJob); off for kfp.local
     retry_backoff: str = "60s"
     retry_backoff_factor: float = 2.0
     retry_backoff_max: str = "3600s"
