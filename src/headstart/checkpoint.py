@@ -1,96 +1,126 @@
 """Epoch checkpoints that survive a killed pod: atomic writes, the previous one kept as a fallback.
 
-Loaded with `torch.load(weights_only=True)` only, so a tampered file cannot run code.
+The location is a local folder or an `s3://bucket/prefix` URI, so a pod retried on another node resumes.
+A checkpoint holds the model, optimizer, scheduler and AMP scaler (when one is used) states, the RNG
+states, epoch and optimizer step, the best-so-far weights and the history.
+
+Atomicity: locally the file is written under a temporary name and renamed. On S3 the file is written
+locally and then uploaded: an object becomes visible only once its upload has completed (multipart
+included), so a killed upload leaves no object rather than a torn one; its sha256 travels in the object's
+metadata and is checked on restore, so a corrupted or truncated object is detected anyway. The two newest
+checkpoints are kept; restore takes the newest valid one and falls back to the one before.
+
+Loaded with `torch.load(weights_only=True)` only, so a tampered file cannot run code. A checkpoint
+that is refused (unsafe pickle content) or unreadable (torn, corrupt) is skipped with a warning naming it
+and the run falls back to the previous checkpoint, or starts fresh when none is usable: an unattended
+pipeline keeps going on a state that is known safe instead of crash-looping, and the refused file stays
+in place, untouched, for whoever investigates, until a newer checkpoint of this run replaces it.
 
 Under DDP both `save` and `restore` are collective (call them on every rank): rank 0 alone writes, with
 every rank's RNG state, while the others wait at a barrier; on restore rank 0 picks the newest valid file
-and broadcasts its bytes, so every rank loads the very same checkpoint and only rank 0's disk needs it.
+and broadcasts its bytes, so every rank loads the very same checkpoint and only rank 0 needs access to it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
+import logging
 import os
+import pickle
+import re
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from headstart import distributed
+from headstart import distributed, storage
 from headstart.errors import StorageError
 
 if TYPE_CHECKING:
     from headstart.engine import FitResult
 
 KEEP = 2
+SHA_KEY = "sha256"
+_NAME = re.compile(r"^epoch-\d{4,}\.pt$")
+log = logging.getLogger(__name__)
 
 
 class Checkpointer:
-    """Saves `epoch-NNNN.pt` into a folder; a fingerprint ties checkpoints to one config and dataset."""
+    """Saves `epoch-NNNN.pt` into a folder or s3:// prefix; a fingerprint ties checkpoints to one config
+    and dataset, so a resume never mixes runs."""
 
-    def __init__(self, folder: Path, fingerprint: str) -> None:
-        self.folder = folder
+    def __init__(self, location: str | Path, fingerprint: str) -> None:
+        self.location = location if storage.is_s3(location) else Path(location)
         self.fingerprint = fingerprint
         self.resumed_epoch: int | None = None
+        self.resumed_from_uri: str | None = None
 
-    def _files(self) -> list[Path]:
-        return sorted(self.folder.glob("epoch-*.pt"), reverse=True)
+    @property
+    def remote(self) -> bool:
+        return storage.is_s3(self.location)
 
-    def save(self, model: nn.Module, opt: Any, sched: Any, gen: torch.Generator, result: FitResult) -> None:
+    def uri(self, name: str) -> str:
+        return storage.join(self.location, name)
+
+    def _names(self) -> list[str]:
+        """Checkpoint names, newest first."""
+        return sorted((n for n in storage.list_names(self.location, "epoch-") if _NAME.match(n)), reverse=True)
+
+    def save(
+        self, model: nn.Module, opt: Any, sched: Any, gen: torch.Generator, result: FitResult, scaler: Any = None
+    ) -> None:
         rank_rngs = None
         if distributed.is_distributed():
             rank_rngs = distributed.all_gather_bytes(torch.get_rng_state())
         if distributed.is_main():
-            self._write(model, opt, sched, gen, result, rank_rngs)
+            self._write(_state(self.fingerprint, model, opt, sched, gen, result, scaler, rank_rngs))
         distributed.barrier()
 
-    def _write(
-        self, model: nn.Module, opt: Any, sched: Any, gen: torch.Generator, result: FitResult,
-        rank_rngs: list[torch.Tensor] | None,
-    ) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        epoch = result.history[-1].epoch
-        state = {
-            "fingerprint": self.fingerprint,
-            "model": model.state_dict(),
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-            "generator": gen.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "best_state": result.best_state,
-            "best_epoch": result.best_epoch,
-            "best_val_accuracy": result.best_val_accuracy,
-            "history": [dataclasses.asdict(h) for h in result.history],
-            "seconds": result.seconds,
-        }
-        if rank_rngs is not None:
-            state["torch_rng_ranks"] = rank_rngs  # dropout differs per rank; each resumes its own stream
-        final = self.folder / f"epoch-{epoch:04d}.pt"
-        tmp = final.with_suffix(".pt.tmp")
-        try:
-            torch.save(state, tmp)
-            os.replace(tmp, final)
-        except OSError as exc:
-            raise StorageError(f"{final}: cannot write checkpoint ({exc})") from exc
-        for old in self._files()[KEEP:]:
-            old.unlink(missing_ok=True)
+    def _write(self, state: dict[str, Any]) -> None:
+        name = f"epoch-{state['epoch']:04d}.pt"
+        if self.remote:
+            with tempfile.TemporaryDirectory(prefix="headstart-ckpt-") as tmp:
+                staged = Path(tmp) / name
+                _save_file(state, staged, self.uri(name))
+                storage.upload(staged, self.uri(name), metadata={SHA_KEY: _sha256(staged.read_bytes())})
+        else:
+            folder = Path(self.location)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StorageError(f"{folder}: cannot create the checkpoint folder ({exc})") from exc
+            tmp = folder / f"{name}.tmp"
+            _save_file(state, tmp, str(folder / name))
+            try:
+                os.replace(tmp, folder / name)
+            except OSError as exc:
+                raise StorageError(f"{folder / name}: cannot write checkpoint ({exc})") from exc
+        for old in self._names()[KEEP:]:
+            storage.delete(self.uri(old))
 
-    def restore(self, model: nn.Module, opt: Any, sched: Any, gen: torch.Generator) -> FitResult | None:
-        """Load the newest readable checkpoint with a matching fingerprint; None to start fresh."""
+    def restore(
+        self, model: nn.Module, opt: Any, sched: Any, gen: torch.Generator, scaler: Any = None
+    ) -> FitResult | None:
+        """Load the newest valid checkpoint with a matching fingerprint; None to start fresh."""
         from headstart.engine import EpochStats, FitResult
 
         if distributed.is_distributed():
             blob = distributed.broadcast_bytes(self._newest_bytes() if distributed.is_main() else None)
             state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True) if blob else None
         else:
-            state = self._newest()
+            found = self._newest_valid()
+            state = found[1] if found else None
         if state is None:
             return None
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler") is not None:
+            scaler.load_state_dict(state["scaler"])
         gen.set_state(state["generator"])
         _restore_torch_rng(state)
         history = [EpochStats(**h) for h in state["history"]]
@@ -101,24 +131,97 @@ class Checkpointer:
             seconds=state["seconds"], resumed_from=self.resumed_epoch,
         )
 
-    def _newest(self) -> dict[str, Any] | None:
-        found = self._newest_valid()
-        return found[1] if found else None
-
     def _newest_bytes(self) -> bytes:
         found = self._newest_valid()
         return found[0] if found else b""
 
     def _newest_valid(self) -> tuple[bytes, dict[str, Any]] | None:
-        for path in self._files():
+        """The newest checkpoint that reads back, passes its checksum and the safe loader, and is ours.
+
+        A store that cannot be listed or read at all (S3 down after the retries) raises StorageError:
+        starting over silently would throw away the run's progress."""
+        names = self._names()
+        skipped = []
+        for name in names:
+            uri = self.uri(name)
             try:
-                blob = path.read_bytes()
-                state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
-            except Exception:  # noqa: BLE001, S112 - a torn or tampered file: fall back to the previous one
+                blob, metadata = storage.read_bytes(uri)
+            except StorageError:
+                if storage.exists(uri):
+                    raise
+                continue  # pruned by another writer between listing and reading
+            problem, state = _check(blob, metadata)
+            if problem:
+                log.warning("checkpoint %s %s; falling back to the previous checkpoint", uri, problem)
+                skipped.append(name)
                 continue
             if state.get("fingerprint") == self.fingerprint:
+                self.resumed_from_uri = uri
                 return blob, state
+        if skipped:
+            log.warning("no usable checkpoint in %s (skipped %s); training starts from epoch 1",
+                        self.location, ", ".join(skipped))
         return None
+
+
+def _check(blob: bytes, metadata: dict[str, str]) -> tuple[str | None, dict[str, Any]]:
+    """(why the checkpoint is unusable or None, its state)."""
+    expected = metadata.get(SHA_KEY)
+    if expected and _sha256(blob) != expected:
+        return "is corrupt (its sha256 does not match the one recorded at upload)", {}
+    try:
+        state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        return (f"was REFUSED: it holds pickled objects other than tensors and plain containers, so it may have "
+                f"been tampered with; nothing in it was run (torch.load weights_only=True: {_why(exc)})"), {}
+    except Exception as exc:  # noqa: BLE001 - torn or not a checkpoint at all: unreadable, fall back
+        return f"is unreadable, torn or not a checkpoint ({type(exc).__name__}: {str(exc)[:200]})", {}
+    if not isinstance(state, dict) or "model" not in state:
+        return "is not a Headstart checkpoint (no model state)", {}
+    return None, state
+
+
+def _why(exc: Exception) -> str:
+    """The line of torch's weights-only refusal that names the offending global."""
+    text = " ".join(str(exc).split())
+    found = re.search(r"GLOBAL \S+ (was not an allowed global|whose module \S+ is blocked)", text)
+    return found.group(0) if found else text[:200] or type(exc).__name__
+
+
+def _state(
+    fingerprint: str, model: nn.Module, opt: Any, sched: Any, gen: torch.Generator, result: FitResult,
+    scaler: Any, rank_rngs: list[torch.Tensor] | None,
+) -> dict[str, Any]:
+    state = {
+        "fingerprint": fingerprint,
+        "epoch": result.history[-1].epoch,
+        "step": int(sched.last_epoch),  # optimizer steps taken: LambdaLR counts one per batch here
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+        "generator": gen.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "best_state": result.best_state,
+        "best_epoch": result.best_epoch,
+        "best_val_accuracy": result.best_val_accuracy,
+        "history": [dataclasses.asdict(h) for h in result.history],
+        "seconds": result.seconds,
+    }
+    if rank_rngs is not None:
+        state["torch_rng_ranks"] = rank_rngs  # dropout differs per rank; each resumes its own stream
+    return state
+
+
+def _save_file(state: dict[str, Any], path: Path, target: str) -> None:
+    try:
+        torch.save(state, path)
+    except OSError as exc:
+        raise StorageError(f"{target}: cannot write checkpoint ({exc})") from exc
+
+
+def _sha256(blob: bytes) -> str:
+    return hashlib.sha256(blob).hexdigest()
 
 
 def _restore_torch_rng(state: dict[str, Any]) -> None:

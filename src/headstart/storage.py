@@ -2,10 +2,16 @@
 
 The S3 client is built on first use (never at import time) and honours `AWS_ENDPOINT_URL_S3` /
 `AWS_ENDPOINT_URL`, so the same code talks to AWS, MinIO or a moto server on loopback.
+
+Transient faults (dropped connections, timeouts, throttling, 5xx) are retried by botocore's standard
+retry mode with a bounded number of attempts, so a call fails with a StorageError within a bounded time:
+at most `AWS_MAX_ATTEMPTS` (default 6) x (connect + read timeout) plus backoff (under 20 s per retry).
+The timeouts are `HEADSTART_S3_CONNECT_TIMEOUT` (default 10 s) and `HEADSTART_S3_READ_TIMEOUT` (60 s).
 """
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 from pathlib import Path, PurePosixPath
@@ -16,6 +22,8 @@ from headstart.errors import StorageError
 S3_SCHEME = "s3://"
 FILE_SCHEME = "file://"
 ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+DEFAULT_ATTEMPTS = 6
+DEFAULT_TIMEOUTS = {"HEADSTART_S3_CONNECT_TIMEOUT": 10.0, "HEADSTART_S3_READ_TIMEOUT": 60.0}
 _MISSING_CODES = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
 
 
@@ -24,12 +32,28 @@ def is_s3(uri: str | Path) -> bool:
     return isinstance(uri, str) and uri.startswith(S3_SCHEME)
 
 
+def join(base: str | Path, *parts: str) -> str:
+    """`join("s3://b/ckpt", "scratch")` -> "s3://b/ckpt/scratch"; local paths joined as paths."""
+    if is_s3(base):
+        return "/".join([str(base).rstrip("/"), *(p.strip("/") for p in parts)])
+    return str(_local(base).joinpath(*parts))
+
+
 def split_s3(uri: str) -> tuple[str, str]:
     """`s3://bucket/a/b.pt` -> ("bucket", "a/b.pt")."""
     bucket, _, key = uri[len(S3_SCHEME) :].partition("/")
     if not bucket or not key or key.endswith("/"):
         raise StorageError(f"{uri}: not an object URI; write it as s3://<bucket>/<path/to/file>")
     return bucket, key
+
+
+def split_folder(uri: str) -> tuple[str, str]:
+    """`s3://bucket/a/b` or `s3://bucket/a/b/` -> ("bucket", "a/b/"); `s3://bucket` -> ("bucket", "")."""
+    bucket, _, key = uri[len(S3_SCHEME) :].partition("/")
+    if not bucket:
+        raise StorageError(f"{uri}: not a folder URI; write it as s3://<bucket>[/<prefix>]")
+    key = key.strip("/")
+    return bucket, f"{key}/" if key else ""
 
 
 def endpoint_url() -> str | None:
@@ -48,14 +72,34 @@ def _client() -> Any:
 
     try:
         region = boto3.session.Session().region_name or "us-east-1"
+        connect, read = (_env_number(var, default) for var, default in DEFAULT_TIMEOUTS.items())
         return boto3.client(
             "s3",
             endpoint_url=endpoint_url(),
             region_name=region,
-            config=Config(retries={"mode": "standard", "max_attempts": 5}),
+            config=Config(retries={"mode": "standard", "total_max_attempts": max_attempts()},
+                          connect_timeout=connect, read_timeout=read),
         )
     except BotoCoreError as exc:
         raise StorageError(f"could not create an S3 client: {exc}. {_hint()}") from exc
+
+
+def max_attempts() -> int:
+    """Attempts per S3 call, retries included: `AWS_MAX_ATTEMPTS` (as the AWS SDKs read it), default 6."""
+    return max(1, int(_env_number("AWS_MAX_ATTEMPTS", DEFAULT_ATTEMPTS)))
+
+
+def _env_number(var: str, default: float) -> float:
+    raw = os.environ.get(var, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise StorageError(f"{var}={raw!r}: expected a number") from None
+    if value <= 0:
+        raise StorageError(f"{var}={raw!r}: expected a positive number")
+    return value
 
 
 def _hint() -> str:
@@ -69,7 +113,8 @@ def _hint() -> str:
 def _code(exc: BaseException | None) -> str:
     """The S3 error code, also when boto3 wraps the ClientError (S3UploadFailedError)."""
     while exc is not None:
-        if code := getattr(exc, "response", {}).get("Error", {}).get("Code"):
+        response = getattr(exc, "response", None)  # None on timeouts and dropped connections
+        if isinstance(response, dict) and (code := response.get("Error", {}).get("Code")):
             return str(code)
         exc = exc.__cause__ or exc.__context__
     return ""
@@ -114,8 +159,12 @@ def fetch(uri: str | Path, dest_dir: Path) -> Path:
     return dest
 
 
-def upload(path: Path, uri: str | Path) -> None:
-    """Copy a local file to `uri` (an s3:// object or another local path)."""
+def upload(path: Path, uri: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Copy a local file to `uri` (an s3:// object or another local path).
+
+    An S3 object appears only once its upload completes (multipart included), never half written;
+    `metadata` is stored with the object (S3 only; local copies have none).
+    """
     path = Path(path)
     if not path.is_file():
         raise StorageError(f"{path}: cannot upload, no such file; check the path.")
@@ -131,7 +180,8 @@ def upload(path: Path, uri: str | Path) -> None:
     uri = str(uri)
     bucket, key = split_s3(uri)
     try:
-        _client().upload_file(str(path), bucket, key)
+        extra = {"Metadata": metadata} if metadata else None
+        _client().upload_file(str(path), bucket, key, ExtraArgs=extra)
     except _s3_errors() as exc:
         raise _error(uri, f"upload {path}", exc) from exc
 
@@ -149,3 +199,57 @@ def exists(uri: str | Path) -> bool:
             return False
         raise _error(uri, "check", exc) from exc
     return True
+
+
+def list_names(folder: str | Path, prefix: str = "") -> list[str]:
+    """Names of the files (objects) directly in `folder` that start with `prefix`, sorted."""
+    if not is_s3(folder):
+        path = _local(folder)
+        return sorted(p.name for p in path.glob(f"{prefix}*") if p.is_file()) if path.is_dir() else []
+    uri = str(folder)
+    bucket, key = split_folder(uri)
+    names: list[str] = []
+    try:
+        pages = _client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key + prefix,
+                                                                    Delimiter="/")
+        for page in pages:
+            names += [item["Key"][len(key) :] for item in page.get("Contents", [])]
+    except _s3_errors() as exc:
+        raise _error(uri, "list", exc) from exc
+    return sorted(names)
+
+
+def read_bytes(uri: str | Path) -> tuple[bytes, dict[str, str]]:
+    """The content of a file or object and its metadata (empty for local files)."""
+    if not is_s3(uri):
+        try:
+            return _local(uri).read_bytes(), {}
+        except OSError as exc:
+            raise StorageError(f"{uri}: could not read: {exc}") from exc
+    uri = str(uri)
+    bucket, key = split_s3(uri)
+    buffer = io.BytesIO()
+    try:
+        client = _client()
+        metadata = client.head_object(Bucket=bucket, Key=key).get("Metadata") or {}
+        client.download_fileobj(bucket, key, buffer)  # s3transfer also retries a body cut off mid-way
+        return buffer.getvalue(), dict(metadata)
+    except _s3_errors() as exc:
+        raise _error(uri, "download", exc) from exc
+
+
+def delete(uri: str | Path) -> None:
+    """Remove a file or object; one that is already gone is not an error."""
+    if not is_s3(uri):
+        try:
+            _local(uri).unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageError(f"{uri}: could not delete: {exc}") from exc
+        return
+    uri = str(uri)
+    bucket, key = split_s3(uri)
+    try:
+        _client().delete_object(Bucket=bucket, Key=key)
+    except _s3_errors() as exc:
+        if _code(exc) not in _MISSING_CODES:
+            raise _error(uri, "delete", exc) from exc

@@ -69,3 +69,25 @@ def mlflow_server(root: Path, port: int | None = None, extra_env: dict[str, str]
     finally:
         stop_group(proc)
         log.close()
+
+
+@contextmanager
+def moto_server(root: Path, port: int | None = None) -> Iterator[str]:
+    """An S3 endpoint (moto) on 127.0.0.1 in its own process group; yields its URL."""
+    port = port or free_port()
+    root.mkdir(parents=True, exist_ok=True)
+    log = open(root / "moto.log", "ab")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log, stderr=log, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/moto-api/", proc, timeout=60)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_group(proc)
+        log.close()
+
+
+def s3_env(endpoint: str) -> dict[str, str]:
+    """Test credentials and the endpoint, as a pod would get them from its environment."""
+    return {"AWS_ENDPOINT_URL_S3": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1", "MLFLOW_S3_ENDPOINT_URL": endpoint}

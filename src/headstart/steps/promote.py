@@ -1,8 +1,9 @@
 """Act on a gate decision record: move `champion` to the version, or record the rejection.
 
 Kept apart from registration so the Kubeflow pipeline can branch on the decision (dsl.If) and so
-the alias move is the last write of a run. The move happens under the registry lock and only if
-the champion is still the one the candidate was compared against.
+the alias move comes after every write of the registration. The move happens under the registry lock,
+only for a version whose registration completed, and only if the champion is still the one the
+candidate was compared against; re-running it after the move was committed is a no-op.
 """
 
 from __future__ import annotations
@@ -34,15 +35,17 @@ def run(decision_file: Path, tracking: TrackingConfig) -> PromoteResult:
     if not promote:
         registry.set_version_tags(tracking, version, {"decision": "rejected", "decision_reason": reason[:250]})
         return PromoteResult(version=version, promoted=False, previous_champion=None, reason=reason)
+    registry.require_complete(tracking, version)
     compared = record.get("champion_version")
-    with registry.lock(tracking):
+    with registry.lock(tracking):  # taking it finishes any committed but unrecorded move, this one's included
         current = registry.champion(tracking)
         now = current.version if current else None
+        if now == version:  # a re-run after this very promotion was committed
+            return PromoteResult(version=version, promoted=True, previous_champion=compared, reason=reason)
         if now != (str(compared) if compared is not None else None):
             reason = (f"rejected: the champion moved to v{now} while this run compared against "
                       f"v{compared}; re-run to compare against the new champion")
             registry.set_version_tags(tracking, version, {"decision": "rejected", "decision_reason": reason})
             return PromoteResult(version=version, promoted=False, previous_champion=None, reason=reason)
-        registry.set_version_tags(tracking, version, {"decision": "promoted", "decision_reason": reason[:250]})
-        previous = registry.move_champion(tracking, version, "promote", reason)
+        previous = registry.move_champion(tracking, version, "promote", reason)  # tags it promoted once moved
     return PromoteResult(version=version, promoted=True, previous_champion=previous, reason=reason)

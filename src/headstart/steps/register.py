@@ -1,7 +1,10 @@
 """Register the winner, run the gate, and promote it only when every check passes.
 
-Order matters for "nothing is half done": the version is registered and fully tagged first;
-the champion alias is the very last write, and only after the decision and the serving check.
+Order matters for "nothing is half done" (see headstart.registry): the model is logged, then the version
+is created in one request with all its tags and marked pending; the serving check and the decision record
+follow, then the version is marked complete, the last write before promotion moves the champion alias.
+A run that fails before that leaves the champion unchanged and at most a pending version, which nothing
+uses; the next run registers a new version.
 """
 
 from __future__ import annotations
@@ -68,8 +71,8 @@ def _git_head() -> str | None:
 
 
 def _log_model(tracking: TrackingConfig, model_dir: Path, card_run: str | None, sample: list[Path],
-               tags: dict[str, str], data_dir: Path) -> tuple[str, str]:
-    """Log the winner as a pyfunc (code + safetensors, no pickle) and register a new version."""
+               data_dir: Path, data_tags: dict[str, str]) -> tuple[str, str]:
+    """Log the winner as a pyfunc (code + safetensors, no pickle); returns (model URI, run id)."""
     import mlflow
     import pandas as pd
 
@@ -80,21 +83,23 @@ def _log_model(tracking: TrackingConfig, model_dir: Path, card_run: str | None, 
     classifier = Classifier(model_dir)
     example = pd.DataFrame({"image": [p.read_bytes() for p in sample[:2]]})
     signature = mlflow.models.infer_signature(example, classifier.predict(example))
-    exp_id = trk.configure(tracking)
-    with mlflow.start_run(run_id=card_run) if card_run else mlflow.start_run(
-        experiment_id=exp_id, run_name="register"
-    ) as active:
-        info = registry.retry("logging the model", lambda: mlflow.pyfunc.log_model(
-            name="model", python_model=str(MODEL_CODE), artifacts={ARTIFACT_KEY: str(model_dir)},
-            code_paths=[str(Path(headstart.__file__).parent)], signature=signature, input_example=example,
-            pip_requirements=pip_requirements(), registered_model_name=tracking.registered_model,
-            tags=tags,
-        ))
-        dataset = mlflow.data.from_pandas(pd.DataFrame({"dataset": [str(data_dir)], **{k: [v] for k, v in tags.items()
-                                                                                         if k.startswith("data")}}),
-                                          source=str(data_dir), name="imagefolder")
-        mlflow.log_input(dataset, context="test")
-        return str(info.registered_model_version), active.info.run_id
+    exp_id = registry.retry("connecting to the tracking server", lambda: trk.configure(tracking))
+
+    def attempt() -> tuple[str, str]:
+        with mlflow.start_run(run_id=card_run) if card_run else mlflow.start_run(
+            experiment_id=exp_id, run_name="register"
+        ) as active:
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=str(MODEL_CODE), artifacts={ARTIFACT_KEY: str(model_dir)},
+                code_paths=[str(Path(headstart.__file__).parent)], signature=signature, input_example=example,
+                pip_requirements=pip_requirements(),
+            )
+            frame = pd.DataFrame({"dataset": [str(data_dir)], **{k: [v] for k, v in data_tags.items()}})
+            mlflow.log_input(mlflow.data.from_pandas(frame, source=str(data_dir), name="imagefolder"), context="test")
+            return info.model_uri, active.info.run_id
+
+    registry.stage("log_model")
+    return registry.retry("logging the model", attempt)
 
 
 def pip_requirements() -> list[str]:
@@ -106,14 +111,22 @@ def pip_requirements() -> list[str]:
 
 
 def serving_check(tracking: TrackingConfig, version: str, images: list[Path], expected: list[str]) -> str | None:
-    """Load the version with mlflow.pyfunc in a fresh process; None if it reproduces the labels."""
+    """Load the version with mlflow.pyfunc in a fresh process; None if it reproduces the labels.
+
+    The version's files are downloaded here first, with retries, so an unreachable server fails the run
+    (RegistryError) instead of rejecting a good model."""
+    import mlflow
+
+    registry.client(tracking)
+    registry.stage("serving_check")
+    uri = f"models:/{tracking.registered_model}/{version}"
     with tempfile.TemporaryDirectory() as tmp:
         listing, out = Path(tmp) / "images.txt", Path(tmp) / "out.json"
         listing.write_text("\n".join(str(p.resolve()) for p in images))
-        env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.resolved_uri()}
-        uri = f"models:/{tracking.registered_model}/{version}"
-        proc = subprocess.run([sys.executable, "-m", "headstart.serving.check", "--model-uri", uri,
-                               "--images", str(listing), "--out", str(out)], env=env, capture_output=True, text=True)
+        local = registry.retry(f"downloading {uri} for the serving check",
+                               lambda: mlflow.artifacts.download_artifacts(uri, dst_path=str(Path(tmp) / "model")))
+        proc = subprocess.run([sys.executable, "-m", "headstart.serving.check", "--model-uri", str(local),
+                               "--images", str(listing), "--out", str(out)], capture_output=True, text=True)
         if not out.is_file():
             return f"serving check crashed (exit {proc.returncode}): {proc.stderr.strip()[-300:]}"
         result = json.loads(out.read_text())
@@ -139,6 +152,7 @@ def run(cfg: RegisterConfig, thresholds: GateThresholds, data_dir: Path, candida
     finetune, scratch = eval_for_gate(eval_dir, "finetune"), eval_for_gate(eval_dir, "scratch")
     if finetune is None or scratch is None:
         raise RegistryError(f"{eval_dir}: evaluation lacks the finetune or scratch predictions; re-run evaluate")
+    registry.repair(tracking)  # record a champion move that a killed run committed but did not finish
     current = registry.champion(tracking)
     if (current.version if current else None) != evaluated_champion:
         raise RegistryError(
@@ -152,15 +166,17 @@ def run(cfg: RegisterConfig, thresholds: GateThresholds, data_dir: Path, candida
     preds = np.load(eval_dir / "predictions.npz")
     paths = [data_dir / p for p in preds["paths"][: cfg.serving_check_images]]
     expected = [card.classes[i] for i in preds[f"pred_{winner.name}"][: cfg.serving_check_images]]
-    tags = {**lineage(data_dir), "headstart.winner": winner.name,
+    data_tags = lineage(data_dir)
+    tags = {**data_tags, "headstart.winner": winner.name,
             "headstart.finetune_run_id": modelio.load_card(candidates["finetune"]).run_id or "",
             "headstart.scratch_run_id": modelio.load_card(candidates["scratch"]).run_id or "",
-            "headstart.pretraining_paid": str(decision.pretraining_paid)}
-    version, run_id = _log_model(tracking, candidates[winner.name], card.run_id, paths, tags, data_dir)
-    metric_tags = {f"metric.{k}.{m}": f"{v[m]:.4f}" for k, v in metrics["models"].items()
-                   for m in ("accuracy", "macro_f1")}
-    registry.set_version_tags(tracking, version, {**metric_tags, "params.arch": card.arch,
-                                                  "params.image_size": str(card.preset.image_size)})
+            "headstart.pretraining_paid": str(decision.pretraining_paid),
+            **{f"metric.{k}.{m}": f"{v[m]:.4f}" for k, v in metrics["models"].items()
+               for m in ("accuracy", "macro_f1")},
+            "params.arch": card.arch, "params.image_size": str(card.preset.image_size)}
+    model_uri, run_id = _log_model(tracking, candidates[winner.name], card.run_id, paths, data_dir,
+                                   {k: v for k, v in data_tags.items() if k.startswith("data")})
+    version = registry.create_version(tracking, model_uri, tags)
     failure = serving_check(tracking, version, paths, expected)
     decision = _with_serving(decision, failure)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -168,7 +184,8 @@ def run(cfg: RegisterConfig, thresholds: GateThresholds, data_dir: Path, candida
               "winner": winner.name, "champion_version": evaluated_champion}
     (out_dir / "decision.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     (out_dir / "decision.md").write_text(decision.to_markdown())
-    _log_decision(run_id, out_dir)
+    _log_decision(tracking, version, run_id, out_dir)
+    registry.mark_complete(tracking, version)
     previous, promoted = None, False
     if promote:
         from headstart.steps import promote as promote_step
@@ -199,12 +216,15 @@ def _with_serving(decision: Decision, failure: str | None) -> Decision:
                    reasons=reasons)
 
 
-def _log_decision(run_id: str, out_dir: Path) -> None:
+def _log_decision(tracking: TrackingConfig, version: str, run_id: str, out_dir: Path) -> None:
+    """The decision record as run artifacts, and a tag on the version pointing at them."""
     from mlflow import MlflowClient
 
+    registry.stage("decision_record")
     c = MlflowClient()
     for name in ("decision.json", "decision.md"):
         registry.retry(f"logging {name}", lambda n=name: c.log_artifact(run_id, str(out_dir / n), "decision"))
+    registry.set_version_tags(tracking, version, {"headstart.decision_record": f"runs:/{run_id}/decision"})
 
 
 __all__ = ["ModelEval", "RegisterConfig", "RegisterResult", "run"]

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from tqdm import tqdm
 
-from headstart import distributed, modelio, plots
+from headstart import distributed, modelio, plots, storage
 from headstart.checkpoint import Checkpointer
 from headstart.config import Frozen, TrackingConfig, build, section
 from headstart.data.imagefolder import list_classes, load_split
@@ -107,7 +107,7 @@ def run(
     tracking = tracking if main else None
     ckpt = None
     if cfg.checkpoint_dir:
-        ckpt = Checkpointer(Path(cfg.checkpoint_dir) / cfg.role, cfg.fingerprint(data_dir))
+        ckpt = Checkpointer(storage.join(cfg.checkpoint_dir, cfg.role), cfg.fingerprint(data_dir))
 
     def log_epoch(stats: EpochStats) -> None:
         if main:

@@ -1,0 +1,119 @@
+"""Checkpoint contents and integrity on a local folder; s3:// is in tests/integration/test_s3_checkpoints.py."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from headstart.checkpoint import Checkpointer, _check
+from headstart.engine import EpochStats, FitResult
+
+
+class Trainer:
+    """A toy training state: a linear model, AdamW, LambdaLR, a generator and a GradScaler."""
+
+    def __init__(self) -> None:
+        torch.manual_seed(0)
+        self.model = nn.Linear(4, 3)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=0.1)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: 1.0 / (1 + s))
+        self.gen = torch.Generator().manual_seed(1)
+        self.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+        self.result = FitResult(best_state={}, best_epoch=0, best_val_accuracy=-1.0)
+        self.weights_at: dict[int, torch.Tensor] = {}
+
+    def epoch(self, ckpt: Checkpointer, steps: int = 3) -> None:
+        for _ in range(steps):
+            x = torch.randn(8, 4, generator=self.gen)
+            loss = self.model(x).pow(2).mean()
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
+            self.sched.step()
+        n = len(self.result.history) + 1
+        self.result.history.append(EpochStats(n, loss.item(), 0.5, 1.0, 0.1 * n, 0.1, 0.01))
+        self.result.best_state = {k: v.clone() for k, v in self.model.state_dict().items()}
+        self.result.best_epoch, self.result.best_val_accuracy = n, 0.1 * n
+        self.weights_at[n] = self.model.weight.detach().clone()
+        ckpt.save(self.model, self.opt, self.sched, self.gen, self.result, self.scaler)
+
+    def restore(self, ckpt: Checkpointer) -> FitResult | None:
+        result = ckpt.restore(self.model, self.opt, self.sched, self.gen, self.scaler)
+        self.result = result or self.result
+        return result
+
+
+def test_checkpoint_holds_every_piece_of_training_state(tmp_path: Path):
+    trainer = Trainer()
+    trainer.scaler.scale(torch.ones(1))  # the scaler is lazily initialised by its first use
+    trainer.scaler.update(512.0)
+    trainer.epoch(Checkpointer(tmp_path, "fp"))
+    state = torch.load(tmp_path / "epoch-0001.pt", weights_only=True)
+    assert {"model", "optimizer", "scheduler", "scaler", "generator", "torch_rng", "epoch", "step", "best_state",
+            "best_epoch", "best_val_accuracy", "history", "fingerprint"} <= set(state)
+    assert state["epoch"] == 1 and state["step"] == 3 and state["scaler"]["scale"] == 512.0
+
+    fresh = Trainer()
+    result = fresh.restore(Checkpointer(tmp_path, "fp"))
+    assert result is not None and result.resumed_from == 1 and result.best_val_accuracy == 0.1
+    assert torch.equal(fresh.model.weight, trainer.weights_at[1])
+    assert fresh.sched.last_epoch == 3 and fresh.scaler.get_scale() == 512.0
+    assert torch.equal(fresh.gen.get_state(), trainer.gen.get_state())
+
+
+def test_resumed_training_continues_exactly(tmp_path: Path):
+    straight = Trainer()
+    straight.epoch(Checkpointer(tmp_path / "a", "fp"))
+    straight.epoch(Checkpointer(tmp_path / "a", "fp"))
+    first = Trainer()
+    first.epoch(Checkpointer(tmp_path / "b", "fp"))
+    second = Trainer()
+    second.restore(Checkpointer(tmp_path / "b", "fp"))
+    second.epoch(Checkpointer(tmp_path / "b", "fp"))
+    assert torch.equal(second.model.weight, straight.model.weight)
+
+
+def test_two_newest_are_kept_and_no_temporary_file_is_left(tmp_path: Path):
+    trainer = Trainer()
+    ckpt = Checkpointer(tmp_path, "fp")
+    for _ in range(4):
+        trainer.epoch(ckpt)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0003.pt", "epoch-0004.pt"]
+
+
+def test_torn_file_falls_back_with_a_warning_naming_it(tmp_path: Path, caplog):
+    trainer = Trainer()
+    ckpt = Checkpointer(tmp_path, "fp")
+    trainer.epoch(ckpt)
+    trainer.epoch(ckpt)
+    newest = tmp_path / "epoch-0002.pt"
+    newest.write_bytes(newest.read_bytes()[:300])
+    with caplog.at_level(logging.WARNING, logger="headstart.checkpoint"):
+        result = Trainer().restore(Checkpointer(tmp_path, "fp"))
+    assert result is not None and result.resumed_from == 1
+    assert "epoch-0002.pt is unreadable, torn" in caplog.text
+
+
+def test_checksum_mismatch_and_foreign_files_are_unusable(tmp_path: Path):
+    trainer = Trainer()
+    trainer.epoch(Checkpointer(tmp_path, "fp"))
+    blob = (tmp_path / "epoch-0001.pt").read_bytes()
+    import hashlib
+
+    assert _check(blob, {"sha256": hashlib.sha256(blob).hexdigest()})[0] is None
+    assert "sha256 does not match" in (_check(blob, {"sha256": "0" * 64})[0] or "")
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, other)
+    assert "not a Headstart checkpoint" in (_check(other.read_bytes(), {})[0] or "")
+
+
+def test_other_files_in_the_folder_are_ignored(tmp_path: Path):
+    trainer = Trainer()
+    trainer.epoch(Checkpointer(tmp_path, "fp"))
+    (tmp_path / "epoch-0009.pt.tmp").write_bytes(b"half written")
+    (tmp_path / "epoch-notes.txt").write_text("hi")
+    result = Trainer().restore(Checkpointer(tmp_path, "fp"))
+    assert result is not None and result.resumed_from == 1
