@@ -1,7 +1,7 @@
 """One training engine for both candidates: they differ only in config (weights, LRs, freezing).
 
 Works on pre-decoded uint8 tensors; augmentation and normalisation run batched on the device.
-Uses CUDA with bf16 autocast and channels_last when a GPU is present, plain fp32 on CPU.
+Batches are channels_last on every device; with a GPU, also the model and bf16 autocast (fp32 on CPU).
 
 Runs unchanged under `torchrun --nproc-per-node N` (see headstart.distributed): `batch_size` stays the
 global batch, every rank draws the same seeded permutation and takes rows rank::world of each global
@@ -111,19 +111,39 @@ def augment(
         return (values if pick is None else values[pick]).to(x.device)
 
     count = n if drawn is None else drawn
+    oy = ox = mask = None
     if pad > 0:
-        xp = F.pad(x, (pad, pad, pad, pad), mode="replicate")
         oy = draw(torch.randint(0, 2 * pad + 1, (count,), generator=gen))
         ox = draw(torch.randint(0, 2 * pad + 1, (count,), generator=gen))
+    if flip:
+        mask = draw(torch.rand(count, generator=gen) < 0.5)
+    if oy is not None and ox is not None and x.device.type == "cpu":
+        return _shift_flip_cpu(x, pad, oy, ox, mask)
+    if oy is not None and ox is not None:
+        xp = F.pad(x, (pad, pad, pad, pad), mode="replicate")
         rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
         cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
         idx = torch.arange(n, device=x.device)[:, None, None, None]
         ch = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
         x = xp[idx, ch, rows, cols]
-    if flip:
-        mask = draw(torch.rand(count, generator=gen) < 0.5)
+    if mask is not None:
         x = torch.where(mask[:, None, None, None], x.flip(3), x)
     return x
+
+
+def _shift_flip_cpu(
+    x: torch.Tensor, pad: int, oy: torch.Tensor, ox: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """The same crops and flips as the gather path, as per-sample slices: one copy per sample instead of
+    a 4-D advanced-index gather plus a full flip and select (~5x faster on CPU, bit-identical)."""
+    h, w = x.shape[2:]
+    xp = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+    flips = mask.tolist() if mask is not None else [False] * len(x)
+    crops = []
+    for i, (top, left, mirror) in enumerate(zip(oy.tolist(), ox.tolist(), flips, strict=True)):
+        crop = xp[i, :, top : top + h, left : left + w]
+        crops.append(crop.flip(2) if mirror else crop)
+    return torch.stack(crops)
 
 
 def _lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -228,8 +248,9 @@ def fit(
             if cfg.augment:
                 real = min(cfg.batch_size, n_train - step * cfg.batch_size)
                 xb = augment(xb, gen, cfg.max_shift, cfg.flip, real, None if rows is None else rows % real)
-            if device.type == "cuda":
-                xb = xb.contiguous(memory_format=torch.channels_last)
+            # channels_last on CPU too: oneDNN's depthwise convs run ~2x faster on it (EfficientNet-Lite0),
+            # and it is the layout evaluation already sees (normalize's permute of NHWC keeps those strides)
+            xb = xb.contiguous(memory_format=torch.channels_last)
             yb = y_train[idx]
             with _autocast(device):
                 logits = ddp(xb)

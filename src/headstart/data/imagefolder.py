@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import math
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import PIL
 import torch
 from tqdm import tqdm
 
@@ -14,6 +19,7 @@ from headstart.errors import DataError
 from headstart.presets import Preset
 from headstart.progress import progress_enabled
 
+CACHE_MAX_BYTES = 2 << 30  # larger decoded splits are not cached (they should stream through workers)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 
 
@@ -65,14 +71,61 @@ def per_class_subset(items: list[tuple[Path, int]], per_class: int | None, seed:
 def load_split(
     data_dir: Path, split: str, preset: Preset, classes: tuple[str, ...],
     per_class: int | None = None, seed: int = 0,
+    cache_dir: Path | None = None, cache_max_bytes: int = CACHE_MAX_BYTES,
 ) -> Split:
-    """Decode a (sub)split once into memory; small images make this far cheaper than per-epoch decoding."""
+    """Decode a (sub)split once into memory; small images make this far cheaper than per-epoch decoding.
+
+    With `cache_dir`, the decoded uint8 array is also kept there as an .npy file keyed by a hash of the
+    files' bytes, their paths and labels, and the preset's decode settings: a later run on the same
+    content reads it back instead of decoding (any changed file, label or preset is a new key). Splits
+    whose array would exceed `cache_max_bytes` are not cached.
+    """
     items = per_class_subset(list_split(data_dir, split, classes), per_class, seed)
-    arrays = np.empty((len(items), preset.image_size, preset.image_size, preset.channels), dtype=np.uint8)
+    labels = torch.tensor([c for _, c in items], dtype=torch.int64)
+    rel = tuple(str(p.relative_to(data_dir)) for p, _ in items)
+    shape = (len(items), preset.image_size, preset.image_size, preset.channels)
+    cache_file = None
+    if cache_dir is not None and math.prod(shape) <= cache_max_bytes:
+        cache_file = Path(cache_dir) / f"{content_key(items, rel, preset)}.npy"
+        cached = _read_cached(cache_file, shape)
+        if cached is not None:
+            return Split(x=torch.from_numpy(cached), y=labels, paths=rel, classes=classes)
+    arrays = np.empty(shape, dtype=np.uint8)
     for i, (path, _) in enumerate(
         tqdm(items, desc=f"decoding {split}", unit="img", disable=not progress_enabled(), leave=False)
     ):
         arrays[i] = preset.decode(path)
-    labels = torch.tensor([c for _, c in items], dtype=torch.int64)
-    rel = tuple(str(p.relative_to(data_dir)) for p, _ in items)
+    if cache_file is not None:
+        _write_cached(cache_file, arrays)
     return Split(x=torch.from_numpy(arrays), y=labels, paths=rel, classes=classes)
+
+
+def content_key(items: list[tuple[Path, int]], rel: tuple[str, ...], preset: Preset) -> str:
+    """Hash of every file's bytes, relative path and label, plus what decoding depends on."""
+    digest = hashlib.blake2b(digest_size=20)
+    digest.update(f"v1|{PIL.__version__}|{preset.image_size}|{preset.channels}".encode())
+    for (path, label), name in zip(items, rel, strict=True):
+        data = path.read_bytes()
+        digest.update(f"|{name}|{label}|{len(data)}|".encode())
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def _read_cached(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError):
+        return None  # absent or unreadable: decode again and rewrite it
+    return arr if arr.shape == shape and arr.dtype == np.uint8 else None
+
+
+def _write_cached(path: Path, arrays: np.ndarray) -> None:
+    """Atomic (write then rename), and best effort: a read-only or full disk only loses the cache."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
+            np.save(tmp, arrays, allow_pickle=False)
+        os.replace(tmp.name, path)
+    except OSError:
+        with contextlib.suppress(OSError, UnboundLocalError):
+            os.unlink(tmp.name)

@@ -1,0 +1,82 @@
+"""End to end: wall time of `dvc repro` by stage, then of a second `dvc repro` with nothing changed.
+
+Streams dvc's output and timestamps each "Running stage '<name>'" line, so a stage's time runs from its
+line to the next stage's line (or the end). Targets (issue 8): non-training share of the wall time
+<= 15%, and the no-op re-run <= 3 s of DVC's own work. Run it in the repository root, on a machine that
+is otherwise idle; it (re)writes outputs/ and the MLflow store exactly as `make run` does.
+
+    python benchmarks/end_to_end.py              # dvc repro (whatever is stale), then a no-op dvc repro
+    python benchmarks/end_to_end.py --force      # dvc repro -f: every stage runs
+    python benchmarks/end_to_end.py --import     # time `make data` (the Fashion-MNIST import) first
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+RESULT = Path(__file__).parent / "results" / "end_to_end.json"
+STAGE = re.compile(r"Running stage '([^']+)'")
+TRAINING = ("train_finetune", "train_scratch")
+
+
+def timed_repro(cmd: list[str]) -> dict[str, Any]:
+    """Run `cmd`, echo its output, and split its wall time by the stage lines it prints."""
+    start = time.perf_counter()
+    marks: list[tuple[str, float]] = []
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            if m := STAGE.search(line):
+                marks.append((m.group(1), time.perf_counter() - start))
+        rc = proc.wait()
+    total = time.perf_counter() - start
+    stages: dict[str, float] = {}
+    for (name, t0), (_, t1) in zip(marks, [*marks[1:], ("end", total)], strict=True):
+        stages[name] = round(t1 - t0, 2)
+    startup = marks[0][1] if marks else total
+    return {
+        "command": " ".join(cmd),
+        "rc": rc,
+        "wall_s": round(total, 2),
+        "before_first_stage_s": round(startup, 2),
+        "stages_s": stages,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--force", action="store_true", help="dvc repro -f (every stage runs)")
+    ap.add_argument("--import", dest="do_import", action="store_true", help="time `make data` first")
+    ap.add_argument("--out", type=Path, default=RESULT)
+    args = ap.parse_args()
+    env_bin = Path(sys.executable).parent
+    os.environ["PATH"] = f"{env_bin}{os.pathsep}{os.environ['PATH']}"  # headstart and dvc from this venv
+    result: dict[str, Any] = {"load_avg_start": os.getloadavg(), "cpu_count": os.cpu_count()}
+    if args.do_import:
+        t = time.perf_counter()
+        subprocess.run(["make", "data"], check=True)
+        result["import_s"] = round(time.perf_counter() - t, 2)
+    run = timed_repro(["dvc", "repro", *(["-f"] if args.force else [])])
+    training = sum(v for k, v in run["stages_s"].items() if k in TRAINING)
+    run["training_s"] = round(training, 2)
+    run["non_training_share"] = round(1 - training / run["wall_s"], 3) if run["wall_s"] else None
+    result["repro"] = run
+    result["noop_repro"] = timed_repro(["dvc", "repro"])
+    result["load_avg_end"] = os.getloadavg()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    sys.exit(run["rc"] or result["noop_repro"]["rc"])
+
+
+if __name__ == "__main__":
+    main()
