@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
+# OpenMP threads spin-wait by default; beside another busy process that made CPU steps 2-10x slower
+export OMP_WAIT_POLICY ?= PASSIVE
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
@@ -65,8 +67,12 @@ $(LINT_VENV)/.installed: requirements-lint.txt
 lint-infra: $(LINT_VENV)/.installed  ## hadolint, kustomize, kubernetes-validate, checkov, HCL2 parse over infra/ and the Dockerfiles
 	LINT_VENV=$(LINT_VENV) bash tools/lint-infra.sh
 
-bench: data  ## benchmarks; results land in benchmarks/results/
+bench: data  ## benchmarks (see benchmarks/README.md); results land in benchmarks/results/
 	$(BIN)/python benchmarks/gate_simulation.py
+	$(BIN)/python benchmarks/validation_throughput.py
+	$(BIN)/python benchmarks/train_overhead.py
+	$(BIN)/python benchmarks/input_pipeline.py
+	$(BIN)/python benchmarks/head_start.py
 
 compile: setup  ## compile the Kubeflow pipeline spec (commit pipelines/headstart_pipeline.yaml)
 	$(BIN)/headstart pipeline compile

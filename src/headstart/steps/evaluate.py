@@ -22,6 +22,7 @@ class EvaluateConfig(Frozen):
     seed: int = 0
     batch_size: int = 256
     include_champion: bool = True
+    tensor_cache_dir: str | None = ".headstart/cache/tensors"  # decoded test split, reused across runs
 
 
 def config_from_params(params: dict[str, Any]) -> EvaluateConfig:
@@ -37,10 +38,12 @@ class EvaluateResult:
     files: dict[str, str] = field(default_factory=dict)
 
 
-def predict_folder(model_dir: Path, data_dir: Path, batch_size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def predict_folder(
+    model_dir: Path, data_dir: Path, batch_size: int, cache_dir: Path | None = None
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Predictions of a saved model on the test split, decoded with the model's own preset."""
     model, card = modelio.load(model_dir)
-    test = load_split(data_dir, "test", card.preset, card.classes)
+    test = load_split(data_dir, "test", card.preset, card.classes, cache_dir=cache_dir)
     logits = predict_logits(model, card.preset, test.x, batch_size)
     return test.y.numpy(), logits.argmax(1).numpy(), list(test.paths)
 
@@ -69,12 +72,13 @@ def run(
 ) -> EvaluateResult:
     """Write predictions.npz, metrics.json, confusion PNGs and report.md to `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    cache = Path(cfg.tensor_cache_dir) if cfg.tensor_cache_dir else None
     preds: dict[str, np.ndarray] = {}
     y_true: np.ndarray | None = None
     paths: list[str] = []
     classes: list[str] = []
     for name, folder in candidates.items():
-        y, p, paths_ = predict_folder(folder, data_dir, cfg.batch_size)
+        y, p, paths_ = predict_folder(folder, data_dir, cfg.batch_size, cache)
         classes_ = list(modelio.load_card(folder).classes)
         if y_true is not None and (paths_ != paths or classes_ != classes):
             raise DataError(f"{folder}: model was trained on other classes than {classes}; cannot compare")
@@ -88,7 +92,7 @@ def run(
         if found is not None:
             champ_dir, champion_version = found
             if list(modelio.load_card(champ_dir).classes) == classes:
-                preds["champion"] = predict_folder(champ_dir, data_dir, cfg.batch_size)[1]
+                preds["champion"] = predict_folder(champ_dir, data_dir, cfg.batch_size, cache)[1]
     models = {name: summarise(y_true, p, classes) for name, p in preds.items()}
     files: dict[str, str] = {}
     for name, p in preds.items():

@@ -52,6 +52,7 @@ class TrainConfig(Frozen):
     seed: int = 42
     threads: int | None = None
     checkpoint_dir: str | None = ".headstart/checkpoints"
+    tensor_cache_dir: str | None = ".headstart/cache/tensors"  # decoded uint8 splits keyed by content hash
 
     def engine(self) -> EngineConfig:
         fields = EngineConfig.__dataclass_fields__
@@ -59,7 +60,7 @@ class TrainConfig(Frozen):
 
     def fingerprint(self, data_dir: Path) -> str:
         """Ties checkpoints to this config and this dataset version, so a resume never mixes runs."""
-        stamp = json.dumps(self.model_dump(exclude={"checkpoint_dir", "threads"}), sort_keys=True)
+        stamp = json.dumps(self.model_dump(exclude={"checkpoint_dir", "threads", "tensor_cache_dir"}), sort_keys=True)
         dvc_file = data_dir.with_suffix(".dvc")
         stamp += dvc_file.read_text() if dvc_file.is_file() else str(data_dir.resolve())
         return hashlib.sha256(stamp.encode()).hexdigest()[:16]
@@ -99,8 +100,9 @@ def run(
     torch.manual_seed(cfg.seed)  # the head (and a scratch model) is initialised from this seed
     built = build_model(cfg.backbone, cfg.weights, len(classes), in_channels=cfg.channels)
     preset = Preset(cfg.image_size, built.in_channels, built.mean, built.std)
-    train = load_split(data_dir, "train", preset, classes, cfg.images_per_class, cfg.seed)
-    val = load_split(data_dir, "val", preset, classes, cfg.val_images_per_class, cfg.seed)
+    cache = Path(cfg.tensor_cache_dir) if cfg.tensor_cache_dir else None
+    train = load_split(data_dir, "train", preset, classes, cfg.images_per_class, cfg.seed, cache_dir=cache)
+    val = load_split(data_dir, "val", preset, classes, cfg.val_images_per_class, cfg.seed, cache_dir=cache)
     head, backbone = head_and_backbone_params(built)
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
