@@ -29,17 +29,23 @@ def _promote(uri: str, version: str, folder: str, barrier) -> bool:
     return promote.run(decision, tracking).promoted
 
 
+def _race(uri: str, fn, extra: tuple = ()) -> tuple[TrackingConfig, object, list]:
+    """Register RUNS versions of "race", then call fn(uri, version, *extra, barrier) in RUNS processes at once."""
+    tracking = TrackingConfig(tracking_uri=uri, registered_model="race")
+    c = registry.client(tracking)
+    c.create_registered_model("race")
+    for _ in range(RUNS):
+        c.create_model_version("race", "s3://bucket/race/model")
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Manager().Barrier(RUNS)
+    with ctx.Pool(RUNS) as pool:
+        outcomes = pool.starmap(fn, [(uri, str(v), *extra, barrier) for v in range(1, RUNS + 1)])
+    return tracking, c, outcomes
+
+
 def test_concurrent_first_promotions_elect_exactly_one_champion(tmp_path: Path):
     with mlflow_server(tmp_path / "server") as (uri, _):
-        tracking = TrackingConfig(tracking_uri=uri, registered_model="race")
-        c = registry.client(tracking)
-        c.create_registered_model("race")
-        for _ in range(RUNS):
-            c.create_model_version("race", "s3://bucket/race/model")
-        ctx = mp.get_context("spawn")
-        barrier = ctx.Manager().Barrier(RUNS)
-        with ctx.Pool(RUNS) as pool:
-            outcomes = pool.starmap(_promote, [(uri, str(v), str(tmp_path), barrier) for v in range(1, RUNS + 1)])
+        tracking, c, outcomes = _race(uri, _promote, (str(tmp_path),))
         # every run compared against "no champion": only the first through the lock may promote
         assert sum(outcomes) == 1
         winner = str(outcomes.index(True) + 1)
@@ -60,15 +66,7 @@ def _override(uri: str, version: str, barrier) -> str | None:
 
 def test_concurrent_overrides_lose_no_history_entry(tmp_path: Path):
     with mlflow_server(tmp_path / "server") as (uri, _):
-        tracking = TrackingConfig(tracking_uri=uri, registered_model="race")
-        c = registry.client(tracking)
-        c.create_registered_model("race")
-        for _ in range(RUNS):
-            c.create_model_version("race", "s3://bucket/race/model")
-        ctx = mp.get_context("spawn")
-        barrier = ctx.Manager().Barrier(RUNS)
-        with ctx.Pool(RUNS) as pool:
-            pool.starmap(_override, [(uri, str(v), barrier) for v in range(1, RUNS + 1)])
+        tracking, _, _ = _race(uri, _override)
         history = registry.history(tracking)
         assert sorted(h["version"] for h in history) == [str(v) for v in range(1, RUNS + 1)]
         # the history is a chain: each entry's previous is the entry before it

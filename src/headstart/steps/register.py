@@ -23,7 +23,7 @@ import numpy as np
 from headstart import registry
 from headstart.config import Frozen, TrackingConfig, build, section
 from headstart.errors import RegistryError
-from headstart.gate import Decision, GateThresholds, ModelEval, choose_winner, decide
+from headstart.gate import Decision, GateThresholds, choose_winner, decide
 from headstart.steps.evaluate import eval_for_gate
 
 
@@ -226,5 +226,3 @@ def _log_decision(tracking: TrackingConfig, version: str, run_id: str, out_dir: 
         registry.retry(f"logging {name}", lambda n=name: c.log_artifact(run_id, str(out_dir / n), "decision"))
     registry.set_version_tags(tracking, version, {"headstart.decision_record": f"runs:/{run_id}/decision"})
 
-
-__all__ = ["ModelEval", "RegisterConfig", "RegisterResult", "run"]
