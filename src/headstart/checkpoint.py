@@ -1,4 +1,10 @@
-"""Epoch checkpoints that survive a killed pod: atomic writes, the previous one kept as a fallback.
+"""Checkpoints that survive a killed pod: atomic writes, the previous one kept as a fallback.
+
+One at the end of every epoch (`epoch-NNNN.pt`) and, with `checkpoint_every_steps`, one every N
+optimizer steps inside an epoch (`epoch-NNNN-step-NNNNNNNN.pt`: NNNN is the epoch in progress, the step
+counts that epoch's batches already done). A mid-epoch checkpoint also holds that epoch's sample order
+and its running train-loss and accuracy sums (one per rank under DDP), so a resumed run skips the batches
+already done and ends bit-identical on CPU to one that was never interrupted.
 
 The location is a local folder or an `s3://bucket/prefix` URI, so a pod retried on another node resumes.
 A checkpoint holds the model, optimizer, scheduler and AMP scaler (when one is used) states, the RNG
@@ -45,8 +51,23 @@ if TYPE_CHECKING:
 
 KEEP = 2
 SHA_KEY = "sha256"
-_NAME = re.compile(r"^epoch-\d{4,}\.pt$")
+_NAME = re.compile(r"^epoch-(\d{4,})(?:-step-(\d{8,}))?\.pt$")
 log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class PartialEpoch:
+    """Where a mid-epoch checkpoint stopped: `epoch` is in progress with `step` of its batches done.
+
+    `order` is that epoch's (unpadded) sample permutation; `sums` holds each rank's running
+    (train-loss sum, correct count, samples seen), so resuming adds the remaining batches to exactly the
+    numbers an uninterrupted run would have had. `seconds` is the time already spent in this epoch."""
+
+    epoch: int
+    step: int
+    order: torch.Tensor
+    sums: list[tuple[float, int, int]]
+    seconds: float = 0.0
 
 
 class Checkpointer:
@@ -58,6 +79,7 @@ class Checkpointer:
         self.fingerprint = fingerprint
         self.resumed_epoch: int | None = None
         self.resumed_from_uri: str | None = None
+        self.partial: PartialEpoch | None = None  # set by restore() when it resumed inside an epoch
 
     @property
     def remote(self) -> bool:
@@ -67,21 +89,32 @@ class Checkpointer:
         return storage.join(self.location, name)
 
     def _names(self) -> list[str]:
-        """Checkpoint names, newest first."""
-        return sorted((n for n in storage.list_names(self.location, "epoch-") if _NAME.match(n)), reverse=True)
+        """Checkpoint names, newest first: by epoch, then a finished epoch after its mid-epoch ones."""
+        found = [(m, n) for n in storage.list_names(self.location, "epoch-") if (m := _NAME.match(n))]
+        found.sort(key=lambda mn: (int(mn[0][1]), 1 if mn[0][2] is None else 0, int(mn[0][2] or 0)), reverse=True)
+        return [n for _, n in found]
 
     def save(
-        self, model: nn.Module, opt: Any, sched: Any, gen: torch.Generator, result: FitResult, scaler: Any = None
+        self, model: nn.Module, opt: Any, sched: Any, gen: torch.Generator, result: FitResult, scaler: Any = None,
+        partial: PartialEpoch | None = None,
     ) -> None:
+        """Collective under DDP. With `partial`, a mid-epoch checkpoint: pass this rank's running sums
+        as `partial.sums[0]`; every rank's are gathered into the file."""
         rank_rngs = None
         if distributed.is_distributed():
             rank_rngs = distributed.all_gather_bytes(torch.get_rng_state())
+            if partial is not None:
+                packed = torch.tensor(partial.sums[0], dtype=torch.float64).view(torch.uint8)
+                sums = [tuple(t.view(torch.float64).tolist()) for t in distributed.all_gather_bytes(packed)]
+                partial = dataclasses.replace(partial, sums=[(s[0], int(s[1]), int(s[2])) for s in sums])
         if distributed.is_main():
-            self._write(_state(self.fingerprint, model, opt, sched, gen, result, scaler, rank_rngs))
+            self._write(_state(self.fingerprint, model, opt, sched, gen, result, scaler, rank_rngs, partial))
         distributed.barrier()
 
     def _write(self, state: dict[str, Any]) -> None:
         name = f"epoch-{state['epoch']:04d}.pt"
+        if state.get("partial") is not None:
+            name = f"epoch-{state['epoch']:04d}-step-{state['partial']['step']:08d}.pt"
         if self.remote:
             with tempfile.TemporaryDirectory(prefix="headstart-ckpt-") as tmp:
                 staged = Path(tmp) / name
@@ -125,6 +158,7 @@ class Checkpointer:
         _restore_torch_rng(state)
         history = [EpochStats(**h) for h in state["history"]]
         self.resumed_epoch = history[-1].epoch if history else 0
+        self.partial = _partial(state.get("partial"))
         return FitResult(
             best_state=state["best_state"], best_epoch=state["best_epoch"],
             best_val_accuracy=state["best_val_accuracy"], history=history,
@@ -181,6 +215,14 @@ def _check(blob: bytes, metadata: dict[str, str]) -> tuple[str | None, dict[str,
     return None, state
 
 
+def _partial(saved: dict[str, Any] | None) -> PartialEpoch | None:
+    if saved is None:
+        return None
+    sums = [(float(s[0]), int(s[1]), int(s[2])) for s in saved["sums"].tolist()]
+    return PartialEpoch(epoch=int(saved["epoch"]), step=int(saved["step"]), order=saved["order"], sums=sums,
+                        seconds=float(saved["seconds"]))
+
+
 def _why(exc: Exception) -> str:
     """The line of torch's weights-only refusal that names the offending global."""
     text = " ".join(str(exc).split())
@@ -190,11 +232,11 @@ def _why(exc: Exception) -> str:
 
 def _state(
     fingerprint: str, model: nn.Module, opt: Any, sched: Any, gen: torch.Generator, result: FitResult,
-    scaler: Any, rank_rngs: list[torch.Tensor] | None,
+    scaler: Any, rank_rngs: list[torch.Tensor] | None, partial: PartialEpoch | None = None,
 ) -> dict[str, Any]:
     state = {
         "fingerprint": fingerprint,
-        "epoch": result.history[-1].epoch,
+        "epoch": partial.epoch if partial is not None else result.history[-1].epoch,
         "step": int(sched.last_epoch),  # optimizer steps taken: LambdaLR counts one per batch here
         "model": model.state_dict(),
         "optimizer": opt.state_dict(),
@@ -207,6 +249,11 @@ def _state(
         "best_val_accuracy": result.best_val_accuracy,
         "history": [dataclasses.asdict(h) for h in result.history],
         "seconds": result.seconds,
+        "partial": None if partial is None else {
+            "epoch": partial.epoch, "step": partial.step, "order": partial.order.cpu(), "seconds": partial.seconds,
+            # float64 holds each float32 loss sum exactly, so a resume continues from the very same value
+            "sums": torch.tensor(partial.sums, dtype=torch.float64),
+        },
     }
     if rank_rngs is not None:
         state["torch_rng_ranks"] = rank_rngs  # dropout differs per rank; each resumes its own stream

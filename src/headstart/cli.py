@@ -139,8 +139,8 @@ def train(
         distributed.shutdown()
     if not main:
         return
-    if result.resumed_from:
-        console.print(f"resumed from the checkpoint of epoch {result.resumed_from}")
+    if result.resumed_at:
+        console.print(f"resumed from the checkpoint of {result.resumed_at}")
     console.print(f"[green]{role}[/]: best val accuracy {result.best_val_accuracy:.4f} at epoch "
                   f"{result.best_epoch} in {result.seconds:.0f}s (MLflow run {result.run_id})")
 

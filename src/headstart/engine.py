@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from headstart import distributed
-from headstart.checkpoint import Checkpointer
+from headstart.checkpoint import Checkpointer, PartialEpoch
 from headstart.data.imagefolder import Split
 from headstart.presets import Preset
 from headstart.progress import progress_enabled
@@ -57,6 +57,7 @@ class EngineConfig:
     threads: int | None = None
     lr_scaling: Literal["none", "linear"] = "none"
     lr_reference_batch: int = 64
+    checkpoint_every_steps: int = 0  # also checkpoint every N optimizer steps inside an epoch; 0 = epoch ends only
 
     def lr_factor(self) -> float:
         return self.batch_size / self.lr_reference_batch if self.lr_scaling == "linear" else 1.0
@@ -80,7 +81,8 @@ class FitResult:
     best_val_accuracy: float
     history: list[EpochStats] = field(default_factory=list)
     seconds: float = 0.0
-    resumed_from: int | None = None
+    resumed_from: int | None = None  # epochs already done when this run resumed from a checkpoint
+    resumed_at: str | None = None  # where it resumed, for people: "epoch 2" or "epoch 3, step 5 of 16"
     stopped_early: bool = False
 
 
@@ -217,10 +219,17 @@ def fit(
     gen = torch.Generator().manual_seed(cfg.seed)  # identical on every rank: the shared permutation
     result = FitResult(best_state=_cpu_state(model), best_epoch=0, best_val_accuracy=-1.0)
     first_epoch = 1
+    partial: PartialEpoch | None = None
     if checkpointer is not None:
         restored = checkpointer.restore(model, opt, sched, gen)
         if restored is not None:
             result, first_epoch = restored, restored.history[-1].epoch + 1 if restored.history else 1
+            partial = checkpointer.partial
+            result.resumed_at = f"epoch {first_epoch - 1}"
+            if partial is not None:
+                first_epoch = partial.epoch
+                result.resumed_at = f"epoch {partial.epoch}, step {partial.step} of {steps_per_epoch}"
+    seconds_before = result.seconds  # time spent by earlier, interrupted attempts
     bad_epochs = _epochs_since_best(result)
     x_train, y_train = train.x.to(device), train.y.to(device)
     n_train = len(x_train)
@@ -236,9 +245,22 @@ def fit(
         if world > 1 and trainable != ddp_trainable:  # DDP fixes its set of gradients when it is built
             ddp, ddp_trainable = _wrap(model, device), trainable
         model.train()
-        order = distributed.pad_for_world(torch.randperm(n_train, generator=gen).to(device), world)
-        total_loss, correct, seen = 0.0, 0, 0
-        bar = tqdm(range(steps_per_epoch), desc=f"{label} epoch {epoch}/{cfg.epochs}", unit="batch",
+        first_step, prior_seconds = 0, 0.0
+        # running sums stay on the device as tensors: no host sync per batch
+        total_loss = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        seen = 0
+        if partial is not None and partial.epoch == epoch:  # resume inside this epoch: same order, same sums
+            perm, first_step, prior_seconds = partial.order, partial.step, partial.seconds
+            loss_sum, correct_sum, seen = _own_sums(partial.sums, rank, world)
+            total_loss += torch.tensor(loss_sum, dtype=torch.float32)
+            correct += correct_sum
+            partial = None
+        else:
+            perm = torch.randperm(n_train, generator=gen)
+        order = distributed.pad_for_world(perm.to(device), world)
+        bar = tqdm(range(first_step, steps_per_epoch), desc=f"{label} epoch {epoch}/{cfg.epochs}", unit="batch",
+                   initial=first_step, total=steps_per_epoch,
                    disable=not (progress_enabled() and rank == 0), leave=False)
         for step in bar:
             batch = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
@@ -262,6 +284,14 @@ def fit(
             total_loss += loss.detach() * len(idx)
             correct += (logits.argmax(1) == yb).sum()
             seen += len(idx)
+            done = step + 1
+            if (checkpointer is not None and cfg.checkpoint_every_steps > 0 and done < steps_per_epoch
+                    and sched.last_epoch % cfg.checkpoint_every_steps == 0):
+                result.seconds = seconds_before + time.perf_counter() - start_time
+                where = PartialEpoch(epoch=epoch, step=done, order=perm,
+                                     sums=[(float(total_loss), int(correct), seen)],
+                                     seconds=prior_seconds + time.perf_counter() - t0)
+                checkpointer.save(model, opt, sched, gen, result, partial=where)
         if world == 1:
             train_loss, train_acc = float(total_loss) / n_train, float(correct) / n_train
         else:
@@ -272,7 +302,7 @@ def fit(
         stats = EpochStats(
             epoch=epoch, train_loss=train_loss, train_accuracy=train_acc,
             val_loss=val_loss, val_accuracy=val_acc, lr=opt.param_groups[0]["lr"],
-            seconds=time.perf_counter() - t0,
+            seconds=prior_seconds + time.perf_counter() - t0,
         )
         result.history.append(stats)
         if val_acc > result.best_val_accuracy:
@@ -284,11 +314,23 @@ def fit(
         if on_epoch is not None:
             on_epoch(stats)
         if checkpointer is not None:
+            result.seconds = seconds_before + time.perf_counter() - start_time
             checkpointer.save(model, opt, sched, gen, result)
     _set_backbone_trainable(backbone_params, True)
     model.load_state_dict(result.best_state)
-    result.seconds += time.perf_counter() - start_time
+    result.seconds = seconds_before + time.perf_counter() - start_time
     return result
+
+
+def _own_sums(sums: list[tuple[float, int, int]], rank: int, world: int) -> tuple[float, int, int]:
+    """This rank's running sums from a mid-epoch checkpoint. Saved by as many ranks as now: each takes its
+    own, exactly. Saved by another number of ranks: rank 0 carries their total and the others start at
+    zero, so the all-reduced epoch metrics are still right (to float rounding)."""
+    if len(sums) == world:
+        return sums[rank]
+    if rank != 0:
+        return 0.0, 0, 0
+    return sum(s[0] for s in sums), sum(s[1] for s in sums), sum(s[2] for s in sums)
 
 
 def _wrap(model: nn.Module, device: torch.device) -> nn.Module:

@@ -1,7 +1,8 @@
 """Run by tests under `torch.distributed.run`: the engine on the tiny ImageFolder, one rank per process.
 
 Rank 0 writes result.json (history) and state.pt (best weights); `--kill-rank R --kill-epoch E` makes
-rank R SIGKILL itself right after epoch E (before that epoch's checkpoint).
+rank R SIGKILL itself right after epoch E (before that epoch's checkpoint); `--every-steps N` adds
+mid-epoch checkpoints and `--kill-at E:S` makes rank R SIGKILL itself just after the one at epoch E, step S.
 """
 
 from __future__ import annotations
@@ -52,10 +53,23 @@ def build(data: Path, arch: str):
     return model, head, backbone, preset, tr, va
 
 
-def config(epochs: int) -> EngineConfig:
+def config(epochs: int, every_steps: int = 0) -> EngineConfig:
     """Global batch 16 (8 per rank with 2 ranks); a head-only first epoch rebuilds DDP in epoch 2."""
     return EngineConfig(epochs=epochs, batch_size=16, patience=10, seed=3, probe_epochs=1, warmup_epochs=0.5,
-                        lr_head=0.01, lr_backbone=0.01)
+                        lr_head=0.01, lr_backbone=0.01, checkpoint_every_steps=every_steps)
+
+
+class KillingCheckpointer(Checkpointer):
+    """Saves (a collective), then SIGKILLs this rank right after the mid-epoch checkpoint at `at`."""
+
+    def __init__(self, location: Path, at: tuple[int, int] | None, kill_rank: int) -> None:
+        super().__init__(location, "fp")
+        self.at, self.kill_rank = at, kill_rank
+
+    def save(self, *args, partial=None, **kw) -> None:
+        super().save(*args, partial=partial, **kw)
+        if partial is not None and (partial.epoch, partial.step) == self.at and distributed.rank() == self.kill_rank:
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def main() -> None:
@@ -67,21 +81,25 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--kill-rank", type=int, default=-1)
     ap.add_argument("--kill-epoch", type=int, default=-1)
+    ap.add_argument("--every-steps", type=int, default=0)
+    ap.add_argument("--kill-at", default="")
     args = ap.parse_args()
     distributed.init()
     model, head, backbone, preset, tr, va = build(args.data, args.arch)
-    cfg = config(args.epochs)
+    cfg = config(args.epochs, args.every_steps)
 
     def on_epoch(stats) -> None:
         if distributed.rank() == args.kill_rank and stats.epoch == args.kill_epoch:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    ckpt = Checkpointer(args.ckpt, "fp") if args.ckpt else None
+    kill_at = tuple(int(v) for v in args.kill_at.split(":")) if args.kill_at else None
+    ckpt = KillingCheckpointer(args.ckpt, kill_at, args.kill_rank) if args.ckpt else None
     result = fit(model, head, backbone, preset, tr, va, cfg, on_epoch=on_epoch, checkpointer=ckpt)
     if distributed.is_main():
         args.out.mkdir(parents=True, exist_ok=True)
         torch.save(result.best_state, args.out / "state.pt")
         record = {"world": distributed.world_size(), "resumed_from": result.resumed_from,
+                  "resumed_at": result.resumed_at,
                   "history": [dataclasses.asdict(h) for h in result.history]}
         (args.out / "result.json").write_text(json.dumps(record))
     distributed.shutdown()

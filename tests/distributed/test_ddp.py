@@ -97,12 +97,33 @@ def test_sigkill_of_one_rank_fails_the_job_and_a_rerun_resumes(data: Path, tmp_p
     full, full_state = _load(tmp_path / "ref")
     assert resumed["resumed_from"] == 1 and resumed["world"] == 2
     # every rank restored its own RNG stream (dropout) and the shared generator: bit-identical on CPU
-    def timeless(history: list[dict]) -> list[dict]:
-        return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
-
-    assert timeless(resumed["history"]) == timeless(full["history"])
+    assert _timeless(resumed["history"]) == _timeless(full["history"])
     for key, value in full_state.items():
         assert torch.equal(resumed_state[key], value), key
+
+
+def test_sigkill_of_one_rank_mid_epoch_resumes_inside_the_epoch(data: Path, tmp_path: Path):
+    """36 images, global batch 16: 3 steps per epoch; a checkpoint every step; rank 1 dies just after the
+    one at epoch 2, step 1. The rerun restores every rank's running sums and ends bit-identical."""
+    ref = _worker(data, tmp_path / "ref", "--arch", "small_cnn", "--ckpt", str(tmp_path / "ckpt-ref"))
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    ckpt = tmp_path / "ckpt"
+    killed = _worker(data, tmp_path / "run", "--arch", "small_cnn", "--ckpt", str(ckpt), "--every-steps", "1",
+                     "--kill-rank", "1", "--kill-at", "2:1")
+    assert killed.returncode != 0
+    assert sorted(p.name for p in ckpt.iterdir()) == ["epoch-0001.pt", "epoch-0002-step-00000001.pt"]
+    rerun = _worker(data, tmp_path / "run", "--arch", "small_cnn", "--ckpt", str(ckpt), "--every-steps", "1")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    resumed, resumed_state = _load(tmp_path / "run")
+    full, full_state = _load(tmp_path / "ref")
+    assert resumed["resumed_at"] == "epoch 2, step 1 of 3"
+    assert _timeless(resumed["history"]) == _timeless(full["history"])
+    for key, value in full_state.items():
+        assert torch.equal(resumed_state[key], value), key
+
+
+def _timeless(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
 
 
 def _project(tmp_path: Path) -> Path:

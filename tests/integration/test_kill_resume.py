@@ -30,7 +30,8 @@ def _setup(tmp_path: Path) -> Path:
 
 def _cmd(out: str, ckpt: str) -> list[str]:
     return [sys.executable, "-m", "headstart.cli", "train", "scratch", "--out", out,
-            "--set", f"train.shared.checkpoint_dir={ckpt}", "--set", "tracking.tracking_uri=sqlite:///mlflow.db"]
+            "--set", f"train.shared.checkpoint_dir={ckpt}", "--set", "train.shared.checkpoint_every_steps=3",
+            "--set", "tracking.tracking_uri=sqlite:///mlflow.db"]
 
 
 def test_sigkill_mid_epoch_then_rerun_resumes_to_identical_weights(tmp_path: Path):
@@ -41,20 +42,27 @@ def test_sigkill_mid_epoch_then_rerun_resumes_to_identical_weights(tmp_path: Pat
 
     proc = subprocess.Popen(_cmd("run", "ckpt"), cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
-    while not list((cwd / "ckpt" / "scratch").glob("epoch-0002.pt")):
+    # 120 images, batch 8: 15 steps per epoch, a checkpoint every 3 steps; kill once epoch 2 has begun
+    folder = cwd / "ckpt" / "scratch"
+    while not [p for p in folder.glob("epoch-*-step-*.pt") if not p.name.startswith("epoch-0001")]:
         assert proc.poll() is None, "training ended before it could be killed"
         assert time.monotonic() < deadline
-        time.sleep(0.02)
+        time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
     assert proc.returncode == -signal.SIGKILL
     assert not (cwd / "run" / "model").exists()
+    newest = max(p.name for p in folder.glob("epoch-*.pt"))
+    assert "-step-" in newest, f"killed at an epoch boundary ({newest}), not mid-epoch"
+    step = int(newest.split("-step-")[1].removesuffix(".pt"))
 
     rerun = subprocess.run(_cmd("run", "ckpt"), cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert "resumed from the checkpoint of epoch" in rerun.stderr
+    epoch = int(newest.split("-")[1])
+    assert f"resumed from the checkpoint of epoch {epoch}, step {step} of 15" in " ".join(rerun.stderr.split())
     ref = (cwd / "ref" / "model" / "model.safetensors").read_bytes()
     assert (cwd / "run" / "model" / "model.safetensors").read_bytes() == ref
     ref_hist = yaml.safe_load((cwd / "ref" / "history.json").read_text())
     run_hist = yaml.safe_load((cwd / "run" / "history.json").read_text())
-    assert [h["val_accuracy"] for h in run_hist] == [h["val_accuracy"] for h in ref_hist]
+    for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+        assert [h[key] for h in run_hist] == [h[key] for h in ref_hist], key

@@ -93,6 +93,60 @@ def test_interrupted_training_resumes_to_the_same_weights(tiny_imagefolder: Path
         assert torch.equal(value, resumed.best_state[key]), key
 
 
+class _Killed(Exception):
+    pass
+
+
+class _DiesAfterSaving(Checkpointer):
+    """Writes its checkpoint, then kills the run: the state on disk is exactly that checkpoint."""
+
+    def __init__(self, location: Path, at: tuple[int, int]) -> None:
+        super().__init__(location, "fp")
+        self.at = at
+
+    def save(self, *args, partial=None, **kw) -> None:
+        super().save(*args, partial=partial, **kw)
+        if partial is not None and (partial.epoch, partial.step) == self.at:
+            raise _Killed
+
+
+def test_mid_epoch_checkpoint_resumes_inside_the_epoch_to_identical_results(tiny_imagefolder: Path, tmp_path: Path):
+    # 36 train images, batch 8: 5 steps per epoch, the last one short; a checkpoint every 2 steps
+    cfg = EngineConfig(epochs=3, batch_size=8, patience=10, seed=3, checkpoint_every_steps=2, probe_epochs=1)
+    model, head, backbone, preset, tr, va = _setup(tiny_imagefolder)
+    full = fit(model, head, backbone, preset, tr, va, cfg)
+
+    model, head, backbone, preset, tr, va = _setup(tiny_imagefolder)
+    with pytest.raises(_Killed):  # global step 8 = epoch 2, step 3 of 5
+        fit(model, head, backbone, preset, tr, va, cfg, checkpointer=_DiesAfterSaving(tmp_path / "c", (2, 3)))
+    assert sorted(p.name for p in (tmp_path / "c").glob("*.pt")) == ["epoch-0002-step-00000001.pt",
+                                                                       "epoch-0002-step-00000003.pt"]
+    model, head, backbone, preset, tr, va = _setup(tiny_imagefolder)
+    ckpt = Checkpointer(tmp_path / "c", "fp")
+    resumed = fit(model, head, backbone, preset, tr, va, cfg, checkpointer=ckpt)
+    assert resumed.resumed_at == "epoch 2, step 3 of 5" and resumed.resumed_from == 1
+    assert ckpt.resumed_from_uri.endswith("epoch-0002-step-00000003.pt")
+    for field in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"):
+        assert [getattr(h, field) for h in resumed.history] == [getattr(h, field) for h in full.history], field
+    for key, value in full.best_state.items():
+        assert torch.equal(value, resumed.best_state[key]), key
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, full.best_state[key]), key
+
+
+def test_a_torn_mid_epoch_checkpoint_falls_back_to_the_one_before(tiny_imagefolder: Path, tmp_path: Path):
+    cfg = EngineConfig(epochs=2, batch_size=8, patience=10, checkpoint_every_steps=2)
+    model, head, backbone, preset, tr, va = _setup(tiny_imagefolder)
+    with pytest.raises(_Killed):
+        fit(model, head, backbone, preset, tr, va, cfg, checkpointer=_DiesAfterSaving(tmp_path / "c", (2, 3)))
+    newest = tmp_path / "c" / "epoch-0002-step-00000003.pt"
+    newest.write_bytes(newest.read_bytes()[:200])
+    model, head, backbone, preset, tr, va = _setup(tiny_imagefolder)
+    resumed = fit(model, head, backbone, preset, tr, va, cfg, checkpointer=Checkpointer(tmp_path / "c", "fp"))
+    assert resumed.resumed_at == "epoch 2, step 1 of 5"
+    assert [h.epoch for h in resumed.history] == [1, 2]
+
+
 def test_torn_checkpoint_falls_back_to_the_previous_one(tiny_imagefolder: Path, tmp_path: Path):
     cfg = EngineConfig(epochs=2, batch_size=16, patience=10)
     model, head, backbone, preset, tr, va = _setup(tiny_imagefolder)

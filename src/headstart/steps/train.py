@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import Field
 from tqdm import tqdm
 
 from headstart import distributed, modelio, plots, storage
@@ -52,6 +53,7 @@ class TrainConfig(Frozen):
     seed: int = 42
     threads: int | None = None
     checkpoint_dir: str | None = ".headstart/checkpoints"
+    checkpoint_every_steps: int = Field(0, ge=0)  # also mid-epoch, every N optimizer steps; 0 = epoch ends only
     tensor_cache_dir: str | None = ".headstart/cache/tensors"  # decoded uint8 splits keyed by content hash
 
     def engine(self) -> EngineConfig:
@@ -60,7 +62,8 @@ class TrainConfig(Frozen):
 
     def fingerprint(self, data_dir: Path) -> str:
         """Ties checkpoints to this config and this dataset version, so a resume never mixes runs."""
-        stamp = json.dumps(self.model_dump(exclude={"checkpoint_dir", "threads", "tensor_cache_dir"}), sort_keys=True)
+        how = {"checkpoint_dir", "checkpoint_every_steps", "threads", "tensor_cache_dir"}  # not what is trained
+        stamp = json.dumps(self.model_dump(exclude=how), sort_keys=True)
         dvc_file = data_dir.with_suffix(".dvc")
         stamp += dvc_file.read_text() if dvc_file.is_file() else str(data_dir.resolve())
         return hashlib.sha256(stamp.encode()).hexdigest()[:16]
@@ -83,6 +86,7 @@ class TrainResult:
     seconds: float
     epochs_run: int
     resumed_from: int | None
+    resumed_at: str | None = None
 
 
 def run(
@@ -149,7 +153,7 @@ def _summary(cfg: TrainConfig, out_dir: Path, run_id: str | None, result: FitRes
     return TrainResult(
         role=cfg.role, model_dir=str(out_dir / "model"), run_id=run_id, best_epoch=result.best_epoch,
         best_val_accuracy=result.best_val_accuracy, seconds=result.seconds,
-        epochs_run=len(result.history), resumed_from=result.resumed_from,
+        epochs_run=len(result.history), resumed_from=result.resumed_from, resumed_at=result.resumed_at,
     )
 
 
