@@ -32,6 +32,9 @@ from headstart.checkpoint import Checkpointer, PartialEpoch
 from headstart.data.imagefolder import Split
 from headstart.presets import Preset
 from headstart.progress import progress_enabled
+from headstart.runtime import tune_allocator
+
+TTA_MODES = ("none", "flip")
 
 
 @dataclass(frozen=True)
@@ -159,8 +162,16 @@ def _lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, preset: Preset, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Logits for a uint8 NHWC tensor, in batches, on the training device; returned on CPU as float32."""
+def predict_logits(
+    model: nn.Module, preset: Preset, x: torch.Tensor, batch_size: int = 256, tta: str = "none"
+) -> torch.Tensor:
+    """Logits for a uint8 NHWC tensor, in batches, on the training device; returned on CPU as float32.
+
+    `tta="flip"` averages the logits of each image and its mirror image (the model card says which a
+    model uses, so evaluation and serving predict alike)."""
+    if tta not in TTA_MODES:
+        raise ValueError(f"tta={tta!r}: choose one of {', '.join(TTA_MODES)}")
+    tune_allocator()
     device = next(model.parameters()).device
     model.eval()
     out = []
@@ -196,6 +207,7 @@ def fit(
     the same, all-reduced, stats; only rank 0 writes checkpoints.
     """
     start_time = time.perf_counter()
+    tune_allocator()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     distributed.init()
