@@ -180,7 +180,11 @@ def predict_logits(
         if device.type == "cuda":
             xb = xb.contiguous(memory_format=torch.channels_last)
         with _autocast(device):
-            out.append(model(xb).float().cpu())
+            logits = model(xb).float()
+            if tta == "flip":
+                mirrored = xb.flip(3).contiguous(memory_format=torch.channels_last)
+                logits = (logits + model(mirrored).float()) / 2
+            out.append(logits.cpu())
     return torch.cat(out) if out else torch.empty(0)
 
 

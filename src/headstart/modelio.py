@@ -28,6 +28,7 @@ class ModelCard:
     weights_source: str | None = None
     run_id: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    tta: str = "none"  # test-time augmentation of every prediction: "none", or "flip" (average with the mirror)
 
     def to_json(self) -> str:
         data: dict[str, Any] = asdict(self)
@@ -41,7 +42,7 @@ class ModelCard:
         return cls(
             arch=data["arch"], classes=tuple(data["classes"]), preset=Preset.from_dict(data["preset"]),
             role=data["role"], weights_source=data.get("weights_source"), run_id=data.get("run_id"),
-            metrics=dict(data.get("metrics", {})),
+            metrics=dict(data.get("metrics", {})), tta=str(data.get("tta", "none")),
         )
 
 

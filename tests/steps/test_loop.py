@@ -34,7 +34,8 @@ def loop(tmp_path_factory: pytest.TempPathFactory):
     cands = {}
     for role, weights in (("finetune", "imagenet"), ("scratch", "none")):
         cfg = train.TrainConfig(role=role, weights=weights, image_size=32, epochs=1, images_per_class=None,
-                                val_images_per_class=None, checkpoint_dir=None)
+                                val_images_per_class=None, checkpoint_dir=None,
+                                tta="flip" if role == "finetune" else "none")
         cands[role] = Path(train.run(cfg, data, root / role, tracking).model_dir)
     return root, data, tracking, cands
 
@@ -64,8 +65,13 @@ def test_first_run_promotes_and_champion_serves_training_predictions(loop):
     x = np.stack([card.preset.decode(p) for p in paths])
     import torch
 
-    expected = predict_logits(model, card.preset, torch.from_numpy(x)).argmax(1).numpy()
+    assert card.tta == ("flip" if result.winner == "finetune" else "none")
+    expected = predict_logits(model, card.preset, torch.from_numpy(x), tta=card.tta).argmax(1).numpy()
     assert got["class_index"].tolist() == expected.tolist()
+    scored = np.load(root / "eval-first" / "predictions.npz")  # evaluation scored what is now served
+    order = [str(Path(p).relative_to(data)) if Path(p).is_absolute() else p for p in scored["paths"]]
+    by_path = dict(zip(order, scored[f"pred_{result.winner}"].tolist(), strict=True))
+    assert [by_path[str(p.relative_to(data))] for p in paths] == expected.tolist()
     assert got["label"].tolist() == [card.classes[i] for i in expected]
 
     mv = mlflow.MlflowClient().get_model_version(tracking.registered_model, "1")

@@ -177,6 +177,24 @@ def test_predict_logits_matches_a_plain_forward(tiny_imagefolder: Path):
     assert torch.allclose(logits, plain, atol=1e-5)
 
 
+def test_flip_tta_averages_the_logits_of_each_image_and_its_mirror(tiny_imagefolder: Path):
+    model, _, _, preset, _, va = _setup(tiny_imagefolder)
+    plain = predict_logits(model, preset, va.x, batch_size=5)
+    mirrored = predict_logits(model, preset, va.x.flip(2), batch_size=5)  # NHWC: dim 2 is the width
+    both = predict_logits(model, preset, va.x, batch_size=5, tta="flip")
+    assert not torch.allclose(plain, mirrored)
+    torch.testing.assert_close(both, (plain + mirrored) / 2, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="tta='rotate'"):
+        predict_logits(model, preset, va.x, tta="rotate")
+
+
+def test_flip_tta_needs_a_model_trained_with_flips():
+    from headstart.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train\.finetune: .*tta: flip .*flip: false"):
+        train.config_from_params({"train": {"shared": {"tta": "flip", "flip": False}}}, "finetune")
+
+
 def test_train_config_rejects_unknown_keys_naming_them():
     from headstart.errors import ConfigError
 

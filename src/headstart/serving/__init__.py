@@ -41,7 +41,7 @@ class Classifier:
             arr = np.asarray(model_input, dtype=np.uint8)
             images = [preset.decode(_array_image(a)) for a in arr]
         x = torch.from_numpy(np.stack(images)) if images else torch.empty(0, dtype=torch.uint8)
-        probs = torch.softmax(predict_logits(self.model, preset, x), dim=1).numpy()
+        probs = torch.softmax(predict_logits(self.model, preset, x, tta=self.card.tta), dim=1).numpy()
         index = probs.argmax(1)
         return pd.DataFrame({
             "label": [self.card.classes[i] for i in index],

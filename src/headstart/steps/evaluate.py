@@ -44,7 +44,7 @@ def predict_folder(
     """Predictions of a saved model on the test split, decoded with the model's own preset."""
     model, card = modelio.load(model_dir)
     test = load_split(data_dir, "test", card.preset, card.classes, cache_dir=cache_dir)
-    logits = predict_logits(model, card.preset, test.x, batch_size)
+    logits = predict_logits(model, card.preset, test.x, batch_size, tta=card.tta)
     return test.y.numpy(), logits.argmax(1).numpy(), list(test.paths)
 
 
@@ -74,6 +74,7 @@ def run(
     out_dir.mkdir(parents=True, exist_ok=True)
     cache = Path(cfg.tensor_cache_dir) if cfg.tensor_cache_dir else None
     preds: dict[str, np.ndarray] = {}
+    tta: dict[str, str] = {}
     y_true: np.ndarray | None = None
     paths: list[str] = []
     classes: list[str] = []
@@ -83,6 +84,7 @@ def run(
         if y_true is not None and (paths_ != paths or classes_ != classes):
             raise DataError(f"{folder}: model was trained on other classes than {classes}; cannot compare")
         y_true, paths, classes, preds[name] = y, paths_, classes_, p
+        tta[name] = modelio.load_card(folder).tta
     assert y_true is not None
     champion_version = None
     if cfg.include_champion and tracking is not None:
@@ -93,7 +95,8 @@ def run(
             champ_dir, champion_version = found
             if list(modelio.load_card(champ_dir).classes) == classes:
                 preds["champion"] = predict_folder(champ_dir, data_dir, cfg.batch_size, cache)[1]
-    models = {name: summarise(y_true, p, classes) for name, p in preds.items()}
+                tta["champion"] = modelio.load_card(champ_dir).tta
+    models = {name: {**summarise(y_true, p, classes), "tta": tta[name]} for name, p in preds.items()}
     files: dict[str, str] = {}
     for name, p in preds.items():
         png = plots.confusion_matrix_png(confusion(y_true, p, len(classes)), classes,
@@ -172,6 +175,7 @@ def report_markdown(result: EvaluateResult) -> str:
              "|---|---:|---:|---:|"]
     for name, m in result.models.items():
         label = f"{name} (v{result.champion_version})" if name == "champion" else name
+        label += " (flip TTA)" if m.get("tta") == "flip" else ""
         lines.append(f"| {label} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} | {m['n_test']} |")
     c = result.comparison
     if c:

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from tqdm import tqdm
 
 from headstart import distributed, modelio, plots, storage
@@ -50,11 +50,19 @@ class TrainConfig(Frozen):
     augment: bool = True
     flip: bool = True
     max_shift: float = 0.1
+    tta: Literal["none", "flip"] = "none"  # test-time augmentation the saved model predicts with (flip: mirrored too)
     seed: int = 42
     threads: int | None = None
     checkpoint_dir: str | None = ".headstart/checkpoints"
     checkpoint_every_steps: int = Field(0, ge=0)  # also mid-epoch, every N optimizer steps; 0 = epoch ends only
     tensor_cache_dir: str | None = ".headstart/cache/tensors"  # decoded uint8 splits keyed by content hash
+
+    @model_validator(mode="after")
+    def _tta_matches_training(self) -> TrainConfig:
+        if self.tta == "flip" and not self.flip:
+            raise ValueError("tta: flip scores mirrored images too, but this model is trained without horizontal "
+                             "flips (flip: false); set tta: none, or flip: true if mirror images are valid inputs")
+        return self
 
     def engine(self) -> EngineConfig:
         fields = EngineConfig.__dataclass_fields__
@@ -62,7 +70,7 @@ class TrainConfig(Frozen):
 
     def fingerprint(self, data_dir: Path) -> str:
         """Ties checkpoints to this config and this dataset version, so a resume never mixes runs."""
-        how = {"checkpoint_dir", "checkpoint_every_steps", "threads", "tensor_cache_dir"}  # not what is trained
+        how = {"checkpoint_dir", "checkpoint_every_steps", "threads", "tensor_cache_dir", "tta"}  # not the training
         stamp = json.dumps(self.model_dump(exclude=how), sort_keys=True)
         dvc_file = data_dir.with_suffix(".dvc")
         stamp += dvc_file.read_text() if dvc_file.is_file() else str(data_dir.resolve())
@@ -135,7 +143,7 @@ def run(
         metrics = {"best_val_accuracy": result.best_val_accuracy, "train_seconds": result.seconds,
                    "best_epoch": float(result.best_epoch)}
         card = modelio.ModelCard(arch=cfg.backbone, classes=classes, preset=preset, role=cfg.role,
-                                 weights_source=cfg.weights, run_id=run_id, metrics=metrics)
+                                 weights_source=cfg.weights, run_id=run_id, metrics=metrics, tta=cfg.tta)
         modelio.save(built.model, card, out_dir / "model")
         (out_dir / "history.json").write_text(json.dumps(history, indent=2) + "\n")
         if tracking is not None:
