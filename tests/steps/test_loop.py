@@ -121,3 +121,25 @@ def test_register_refuses_a_stale_evaluation(loop):
     registry.move_champion(tracking, "1", "test", "simulate another run promoting meanwhile")
     with pytest.raises(RegistryError, match="champion changed since evaluation"):
         register.run(register.RegisterConfig(), LENIENT, data, cands, root / "eval-stale", root / "d", tracking)
+
+
+def test_a_model_whose_training_run_is_not_in_the_store_is_refused_clearly(loop):
+    """DVC's run cache can restore outputs/ after the MLflow store was reset: say so, register nothing."""
+    import shutil
+
+    from headstart.errors import RegistryError
+
+    root, data, tracking, cands = loop
+    orphans = {}
+    for role, folder in cands.items():
+        copy = root / "orphan" / role
+        shutil.copytree(folder, copy)
+        card = json.loads((copy / "model.json").read_text())
+        card["run_id"] = "0" * 32
+        (copy / "model.json").write_text(json.dumps(card))
+        orphans[role] = copy
+    before = registry.history(tracking)
+    evaluate.run(evaluate.EvaluateConfig(bootstrap_samples=200), data, orphans, root / "eval-orphan", tracking)
+    with pytest.raises(RegistryError, match=r"model\.json: its training run 0{32} is not in this MLflow"):
+        register.run(register.RegisterConfig(), LENIENT, data, orphans, root / "eval-orphan", root / "d-o", tracking)
+    assert registry.history(tracking) == before

@@ -98,8 +98,26 @@ def _log_model(tracking: TrackingConfig, model_dir: Path, card_run: str | None, 
             mlflow.log_input(mlflow.data.from_pandas(frame, source=str(data_dir), name="imagefolder"), context="test")
             return info.model_uri, active.info.run_id
 
+    if card_run and not _run_exists(card_run):
+        raise RegistryError(
+            f"{model_dir / 'model.json'}: its training run {card_run} is not in this MLflow tracking store. "
+            "The model was trained against another store, or DVC restored it from its run cache after the store "
+            "was reset. Re-train against this store (dvc repro -f train_finetune train_scratch), or point "
+            "tracking.tracking_uri / MLFLOW_TRACKING_URI at the store it was trained with.")
     registry.stage("log_model")
     return registry.retry("logging the model", attempt)
+
+
+def _run_exists(run_id: str) -> bool:
+    import mlflow
+
+    try:
+        registry.retry("looking up the training run", lambda: mlflow.get_run(run_id))
+    except RegistryError as exc:
+        if getattr(exc.__cause__, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
+    return True
 
 
 def pip_requirements() -> list[str]:
