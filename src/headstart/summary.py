@@ -50,6 +50,9 @@ def render(outputs: Path, tracking: TrackingConfig) -> Group:
                       _num(models["champion"]["macro_f1"]), "—", "—")
     comp = info["eval"].get("comparison") or {}
     lines = []
+    with_tta = [name for name, m in models.items() if m.get("tta") == "flip"]
+    if with_tta:
+        lines.append(f"Scored with flip test-time augmentation (as served): {', '.join(with_tta)}")
     if comp:
         lines.append(f"finetune − scratch: {comp['accuracy_diff']:+.4f} "
                      f"({comp['ci_level']:.0%} CI {comp['ci_low']:+.4f}..{comp['ci_high']:+.4f}, "
