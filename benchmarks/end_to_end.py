@@ -44,7 +44,7 @@ def timed_repro(cmd: list[str]) -> dict[str, Any]:
         rc = proc.wait()
     total = time.perf_counter() - start
     stages: dict[str, float] = {}
-    for (name, t0), (_, t1) in zip(marks, [*marks[1:], ("end", total)], strict=True):
+    for (name, t0), (_, t1) in zip(marks, [*marks[1:], ("end", total)][: len(marks)], strict=True):
         stages[name] = round(t1 - t0, 2)
     startup = marks[0][1] if marks else total
     return {
