@@ -6,7 +6,7 @@ above 128 KiB. PyTorch's CPU allocator frees every activation after use, so each
 re-faults tens of MB of activations: on EfficientNet-Lite0 at 96 px, batch 256 inference spent more
 time in the kernel (page faults) than in the convolutions. Raising the mmap threshold and the trim
 threshold keeps those pages in the heap for reuse (benchmarks/allocator.py measures it:
-inference 1.8x, training 1.08x images per second on this machine). The cost is that freed memory stays
+inference 2.4x, training 1.15x images per second on this machine). The cost is that freed memory stays
 with the process instead of going back to the OS, bounded by the peak working set it already had.
 
 `HEADSTART_MALLOC_TUNING=0` turns it off; other C libraries (musl, macOS) are left alone.
