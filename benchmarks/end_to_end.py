@@ -56,12 +56,38 @@ def timed_repro(cmd: list[str]) -> dict[str, Any]:
     }
 
 
+def plot(result: dict[str, Any], out: Path) -> None:
+    """One horizontal bar per stage, training in one colour and everything else in another."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = result["repro"]["stages_s"]
+    names = list(stages)[::-1]
+    colours = ["tab:blue" if n in TRAINING else "tab:orange" for n in names]
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1.4))
+    bars = ax.barh(names, [stages[n] for n in names], color=colours)
+    ax.bar_label(bars, fmt="%.0f s", padding=3)
+    share = result["repro"].get("non_training_share")
+    ax.set(xlabel="wall time (s)", title=f"dvc repro by stage: {result['repro']['wall_s']:.0f} s, "
+           f"non-training {share:.0%}; no-op re-run {result['noop_repro']['wall_s']:.1f} s")
+    ax.margins(x=0.15)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--force", action="store_true", help="dvc repro -f (every stage runs)")
     ap.add_argument("--import", dest="do_import", action="store_true", help="time `make data` first")
     ap.add_argument("--out", type=Path, default=RESULT)
+    ap.add_argument("--plot-only", action="store_true", help="redraw the PNG from the JSON")
     args = ap.parse_args()
+    if args.plot_only:
+        plot(json.loads(args.out.read_text()), args.out.with_suffix(".png"))
+        return
     env_bin = Path(sys.executable).parent
     os.environ["PATH"] = f"{env_bin}{os.pathsep}{os.environ['PATH']}"  # headstart and dvc from this venv
     result: dict[str, Any] = {"load_avg_start": os.getloadavg(), "cpu_count": os.cpu_count()}
@@ -79,6 +105,7 @@ def main() -> None:
     result["load_avg_end"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, args.out.with_suffix(".png"))
     print(json.dumps(result, indent=2))
     sys.exit(run["rc"] or result["noop_repro"]["rc"])
 

@@ -77,10 +77,16 @@ def test_two_gloo_ranks_match_one_process_to_float_rounding(data: Path, tmp_path
         torch.testing.assert_close(ddp_state[key], value, rtol=0, atol=1e-6)
 
 
-def test_sigkill_of_one_rank_fails_the_job_and_a_rerun_resumes(data: Path, tmp_path: Path):
-    ref = _worker(data, tmp_path / "ref", "--arch", "small_cnn", "--ckpt", str(tmp_path / "ckpt-ref"))
+@pytest.fixture(scope="module")
+def uninterrupted(data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict[str, torch.Tensor]]:
+    """small_cnn on two ranks, never killed: what every resumed run must reproduce bit for bit."""
+    out = tmp_path_factory.mktemp("ref")
+    ref = _worker(data, out / "ref", "--arch", "small_cnn", "--ckpt", str(out / "ckpt-ref"))
     assert ref.returncode == 0, ref.stderr[-3000:]
+    return _load(out / "ref")
 
+
+def test_sigkill_of_one_rank_fails_the_job_and_a_rerun_resumes(data: Path, tmp_path: Path, uninterrupted):
     ckpt = tmp_path / "ckpt"
     started = time.monotonic()
     killed = _worker(data, tmp_path / "run", "--arch", "small_cnn", "--ckpt", str(ckpt),
@@ -94,7 +100,7 @@ def test_sigkill_of_one_rank_fails_the_job_and_a_rerun_resumes(data: Path, tmp_p
     rerun = _worker(data, tmp_path / "run", "--arch", "small_cnn", "--ckpt", str(ckpt))
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     resumed, resumed_state = _load(tmp_path / "run")
-    full, full_state = _load(tmp_path / "ref")
+    full, full_state = uninterrupted
     assert resumed["resumed_from"] == 1 and resumed["world"] == 2
     # every rank restored its own RNG stream (dropout) and the shared generator: bit-identical on CPU
     assert _timeless(resumed["history"]) == _timeless(full["history"])
@@ -102,11 +108,9 @@ def test_sigkill_of_one_rank_fails_the_job_and_a_rerun_resumes(data: Path, tmp_p
         assert torch.equal(resumed_state[key], value), key
 
 
-def test_sigkill_of_one_rank_mid_epoch_resumes_inside_the_epoch(data: Path, tmp_path: Path):
+def test_sigkill_of_one_rank_mid_epoch_resumes_inside_the_epoch(data: Path, tmp_path: Path, uninterrupted):
     """36 images, global batch 16: 3 steps per epoch; a checkpoint every step; rank 1 dies just after the
     one at epoch 2, step 1. The rerun restores every rank's running sums and ends bit-identical."""
-    ref = _worker(data, tmp_path / "ref", "--arch", "small_cnn", "--ckpt", str(tmp_path / "ckpt-ref"))
-    assert ref.returncode == 0, ref.stderr[-3000:]
     ckpt = tmp_path / "ckpt"
     killed = _worker(data, tmp_path / "run", "--arch", "small_cnn", "--ckpt", str(ckpt), "--every-steps", "1",
                      "--kill-rank", "1", "--kill-at", "2:1")
@@ -115,7 +119,7 @@ def test_sigkill_of_one_rank_mid_epoch_resumes_inside_the_epoch(data: Path, tmp_
     rerun = _worker(data, tmp_path / "run", "--arch", "small_cnn", "--ckpt", str(ckpt), "--every-steps", "1")
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     resumed, resumed_state = _load(tmp_path / "run")
-    full, full_state = _load(tmp_path / "ref")
+    full, full_state = uninterrupted
     assert resumed["resumed_at"] == "epoch 2, step 1 of 3"
     assert _timeless(resumed["history"]) == _timeless(full["history"])
     for key, value in full_state.items():
