@@ -13,8 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,28 +25,16 @@ from headstart.checkpoint import Checkpointer
 from ..conftest import make_imagefolder
 from ..unit.test_checkpoint_safety import Payload
 from ..unit.test_checkpoint_store import Trainer
+from .conftest import fresh_bucket
 from .faultproxy import FaultProxy
-from .servers import moto_server, s3_env
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with moto_server(tmp_path_factory.mktemp("moto")) as url:
-        yield url
-
-
 @pytest.fixture
 def bucket(moto: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    for var in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_MAX_ATTEMPTS"):
-        monkeypatch.delenv(var, raising=False)
-    for key, value in s3_env(moto).items():
-        monkeypatch.setenv(key, value)
-    name = f"ckpt-{uuid.uuid4().hex[:8]}"
-    storage._client().create_bucket(Bucket=name)
-    return name
+    return fresh_bucket(moto, monkeypatch, "ckpt")
 
 
 def _keys(bucket: str) -> list[str]:

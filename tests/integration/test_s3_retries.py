@@ -6,7 +6,6 @@ A fault-injecting TCP proxy on 127.0.0.1 sits between storage.fetch/upload and a
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,29 +14,16 @@ import pytest
 from headstart import storage
 from headstart.errors import StorageError
 
+from .conftest import fresh_bucket
 from .faultproxy import FaultProxy
-from .servers import moto_server, s3_env
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with moto_server(tmp_path_factory.mktemp("moto")) as url:
-        yield url
 
 
 @pytest.fixture
 def bucket(moto: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """Test credentials in the environment and a fresh bucket, created directly on moto."""
-    for var in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_MAX_ATTEMPTS",
-                "HEADSTART_S3_CONNECT_TIMEOUT", "HEADSTART_S3_READ_TIMEOUT"):
-        monkeypatch.delenv(var, raising=False)
-    for key, value in s3_env(moto).items():
-        monkeypatch.setenv(key, value)
-    name = f"flaky-{uuid.uuid4().hex[:8]}"
-    storage._client().create_bucket(Bucket=name)
-    return name
+    return fresh_bucket(moto, monkeypatch, "flaky")
 
 
 @pytest.fixture

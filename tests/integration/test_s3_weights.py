@@ -2,14 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,56 +13,15 @@ from headstart.models import build_model, lukemelas_to_timm, read_state_dict, sa
 from headstart.models.efficientnet_lite import imagenet_weights_file
 from headstart.models.small_cnn import SmallCNN
 
+from .conftest import fresh_bucket
+
 pytestmark = pytest.mark.integration
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    exe = Path(sys.executable).parent / "moto_server"
-    if not exe.exists() and shutil.which("moto_server") is None:
-        pytest.skip("moto_server not installed (pip install 'moto[server]')")
-    port = _free_port()
-    cmd = [str(exe) if exe.exists() else "moto_server", "-H", "127.0.0.1", "-p", str(port)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(url + "/moto-api/", timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"moto_server did not start on {url}")
-                time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @pytest.fixture(params=["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"])
-def bucket(request: pytest.FixtureRequest, moto_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+def bucket(request: pytest.FixtureRequest, moto: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """A fresh bucket, with the endpoint given by one env var or the other (boto3 reads both)."""
-    for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv(request.param, moto_url)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    name = f"weights-{uuid.uuid4().hex[:8]}"
-    storage._client().create_bucket(Bucket=name)
-    return name
+    return fresh_bucket(moto, monkeypatch, "weights", endpoint_var=request.param)
 
 
 def test_build_model_from_s3_safetensors(bucket: str, tmp_path: Path) -> None:
