@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,23 @@ def _experiment_id(client: Any, name: str, namespace: str | None) -> str:
     return str(client.create_experiment(name=name, namespace=namespace).experiment_id)
 
 
+def _create(
+    host: str, package: Path, arguments: dict[str, Any], experiment: str, namespace: str | None,
+    token: str | None, create: Callable[[Any, str], Any],
+) -> tuple[str, Any]:
+    """Check the arguments against the package, connect, find or make the experiment, then
+    `create(client, experiment_id)`; an API that does not answer becomes a ConfigError naming --host."""
+    check_arguments(package, arguments)
+    client = _client(host, namespace, token)
+    try:
+        exp = _experiment_id(client, experiment, namespace)
+        return exp, create(client, exp)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise _unreachable(host, exc) from exc
+
+
 def submit(
     host: str,
     package: Path = DEFAULT_PACKAGE,
@@ -62,11 +80,8 @@ def submit(
 ) -> Submitted:
     """Create one run of the compiled package."""
     arguments = arguments or {}
-    check_arguments(package, arguments)
-    client = _client(host, namespace, token)
-    try:
-        exp = _experiment_id(client, experiment, namespace)
-        run = client.create_run_from_pipeline_package(
+    exp, run = _create(host, package, arguments, experiment, namespace, token, lambda client, exp: (
+        client.create_run_from_pipeline_package(
             str(package),
             arguments=arguments,
             run_name=run_name or f"headstart {package.stem}",
@@ -74,11 +89,7 @@ def submit(
             namespace=namespace,
             enable_caching=enable_caching,
             service_account=service_account or None,
-        )
-    except ConfigError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise _unreachable(host, exc) from exc
+        )))
     return Submitted(experiment_id=exp, run_id=str(run.run_id))
 
 
@@ -114,11 +125,8 @@ def schedule(
     """A recurring run: one at a time (max concurrency 1), no catch-up of missed slots."""
     cron = check_cron(cron)
     arguments = arguments or {}
-    check_arguments(package, arguments)
-    client = _client(host, namespace, token)
-    try:
-        exp = _experiment_id(client, experiment, namespace)
-        job = client.create_recurring_run(
+    exp, job = _create(host, package, arguments, experiment, namespace, token, lambda client, exp: (
+        client.create_recurring_run(
             experiment_id=exp,
             job_name=name,
             description="Scheduled Headstart retraining",
@@ -130,9 +138,5 @@ def schedule(
             enabled=True,
             enable_caching=enable_caching,
             service_account=service_account or None,
-        )
-    except ConfigError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise _unreachable(host, exc) from exc
+        )))
     return Submitted(experiment_id=exp, recurring_run_id=str(job.recurring_run_id))
