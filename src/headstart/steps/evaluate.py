@@ -80,11 +80,11 @@ def run(
     classes: list[str] = []
     for name, folder in candidates.items():
         y, p, paths_ = predict_folder(folder, data_dir, cfg.batch_size, cache)
-        classes_ = list(modelio.load_card(folder).classes)
+        card = modelio.load_card(folder)
+        classes_ = list(card.classes)
         if y_true is not None and (paths_ != paths or classes_ != classes):
             raise DataError(f"{folder}: model was trained on other classes than {classes}; cannot compare")
-        y_true, paths, classes, preds[name] = y, paths_, classes_, p
-        tta[name] = modelio.load_card(folder).tta
+        y_true, paths, classes, preds[name], tta[name] = y, paths_, classes_, p, card.tta
     assert y_true is not None
     champion_version = None
     if cfg.include_champion and tracking is not None:
@@ -93,9 +93,10 @@ def run(
         found = registry.champion_model_dir(tracking, out_dir / "champion_model")
         if found is not None:
             champ_dir, champion_version = found
-            if list(modelio.load_card(champ_dir).classes) == classes:
+            champ_card = modelio.load_card(champ_dir)
+            if list(champ_card.classes) == classes:
                 preds["champion"] = predict_folder(champ_dir, data_dir, cfg.batch_size, cache)[1]
-                tta["champion"] = modelio.load_card(champ_dir).tta
+                tta["champion"] = champ_card.tta
     models = {name: {**summarise(y_true, p, classes), "tta": tta[name]} for name, p in preds.items()}
     files: dict[str, str] = {}
     for name, p in preds.items():
