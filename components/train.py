@@ -22,7 +22,7 @@ def train_candidate(
     metrics: Output[Metrics],
     learning_curve: Output[HTML],
 ):
-    """Train with the shared engine; a retried task resumes from the last epoch checkpoint."""
+    """Train with the shared engine; a retried task resumes from the last checkpoint (epoch end or mid-epoch)."""
     import dataclasses
     from pathlib import Path
 
