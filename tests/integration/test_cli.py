@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,10 @@ COMMANDS = ["validate", "train", "evaluate", "register", "summary", "run", "prom
 
 
 def _run(args: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(HEADSTART + args, capture_output=True, text=True, cwd=cwd, timeout=300)
+    """The CLI in `cwd` with its params.yaml store: mlflow.set_tracking_uri in an earlier test of this
+    session writes MLFLOW_TRACKING_URI into os.environ, which would point the child at that test's store."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.run(HEADSTART + args, capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
 
 
 def test_top_level_help_lists_every_command():
