@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from headstart.errors import DataError
@@ -62,12 +63,21 @@ def load_card(folder: Path) -> ModelCard:
     return ModelCard.from_json(card_path.read_text())
 
 
-def load(folder: Path) -> tuple[nn.Module, ModelCard]:
-    """Rebuild the architecture with random init, then load the trained weights (safetensors)."""
+def load(folder: Path, fold: bool = True) -> tuple[nn.Module, ModelCard]:
+    """Rebuild the architecture with random init, then load the trained weights (safetensors), for inference.
+
+    `fold`: BatchNorms folded into their convolutions (models/fold.py; same outputs to float rounding,
+    ~1.3x faster on CPU), checked on a probe batch of the card's input size. Evaluation and serving both
+    load through here, so they predict alike."""
     from headstart.models import build_model, load_weights
+    from headstart.models.fold import fold_batchnorm
 
     card = load_card(folder)
     built = build_model(card.arch, None, len(card.classes), in_channels=card.preset.channels)
     load_weights(built.model, folder / WEIGHTS_FILE)
     built.model.eval()
-    return built.model, card
+    if not fold:
+        return built.model, card
+    size, channels = card.preset.image_size, card.preset.channels
+    probe = torch.randn(2, channels, size, size, generator=torch.Generator().manual_seed(0))
+    return fold_batchnorm(built.model, probe), card
