@@ -73,7 +73,7 @@ def plot(result: dict[str, Any], out: Path) -> None:
     ax.bar_label(bars, fmt="%.0f s", padding=3)
     whole = result.get("with_import", result["repro"])
     what = "make data + dvc repro" if "with_import" in result else "dvc repro"
-    ax.set(xlabel="wall time (s)", title=f"{what} by stage: {whole['wall_s']:.0f} s, "
+    ax.set(xlabel="wall time (s)", title=f"{what} by stage: {whole['wall_s']:.0f} s\n"
            f"non-training {whole['non_training_share']:.0%}; no-op re-run {result['noop_repro']['wall_s']:.1f} s")
     ax.margins(x=0.15)
     fig.tight_layout()
