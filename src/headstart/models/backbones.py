@@ -16,7 +16,6 @@ from torch.utils.flop_counter import FlopCounterMode
 from headstart.errors import ConfigError
 from headstart.models import efficientnet_lite as lite
 from headstart.models import small_cnn
-from headstart.models import torchvision_models as tv
 from headstart.models.weights import (
     fetch_state_dict,
     in_prefixes,
@@ -38,8 +37,15 @@ class BuiltModel:
     head: list[str]
 
 
+def _tv():
+    """torchvision, imported when a torchvision arch is asked for: a small-CNN process never pays for it."""
+    from headstart.models import torchvision_models
+
+    return torchvision_models
+
+
 def choices() -> list[str]:
-    return [lite.ARCH, small_cnn.ARCH, *tv.names()]
+    return [lite.ARCH, small_cnn.ARCH, *_tv().names()]
 
 
 def build_model(arch: str, weights: str | None, num_classes: int, *, in_channels: int = 3) -> BuiltModel:
@@ -63,7 +69,7 @@ def build_model(arch: str, weights: str | None, num_classes: int, *, in_channels
         return _small_cnn(spec, named, num_classes, in_channels)
     if arch == lite.ARCH:
         return _efficientnet_lite0(spec, named, num_classes, in_channels)
-    if arch in tv.names():
+    if arch in _tv().names():
         return _torchvision(arch, spec, named, num_classes, in_channels)
     raise ConfigError(f"arch={arch!r} is unknown; choose one of: {', '.join(choices())}.")
 
@@ -97,6 +103,7 @@ def _efficientnet_lite0(spec: str | None, named: bool, num_classes: int, in_chan
 
 
 def _torchvision(arch: str, spec: str | None, named: bool, num_classes: int, in_channels: int) -> BuiltModel:
+    tv = _tv()
     enum = tv.resolve_weights(arch, spec) if named and spec is not None else None
     model = tv.create(arch, enum)
     mean, std = tv.stats(enum)

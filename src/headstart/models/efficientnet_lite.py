@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-import timm
 import torch
 from torch import nn
 
@@ -86,6 +85,8 @@ def imagenet_weights_file() -> Path:
 
 def create(in_channels: int = 3) -> nn.Module:
     """A randomly initialised Lite0 with its 1000-class ImageNet head."""
+    import timm  # here, not at the top: timm (and the torchvision it imports) is ~2.5 s of start-up
+
     return timm.create_model(TIMM_NAME, pretrained=False, in_chans=in_channels)
 
 
