@@ -184,3 +184,20 @@ def test_clear_config_errors(tmp_path: Path) -> None:
         build_model("resnet18", str(tmp_path / "missing.pt"), 3)
     with pytest.raises(ConfigError, match="IMAGENET9.*IMAGENET1K_V1"):
         build_model("resnet18", "IMAGENET9", 3)
+
+
+def test_a_small_cnn_process_does_not_import_timm_or_torchvision():
+    """They cost ~1.4 s of start-up in every small-CNN process (serving check, CLI, workers) that never uses them."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from headstart import modelio\n"
+            "from headstart.models import build_model\n"
+            "from headstart.models.fold import fold_batchnorm\n"
+            "import torch\n"
+            "m = build_model('small_cnn', None, 3, in_channels=1).model.eval()\n"
+            "fold_batchnorm(m, torch.randn(2, 1, 28, 28))\n"
+            "print(sorted(k for k in ('timm', 'torchvision') if k in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "[]"
