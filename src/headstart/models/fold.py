@@ -21,6 +21,7 @@ import logging
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +43,17 @@ def _bn_replacement(bn: nn.BatchNorm2d) -> nn.Module | None:
 
 @torch.no_grad()
 def _fold_pair(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    """torch's own conv+BN fusion, fed float64 copies so the folded weights carry no extra rounding."""
     assert bn.running_mean is not None and bn.running_var is not None
-    scale = torch.rsqrt(bn.running_var.double() + bn.eps)
-    if bn.weight is not None:
-        scale = scale * bn.weight.double()
-    shift = -bn.running_mean.double() * scale
-    if bn.bias is not None:
-        shift = shift + bn.bias.double()
-    if conv.bias is not None:
-        shift = shift + conv.bias.double() * scale
-    weight = conv.weight.double() * scale.reshape(-1, *([1] * (conv.weight.dim() - 1)))
-    conv.weight = nn.Parameter(weight.to(conv.weight.dtype), requires_grad=False)
-    conv.bias = nn.Parameter(shift.to(conv.weight.dtype), requires_grad=False)
+    dtype = conv.weight.dtype
+
+    def f64(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.detach().double()
+
+    weight, bias = fuse_conv_bn_weights(f64(conv.weight), f64(conv.bias), f64(bn.running_mean),
+                                        f64(bn.running_var), bn.eps, f64(bn.weight), f64(bn.bias))
+    conv.weight = nn.Parameter(weight.to(dtype), requires_grad=False)
+    conv.bias = nn.Parameter(bias.to(dtype), requires_grad=False)
 
 
 def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
