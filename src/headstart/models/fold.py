@@ -64,7 +64,6 @@ def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
         and bn.running_mean is not None
         and bn.running_var is not None
         and bn.num_features == conv.out_channels
-        and _bn_replacement(bn) is not None
     )
 
 
@@ -74,9 +73,12 @@ def fold_in_place(model: nn.Module) -> int:
     for parent in list(model.modules()):
         children = list(parent.named_children())
         for (_, conv), (name, bn) in zip(children, children[1:], strict=False):
-            if _foldable(conv, bn):
+            if not _foldable(conv, bn):
+                continue
+            rest = _bn_replacement(bn)  # type: ignore[arg-type]
+            if rest is not None:  # None: a BatchNorm subclass that may do more; left as it is
                 _fold_pair(conv, bn)  # type: ignore[arg-type]
-                setattr(parent, name, _bn_replacement(bn))  # type: ignore[arg-type]
+                setattr(parent, name, rest)
                 folded += 1
     return folded
 
