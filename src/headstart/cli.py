@@ -189,11 +189,12 @@ def register(
 def summary(
     outputs: Annotated[Path, typer.Option(help="Folder holding the step outputs.")] = Path("outputs"),
     params: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
 ) -> None:
     """Print the run's summary table: candidates, winner, gate checks, promotion, MLflow model."""
     from headstart.summary import render
 
-    Console().print(render(outputs, _tracking(_params(params, None))))
+    Console().print(render(outputs, _tracking(_params(params, overrides))))
 
 
 @app.command()
@@ -201,11 +202,12 @@ def promote(
     version: Annotated[str, typer.Option("--version", help="Registered model version to make champion.")],
     reason: Annotated[str, typer.Option("--reason", help="Why the gate is overridden (recorded, required).")],
     params: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
 ) -> None:
     """Manual override: move `champion` to a version even if its gate failed; records who and why."""
     from headstart import lifecycle
 
-    tracking = _tracking(_params(params, None))
+    tracking = _tracking(_params(params, overrides))
     previous = lifecycle.override(tracking, version, reason)
     console.print(f"[green]{tracking.registered_model} v{version} is champion[/] (was v{previous}); reason recorded")
 
@@ -214,11 +216,12 @@ def promote(
 def rollback(
     reason: Annotated[str, typer.Option("--reason", help="Why (recorded in the history).")] = "rollback",
     params: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
 ) -> None:
     """Move `champion` back to the version it replaced, and record the rollback."""
     from headstart import lifecycle
 
-    tracking = _tracking(_params(params, None))
+    tracking = _tracking(_params(params, overrides))
     old, new = lifecycle.rollback(tracking, reason)
     console.print(f"[green]rolled back[/] {tracking.registered_model}: champion v{old} -> v{new}")
 
@@ -226,13 +229,14 @@ def rollback(
 @app.command()
 def status(
     params: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
     """Show the champion, its metrics and data version, the promotion history and recent rejections."""
     from headstart import lifecycle
     from headstart.summary import render_status
 
-    info = lifecycle.status(_tracking(_params(params, None)))
+    info = lifecycle.status(_tracking(_params(params, overrides)))
     if as_json:
         _echo_json(info)
     else:
@@ -255,7 +259,7 @@ def run_all(
              out=outputs / "evaluation", **ctx_params)
     register(data=data, finetune=outputs / "finetune/model", scratch=outputs / "scratch/model",
              evaluation=outputs / "evaluation", out=outputs / "decision", **ctx_params)
-    summary(outputs=outputs, params=params)
+    summary(outputs=outputs, params=params, overrides=overrides)
 
 
 def _quiet_library_warnings() -> None:
