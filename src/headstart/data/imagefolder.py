@@ -15,12 +15,12 @@ import PIL
 import torch
 from tqdm import tqdm
 
+from headstart.data.suffixes import IMAGE_SUFFIXES
 from headstart.errors import DataError
 from headstart.presets import Preset
 from headstart.progress import progress_enabled
 
 CACHE_MAX_BYTES = 2 << 30  # larger decoded splits are not cached (they should stream through workers)
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 
 
 @dataclass(frozen=True)

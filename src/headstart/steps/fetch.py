@@ -8,14 +8,14 @@ which is what `kfp.local` runs and `make run` use.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from headstart.config import Frozen, build, section
+from headstart.data.pin import parse_pin, pinned_md5
 from headstart.errors import DataError, StorageError
 
 REMOTE_NAME = "headstart-pipeline"
@@ -46,12 +46,6 @@ class FetchResult:
     rev: str | None
     md5: str | None
     files: int
-
-
-def _pinned_md5(dvc_text: str) -> str | None:
-    outs = (yaml.safe_load(dvc_text) or {}).get("outs") or [{}]
-    md5 = outs[0].get("md5")
-    return str(md5) if md5 else None
 
 
 def _clear(out_dir: Path) -> None:
@@ -85,8 +79,7 @@ def _from_working_copy(cfg: FetchConfig, out_dir: Path) -> FetchResult:
             "or give the git repository and revision to fetch from (fetch.repo and fetch.rev; in the "
             "pipeline, the run parameters data_repo and data_rev)"
         )
-    pin = source.with_suffix(".dvc")
-    md5 = _pinned_md5(pin.read_text()) if pin.is_file() else None
+    md5 = pinned_md5(source)
     shutil.copytree(source, out_dir, copy_function=_link_or_copy if cfg.link else shutil.copy2)
     return FetchResult(
         data_dir=str(out_dir), source=str(source.resolve()), rev=None, md5=md5, files=_count(out_dir)
@@ -114,7 +107,7 @@ def _from_repo(cfg: FetchConfig, out_dir: Path) -> FetchResult:
                 f"{where}: no {pin} at this revision; check that the revision exists and "
                 f"pins the dataset with {pin}"
             )
-        md5 = _pinned_md5(fs.read_text(pin))
+        md5 = parse_pin(fs.read_text(pin), f"{where}:{pin}")
         fs.get(cfg.path, str(out_dir), recursive=True, **({"batch_size": cfg.jobs} if cfg.jobs else {}))
         rev = fs.repo.get_rev()
     except (DvcException, SCMError, OSError) as exc:
@@ -126,6 +119,61 @@ def _from_repo(cfg: FetchConfig, out_dir: Path) -> FetchResult:
             "AWS_ENDPOINT_URL)"
         ) from exc
     return FetchResult(data_dir=str(out_dir), source=cfg.repo, rev=rev, md5=md5, files=_count(out_dir))
+
+
+_HEX = re.compile(r"[0-9a-fA-F]{4,40}")
+
+
+def _remote_refs(repo: str) -> dict[str, str]:
+    """`git ls-remote` without git (the component image has none): dulwich, which DVC's scmrepo uses."""
+    from dulwich import porcelain
+
+    try:
+        refs = porcelain.ls_remote(repo).refs
+    except Exception as exc:  # noqa: BLE001 - dulwich raises many kinds: unreachable, auth, not a repo
+        raise StorageError(
+            f"data_repo={repo!r}: could not list its branches and tags ({type(exc).__name__}: {exc}). Check "
+            "the git URL and that the pipeline's pods can reach it"
+        ) from exc
+    return {name.decode(): sha.decode() for name, sha in refs.items() if sha is not None}
+
+
+def _peel(repo: str, sha: str) -> str:
+    """An annotated tag's commit: a remote over HTTP lists it as `<tag>^{}`, a local repository does not."""
+    path = Path(repo.removeprefix("file://"))
+    if not path.exists():
+        return sha
+    from dulwich.objects import Tag
+    from dulwich.repo import Repo
+
+    with Repo(str(path)) as git:
+        obj = git[sha.encode()]
+        while isinstance(obj, Tag):
+            obj = git[obj.object[1]]
+        return obj.id.decode()
+
+
+def resolve_rev(repo: str, rev: str) -> str:
+    """The commit that `rev` (a branch, tag, commit or "" for the default branch) names in `repo` now.
+
+    The pipeline runs this uncached and hands the commit to the cached fetch, so fetch's cache key is
+    the data version: a branch that moved on fetches again, an unchanged one reuses the download.
+    The working copy (no repo) has nothing to resolve; a full commit sha is returned as it is.
+    """
+    if not repo or re.fullmatch(r"[0-9a-fA-F]{40}", rev):
+        return rev.lower() if repo else rev
+    refs = _remote_refs(repo)
+    for name in (["HEAD"] if not rev else [rev, f"refs/{rev}", f"refs/tags/{rev}", f"refs/heads/{rev}"]):
+        if f"{name}^{{}}" in refs:
+            return refs[f"{name}^{{}}"]
+        if name in refs:
+            return _peel(repo, refs[name])
+    if _HEX.fullmatch(rev):
+        return rev  # an abbreviated commit: ls-remote lists refs only, so fetch checks that it exists
+    raise DataError(
+        f"data_rev={rev!r}: {repo} (data_repo) has no branch or tag of that name; give a branch, a tag or a "
+        "commit sha of that repository"
+    )
 
 
 def run(cfg: FetchConfig, out_dir: Path) -> FetchResult:

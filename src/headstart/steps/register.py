@@ -11,25 +11,34 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
 from headstart import registry
 from headstart.config import Frozen, TrackingConfig, build, section
-from headstart.errors import RegistryError
+from headstart.errors import HeadstartError, RegistryError
 from headstart.gate import Decision, GateThresholds, choose_winner, decide
-from headstart.steps.evaluate import eval_for_gate
+from headstart.steps.evaluate import champion_for_gate, eval_for_gate
 
 
 class RegisterConfig(Frozen):
-    serving_check_images: int = 32
+    serving_check_images: int = Field(32, ge=1)  # drawn round-robin over the classes
+    serving_check_timeout_s: float = Field(300.0, gt=0)  # the fresh process loading and predicting
     description: str = "Headstart image classifier"
+
+
+class ServingCheckTimeout(HeadstartError):
+    """The serving-check process did not finish in `register.serving_check_timeout_s`: the version is
+    rejected (a model that cannot be loaded and asked in time is not served), nothing is promoted."""
 
 
 def configs_from_params(params: dict[str, Any]) -> tuple[RegisterConfig, GateThresholds]:
@@ -50,13 +59,12 @@ class RegisterResult:
 
 def lineage(data_dir: Path) -> dict[str, str]:
     """data.dvc md5 and git commit, so a registered version points back at code and data."""
-    tags = {}
-    dvc_file = data_dir.with_suffix(".dvc")
-    if dvc_file.is_file():
-        import yaml
+    from headstart.data.pin import pinned_md5
 
-        outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs", [{}])
-        tags["data.dvc_md5"] = str(outs[0].get("md5", ""))
+    tags = {}
+    md5 = pinned_md5(data_dir)
+    if md5:
+        tags["data.dvc_md5"] = md5
     tags["git.commit"] = os.environ.get("HEADSTART_GIT_COMMIT") or _git_head() or "unknown"
     return tags
 
@@ -120,19 +128,61 @@ def _run_exists(run_id: str) -> bool:
     return True
 
 
+def public_version(version: str) -> str:
+    """`2.14.1+cpu` -> `2.14.1`. A PEP 440 local label names one build (a CPU or CUDA wheel from a
+    vendor index) that no public index serves, so a pin that keeps it cannot be installed."""
+    return version.split("+", 1)[0]
+
+
 def pip_requirements() -> list[str]:
     from importlib.metadata import version
 
     pkgs = ["torch", "torchvision", "timm", "safetensors", "numpy", "pillow", "pandas", "mlflow", "pydantic",
             "pyyaml", "tqdm"]
-    return [f"{p}=={version(p)}" for p in pkgs]
+    return [f"{p}=={public_version(version(p))}" for p in pkgs]
 
 
-def serving_check(tracking: TrackingConfig, version: str, images: list[Path], expected: list[str]) -> str | None:
+def serving_sample(labels: Sequence[int] | np.ndarray, n: int) -> list[int]:
+    """Indices of `n` test images taken round-robin over the classes (each class in its own order).
+
+    The test paths are sorted by class, so their first `n` are often one class only. Deterministic; with
+    `n` at least the number of classes every class is in; with fewer, the first `n` classes are."""
+    seen: dict[int, int] = {}
+    rank = []
+    for y in np.asarray(labels).ravel().tolist():
+        rank.append(seen.get(y, 0))
+        seen[y] = rank[-1] + 1
+    ys = np.asarray(labels).ravel().tolist()
+    return sorted(range(len(ys)), key=lambda i: (rank[i], ys[i]))[: max(n, 0)]
+
+
+def _run_check(cmd: list[str], timeout_s: float, version: str) -> subprocess.CompletedProcess[str]:
+    """Run the serving-check process in its own process group, killing the whole group on timeout
+    (a child it started must not keep the pipes, and this step, open)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.communicate()
+        raise ServingCheckTimeout(
+            f"serving check of v{version} timed out after {timeout_s:g}s (register.serving_check_timeout_s in "
+            "params.yaml): loading it through mlflow.pyfunc and predicting did not finish; raise the limit if "
+            "this machine is slow"
+        ) from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def serving_check(tracking: TrackingConfig, version: str, images: list[Path], expected: list[str],
+                  timeout_s: float = 300.0) -> str | None:
     """Load the version with mlflow.pyfunc in a fresh process; None if it reproduces the labels.
 
     The version's files are downloaded here first, with retries, so an unreachable server fails the run
-    (RegistryError) instead of rejecting a good model."""
+    (RegistryError) instead of rejecting a good model. A process running past `timeout_s` raises
+    ServingCheckTimeout."""
     import mlflow
 
     registry.client(tracking)
@@ -143,8 +193,8 @@ def serving_check(tracking: TrackingConfig, version: str, images: list[Path], ex
         listing.write_text("\n".join(str(p.resolve()) for p in images))
         local = registry.retry(f"downloading {uri} for the serving check",
                                lambda: mlflow.artifacts.download_artifacts(uri, dst_path=str(Path(tmp) / "model")))
-        proc = subprocess.run([sys.executable, "-m", "headstart.serving.check", "--model-uri", str(local),
-                               "--images", str(listing), "--out", str(out)], capture_output=True, text=True)
+        proc = _run_check([sys.executable, "-m", "headstart.serving.check", "--model-uri", str(local),
+                           "--images", str(listing), "--out", str(out)], timeout_s, version)
         if not out.is_file():
             return f"serving check crashed (exit {proc.returncode}): {proc.stderr.strip()[-300:]}"
         result = json.loads(out.read_text())
@@ -177,13 +227,14 @@ def run(cfg: RegisterConfig, thresholds: GateThresholds, data_dir: Path, candida
             f"the champion changed since evaluation (evaluated v{evaluated_champion}, now "
             f"v{current.version if current else None}); re-run evaluate so the gate compares against it"
         )
-    champ = eval_for_gate(eval_dir, "champion", evaluated_champion)
+    champ = champion_for_gate(eval_dir, evaluated_champion)
     winner, _ = choose_winner(finetune, scratch)
     decision = decide(winner, scratch, champ, thresholds)
     card = modelio.load_card(candidates[winner.name])
     preds = np.load(eval_dir / "predictions.npz")
-    paths = [data_dir / p for p in preds["paths"][: cfg.serving_check_images]]
-    expected = [card.classes[i] for i in preds[f"pred_{winner.name}"][: cfg.serving_check_images]]
+    sample = serving_sample(preds["y_true"], cfg.serving_check_images)
+    paths = [data_dir / preds["paths"][i] for i in sample]
+    expected = [card.classes[preds[f"pred_{winner.name}"][i]] for i in sample]
     data_tags = lineage(data_dir)
     tags = {**data_tags, "headstart.winner": winner.name,
             "headstart.finetune_run_id": modelio.load_card(candidates["finetune"]).run_id or "",
@@ -195,7 +246,10 @@ def run(cfg: RegisterConfig, thresholds: GateThresholds, data_dir: Path, candida
     model_uri, run_id = _log_model(tracking, candidates[winner.name], card.run_id, paths, data_dir,
                                    {k: v for k, v in data_tags.items() if k.startswith("data")})
     version = registry.create_version(tracking, model_uri, tags)
-    failure = serving_check(tracking, version, paths, expected)
+    try:
+        failure = serving_check(tracking, version, paths, expected, cfg.serving_check_timeout_s)
+    except ServingCheckTimeout as exc:  # recorded as a failed check: the version is rejected, not left pending
+        failure = str(exc)
     decision = _with_serving(decision, failure)
     out_dir.mkdir(parents=True, exist_ok=True)
     record = {**decision.to_dict(), "model_name": tracking.registered_model, "version": version,

@@ -12,11 +12,9 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from headstart.config import Frozen
+from headstart.data.suffixes import IMAGE_SUFFIXES
 
 Severity = Literal["fail", "warn"]
-
-# torchvision's ImageFolder loads exactly these, so anything else in a class folder is stray.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
 class Severities(Frozen):
@@ -46,7 +44,6 @@ class ValidateConfig(Frozen):
     splits: tuple[str, ...] = Field(("train", "val", "test"), min_length=1)
     label_set: tuple[str, ...] | None = None
     min_images_per_class: int = Field(1, ge=0)
-    image_extensions: tuple[str, ...] = IMAGE_EXTENSIONS
     min_width: int = Field(8, ge=1)
     max_width: int = Field(1024, ge=1)
     min_height: int = Field(8, ge=1)
@@ -90,4 +87,6 @@ class ValidateConfig(Frozen):
 
     @property
     def extensions(self) -> frozenset[str]:
-        return frozenset(e.lower() for e in self.image_extensions)
+        """The suffixes training reads (headstart.data.suffixes); anything else in a class folder is stray.
+        Not a knob: a list of its own here would let validation pass files training skips, or the reverse."""
+        return IMAGE_SUFFIXES
