@@ -38,36 +38,19 @@ import pickle
 import re
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from headstart import distributed, storage
 from headstart.errors import StorageError
-
-if TYPE_CHECKING:
-    from headstart.engine import FitResult
+from headstart.trainstate import EpochStats, FitResult, PartialEpoch
 
 KEEP = 2
 SHA_KEY = "sha256"
 _NAME = re.compile(r"^epoch-(\d{4,})(?:-step-(\d{8,}))?\.pt$")
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class PartialEpoch:
-    """Where a mid-epoch checkpoint stopped: `epoch` is in progress with `step` of its batches done.
-
-    `order` is that epoch's (unpadded) sample permutation; `sums` holds each rank's running
-    (train-loss sum, correct count, samples seen), so resuming adds the remaining batches to exactly the
-    numbers an uninterrupted run would have had. `seconds` is the time already spent in this epoch."""
-
-    epoch: int
-    step: int
-    order: torch.Tensor
-    sums: list[tuple[float, int, int]]
-    seconds: float = 0.0
 
 
 class Checkpointer:
@@ -139,8 +122,6 @@ class Checkpointer:
         self, model: nn.Module, opt: Any, sched: Any, gen: torch.Generator, scaler: Any = None
     ) -> FitResult | None:
         """Load the newest valid checkpoint with a matching fingerprint; None to start fresh."""
-        from headstart.engine import EpochStats, FitResult
-
         if distributed.is_distributed():
             blob = distributed.broadcast_bytes(self._newest_bytes() if distributed.is_main() else None)
             state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True) if blob else None

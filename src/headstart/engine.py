@@ -18,7 +18,7 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -28,11 +28,12 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from headstart import distributed
-from headstart.checkpoint import Checkpointer, PartialEpoch
+from headstart.checkpoint import Checkpointer
 from headstart.data.imagefolder import Split
 from headstart.presets import Preset
 from headstart.progress import progress_enabled
 from headstart.runtime import tune_allocator
+from headstart.trainstate import EpochStats, FitResult, PartialEpoch  # EpochStats, FitResult: also imported from here
 
 TTA_MODES = ("none", "flip")
 
@@ -64,29 +65,6 @@ class EngineConfig:
 
     def lr_factor(self) -> float:
         return self.batch_size / self.lr_reference_batch if self.lr_scaling == "linear" else 1.0
-
-
-@dataclass
-class EpochStats:
-    epoch: int
-    train_loss: float
-    train_accuracy: float
-    val_loss: float
-    val_accuracy: float
-    lr: float
-    seconds: float
-
-
-@dataclass
-class FitResult:
-    best_state: dict[str, torch.Tensor]
-    best_epoch: int
-    best_val_accuracy: float
-    history: list[EpochStats] = field(default_factory=list)
-    seconds: float = 0.0
-    resumed_from: int | None = None  # epochs already done when this run resumed from a checkpoint
-    resumed_at: str | None = None  # where it resumed, for people: "epoch 2" or "epoch 3, step 5 of 16"
-    stopped_early: bool = False
 
 
 def device_for_training() -> torch.device:
