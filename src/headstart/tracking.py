@@ -15,8 +15,26 @@ def _is_local_store(uri: str) -> bool:
     return uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri
 
 
+def artifact_location(tracking: TrackingConfig) -> str | None:
+    """Where a new experiment keeps its artifacts: `artifact_root` for a local store; None (the server's
+    own `--artifacts-destination`) for a tracking server, since a path in this process means nothing to
+    the server or to the other pods that read the artifacts back."""
+    if not _is_local_store(tracking.resolved_uri()):
+        return None
+    root = tracking.artifact_root
+    if "://" in root:
+        return root
+    folder = Path(root).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder.as_uri()
+
+
 def configure(tracking: TrackingConfig) -> str:
-    """Point MLflow at the store and return the experiment id (created on first use)."""
+    """Point MLflow at the store and return the experiment id (created on first use).
+
+    The one place that creates the experiment, for every step: whichever step runs first decides the
+    experiment's artifact location for all later runs.
+    """
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -29,12 +47,13 @@ def configure(tracking: TrackingConfig) -> str:
         exp = mlflow.get_experiment_by_name(tracking.experiment)
         if exp is not None:
             return exp.experiment_id
-        location = None
-        if _is_local_store(uri) and "://" not in tracking.artifact_root:
-            folder = Path(tracking.artifact_root).resolve()
-            folder.mkdir(parents=True, exist_ok=True)
-            location = folder.as_uri()
-        return mlflow.create_experiment(tracking.experiment, artifact_location=location)
+        try:
+            return mlflow.create_experiment(tracking.experiment, artifact_location=artifact_location(tracking))
+        except MlflowException:
+            exp = mlflow.get_experiment_by_name(tracking.experiment)  # created meanwhile by another step
+            if exp is None:
+                raise
+            return exp.experiment_id
     except MlflowException as exc:
         raise RegistryError(f"MLflow at {uri}: {exc.message}") from exc
 

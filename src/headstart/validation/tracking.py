@@ -19,28 +19,14 @@ ARTIFACT_DIR = "validation"
 REPORT_FILES = ("report.json", "report.html", "summary.json", "manifest.csv")
 
 
-def _use_experiment(tracking: TrackingConfig) -> str:
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    mlflow.set_tracking_uri(tracking.resolved_uri())
-    experiment = mlflow.get_experiment_by_name(tracking.experiment)
-    if experiment is not None:
-        return experiment.experiment_id
-    root = tracking.artifact_root
-    location = root if "://" in root else Path(root).resolve().as_uri()
-    try:
-        return mlflow.create_experiment(tracking.experiment, artifact_location=location)
-    except MlflowException:  # created meanwhile by another process
-        return mlflow.get_experiment_by_name(tracking.experiment).experiment_id
-
-
 def log_run(tracking: TrackingConfig, out_dir: Path, result: ValidationResult) -> str:
     """Log reports, Data Docs, counts and the verdict; returns the run id."""
     import mlflow
 
+    from headstart.tracking import configure
+
     try:
-        experiment_id = _use_experiment(tracking)
+        experiment_id = configure(tracking)
         with mlflow.start_run(experiment_id=experiment_id, run_name="validate") as run:
             mlflow.set_tags(
                 {
@@ -62,6 +48,8 @@ def log_run(tracking: TrackingConfig, out_dir: Path, result: ValidationResult) -
             if (out_dir / "data_docs").is_dir():
                 mlflow.log_artifacts(str(out_dir / "data_docs"), f"{ARTIFACT_DIR}/data_docs")
             return run.info.run_id
+    except RegistryError:
+        raise
     except Exception as exc:
         raise RegistryError(
             f"{tracking.resolved_uri()}: could not log the validate run to MLflow ({exc})"
