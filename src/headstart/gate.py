@@ -24,7 +24,8 @@ MACRO_F1_FLOOR = "macro_f1_floor"
 BEATS_BASELINE = "beats_baseline"
 NO_REGRESSION = "no_regression"
 CLASS_RECALL = "class_recall"
-CHECK_NAMES = (ACCURACY_FLOOR, MACRO_F1_FLOOR, BEATS_BASELINE, NO_REGRESSION, CLASS_RECALL)
+LABEL_SET = "label_set"
+CHECK_NAMES = (ACCURACY_FLOOR, MACRO_F1_FLOOR, BEATS_BASELINE, LABEL_SET, NO_REGRESSION, CLASS_RECALL)
 SUMMARY_MAX = 250
 
 
@@ -94,6 +95,23 @@ class ModelEval:
 
 
 @dataclass(frozen=True)
+class IncomparableChampion:
+    """A champion trained on another class set: it cannot be scored on this test split, so the gate
+    gets only its classes. Treating it as "no champion yet" would promote a label-set change silently."""
+
+    class_names: tuple[str, ...]
+    version: str | None = None
+    name: str = "champion"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "class_names", tuple(self.class_names))
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} v{self.version}" if self.version else self.name
+
+
+@dataclass(frozen=True)
 class Check:
     """One gate check. `passed` is vacuously True when the check does not apply."""
 
@@ -126,6 +144,7 @@ class Decision:
     reasons: tuple[str, ...]
     notes: tuple[str, ...] = ()
     thresholds: dict[str, Any] = field(default_factory=dict)
+    label_change: dict[str, list[str]] | None = None  # champion's and candidate's classes, added, removed
 
     def check(self, name: str) -> Check:
         return next(c for c in self.checks if c.name == name)
@@ -141,6 +160,7 @@ class Decision:
             if self.champion is None
             else {"name": self.champion, "version": self.champion_version},
             "first_run": self.first_run,
+            "label_change": self.label_change,
             "pretraining_paid": self.pretraining_paid,
             "checks": [{k: _plain(v) for k, v in c.__dict__.items()} for c in self.checks],
             "reasons": list(self.reasons),
@@ -212,6 +232,8 @@ def _short(c: Check) -> str:
         return f"{c.name} {_fmt(c.value)}<{_fmt(c.threshold)}"
     if c.name == CLASS_RECALL:
         return f"{c.name} {c.subject!r} drop {c.value:+.4f}>{c.threshold:.4f} p={c.p_value:.2g}"
+    if c.name == LABEL_SET:
+        return f"{c.name} changed ({c.subject}); promote explicitly if intended"
     if c.name in (BEATS_BASELINE, NO_REGRESSION):
         return f"{c.name} diff {c.value:+.4f} CI low {c.ci_low:+.4f}<={c.threshold:+.4f}"
     return f"{c.name}: {c.detail[:80]}"  # a check added after decide(), e.g. the serving check
@@ -302,6 +324,31 @@ def _class_recall(cand: ModelEval, champ: ModelEval, th: GateThresholds) -> Chec
     )
 
 
+def _label_set(
+    candidate: ModelEval, champion: ModelEval | IncomparableChampion | None
+) -> tuple[Check, dict[str, list[str]] | None]:
+    """Same classes, same order as the champion, or a failed check naming what changed.
+
+    A label-set change is a product decision, not a statistical one: the gate never makes it alone."""
+    if champion is None:
+        return Check(LABEL_SET, True, False, detail="no champion yet"), None
+    k = len(candidate.class_names)
+    if isinstance(champion, ModelEval):  # _same_test_set has checked the classes are equal
+        return Check(LABEL_SET, True, True, detail=f"same {k} classes as {champion.label}"), None
+    old, new = list(champion.class_names), list(candidate.class_names)
+    added, removed = [c for c in new if c not in old], [c for c in old if c not in new]
+    change = {"champion": old, "candidate": new, "added": added, "removed": removed}
+    subject = (f"added: {', '.join(added) or 'none'}; removed: {', '.join(removed) or 'none'}"
+               if added or removed else "same classes in another order")
+    detail = (
+        f"{champion.label} was trained on {len(old)} classes {old}, the candidate on {k} {new} ({subject}). "
+        "The gate does not promote a change of label set on its own: the champion cannot be scored on "
+        "this test split. If the change is intended, review this version and promote it explicitly with "
+        "`headstart promote --version <this version> --reason ...`"
+    )
+    return Check(LABEL_SET, False, True, detail=detail, subject=subject), change
+
+
 def _reason(c: Check) -> str:
     return f"{c.name} failed: {c.detail}."
 
@@ -309,18 +356,24 @@ def _reason(c: Check) -> str:
 def decide(
     candidate: ModelEval,
     baseline: ModelEval,
-    champion: ModelEval | None,
+    champion: ModelEval | IncomparableChampion | None,
     thresholds: GateThresholds,
 ) -> Decision:
     """Decide whether `candidate` (the winner) replaces `champion`.
 
     `baseline` is always the from-scratch model. When the candidate *is* the baseline (scratch
-    won), nothing is claimed for pre-training and the baseline check does not apply.
+    won), nothing is claimed for pre-training and the baseline check does not apply. A champion
+    trained on other classes fails the `label_set` check: no promotion without a person's say.
     """
     th = thresholds
     _same_test_set(candidate, baseline)
-    if champion is not None:
+    if isinstance(champion, ModelEval):
         _same_test_set(candidate, champion)
+    elif champion is not None and champion.class_names == candidate.class_names:
+        raise DataError(
+            f"{champion.label} has the candidate's classes but no predictions on the test split; "
+            "re-run evaluate so the gate can compare against it"
+        )
     acc = candidate.accuracy
     checks = [
         _floor(
@@ -348,10 +401,19 @@ def decide(
             f"accuracy {acc:.4f}) won."
         )
         pretraining_paid = False
+    label_check, label_change = _label_set(candidate, champion)
+    checks.append(label_check)
     if champion is None:
         for name in (NO_REGRESSION, CLASS_RECALL):
             checks.append(Check(name, True, False, detail="no champion yet"))
         notes.append("No champion yet: first run, so only the floor and baseline checks apply.")
+    elif isinstance(champion, IncomparableChampion):
+        for name in (NO_REGRESSION, CLASS_RECALL):
+            checks.append(Check(name, True, False, detail=f"{champion.label} was trained on other classes"))
+        notes.append(
+            f"The label set changed since {champion.label} ({label_check.subject}): its predictions cannot be "
+            "compared on this test split. Promote with `headstart promote --version N --reason ...` if intended."
+        )
     else:
         checks.append(_paired(NO_REGRESSION, candidate, champion, 0.0 - th.max_regression, th, 2))
         checks.append(_class_recall(candidate, champion, th))
@@ -370,4 +432,5 @@ def decide(
         reasons=tuple(_reason(c) for c in failed),
         notes=tuple(notes),
         thresholds=th.model_dump(),
+        label_change=label_change,
     )

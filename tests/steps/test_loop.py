@@ -19,7 +19,7 @@ from headstart.engine import predict_logits
 from headstart.gate import GateThresholds
 from headstart.steps import evaluate, register, train
 
-from ..conftest import make_imagefolder
+from ..conftest import CLASSES, make_imagefolder
 
 LENIENT = GateThresholds(min_accuracy=0.0, min_gain_over_baseline=None, max_regression=1.0,
                          max_class_recall_drop=0.99)
@@ -143,3 +143,136 @@ def test_a_model_whose_training_run_is_not_in_the_store_is_refused_clearly(loop)
     with pytest.raises(RegistryError, match=r"model\.json: its training run 0{32} is not in this MLflow"):
         register.run(register.RegisterConfig(), LENIENT, data, orphans, root / "eval-orphan", root / "d-o", tracking)
     assert registry.history(tracking) == before
+
+
+def _ensure_champion(loop) -> registry.Champion:
+    """The tests below need a 3-class champion; earlier tests leave one, a -k run makes its own."""
+    _, _, tracking, _ = loop
+    if registry.champion(tracking) is None:
+        assert _evaluate_and_register(loop, "seed-champion", LENIENT).promoted
+    return registry.champion(tracking)
+
+
+@pytest.fixture(scope="module")
+def cpu_build_registration(loop):
+    """One registration in an environment whose torch is a local `+cpu` build (as in a CPU image),
+    recording the images and labels the serving check is handed."""
+    import importlib.metadata
+
+    real_version, real_check = importlib.metadata.version, register.serving_check
+    seen: dict[str, list] = {}
+
+    def recording_check(tracking, version, images, expected, *args, **kwargs):
+        seen.update(images=list(images), expected=list(expected))
+        return real_check(tracking, version, images, expected, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(importlib.metadata, "version",
+                   lambda name: real_version(name) + ("+cpu" if name == "torch" else ""))
+        mp.setattr(register, "serving_check", recording_check)
+        result = _evaluate_and_register(loop, "cpu-build", LENIENT)
+    return result, seen, real_version("torch").split("+")[0]
+
+
+def test_item8_serving_check_samples_every_class(loop, cpu_build_registration):
+    """The test paths are sorted by class: the first 8 of 3 x 6 would be 6 circles and 2 squares."""
+    root, data, _, _ = loop
+    result, seen, _ = cpu_build_registration
+    assert len(seen["images"]) == 8
+    assert {Path(p).parent.name for p in seen["images"]} == set(CLASSES)
+    scored = np.load(root / "eval-cpu-build" / "predictions.npz")
+    pred = dict(zip(scored["paths"].tolist(), scored[f"pred_{result.winner}"].tolist(), strict=True))
+    card = modelio.load_card(loop[3][result.winner])
+    assert seen["expected"] == [card.classes[pred[str(Path(p).relative_to(data))]] for p in seen["images"]]
+    check = next(c for c in result.decision["checks"] if c["name"] == "serving_check")
+    assert check["passed"], check
+
+
+def test_item9_logged_requirements_pin_public_versions_only(loop, cpu_build_registration):
+    import mlflow
+
+    _, _, tracking, _ = loop
+    result, _, torch_public = cpu_build_registration
+    registry.client(tracking)
+    reqs = Path(mlflow.pyfunc.get_model_dependencies(f"models:/{tracking.registered_model}/{result.version}"))
+    lines = [ln.strip() for ln in reqs.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    assert f"torch=={torch_public}" in lines, lines
+    assert not [ln for ln in lines if "+" in ln], lines
+
+
+def test_item10_serving_check_timeout_rejects_the_version_and_names_the_step(loop, tmp_path, monkeypatch):
+    """The serving-check process is made slow at start-up (a sitecustomize that sleeps); the real
+    timeout path must kill it, and the gate record it as failed: nothing promoted, nothing left pending."""
+    import os
+    import time
+
+    import mlflow
+
+    root, data, tracking, cands = loop
+    before = _ensure_champion(loop)
+    slow = tmp_path / "slow-python"
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text("import time\ntime.sleep(120)\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(slow), os.environ.get("PYTHONPATH")])))
+    evaluate.run(evaluate.EvaluateConfig(bootstrap_samples=200), data, cands, root / "eval-slow", tracking)
+    start = time.monotonic()
+    result = register.run(register.RegisterConfig(serving_check_images=8, serving_check_timeout_s=2), LENIENT,
+                          data, cands, root / "eval-slow", root / "decision-slow", tracking)
+    assert time.monotonic() - start < 60  # killed at 2 s, not waited for
+    assert not result.promoted and result.alias is None
+    assert registry.champion(tracking).version == before.version
+    record = json.loads((root / "decision-slow" / "decision.json").read_text())
+    check = next(c for c in record["checks"] if c["name"] == "serving_check")
+    assert not check["passed"] and f"serving check of v{result.version} timed out after 2s" in check["detail"]
+    assert record["decision"] == "rejected"
+    mv = mlflow.MlflowClient().get_model_version(tracking.registered_model, result.version)
+    assert mv.tags["decision"] == "rejected" and "timed out after 2s" in mv.tags["decision_reason"]
+    assert mv.tags[registry.REGISTRATION_TAG] == registry.COMPLETE
+    with pytest.raises(register.ServingCheckTimeout, match=rf"serving check of v{result.version} timed out after 1s"):
+        register.serving_check(tracking, result.version, [data / "test/circle/test_0000.png"], ["circle"], 1)
+
+
+def test_item6_a_changed_label_set_is_named_and_not_promoted_on_its_own(loop, tmp_path):
+    """Champion trained on 3 classes, candidates on 4: the gate must not take the run for a first one."""
+    import mlflow
+    import yaml
+    from typer.testing import CliRunner
+
+    from headstart.cli import app
+
+    root, _, tracking, _ = loop
+    before = _ensure_champion(loop)
+    data4 = make_imagefolder(root / "data4", classes=(*CLASSES, "ring"), seed=1)
+    cands4 = {}
+    for role in ("finetune", "scratch"):
+        cfg = train.TrainConfig(role=role, backbone="small_cnn", weights="none", channels=1, image_size=32,
+                                epochs=1, images_per_class=None, val_images_per_class=None, checkpoint_dir=None)
+        cands4[role] = Path(train.run(cfg, data4, root / f"{role}-4", tracking).model_dir)
+    ecfg = evaluate.EvaluateConfig(bootstrap_samples=200)
+    evaluate.run(ecfg, data4, cands4, root / "eval-4", tracking)
+    result = register.run(register.RegisterConfig(serving_check_images=8), LENIENT, data4, cands4,
+                          root / "eval-4", root / "decision-4", tracking)
+    assert not result.promoted and registry.champion(tracking).version == before.version
+    metrics = json.loads((root / "eval-4" / "metrics.json").read_text())
+    assert "champion" not in metrics["models"] and metrics["champion_version"] == before.version
+    assert metrics["champion_classes"] == list(CLASSES)
+    record = json.loads((root / "decision-4" / "decision.json").read_text())
+    assert record["first_run"] is False and record["champion"]["version"] == before.version
+    assert record["label_change"]["added"] == ["ring"] and record["label_change"]["removed"] == []
+    assert record["label_change"]["champion"] == list(CLASSES)
+    label = next(c for c in record["checks"] if c["name"] == "label_set")
+    assert label["applies"] and not label["passed"] and "ring" in label["detail"]
+    assert "label_set" in (root / "decision-4" / "decision.md").read_text()
+    mv = mlflow.MlflowClient().get_model_version(tracking.registered_model, result.version)
+    assert mv.tags["decision"] == "rejected" and "label_set changed" in mv.tags["decision_reason"]
+
+    # the explicit way through: `headstart promote --version N --reason ...`, then the gate compares again
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"tracking": tracking.model_dump()}))
+    out = CliRunner().invoke(app, ["promote", "--version", result.version, "--reason", "class ring added",
+                                   "--params", str(params)], env={"MLFLOW_TRACKING_URI": ""})
+    assert out.exit_code == 0, out.output
+    assert registry.champion(tracking).version == result.version
+    evaluate.run(ecfg, data4, cands4, root / "eval-4-again", tracking)
+    again = json.loads((root / "eval-4-again" / "metrics.json").read_text())
+    assert "champion" in again["models"] and again["champion_classes"] == again["classes"]

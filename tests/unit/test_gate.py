@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from headstart import gate
 from headstart.errors import DataError
-from headstart.gate import Check, GateThresholds, ModelEval, choose_winner, decide
+from headstart.gate import Check, GateThresholds, IncomparableChampion, ModelEval, choose_winner, decide
 
 K, PER_CLASS = 5, 600
 CLASSES = tuple(f"class{k}" for k in range(K))
@@ -47,13 +47,14 @@ def _flip(correct: np.ndarray, w: int, worse: dict[int, int], better: dict[int, 
 ACCURACY = ("pass", "fail")
 MACRO_F1 = ("pass", "fail", "off")
 WINNER = ("finetune_pays", "finetune_unproven", "scratch")
-CHAMPION = ("none", "nr_pass-cr_pass", "nr_pass-cr_fail", "nr_fail-cr_pass", "nr_fail-cr_fail")
+CHAMPION = ("none", "nr_pass-cr_pass", "nr_pass-cr_fail", "nr_fail-cr_pass", "nr_fail-cr_fail", "other_classes")
+OTHER_CLASSES = (*CLASSES[:-1], "retired")  # the champion knew "retired", not class4
 CASES = list(itertools.product(ACCURACY, MACRO_F1, WINNER, CHAMPION))
 
 
 def _scenario(
     acc: str, f1: str, winner: str, champ: str
-) -> tuple[ModelEval, ModelEval, ModelEval | None, GateThresholds]:
+) -> tuple[ModelEval, ModelEval, ModelEval | IncomparableChampion | None, GateThresholds]:
     w = 60 if acc == "pass" else 180
     cand_ok = _candidate_correct(w)
     if winner == "scratch":
@@ -67,7 +68,9 @@ def _scenario(
             base_ok = _flip(cand_ok, w, {0: 4}, {1: 2})
         base = _eval("scratch", base_ok)
     champion = None
-    if champ != "none":
+    if champ == "other_classes":
+        champion = IncomparableChampion(OTHER_CLASSES, version="3")
+    elif champ != "none":
         nr_pass, cr_pass = champ == "nr_pass-cr_pass" or champ == "nr_pass-cr_fail", champ.endswith("cr_pass")
         if nr_pass and cr_pass:  # champion worse everywhere: +10 points
             worse, better = dict.fromkeys(range(K), 60), {}
@@ -85,12 +88,14 @@ def _scenario(
 def _expected(acc: str, f1: str, winner: str, champ: str) -> dict[str, tuple[bool, bool]]:
     """check name -> (applies, passed)."""
     has_champ = champ != "none"
+    comparable = champ not in ("none", "other_classes")
     return {
         gate.ACCURACY_FLOOR: (True, acc == "pass"),
         gate.MACRO_F1_FLOOR: (f1 != "off", f1 != "fail"),
         gate.BEATS_BASELINE: (winner != "scratch", winner != "finetune_unproven"),
-        gate.NO_REGRESSION: (has_champ, champ.startswith("nr_pass") or not has_champ),
-        gate.CLASS_RECALL: (has_champ, champ.endswith("cr_pass") or not has_champ),
+        gate.LABEL_SET: (has_champ, champ != "other_classes"),
+        gate.NO_REGRESSION: (comparable, champ.startswith("nr_pass") or not comparable),
+        gate.CLASS_RECALL: (comparable, champ.endswith("cr_pass") or not comparable),
     }
 
 
@@ -100,6 +105,8 @@ def _numbers(c: Check) -> list[str]:
         return [f"{c.value:.4f}", f"{c.threshold:.4f}"]
     if c.name == gate.CLASS_RECALL:
         return [f"{c.value:+.4f}", f"{c.threshold:.4f}", f"{c.p_value:.3g}", repr(c.subject)]
+    if c.name == gate.LABEL_SET:  # no numbers: the classes added and removed, and the way through
+        return ["added: class4", "removed: retired", "headstart promote --version"]
     return [
         f"{c.value:+.4f}",
         f"{c.ci_low:+.4f}",
@@ -132,6 +139,7 @@ def test_decide_every_combination(acc: str, f1: str, winner: str, champ: str) ->
     assert all(c.name in summary for c in failed)
 
     assert d.first_run == (champion is None)
+    assert (d.label_change is not None) == (champ == "other_classes")
     assert d.pretraining_paid == {"finetune_pays": True, "finetune_unproven": False, "scratch": False}[winner]
     assert (champion is None) == any("No champion yet" in n for n in d.notes)
     assert (winner == "scratch") == any("Pre-training did not pay" in n for n in d.notes)
@@ -150,7 +158,7 @@ def test_first_run_record_says_no_champion_yet() -> None:
     cand, base, _, th = _scenario("pass", "off", "finetune_pays", "none")
     d = decide(cand, base, None, th)
     assert d.promote and d.first_run and d.champion is None
-    for name in (gate.NO_REGRESSION, gate.CLASS_RECALL):
+    for name in (gate.LABEL_SET, gate.NO_REGRESSION, gate.CLASS_RECALL):
         c = d.check(name)
         assert not c.applies and c.detail == "no champion yet" and c.value is None
     assert d.summary_reason() == "promoted: all 2 applicable checks passed (no champion yet)"
@@ -242,3 +250,48 @@ def test_a_check_added_later_is_summarised() -> None:
     assert d.summary_reason() == "rejected: serving: pyfunc predictions differ on 3 of 32 images"
     assert "| serving | **FAIL** |" in d.to_markdown()
     json.dumps(d.to_dict(), allow_nan=False)
+
+
+def test_item6_a_champion_on_another_label_set_is_named_and_blocks_promotion() -> None:
+    """Everything else passes by a wide margin; the changed label set alone must stop the promotion,
+    be named (added and removed classes) in the record, and not be taken for a first run."""
+    cand, base, _, th = _scenario("pass", "off", "finetune_pays", "none")
+    d = decide(cand, base, IncomparableChampion(OTHER_CLASSES, version="3"), th)
+    assert not d.promote and not d.first_run
+    assert (d.champion, d.champion_version) == ("champion", "3")
+    c = d.check(gate.LABEL_SET)
+    assert c.applies and not c.passed and c.subject == "added: class4; removed: retired"
+    assert "champion v3 was trained on 5 classes" in c.detail and "headstart promote --version" in c.detail
+    assert [r.split()[0] for r in d.reasons] == [gate.LABEL_SET]
+    for name in (gate.NO_REGRESSION, gate.CLASS_RECALL):
+        assert not d.check(name).applies and "other classes" in d.check(name).detail
+    assert not any("No champion yet" in n for n in d.notes)
+    assert any("label set changed" in n and "headstart promote" in n for n in d.notes)
+    record = json.loads(json.dumps(d.to_dict(), allow_nan=False))
+    assert record["first_run"] is False and record["champion"] == {"name": "champion", "version": "3"}
+    assert record["label_change"] == {"champion": list(OTHER_CLASSES), "candidate": list(CLASSES),
+                                      "added": ["class4"], "removed": ["retired"]}
+    assert record["summary"].startswith("rejected: label_set changed (added: class4; removed: retired)")
+    assert "(no champion yet)" not in record["summary"]
+    assert "| label_set | **FAIL** |" in d.to_markdown() and "`champion` v3" in d.to_markdown()
+
+
+def test_item6_classes_added_only_and_reordered_only_are_label_changes_too() -> None:
+    cand, base, _, th = _scenario("pass", "off", "scratch", "none")
+    grown = decide(cand, base, IncomparableChampion(CLASSES[:3], version="2"), th)
+    assert not grown.promote and grown.label_change["added"] == ["class3", "class4"]
+    assert grown.label_change["removed"] == []
+    assert grown.check(gate.LABEL_SET).subject == "added: class3, class4; removed: none"
+    reordered = decide(cand, base, IncomparableChampion(CLASSES[::-1], version="2"), th)
+    assert not reordered.promote
+    assert reordered.check(gate.LABEL_SET).subject == "same classes in another order"
+
+
+def test_item6_same_classes_pass_the_label_check_and_unscored_same_classes_are_refused() -> None:
+    cand, base, champion, th = _scenario("pass", "off", "finetune_pays", "nr_pass-cr_pass")
+    d = decide(cand, base, champion, th)
+    c = d.check(gate.LABEL_SET)
+    assert d.promote and c.applies and c.passed and c.detail == "same 5 classes as champion v3"
+    assert d.label_change is None and d.to_dict()["label_change"] is None
+    with pytest.raises(DataError, match="re-run evaluate"):
+        decide(cand, base, IncomparableChampion(CLASSES, version="3"), th)

@@ -36,6 +36,7 @@ class EvaluateResult:
     champion_version: str | None
     classes: list[str]
     files: dict[str, str] = field(default_factory=dict)
+    champion_classes: list[str] | None = None  # differs from `classes` when the champion was not scored
 
 
 def predict_folder(
@@ -86,7 +87,7 @@ def run(
             raise DataError(f"{folder}: model was trained on other classes than {classes}; cannot compare")
         y_true, paths, classes, preds[name], tta[name] = y, paths_, classes_, p, card.tta
     assert y_true is not None
-    champion_version = None
+    champion_version, champion_classes = None, None
     if cfg.include_champion and tracking is not None:
         from headstart import registry
 
@@ -94,7 +95,8 @@ def run(
         if found is not None:
             champ_dir, champion_version = found
             champ_card = modelio.load_card(champ_dir)
-            if list(champ_card.classes) == classes:
+            champion_classes = list(champ_card.classes)  # recorded either way: the gate names a change
+            if champion_classes == classes:
                 preds["champion"] = predict_folder(champ_dir, data_dir, cfg.batch_size, cache)[1]
                 tta["champion"] = champ_card.tta
     models = {name: {**summarise(y_true, p, classes), "tta": tta[name]} for name, p in preds.items()}
@@ -107,9 +109,9 @@ def run(
     np.savez_compressed(out_dir / "predictions.npz", y_true=y_true, paths=np.array(paths),
                         **{f"pred_{k}": v for k, v in preds.items()})
     result = EvaluateResult(models=models, comparison=comparison, champion_version=champion_version,
-                            classes=classes, files=files)
+                            classes=classes, files=files, champion_classes=champion_classes)
     payload = {"models": models, "comparison": comparison, "champion_version": champion_version,
-               "classes": classes}
+               "classes": classes, "champion_classes": champion_classes}
     (out_dir / "metrics.json").write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
     (out_dir / "report.md").write_text(report_markdown(result))
     (out_dir / "report.html").write_text(report_html(result, out_dir))
@@ -178,6 +180,9 @@ def report_markdown(result: EvaluateResult) -> str:
         label = f"{name} (v{result.champion_version})" if name == "champion" else name
         label += " (flip TTA)" if m.get("tta") == "flip" else ""
         lines.append(f"| {label} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} | {m['n_test']} |")
+    if result.champion_version is not None and "champion" not in result.models:
+        lines += ["", f"Champion v{result.champion_version} was not scored: it was trained on other classes "
+                  f"({', '.join(result.champion_classes or [])}); the gate's `label_set` check names the change."]
     c = result.comparison
     if c:
         lines += ["", f"Paired comparison ({c['pair']}): difference {c['accuracy_diff']:+.4f}, "
@@ -201,4 +206,22 @@ def eval_for_gate(out_dir: Path, name: str, version: str | None = None):
         return None
     return ModelEval(name=name, y_true=data["y_true"], y_pred=data[f"pred_{name}"],
                      class_names=tuple(meta["classes"]), version=version)
+
+
+def champion_for_gate(out_dir: Path, version: str | None):
+    """The evaluated champion as the gate sees it: its predictions, or, when it was trained on other
+    classes and could not be scored, only its classes (so the gate names the change instead of
+    taking the run for a first one)."""
+    from headstart.gate import IncomparableChampion
+
+    if version is None:
+        return None
+    scored = eval_for_gate(out_dir, "champion", version)
+    if scored is not None:
+        return scored
+    classes = json.loads((out_dir / "metrics.json").read_text()).get("champion_classes")
+    if not classes:
+        raise DataError(f"{out_dir / 'metrics.json'}: champion v{version} has neither predictions nor its "
+                        "classes recorded (an evaluation from an older Headstart); re-run evaluate")
+    return IncomparableChampion(class_names=tuple(classes), version=version)
 

@@ -9,6 +9,7 @@ uses; the next run registers a new version.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -147,12 +148,12 @@ def serving_sample(labels: Sequence[int] | np.ndarray, n: int) -> list[int]:
 
     The test paths are sorted by class, so their first `n` are often one class only. Deterministic; with
     `n` at least the number of classes every class is in; with fewer, the first `n` classes are."""
+    ys = np.asarray(labels).ravel().tolist()
     seen: dict[int, int] = {}
-    rank = []
-    for y in np.asarray(labels).ravel().tolist():
+    rank = []  # the image's position within its class
+    for y in ys:
         rank.append(seen.get(y, 0))
         seen[y] = rank[-1] + 1
-    ys = np.asarray(labels).ravel().tolist()
     return sorted(range(len(ys)), key=lambda i: (rank[i], ys[i]))[: max(n, 0)]
 
 
@@ -162,12 +163,12 @@ def _run_check(cmd: list[str], timeout_s: float, version: str) -> subprocess.Com
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        try:
+    except BaseException as exc:  # the timeout, or this step interrupted: never leave the process running
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         proc.communicate()
+        if not isinstance(exc, subprocess.TimeoutExpired):
+            raise
         raise ServingCheckTimeout(
             f"serving check of v{version} timed out after {timeout_s:g}s (register.serving_check_timeout_s in "
             "params.yaml): loading it through mlflow.pyfunc and predicting did not finish; raise the limit if "
