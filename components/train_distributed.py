@@ -32,8 +32,12 @@ def train_distributed(
     metrics: Output[Metrics],
     learning_curve: Output[HTML],
 ):
-    """Create the PyTorchJob, wait for Succeeded (fail the task on Failed or timeout), pass its model on."""
+    """Create the PyTorchJob, wait for Succeeded (fail the task on Failed or timeout), pass its model on.
+
+    The job is deleted however this task ends, and names this pod as its owner (POD_NAME, POD_UID).
+    """
     import json
+    import os
     import uuid
     from pathlib import Path
 
@@ -41,6 +45,8 @@ def train_distributed(
     from headstart.pipeline import kfp_io
     from headstart.pipeline.settings import settings_from_params
 
+    name = f"headstart-{role}-{uuid.uuid4().hex[:8]}"
+    staging = pytorchjob.staging_folder(staging_uri, name)  # before any work: "" is not readable by the pods
     p = kfp_io.train_params(
         params_json,
         overrides,
@@ -54,21 +60,15 @@ def train_distributed(
         lr_backbone=lr_backbone,
         checkpoints="/checkpoints",
     )
-    name = f"headstart-{role}-{uuid.uuid4().hex[:8]}"
     ns = namespace or pytorchjob.current_namespace()
     req = pytorchjob.JobRequest(
-        name=name, namespace=ns, role=role, params=p, staging_uri=f"{staging_uri.rstrip('/')}/{name}",
+        name=name, namespace=ns, role=role, params=p, staging_uri=staging,
         nodes=nodes, gpus_per_node=gpus_per_node, image=job_image,
     )
     bundle.put(Path(dataset.path), req.data_uri())
     api = pytorchjob.api_client()
-    pytorchjob.create(pytorchjob.manifest(req, settings_from_params(p)), api)
-    print(f"created PyTorchJob {ns}/{name}: {nodes} node(s) x {gpus_per_node} GPU(s)")
-    try:
-        pytorchjob.wait(name, ns, api, timeout_s)
-    finally:
-        for pod, text in pytorchjob.logs(name, ns, api).items():
-            print(f"----- {pod} -----\n{text}")
+    owner = pytorchjob.owner_reference(os.environ, ns, api)
+    pytorchjob.launch(req, settings_from_params(p), api, timeout_s, owner=owner)
     bundle.get(req.outputs_uri(), Path(model.path))
     result = json.loads((Path(model.path) / "metrics.json").read_text())
     kfp_io.log_metrics(metrics, result)

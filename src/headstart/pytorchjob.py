@@ -5,19 +5,26 @@ torchrun with `gpus_per_node` processes. The operator sets MASTER_ADDR, MASTER_P
 rank) and PET_NODE_RANK in every pod; torchrun turns them into one rank per GPU. The pods share no disk
 with the pipeline step, so the dataset comes in and the outputs go out as bundles under `staging_uri`
 (headstart.bundle); rank 0 (in the Master pod) writes the outputs and the MLflow run.
-`create`, `wait` and `logs` drive the job with the `kubernetes` client.
+`create`, `wait`, `logs` and `delete` drive the job with the `kubernetes` client; `launch` runs them so
+that the job is deleted on every way out of the launcher (success, failure, timeout, exception, SIGTERM),
+and the job names the launcher pod as its owner, so the cluster deletes it even after a SIGKILL.
 """
 
 from __future__ import annotations
 
 import json
 import shlex
+import signal
+import threading
 import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from headstart.errors import HeadstartError
+from headstart import storage
+from headstart.errors import ConfigError, HeadstartError
 from headstart.pipeline.settings import PipelineSettings
 
 GROUP, VERSION, PLURAL = "kubeflow.org", "v1", "pytorchjobs"
@@ -26,8 +33,38 @@ JOB_NAME_LABEL = "training.kubeflow.org/job-name"
 DISTRIBUTED_LABEL = "headstart.io/distributed-training"
 
 
+# Downward-API variables the pipeline sets on the launcher task (components/train_distributed.py).
+POD_NAME_ENV, POD_UID_ENV, POD_NAMESPACE_ENV = "POD_NAME", "POD_UID", "POD_NAMESPACE"
+REQUEST_TIMEOUT_S = 30  # one Kubernetes API call during clean-up; the kubernetes client has no default
+
+
 class TrainingJobFailed(HeadstartError):
     """The PyTorchJob ended Failed, or did not finish in time."""
+
+
+class Terminated(SystemExit):
+    """SIGTERM arrived (KFP cancels a run by terminating its pods): unwinds through `finally`, exits 143."""
+
+    def __init__(self) -> None:
+        super().__init__(128 + signal.SIGTERM)
+
+
+def check_staging_uri(staging_uri: str) -> None:
+    """Refuse what the job's pods could not read: they share no disk with the launcher, so anything but an
+    s3:// folder (the run parameter's default is "") would be a local path of the launcher pod."""
+    if not storage.is_s3(staging_uri):
+        raise ConfigError(
+            f"staging_uri={staging_uri!r}: a multi-node PyTorchJob's pods share no disk with the pipeline "
+            "step, so its dataset and outputs are staged on object storage. Set the run parameter staging_uri "
+            "to an s3:// folder readable with the headstart-s3 secret (e.g. --arg staging_uri=s3://bucket/"
+            "headstart-staging), or distributed_nodes to 0 to train inside the pipeline pod"
+        )
+
+
+def staging_folder(staging_uri: str, name: str) -> str:
+    """`<staging_uri>/<name>`: one job's folder under the run parameter, checked first."""
+    check_staging_uri(staging_uri)
+    return f"{staging_uri.rstrip('/')}/{name}"
 
 
 @dataclass(frozen=True)
@@ -111,8 +148,9 @@ def _pod(req: JobRequest, s: PipelineSettings) -> dict[str, Any]:
     return {"metadata": {"labels": labels}, "spec": spec}
 
 
-def manifest(req: JobRequest, settings: PipelineSettings) -> dict[str, Any]:
-    """The PyTorchJob: a Master plus `nodes - 1` Workers from one pod template."""
+def manifest(req: JobRequest, settings: PipelineSettings, owner: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The PyTorchJob: a Master plus `nodes - 1` Workers from one pod template; `owner`, an
+    ownerReference (see `owner_reference`), makes the cluster delete the job when its owner goes."""
     if req.nodes < 1 or req.gpus_per_node < 1:
         raise HeadstartError(f"nodes={req.nodes}, gpus_per_node={req.gpus_per_node}: both must be at least 1")
     def replica(count: int) -> dict[str, Any]:
@@ -123,7 +161,8 @@ def manifest(req: JobRequest, settings: PipelineSettings) -> dict[str, Any]:
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "PyTorchJob",
         "metadata": {"name": req.name, "namespace": req.namespace,
-                     "labels": {settings.pod_label_key: settings.pod_label_value, DISTRIBUTED_LABEL: "true"}},
+                     "labels": {settings.pod_label_key: settings.pod_label_value, DISTRIBUTED_LABEL: "true"},
+                     **({"ownerReferences": [owner]} if owner else {})},
         "spec": {
             "nprocPerNode": str(req.gpus_per_node),
             "pytorchReplicaSpecs": replicas,
@@ -191,3 +230,121 @@ def logs(name: str, namespace: str, api: Any, tail_lines: int = 200) -> dict[str
     pods = core.list_namespaced_pod(namespace, label_selector=f"{JOB_NAME_LABEL}={name}").items
     return {p.metadata.name: core.read_namespaced_pod_log(p.metadata.name, namespace, container=CONTAINER,
                                                          tail_lines=tail_lines) for p in pods}
+
+
+def delete(name: str, namespace: str, api: Any) -> bool:
+    """Delete the job and, in the background, its pods; False when it was already gone."""
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    try:
+        client.CustomObjectsApi(api).delete_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name, body=client.V1DeleteOptions(propagation_policy="Background"),
+            _request_timeout=REQUEST_TIMEOUT_S)
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
+def owner_reference(env: Mapping[str, str], namespace: str, api: Any) -> dict[str, Any] | None:
+    """The launcher pod as the job's owner, so the garbage collector deletes the job with the pod.
+
+    The pod's name and uid come from POD_NAME / POD_UID (the downward API, set by the pipeline), else from
+    reading the pod named by HOSTNAME inside a cluster. None when neither works, or when the job goes to
+    another namespace than the pod's: an owner in another namespace counts as absent, and the garbage
+    collector would delete the job at once.
+    """
+    pod_ns = env.get(POD_NAMESPACE_ENV) or current_namespace(namespace)
+    if pod_ns != namespace:
+        print(f"warning: PyTorchJob namespace {namespace} is not this pod's ({pod_ns}): no owner reference")
+        return None
+    name, uid = env.get(POD_NAME_ENV, ""), env.get(POD_UID_ENV, "")
+    if not (name and uid) and env.get("KUBERNETES_SERVICE_HOST") and env.get("HOSTNAME"):
+        from kubernetes import client
+
+        try:
+            pod = client.CoreV1Api(api).read_namespaced_pod(env["HOSTNAME"], pod_ns,
+                                                            _request_timeout=REQUEST_TIMEOUT_S)
+            name, uid = pod.metadata.name, pod.metadata.uid
+        except Exception as exc:  # noqa: BLE001 - any failure: run without, and say so
+            print(f"warning: could not read this pod ({env['HOSTNAME']}) for the owner reference: {exc}")
+    if not (name and uid):
+        return None
+    # blockOwnerDeletion stays false: true would need update permission on pods/finalizers.
+    return {"apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid, "controller": False,
+            "blockOwnerDeletion": False}
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Turn the first SIGTERM into `Terminated` so the caller's `finally` runs; later ones are ignored
+    (they would interrupt the clean-up). Only the main thread can install a handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired = False
+
+    def handler(signum: int, frame: Any) -> None:
+        nonlocal fired
+        if not fired:
+            fired = True
+            raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def launch(req: JobRequest, settings: PipelineSettings, api: Any, timeout_s: float, *,
+           owner: dict[str, Any] | None = None, poll_s: float = 15.0,
+           echo: Callable[[str], None] = print) -> str:
+    """Create the job, wait until it succeeds and delete it, whatever happens in between.
+
+    Failed, timed out, an exception, or SIGTERM (a cancelled run): the pods' logs are printed (not after
+    SIGTERM: the grace period is short) and the job is deleted before the error goes on, so no GPU node is
+    left training for nobody. Returns the Succeeded condition's message.
+    """
+    job = manifest(req, settings, owner)
+    where = f"{req.namespace}/{req.name}"
+    ours, terminated = True, False
+    with _sigterm_raises():
+        try:
+            try:
+                create(job, api)
+            except Exception as exc:
+                ours = getattr(exc, "status", None) != 409  # 409: the name belongs to another job; leave it
+                raise
+            echo(f"created PyTorchJob {where}: {req.nodes} node(s) x {req.gpus_per_node} GPU(s)")
+            return wait(req.name, req.namespace, api, timeout_s, poll_s)
+        except Terminated:
+            terminated = True
+            echo(f"SIGTERM: deleting PyTorchJob {where}")
+            raise
+        finally:
+            if ours:
+                if not terminated:
+                    _print_logs(req, api, echo)
+                _delete_quietly(req, api, echo)
+
+
+def _print_logs(req: JobRequest, api: Any, echo: Callable[[str], None]) -> None:
+    try:
+        for pod, text in logs(req.name, req.namespace, api).items():
+            echo(f"----- {pod} -----\n{text}")
+    except Exception as exc:  # noqa: BLE001 - logs are a courtesy; the deletion and the real error matter
+        echo(f"warning: could not read the logs of PyTorchJob {req.namespace}/{req.name}: {exc}")
+
+
+def _delete_quietly(req: JobRequest, api: Any, echo: Callable[[str], None]) -> None:
+    """Delete without masking the error that brought us here; say how to finish by hand if it fails."""
+    try:
+        if delete(req.name, req.namespace, api):
+            echo(f"deleted PyTorchJob {req.namespace}/{req.name}")
+    except Exception as exc:  # noqa: BLE001
+        echo(f"warning: could not delete PyTorchJob {req.namespace}/{req.name} ({exc}); delete it with "
+             f"`kubectl -n {req.namespace} delete pytorchjob {req.name}` (its owner reference to the launcher "
+             "pod, when set, lets the cluster remove it once that pod is gone)")

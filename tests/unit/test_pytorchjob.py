@@ -147,11 +147,14 @@ def test_bundle_round_trip_and_refuses_paths_outside_the_target(tmp_path: Path):
 
 
 class FakeKube(BaseHTTPRequestHandler):
-    """PyTorchJobs (created, then conditions advance one step per GET), pods and logs."""
+    """PyTorchJobs (created, then conditions advance one step per GET; "Error" answers 500; deleted), pods
+    and logs."""
 
     jobs: dict[str, dict[str, Any]] = {}
     script: dict[str, list[tuple[str, str]]] = {}
     seen: list[str] = []
+    deleted: list[tuple[str, Any]] = []
+    undeletable: set[str] = set()
 
     def _send(self, code: int, body: Any, content_type: str = "application/json") -> None:
         data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
@@ -177,6 +180,8 @@ class FakeKube(BaseHTTPRequestHandler):
                 return self._send(404, {"kind": "Status", "code": 404, "reason": "NotFound"})
             steps = self.script[name]
             kind, message = steps.pop(0) if len(steps) > 1 else steps[0]
+            if kind == "Error":
+                return self._send(500, {"kind": "Status", "code": 500, "message": message})
             job = {**self.jobs[name], "status": {"conditions": [
                 {"type": "Created", "status": "True"}, {"type": kind, "status": "True", "message": message}]}}
             return self._send(200, job)
@@ -186,11 +191,26 @@ class FakeKube(BaseHTTPRequestHandler):
             items = [{"metadata": {"name": f"{name}-{r}", "namespace": parts[3]}}
                      for r in ("master-0", "worker-0")]
             return self._send(200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items})
+        if parts[-2] == "pods":  # one pod, read by name (the launcher looking itself up by hostname)
+            meta = {"name": parts[-1], "namespace": parts[3], "uid": f"uid-of-{parts[-1]}"}
+            return self._send(200, {"kind": "Pod", "apiVersion": "v1", "metadata": meta})
         if url.path.endswith("/log"):
             query = parse_qs(url.query)
             return self._send(200, f"{parts[-2]} log ({query['container'][0]}, last {query['tailLines'][0]})",
                               "text/plain")
         return self._send(404, {"kind": "Status", "code": 404})
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length)) if length else None
+        self.seen.append(f"DELETE {self.path}")
+        name = urlparse(self.path).path.rstrip("/").split("/")[-1]
+        if name in self.undeletable:
+            return self._send(500, {"kind": "Status", "code": 500, "message": "admission webhook down"})
+        if self.jobs.pop(name, None) is None:
+            return self._send(404, {"kind": "Status", "code": 404, "reason": "NotFound"})
+        self.deleted.append((name, body))
+        return self._send(200, {"kind": "Status", "status": "Success"})
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -200,9 +220,9 @@ class FakeKube(BaseHTTPRequestHandler):
 def kube() -> Iterator[Any]:
     from kubernetes import client
 
-    FakeKube.jobs, FakeKube.script, FakeKube.seen = {}, {}, []
+    FakeKube.jobs, FakeKube.script, FakeKube.seen, FakeKube.deleted, FakeKube.undeletable = {}, {}, [], [], set()
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeKube)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     cfg = client.Configuration()
     cfg.host = f"http://127.0.0.1:{server.server_address[1]}"
@@ -236,3 +256,155 @@ def test_wait_raises_on_failed_and_on_timeout(kube):
         pytorchjob.wait("failing", "kubeflow-user", kube, timeout_s=10, poll_s=0.01)
     with pytest.raises(pytorchjob.TrainingJobFailed, match="still Running after 0s"):
         pytorchjob.wait("stuck", "kubeflow-user", kube, timeout_s=0.05, poll_s=0.01)
+
+
+# --- item 13: the job never outlives its launcher --------------------------------------------------
+
+
+def _launch(kube: Any, name: str, steps: list[tuple[str, str]], timeout_s: float = 10, **kw: Any) -> list[str]:
+    """Run `launch` on a job whose conditions follow `steps`; return what it printed."""
+    FakeKube.script[name] = steps
+    req = _request(name=name)
+    printed: list[str] = []
+    pytorchjob.launch(req, settings_from_params(req.params), kube, timeout_s, poll_s=0.01, echo=printed.append,
+                      **kw)
+    return printed
+
+
+def _deleted_with_its_pods(name: str) -> bool:
+    return [(n, (b or {}).get("propagationPolicy")) for n, b in FakeKube.deleted] == [(name, "Background")]
+
+
+def test_item13_pytorchjob_is_deleted_when_the_launcher_times_out(kube):
+    with pytest.raises(pytorchjob.TrainingJobFailed, match="still Running"):
+        _launch(kube, "stuck", [("Running", "")], timeout_s=0.05)
+    assert _deleted_with_its_pods("stuck") and "stuck" not in FakeKube.jobs
+
+
+def test_item13_pytorchjob_is_deleted_when_it_fails_and_its_logs_are_printed_first(kube):
+    with pytest.raises(pytorchjob.TrainingJobFailed, match="worker-0 exited"):
+        _launch(kube, "failing", [("Running", ""), ("Failed", "worker-0 exited with code 1")])
+    assert _deleted_with_its_pods("failing")
+    reads = [s for s in FakeKube.seen if s.startswith(("GET /api/v1", "DELETE"))]
+    assert reads[-1].startswith("DELETE /apis/kubeflow.org/v1/namespaces/kubeflow-user/pytorchjobs/failing")
+    assert any(s.endswith("/log?container=pytorch&tailLines=200") for s in reads[:-1])  # logs before delete
+
+
+def test_item13_pytorchjob_is_deleted_when_waiting_raises(kube):
+    from kubernetes.client.rest import ApiException
+
+    with pytest.raises(ApiException) as info:
+        _launch(kube, "broken", [("Running", ""), ("Error", "etcd unavailable")])
+    assert info.value.status == 500
+    assert _deleted_with_its_pods("broken")
+
+
+def test_item13_pytorchjob_is_deleted_on_success_too(kube):
+    printed = _launch(kube, "done", [("Running", ""), ("Succeeded", "PyTorchJob succeeded")])
+    assert _deleted_with_its_pods("done")
+    assert "----- done-master-0 -----\ndone-master-0 log (pytorch, last 200)" in printed
+
+
+def test_item13_pytorchjob_is_deleted_on_sigterm(kube):
+    import os
+    import signal
+    import threading
+
+    caught: list[int] = []
+    outer = signal.signal(signal.SIGTERM, lambda s, f: caught.append(s))  # a safety net: never kill pytest
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM))
+    try:
+        timer.start()
+        with pytest.raises(pytorchjob.Terminated) as info:
+            _launch(kube, "cancelled", [("Running", "")], timeout_s=30)
+        assert info.value.code == 143  # the exit status of a process ended by SIGTERM
+        assert _deleted_with_its_pods("cancelled") and caught == []
+        assert not any(s.endswith("tailLines=200") for s in FakeKube.seen)  # no log reading in the grace period
+        handler = signal.getsignal(signal.SIGTERM)
+        assert handler is not None and getattr(handler, "__name__", "") == "<lambda>"  # put back as it was
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGTERM, outer)
+
+
+def test_item13_a_failed_delete_does_not_hide_the_real_error_and_says_what_to_do(kube):
+    FakeKube.undeletable = {"sticky"}
+    with pytest.raises(pytorchjob.TrainingJobFailed, match="failed: boom"):  # not the DELETE's 500
+        _launch(kube, "sticky", [("Failed", "boom")])
+    assert FakeKube.deleted == [] and any(s.startswith("DELETE") for s in FakeKube.seen)
+
+
+def test_item13_a_failed_delete_is_reported_with_the_kubectl_command(kube):
+    FakeKube.undeletable = {"sticky"}
+    printed = _launch(kube, "sticky", [("Succeeded", "")])
+    assert any("kubectl -n kubeflow-user delete pytorchjob sticky" in line for line in printed)
+
+
+def test_item13_manifest_names_the_launcher_pod_as_owner(kube):
+    owner = pytorchjob.owner_reference({"POD_NAME": "launcher-x", "POD_UID": "1234-abcd",
+                                        "POD_NAMESPACE": "kubeflow-user"}, "kubeflow-user", kube)
+    assert owner == {"apiVersion": "v1", "kind": "Pod", "name": "launcher-x", "uid": "1234-abcd",
+                     "controller": False, "blockOwnerDeletion": False}
+    _launch(kube, "owned", [("Succeeded", "")], owner=owner)
+    posted = [s for s in FakeKube.seen if s.startswith("POST")]
+    assert posted == ["POST /apis/kubeflow.org/v1/namespaces/kubeflow-user/pytorchjobs"]
+    assert _deleted_with_its_pods("owned")
+    job = _job(name="owned")
+    job["metadata"]["ownerReferences"] = [owner]
+    assert pytorchjob.manifest(_request(name="owned"), settings_from_params(_request().params), owner) == job
+
+
+def test_item13_owner_from_the_pods_hostname_and_none_across_namespaces(kube):
+    env = {"KUBERNETES_SERVICE_HOST": "10.0.0.1", "HOSTNAME": "headstart-run-abc-1234", "POD_NAMESPACE": "ns"}
+    owner = pytorchjob.owner_reference(env, "ns", kube)
+    assert owner is not None and (owner["name"], owner["uid"]) == ("headstart-run-abc-1234",
+                                                                  "uid-of-headstart-run-abc-1234")
+    assert "GET /api/v1/namespaces/ns/pods/headstart-run-abc-1234" in FakeKube.seen
+    # an owner in another namespace counts as absent: the garbage collector would delete the job at once
+    assert pytorchjob.owner_reference({**env, "POD_NAME": "p", "POD_UID": "u"}, "elsewhere", kube) is None
+    assert pytorchjob.owner_reference({"POD_NAMESPACE": "ns"}, "ns", kube) is None  # outside a cluster
+
+
+def test_item13_owner_reference_survives_the_crd_schema(schema):
+    owner = {"apiVersion": "v1", "kind": "Pod", "name": "p", "uid": "u", "controller": False,
+             "blockOwnerDeletion": False}
+    job = pytorchjob.manifest(_request(), settings_from_params(_request().params), owner)
+    jsonschema.validate(job, schema)
+    assert job["metadata"]["ownerReferences"] == [owner]
+
+
+@pytest.mark.parametrize("staging", ["", "/tmp/staging", "staging"])
+def test_item13_empty_or_local_staging_uri_is_refused(staging: str):
+    from headstart.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"staging_uri=.*s3:// folder.*distributed_nodes to 0"):
+        pytorchjob.staging_folder(staging, "headstart-finetune-1")
+    assert pytorchjob.staging_folder("s3://b/stage/", "job-1") == "s3://b/stage/job-1"
+
+
+def test_item13_the_launcher_component_refuses_empty_staging_before_creating_anything(kube, tmp_path, monkeypatch):
+    import sys
+
+    from headstart.errors import ConfigError
+
+    sys.path.insert(0, str(ROOT))
+    try:
+        from components.train_distributed import train_distributed
+    finally:
+        sys.path.remove(str(ROOT))
+
+    class Art:
+        def __init__(self, path: Path) -> None:
+            self.path, self.metadata = str(path), {}
+
+    monkeypatch.setattr(pytorchjob, "api_client", lambda: kube)
+    data = tmp_path / "dataset"
+    data.mkdir()
+    with pytest.raises(ConfigError, match="staging_uri"):
+        train_distributed(
+            role="finetune", dataset=Art(data), params_json=json.dumps(load_params(ROOT / "params.yaml")),
+            overrides=[], backbone="small_cnn", weights="", image_size=32, epochs=1, images_per_class=0,
+            lr_head=0.01, lr_backbone=0.01, nodes=2, gpus_per_node=1, staging_uri="", job_image="img",
+            namespace="kubeflow-user", timeout_s=5, model=Art(tmp_path / "m"), metrics=Art(tmp_path / "x"),
+            learning_curve=Art(tmp_path / "c"))
+    assert FakeKube.seen == []
