@@ -1,8 +1,18 @@
-"""KFP component: materialise the pinned dataset version as a Dataset artifact (headstart.steps.fetch)."""
+"""KFP components: resolve the data revision to a commit, then materialise the dataset version it pins as a
+Dataset artifact (headstart.steps.fetch)."""
 
 from kfp import dsl
 from kfp.dsl import Dataset, Output
 from kfp.dsl.python_component import PythonComponent
+
+
+def resolve_data_rev(data_repo: str, data_rev: str) -> str:
+    """The commit `data_rev` names in `data_repo` now. Never cached: its output is fetch's cache key."""
+    from headstart.steps import fetch
+
+    commit = fetch.resolve_rev(data_repo, data_rev)
+    print(f"data_rev {data_rev or '(default branch)'} of {data_repo or 'the working copy'}: {commit or '-'}")
+    return commit
 
 
 def fetch_data(data_repo: str, data_rev: str, dvc_remote: str, params_json: str, dataset: Output[Dataset]):
@@ -22,3 +32,7 @@ def fetch_data(data_repo: str, data_rev: str, dvc_remote: str, params_json: str,
 
 def component(image: str) -> PythonComponent:
     return dsl.component(fetch_data, base_image=image, install_kfp_package=False)
+
+
+def resolve_component(image: str) -> PythonComponent:
+    return dsl.component(resolve_data_rev, base_image=image, install_kfp_package=False)

@@ -12,6 +12,14 @@ from kfp.dsl import PipelineTask
 from kfp.dsl.graph_component import GraphComponent
 
 from headstart.pipeline.settings import MLFLOW_KEYS, S3_KEYS, PipelineSettings
+from headstart.pytorchjob import POD_NAME_ENV, POD_NAMESPACE_ENV, POD_UID_ENV
+
+# The downward API gives the PyTorchJob launcher its own pod, which the job names as its owner.
+OWNER_FIELDS = (
+    (POD_NAME_ENV, "metadata.name"),
+    (POD_UID_ENV, "metadata.uid"),
+    (POD_NAMESPACE_ENV, "metadata.namespace"),
+)
 
 NAME = "headstart-retraining"
 DESCRIPTION = (
@@ -96,7 +104,8 @@ def build(params: dict[str, Any], s: PipelineSettings) -> GraphComponent:
     from components import evaluate, fetch, promote, register, train, train_distributed, validate
 
     cpu, gpu = s.cpu_image(), s.cuda_image()
-    fetch_op, validate_op, rejected_op = (
+    resolve_op, fetch_op, validate_op, rejected_op = (
+        fetch.resolve_component(cpu),
         fetch.component(cpu),
         validate.component(cpu),
         validate.rejected_component(cpu),
@@ -144,8 +153,9 @@ def build(params: dict[str, Any], s: PipelineSettings) -> GraphComponent:
         Args:
             data_repo: Git URL of the Headstart repository whose data.dvc pins the dataset. Empty: the working
                 copy (local runs).
-            data_rev: Git commit, tag or branch of data_repo; its data.dvc is the dataset version. Prefer a
-                commit or tag: fetch is cached. Empty: the default branch.
+            data_rev: Git commit, tag or branch of data_repo; its data.dvc is the dataset version. Resolved to
+                a commit at the start of every run, so a branch fetches its newest data. Empty: the default
+                branch.
             dvc_remote: DVC remote URL holding the data, e.g. s3://bucket/dvcstore. Empty: the remote
                 configured in the repository.
             backbone: Architecture of both candidates (efficientnet_lite0, small_cnn, or a torchvision model
@@ -170,18 +180,24 @@ def build(params: dict[str, Any], s: PipelineSettings) -> GraphComponent:
             distributed_nodes: 0 or 1: train inside the pipeline pod (one node). 2 or more: each candidate
                 trains as a Kubeflow PyTorchJob on this many GPU nodes (needs the training operator).
             gpus_per_node: GPUs per node of a distributed training job.
-            staging_uri: s3:// folder where a distributed job's dataset and outputs are staged.
+            staging_uri: s3:// folder where a distributed job's dataset and outputs are staged; required when
+                distributed_nodes is 2 or more.
         """
+        # A branch name as fetch's cache key would return its first download forever: the uncached
+        # resolver turns it into the commit, and fetch is cached on that.
+        resolved = resolve_op(data_repo=data_repo, data_rev=data_rev)
+        _on_cpu(resolved, s).set_caching_options(False).set_display_name("resolve-data-rev")
         fetched = fetch_op(
-            data_repo=data_repo, data_rev=data_rev, dvc_remote=dvc_remote, params_json=params_json
+            data_repo=data_repo, data_rev=resolved.output, dvc_remote=dvc_remote, params_json=params_json
         )
         _on_cpu(fetched, s, s3).set_caching_options(True).set_display_name("fetch-data")
-        fetched.set_retry(
-            num_retries=s.fetch_retries,
-            backoff_duration=s.retry_backoff,
-            backoff_factor=s.retry_backoff_factor,
-            backoff_max_duration=s.retry_backoff_max,
-        )
+        for task in (resolved, fetched):
+            task.set_retry(
+                num_retries=s.fetch_retries,
+                backoff_duration=s.retry_backoff,
+                backoff_factor=s.retry_backoff_factor,
+                backoff_max_duration=s.retry_backoff_max,
+            )
         dataset = fetched.outputs["dataset"]
         checked = validate_op(dataset=dataset, params_json=params_json, overrides=overrides)
         _on_cpu(checked, s, mlflow).set_caching_options(True).set_display_name("validate-data")
@@ -208,6 +224,8 @@ def build(params: dict[str, Any], s: PipelineSettings) -> GraphComponent:
                         job_image=gpu, namespace="", timeout_s=s.distributed_timeout_s,
                     )
                     _on_cpu(job, s, s3, mlflow).set_caching_options(True).set_display_name(f"train-{role}-job")
+                    for env, path in OWNER_FIELDS:  # the PyTorchJob names this pod as its owner
+                        kubernetes.use_field_path_as_env(job, env, path)
                 with dsl.Else(name=f"{role}-in-pod"):
                     task = train_op(**knobs, checkpoint_root=checkpoint_root)
                     _on_gpu(task, s).set_caching_options(True).set_display_name(f"train-{role}")

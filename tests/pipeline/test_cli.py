@@ -44,7 +44,8 @@ def test_submit_and_schedule_print_ids(fake_kfp, compiled):
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout.strip().splitlines()[-1]) == {"experiment_id": "exp-1", "run_id": "run-1"}
     res = runner.invoke(
-        app, ["schedule", "--host", fake_kfp.url, "--cron", "0 0 3 * * *", "--package", str(compiled[0])]
+        app, ["schedule", "--host", fake_kfp.url, "--cron", "0 0 3 * * *", "--package", str(compiled[0]),
+              "--arg", "data_repo=https://git.test/headstart.git"]
     )
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout.strip().splitlines()[-1])["recurring_run_id"] == "rr-1"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,56 @@ def test_unknown_revision_and_empty_remote_are_user_errors(dvc_repo, tmp_path):
     with pytest.raises(StorageError, match="DVC remote"):
         fetch.run(fetch.FetchConfig(repo=str(repo), rev=rev, remote=str(tmp_path / "empty")), tmp_path / "b")
     assert not (tmp_path / "b").exists()
+
+
+# --- item 14: a branch is resolved to its commit each run, so the cached fetch sees new data -------
+
+
+@pytest.fixture
+def git_repo(tmp_path) -> tuple[Path, Callable[..., str]]:
+    """A repository with a branch `main`, an annotated tag v1 and a lightweight tag `light` on its first commit."""
+    repo = tmp_path / "repo"
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(repo), *args], env=env, check=True, capture_output=True,
+                              text=True).stdout.strip()
+
+    repo.mkdir()
+    git("init", "-q", "-b", "main")
+    git("commit", "-q", "--allow-empty", "-m", "first dataset version")
+    git("tag", "-a", "v1", "-m", "release 1")
+    git("tag", "light")
+    return repo, git
+
+
+def test_item14_resolve_rev_follows_a_branch_to_its_newest_commit(git_repo):
+    repo, git = git_repo
+    first = git("rev-parse", "HEAD")
+    assert fetch.resolve_rev(str(repo), "main") == first
+    git("commit", "-q", "--allow-empty", "-m", "new data")
+    second = git("rev-parse", "HEAD")
+    assert second != first
+    assert fetch.resolve_rev(str(repo), "main") == second  # the cache key moves with the branch
+    assert fetch.resolve_rev(str(repo), "") == second  # the default branch
+    assert fetch.resolve_rev(f"file://{repo}", "refs/heads/main") == second
+
+
+def test_item14_tags_and_commits_pass_through_as_commits(git_repo):
+    repo, git = git_repo
+    first = git("rev-parse", "HEAD")
+    assert fetch.resolve_rev(str(repo), "v1") == first  # an annotated tag: its commit, not the tag object
+    assert fetch.resolve_rev(str(repo), "light") == first
+    assert fetch.resolve_rev(str(repo), first) == first
+    assert fetch.resolve_rev(str(repo), first.upper()) == first
+    assert fetch.resolve_rev(str(repo), first[:10]) == first[:10]  # an abbreviation: fetch checks it
+    assert fetch.resolve_rev("", "main") == "main"  # the working copy: nothing to resolve
+
+
+def test_item14_bad_rev_or_repo_names_the_run_parameter(git_repo, tmp_path):
+    repo, _ = git_repo
+    with pytest.raises(DataError, match=r"data_rev='no-such-branch'.*\(data_repo\) has no branch or tag"):
+        fetch.resolve_rev(str(repo), "no-such-branch")
+    with pytest.raises(StorageError, match=r"data_repo=.*could not list its branches and tags"):
+        fetch.resolve_rev(str(tmp_path / "not-a-repo"), "main")

@@ -92,6 +92,7 @@ def test_every_task_ran_and_the_rejection_branch_did_not(local_run):
     run, _ = local_run
     ran = set(run.artifacts)
     assert {
+        "resolve-data-rev",
         "fetch-data",
         "validate-data",
         "train-candidate",

@@ -45,7 +45,8 @@ def test_submit_reuses_the_experiment_and_can_turn_caching_off(fake_kfp, compile
 
 def test_schedule_one_at_a_time_without_catchup(fake_kfp, compiled):
     package, _, _ = compiled
-    result = schedule(fake_kfp.url, "0 0 3 * * 1", package, name="weekly", arguments={"epochs": 5})
+    args = {"epochs": 5, "data_repo": "https://git.test/headstart.git", "data_rev": "main"}
+    result = schedule(fake_kfp.url, "0 0 3 * * 1", package, name="weekly", arguments=args)
     assert result.recurring_run_id == "rr-1"
     (job,) = fake_kfp.find("POST", "/apis/v2beta1/recurringruns")
     body = job.body
@@ -53,7 +54,7 @@ def test_schedule_one_at_a_time_without_catchup(fake_kfp, compiled):
     assert int(body["max_concurrency"]) == 1 and body["no_catchup"] is True
     assert body["mode"] == "ENABLE" and body["display_name"] == "weekly"
     assert body["experiment_id"] == "exp-1" and body["service_account"] == "headstart-pipeline"
-    assert body["runtime_config"]["parameters"] == {"epochs": 5}
+    assert body["runtime_config"]["parameters"] == args
     assert "pipeline_spec" in body["pipeline_spec"]
 
 
@@ -86,3 +87,34 @@ def test_host_without_scheme_or_not_answering(compiled, monkeypatch, tmp_path):
         port = s.getsockname()[1]  # closed once the block ends: nothing listens there
     with pytest.raises(ConfigError, match="did not answer"):
         submit(f"http://127.0.0.1:{port}", compiled[0])
+
+
+def test_item14_schedule_without_data_repo_is_refused_before_any_request(fake_kfp, compiled):
+    """The README's example had no data_repo: every scheduled run would have failed at fetch."""
+    with pytest.raises(ConfigError, match=r"data_repo is empty: a scheduled run.*--arg data_repo="):
+        schedule(fake_kfp.url, "0 0 3 * * 1", compiled[0], arguments={"data_rev": "main"})
+    with pytest.raises(ConfigError, match="data_repo is empty"):
+        schedule(fake_kfp.url, "0 0 3 * * 1", compiled[0], arguments={"data_repo": ""})
+    assert fake_kfp.requests == []
+
+
+def test_item14_cli_schedule_without_data_repo_exits_with_the_message(fake_kfp, compiled):
+    from typer.testing import CliRunner
+
+    from headstart.cli import app
+
+    result = CliRunner().invoke(app, ["pipeline", "schedule", "--host", fake_kfp.url, "--cron", "0 0 3 * * 1",
+                                      "--package", str(compiled[0]), "--arg", "data_rev=main"])
+    assert result.exit_code != 0 and fake_kfp.requests == []
+    assert "data_repo is empty" in str(result.exception) + result.output
+
+
+def test_item13_multi_node_run_without_an_s3_staging_uri_is_refused(fake_kfp, compiled):
+    package = compiled[0]
+    for args in ({"distributed_nodes": 2}, {"distributed_nodes": 3, "staging_uri": "/tmp/stage"}):
+        with pytest.raises(ConfigError, match=r"staging_uri=.*s3:// folder"):
+            submit(fake_kfp.url, package, arguments=args)
+    assert fake_kfp.requests == []
+    submit(fake_kfp.url, package, arguments={"distributed_nodes": 1})  # in-pod: no staging needed
+    submit(fake_kfp.url, package, arguments={"distributed_nodes": 2, "staging_uri": "s3://bucket/stage"})
+    assert len(fake_kfp.find("POST", "/apis/v2beta1/runs")) == 2

@@ -340,3 +340,29 @@ def test_missing_pipeline_definition_is_a_config_error(tmp_path, monkeypatch):
     monkeypatch.setattr(spec, "PIPELINE_FILE", Path("pipelines/nothing_here.py"))
     with pytest.raises(ConfigError, match="nothing_here.py"):
         spec.project_root(tmp_path)
+
+
+def test_item14_fetch_is_cached_on_the_commit_an_uncached_resolver_finds(compiled):
+    """A branch name as fetch's cache key returned the first download forever; the commit is the data version."""
+    _, spec, _ = compiled
+    t = tasks(spec)
+    resolver, fetched = t["resolve-data-rev"], t["fetch-data"]
+    assert not resolver["cachingOptions"].get("enableCache")
+    assert resolver["inputs"]["parameters"] == {"data_repo": {"componentInputParameter": "data_repo"},
+                                                "data_rev": {"componentInputParameter": "data_rev"}}
+    assert fetched["cachingOptions"]["enableCache"] is True
+    assert fetched["inputs"]["parameters"]["data_rev"] == {
+        "taskOutputParameter": {"producerTask": "resolve-data-rev", "outputParameterKey": "Output"}
+    }
+    assert "resolve-data-rev" in fetched["dependentTasks"]
+    assert "fetch.resolve_rev(data_repo, data_rev)" in "".join(container(spec, resolver)["command"])
+    assert resolver["retryPolicy"]["maxRetryCount"] == fetched["retryPolicy"]["maxRetryCount"]
+
+
+def test_item13_the_pytorchjob_launcher_knows_its_own_pod(compiled):
+    """POD_NAME / POD_UID / POD_NAMESPACE from the downward API: the job's ownerReference to the launcher."""
+    _, spec, platform = compiled
+    for name in ("train-distributed", "train-distributed-2"):
+        env = k8s(spec, platform, tasks(spec)[name])["fieldPathAsEnv"]
+        assert {e["name"]: e["fieldPath"] for e in env} == {
+            "POD_NAME": "metadata.name", "POD_UID": "metadata.uid", "POD_NAMESPACE": "metadata.namespace"}

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from headstart.errors import ConfigError
-from headstart.pipeline.spec import DEFAULT_PACKAGE, check_arguments
+from headstart.pipeline.spec import DEFAULT_PACKAGE, check_arguments, root_inputs
 
 SERVICE_ACCOUNT = "headstart-pipeline"
 EXPERIMENT = "headstart"
@@ -43,6 +43,27 @@ def _unreachable(host: str, exc: Exception) -> ConfigError:
         f"{str(exc)[:300]}). Check the URL (port-forward: kubectl -n kubeflow port-forward "
         "svc/ml-pipeline-ui 8080:80) and, for an authenticated cluster, --token"
     )
+
+
+def check_cluster_run(package: Path, arguments: dict[str, Any], *, scheduled: bool = False) -> None:
+    """Refuse, before any request, a run that can only fail on the cluster: a multi-node run without an
+    s3:// staging_uri, and a schedule without data_repo (an empty one means the working copy, which the
+    pipeline's pods do not have, so every scheduled run would fail at fetch)."""
+    from headstart.pytorchjob import check_staging_uri
+
+    values = {**root_inputs(package), **arguments}
+    if scheduled and not values.get("data_repo"):
+        raise ConfigError(
+            "data_repo is empty: a scheduled run fetches its dataset from a git repository (an empty data_repo "
+            "means the working copy, which the pipeline's pods do not have). Add --arg data_repo=<git URL of "
+            "this repository>, e.g. --arg data_repo=https://github.com/acme/headstart.git --arg data_rev=main"
+        )
+    try:
+        multi_node = int(values.get("distributed_nodes") or 0) > 1
+    except (TypeError, ValueError):
+        multi_node = False  # not a number: KFP itself refuses it, naming the parameter
+    if multi_node:
+        check_staging_uri(str(values.get("staging_uri") or ""))
 
 
 def _experiment_id(client: Any, name: str, namespace: str | None) -> str:
@@ -80,6 +101,7 @@ def submit(
 ) -> Submitted:
     """Create one run of the compiled package."""
     arguments = arguments or {}
+    check_cluster_run(package, arguments)
     exp, run = _create(host, package, arguments, experiment, namespace, token, lambda client, exp: (
         client.create_run_from_pipeline_package(
             str(package),
@@ -125,6 +147,7 @@ def schedule(
     """A recurring run: one at a time (max concurrency 1), no catch-up of missed slots."""
     cron = check_cron(cron)
     arguments = arguments or {}
+    check_cluster_run(package, arguments, scheduled=True)
     exp, job = _create(host, package, arguments, experiment, namespace, token, lambda client, exp: (
         client.create_recurring_run(
             experiment_id=exp,
