@@ -20,8 +20,13 @@ def _plain(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", text)  # rich colours the help when it thinks it may
 
 
-@pytest.mark.parametrize("command", [["summary"], ["promote"], ["rollback"], ["status"]])
-def test_item17_every_lifecycle_command_takes_set(command: list[str]):
+# The README's command table, which says every command in it takes --params and --set.
+COMMANDS = [["data", "import-fashion-mnist"], ["validate"], ["train"], ["evaluate"], ["register"], ["summary"],
+            ["status"], ["promote"], ["rollback"], ["run"], ["pipeline", "compile"], ["pipeline", "run-local"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_item17_every_command_in_the_readme_table_takes_set(command: list[str]):
     res = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "200", "NO_COLOR": "1"})
     assert res.exit_code == 0, res.output
     assert "--set" in _plain(res.output) and "--params" in _plain(res.output)
