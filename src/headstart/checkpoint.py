@@ -13,8 +13,12 @@ states, epoch and optimizer step, the best-so-far weights and the history.
 Atomicity: locally the file is written under a temporary name and renamed. On S3 the file is written
 locally and then uploaded: an object becomes visible only once its upload has completed (multipart
 included), so a killed upload leaves no object rather than a torn one; its sha256 travels in the object's
-metadata and is checked on restore, so a corrupted or truncated object is detected anyway. The two newest
-checkpoints are kept; restore takes the newest valid one and falls back to the one before.
+metadata and is checked on restore, so a corrupted or truncated object is detected anyway.
+
+Each configuration (its fingerprint: the training config and the content of the data it loads) has its
+own folder, `<location>/<fingerprint>/`. The two newest checkpoints of that folder are kept; restore takes
+the newest valid one and falls back to the one before. Another configuration's checkpoints are never
+pruned or overwritten, so switching configurations back and forth resumes each where it stopped.
 
 Loaded with `torch.load(weights_only=True)` only, so a tampered file cannot run code. A checkpoint
 that is refused (unsafe pickle content) or unreadable (torn, corrupt) is skipped with a warning naming it
@@ -50,15 +54,19 @@ from headstart.trainstate import EpochStats, FitResult, PartialEpoch
 KEEP = 2
 SHA_KEY = "sha256"
 _NAME = re.compile(r"^epoch-(\d{4,})(?:-step-(\d{8,}))?\.pt$")
+_FOLDER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 log = logging.getLogger(__name__)
 
 
 class Checkpointer:
-    """Saves `epoch-NNNN.pt` into a folder or s3:// prefix; a fingerprint ties checkpoints to one config
-    and dataset, so a resume never mixes runs."""
+    """Saves `epoch-NNNN.pt` into `<location>/<fingerprint>/` (a folder or s3:// prefix); the fingerprint
+    ties checkpoints to one config and dataset, so a resume never mixes runs and pruning never touches
+    another run's checkpoints."""
 
     def __init__(self, location: str | Path, fingerprint: str) -> None:
-        self.location = location if storage.is_s3(location) else Path(location)
+        if not _FOLDER.match(fingerprint):
+            raise ValueError(f"checkpoint fingerprint {fingerprint!r}: use letters, digits, '.', '_' or '-' only")
+        self.location = storage.join(location, fingerprint) if storage.is_s3(location) else Path(location) / fingerprint
         self.fingerprint = fingerprint
         self.resumed_epoch: int | None = None
         self.resumed_from_uri: str | None = None

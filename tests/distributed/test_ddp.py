@@ -65,7 +65,7 @@ def test_two_gloo_ranks_match_one_process_to_float_rounding(data: Path, tmp_path
     assert run.returncode == 0, run.stderr[-3000:]
     ddp, ddp_state = _load(tmp_path / "ddp")
     assert ddp["world"] == 2
-    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["epoch-0002.pt", "epoch-0003.pt"]
+    assert sorted(p.name for p in (tmp_path / "ckpt" / "fp").iterdir()) == ["epoch-0002.pt", "epoch-0003.pt"]
 
     model, head, backbone, preset, tr, va = ddp_worker.build(data, "plain")
     single = ddp_worker.fit(model, head, backbone, preset, tr, va, ddp_worker.config(3))
@@ -95,7 +95,7 @@ def test_sigkill_of_one_rank_fails_the_job_and_a_rerun_resumes(data: Path, tmp_p
     assert time.monotonic() - started < 90  # the survivor is stopped, not left waiting on its peer
     assert "Signals.SIGKILL" in killed.stderr or "SIGKILL" in killed.stderr, killed.stderr[-3000:]
     assert not (tmp_path / "run" / "result.json").exists()
-    assert [p.name for p in ckpt.iterdir()] == ["epoch-0001.pt"]  # rank 1 died before epoch 2's
+    assert [p.name for p in (ckpt / "fp").iterdir()] == ["epoch-0001.pt"]  # rank 1 died before epoch 2's
 
     rerun = _worker(data, tmp_path / "run", "--arch", "small_cnn", "--ckpt", str(ckpt))
     assert rerun.returncode == 0, rerun.stderr[-3000:]
@@ -115,7 +115,7 @@ def test_sigkill_of_one_rank_mid_epoch_resumes_inside_the_epoch(data: Path, tmp_
     killed = _worker(data, tmp_path / "run", "--arch", "small_cnn", "--ckpt", str(ckpt), "--every-steps", "1",
                      "--kill-rank", "1", "--kill-at", "2:1")
     assert killed.returncode != 0
-    assert sorted(p.name for p in ckpt.iterdir()) == ["epoch-0001.pt", "epoch-0002-step-00000001.pt"]
+    assert sorted(p.name for p in (ckpt / "fp").iterdir()) == ["epoch-0001.pt", "epoch-0002-step-00000001.pt"]
     rerun = _worker(data, tmp_path / "run", "--arch", "small_cnn", "--ckpt", str(ckpt), "--every-steps", "1")
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     resumed, resumed_state = _load(tmp_path / "run")

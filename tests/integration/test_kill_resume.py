@@ -43,8 +43,8 @@ def test_sigkill_mid_epoch_then_rerun_resumes_to_identical_weights(tmp_path: Pat
     proc = subprocess.Popen(_cmd("run", "ckpt"), cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
     # 120 images, batch 8: 15 steps per epoch, a checkpoint every 3 steps; kill once epoch 2 has begun
-    folder = cwd / "ckpt" / "scratch"
-    while not [p for p in folder.glob("epoch-*-step-*.pt") if not p.name.startswith("epoch-0001")]:
+    folder = cwd / "ckpt" / "scratch"  # checkpoints go to its <fingerprint>/ subfolder
+    while not [p for p in folder.glob("*/epoch-*-step-*.pt") if not p.name.startswith("epoch-0001")]:
         assert proc.poll() is None, "training ended before it could be killed"
         assert time.monotonic() < deadline
         time.sleep(0.01)
@@ -52,7 +52,7 @@ def test_sigkill_mid_epoch_then_rerun_resumes_to_identical_weights(tmp_path: Pat
     proc.wait(30)
     assert proc.returncode == -signal.SIGKILL
     assert not (cwd / "run" / "model").exists()
-    newest = max(p.name for p in folder.glob("epoch-*.pt"))
+    newest = max(p.name for p in folder.glob("*/epoch-*.pt"))
     assert "-step-" in newest, f"killed at an epoch boundary ({newest}), not mid-epoch"
     step = int(newest.split("-step-")[1].removesuffix(".pt"))
 

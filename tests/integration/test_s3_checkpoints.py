@@ -46,8 +46,8 @@ def test_s3_checkpoints_keep_two_with_checksums_and_resume(bucket: str):
     ckpt = Checkpointer(f"s3://{bucket}/runs/a/scratch", "fp")
     for _ in range(3):
         trainer.epoch(ckpt)
-    assert _keys(bucket) == ["runs/a/scratch/epoch-0002.pt", "runs/a/scratch/epoch-0003.pt"]
-    blob, meta = storage.read_bytes(f"s3://{bucket}/runs/a/scratch/epoch-0003.pt")
+    assert _keys(bucket) == ["runs/a/scratch/fp/epoch-0002.pt", "runs/a/scratch/fp/epoch-0003.pt"]  # fp: the run
+    blob, meta = storage.read_bytes(f"s3://{bucket}/runs/a/scratch/fp/epoch-0003.pt")
     assert meta["sha256"] == hashlib.sha256(blob).hexdigest()
     fresh = Trainer()
     restored = fresh.restore(Checkpointer(f"s3://{bucket}/runs/a/scratch/", "fp"))
@@ -62,24 +62,24 @@ def _put(bucket: str, key: str, blob: bytes, metadata: dict[str, str] | None = N
 
 def test_torn_corrupt_and_tampered_objects_fall_back_to_the_previous_one(bucket: str, tmp_path: Path, caplog):
     trainer = Trainer()
-    prefix = f"s3://{bucket}/runs/b"
-    trainer.epoch(Checkpointer(prefix, "fp"))
-    trainer.epoch(Checkpointer(prefix, "fp"))
+    prefix = f"s3://{bucket}/runs/b/fp"  # the run's folder: <location>/<fingerprint>
+    trainer.epoch(Checkpointer(f"s3://{bucket}/runs/b", "fp"))
+    trainer.epoch(Checkpointer(f"s3://{bucket}/runs/b", "fp"))
     good, meta = storage.read_bytes(f"{prefix}/epoch-0002.pt")
     # epoch 5: truncated, as written by a tool that does not upload atomically
-    _put(bucket, "runs/b/epoch-0005.pt", good[: len(good) // 2])
+    _put(bucket, "runs/b/fp/epoch-0005.pt", good[: len(good) // 2])
     # epoch 4: whole bytes of another checkpoint but not those the sha256 was recorded for (bit rot, tampering)
-    _put(bucket, "runs/b/epoch-0004.pt", good[:-1] + bytes([good[-1] ^ 1]), meta)
+    _put(bucket, "runs/b/fp/epoch-0004.pt", good[:-1] + bytes([good[-1] ^ 1]), meta)
     # epoch 3: a pickle whose unpickling would create a marker file
     marker = tmp_path / "PWNED"
     local = tmp_path / "evil.pt"
     state = torch.load(io.BytesIO(good), weights_only=True)
     state["optimizer"]["extra"] = Payload(marker)
     torch.save(state, local)
-    _put(bucket, "runs/b/epoch-0003.pt", local.read_bytes())
+    _put(bucket, "runs/b/fp/epoch-0003.pt", local.read_bytes())
     fresh = Trainer()
     with caplog.at_level(logging.WARNING, logger="headstart.checkpoint"):
-        restored = fresh.restore(Checkpointer(prefix, "fp"))
+        restored = fresh.restore(Checkpointer(f"s3://{bucket}/runs/b", "fp"))
     assert restored is not None and restored.resumed_from == 2
     assert torch.equal(fresh.model.weight, trainer.weights_at[2])
     assert not marker.exists()
@@ -131,7 +131,7 @@ def _project(folder: Path) -> Path:
     folder.mkdir(parents=True)
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
     make_imagefolder(folder / "data", per_class={"train": 40, "val": 6, "test": 6})
-    # the checkpoint fingerprint uses the pinned dataset version, identical on every node
+    # the checkpoint fingerprint hashes the data loaded: the same images give the same one on every node
     (folder / "data.dvc").write_text("outs:\n- md5: 0123456789abcdef0123456789abcdef.dir\n  path: data\n")
     return folder
 
@@ -152,7 +152,7 @@ def test_killed_training_resumes_from_s3_on_another_node(bucket: str, tmp_path: 
     ckpt = f"s3://{bucket}/pipelines/run-1/checkpoints"
     proc = subprocess.Popen(_train(ckpt), cwd=node_a, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
-    while not storage.exists(f"{ckpt}/scratch/epoch-0002.pt"):
+    while not any(k.endswith("/epoch-0002.pt") for k in _keys(bucket)):  # in scratch/<fingerprint>/
         assert proc.poll() is None, "training ended before it could be killed"
         assert time.monotonic() < deadline
         time.sleep(0.05)

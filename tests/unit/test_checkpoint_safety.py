@@ -35,8 +35,8 @@ def test_the_payload_is_live_when_loaded_unsafely(tmp_path: Path):
     trainer = Trainer()
     trainer.epoch(Checkpointer(tmp_path / "c", "fp"))
     marker = tmp_path / "PWNED"
-    _plant(tmp_path / "c" / "epoch-0001.pt", marker)
-    torch.load(tmp_path / "c" / "epoch-0001.pt", weights_only=False)  # the control: the payload does run
+    _plant(tmp_path / "c" / "fp" / "epoch-0001.pt", marker)
+    torch.load(tmp_path / "c" / "fp" / "epoch-0001.pt", weights_only=False)  # the control: the payload does run
     assert marker.exists()
 
 
@@ -46,7 +46,7 @@ def test_malicious_checkpoint_is_refused_and_the_previous_one_used(tmp_path: Pat
     trainer.epoch(ckpt)
     trainer.epoch(ckpt)
     marker = tmp_path / "PWNED"
-    _plant(tmp_path / "c" / "epoch-0002.pt", marker)
+    _plant(tmp_path / "c" / "fp" / "epoch-0002.pt", marker)
     fresh = Trainer()
     with caplog.at_level(logging.WARNING, logger="headstart.checkpoint"):
         result = fresh.restore(Checkpointer(tmp_path / "c", "fp"))
@@ -63,7 +63,7 @@ def test_only_a_malicious_checkpoint_means_a_fresh_start_with_a_clear_message(tm
     trainer = Trainer()
     trainer.epoch(Checkpointer(tmp_path / "c", "fp"))
     marker = tmp_path / "PWNED"
-    _plant(tmp_path / "c" / "epoch-0001.pt", marker)
+    _plant(tmp_path / "c" / "fp" / "epoch-0001.pt", marker)
     fresh = Trainer()
     before = fresh.model.weight.detach().clone()
     with caplog.at_level(logging.WARNING, logger="headstart.checkpoint"):
@@ -79,12 +79,12 @@ def test_the_refused_file_is_replaced_by_the_next_good_checkpoint(tmp_path: Path
     ckpt = Checkpointer(tmp_path / "c", "fp")
     trainer.epoch(ckpt)
     trainer.epoch(ckpt)
-    _plant(tmp_path / "c" / "epoch-0002.pt", tmp_path / "PWNED")
+    _plant(tmp_path / "c" / "fp" / "epoch-0002.pt", tmp_path / "PWNED")
     resumed = Trainer()
     ckpt2 = Checkpointer(tmp_path / "c", "fp")
     resumed.restore(ckpt2)
     resumed.epoch(ckpt2)  # epoch 2 again, written over the planted file
-    state = torch.load(tmp_path / "c" / "epoch-0002.pt", weights_only=True)
+    state = torch.load(tmp_path / "c" / "fp" / "epoch-0002.pt", weights_only=True)
     assert state["epoch"] == 2 and "extra" not in state["optimizer"]
     assert not (tmp_path / "PWNED").exists()
 
