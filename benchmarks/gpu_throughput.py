@@ -33,10 +33,12 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
+from headstart.config import load_params  # noqa: E402
 from headstart.data.imagefolder import list_classes, list_split, load_split, per_class_subset  # noqa: E402
-from headstart.engine import EngineConfig, fit  # noqa: E402
+from headstart.engine import fit  # noqa: E402
 from headstart.models import build_model, head_and_backbone_params  # noqa: E402
 from headstart.presets import Preset  # noqa: E402
+from headstart.steps import train as train_step  # noqa: E402
 
 RESULT = Path(__file__).parent / "results" / "gpu_throughput.json"
 ARCHS = ("efficientnet_lite0", "resnet50")
@@ -167,7 +169,8 @@ def bench_engine(arch: str, args: argparse.Namespace, data: Path, classes: tuple
     preset = Preset(args.image_size, 3, built.mean, built.std)
     train = load_split(data, "train", preset, classes, args.engine_per_class, 0)
     val = load_split(data, "val", preset, classes, 10, 0)
-    cfg = EngineConfig(epochs=2, batch_size=args.batch_size, patience=3)
+    cfg = train_step.config_from_params(load_params(), "scratch", epochs=2, batch_size=args.batch_size,
+                                        patience=3).engine()
     with Utilisation() as util:
         res = fit(built.model, *head_and_backbone_params(built), preset, train, val, cfg)
     last = res.history[-1].seconds  # the second epoch: no first-call warm-up

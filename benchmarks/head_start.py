@@ -12,6 +12,9 @@ and without horizontal-flip test-time augmentation. Validation (best-epoch choic
     python benchmarks/head_start.py --sizes 10 25 100 500 --seeds 42 43 44   # the full grid (hours on 2 cores)
     python benchmarks/head_start.py --recipes                        # champion recipe candidates at 100/class
     python benchmarks/head_start.py --plot-only                      # redraw the plots from the JSON
+    python benchmarks/head_start.py --sizes 100 --seeds 42 43 44 --methods finetune \
+        --training-recipes params before_issue14 --out benchmarks/results/head_start_warmup_decay.json
+                                     # params.yaml's recipe against the one before issue 14, same run
 """
 
 from __future__ import annotations
@@ -50,6 +53,14 @@ RECIPES: list[tuple[str, dict[str, Any]]] = [
     ("96px_20ep_no_early_stop", {"image_size": 96, "epochs": 20, "patience": 20}),  # the full cosine schedule
     ("96px_12ep_no_early_stop", {"image_size": 96, "patience": 12}),
 ]
+
+
+# Training recipes a run can compare (--training-recipes): knobs over params.yaml's train section.
+TRAINING_RECIPES: dict[str, dict[str, Any]] = {
+    "params": {},
+    # before issue 14: the LR warm-up spent in the head-only probe epoch, weight decay on norm and bias too
+    "before_issue14": {"warmup_from": "start", "decay_norm_bias": True},
+}
 
 
 def _epochs(table: dict[int, int], n: int) -> int:
@@ -131,10 +142,11 @@ class Bench:
             "best_val_accuracy": best[0],
         }
 
-    def run(self, method: str, n: int, seed: int) -> dict[str, Any]:
+    def run(self, method: str, n: int, seed: int, recipe: str = "params") -> dict[str, Any]:
         if method == "probe":
             return self.probe(n, seed)
         common: dict[str, Any] = {
+            **TRAINING_RECIPES[recipe],
             "images_per_class": n or None,
             "val_images_per_class": _val_per_class(n),
             "seed": seed,
@@ -143,8 +155,9 @@ class Bench:
         }
         if method == "small_cnn":
             epochs = _epochs(CNN_EPOCHS, n)
-            cfg = train.TrainConfig(
-                role="scratch",
+            cfg = train.config_from_params(
+                _params(),
+                "scratch",
                 backbone="small_cnn",
                 weights=None,
                 image_size=28,
@@ -158,8 +171,9 @@ class Bench:
         else:
             epochs = _epochs(EPOCHS, n)
             pre = method == "finetune"
-            cfg = train.TrainConfig(
-                role="finetune" if pre else "scratch",
+            cfg = train.config_from_params(  # params.yaml's recipe for the role, with this run's budget
+                _params(),
+                "finetune" if pre else "scratch",
                 weights="imagenet" if pre else None,
                 epochs=epochs,
                 patience=epochs,
@@ -167,7 +181,7 @@ class Bench:
                 lr_backbone=1e-3 if pre else 3e-3,
                 **common,
             )
-        return {**self.trained(f"{method}-{n}-{seed}", cfg), "epochs": epochs}
+        return {**self.trained(f"{method}-{recipe}-{n}-{seed}", cfg), "epochs": epochs, "image_size": cfg.image_size}
 
 
 def _val_per_class(n: int) -> int:
@@ -175,15 +189,17 @@ def _val_per_class(n: int) -> int:
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((r["method"], r["images_per_class"]), []).append(r)
+        groups.setdefault((r["method"], r.get("recipe", "params"), r["images_per_class"]), []).append(r)
     out = []
-    for (method, n), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], METHODS.index(kv[0][0]))):
+    for (method, recipe, n), rs in sorted(groups.items(), key=lambda kv: (kv[0][2], METHODS.index(kv[0][0]),
+                                                                          kv[0][1])):
         accs = [r["accuracy"] for r in rs]
         out.append(
             {
                 "method": method,
+                "recipe": recipe,
                 "images_per_class": n,
                 "seeds": len(rs),
                 "accuracy_mean": round(statistics.mean(accs), 4),
@@ -202,14 +218,15 @@ def plot(summary: list[dict[str, Any]], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for method in METHODS:
-        rs = [s for s in summary if s["method"] == method]
+    for method, recipe in [(m, r) for m in METHODS for r in TRAINING_RECIPES]:
+        rs = [s for s in summary if s["method"] == method and s.get("recipe", "params") == recipe]
         if not rs:
             continue
+        label = method if recipe == "params" else f"{method} ({recipe})"
         ns = [s["images_per_class"] or 5499 for s in rs]  # 0 = the full split (~5,499/class)
         acc = [100 * s["accuracy_mean"] for s in rs]
-        a.errorbar(ns, acc, yerr=[100 * s["accuracy_std"] for s in rs], marker="o", capsize=3, label=method)
-        b.plot([s["train_wall_s_mean"] for s in rs], acc, marker="o", label=method)
+        a.errorbar(ns, acc, yerr=[100 * s["accuracy_std"] for s in rs], marker="o", capsize=3, label=label)
+        b.plot([s["train_wall_s_mean"] for s in rs], acc, marker="o", label=label)
         for s, y in zip(rs, acc, strict=True):
             b.annotate(str(s["images_per_class"]), (s["train_wall_s_mean"], y), fontsize=7)
     a.set(
@@ -240,6 +257,8 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--test-per-class", type=int, default=200, help="fixed stratified test subset; 0 = all")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--training-recipes", nargs="+", default=["params"], choices=list(TRAINING_RECIPES),
+                    help="train each method with each of these recipes (params: params.yaml as it is)")
     ap.add_argument("--recipes", action="store_true", help="champion recipe candidates at 100/class instead")
     ap.add_argument("--recipe", nargs="+", default=None, help="run only these recipes; rows merge into the JSON")
     ap.add_argument("--plot-only", action="store_true")
@@ -264,21 +283,23 @@ def main() -> None:
         rows = [r for r in json.loads(out.read_text())["runs"] if r["method"] not in args.recipe]
     with tempfile.TemporaryDirectory() as tmp:
         bench = Bench(args.data, args.test_per_class or None, Path(tmp))  # type: ignore[arg-type]
-        jobs: list[tuple[str, int, int, train.TrainConfig | None]] = []
+        jobs: list[tuple[str, int, int, train.TrainConfig | None, str]] = []
         if args.recipes:
-            base = train.config_from_params(_params(), "finetune").model_dump()
             for name, over in [r for r in RECIPES if args.recipe is None or r[0] in args.recipe]:
-                cfg = train.TrainConfig(**{**base, **over, "threads": args.threads, "checkpoint_dir": None})
-                jobs += [(name, cfg.images_per_class or 0, seed, cfg) for seed in args.seeds]
+                cfg = train.config_from_params(_params(), "finetune", **over, threads=args.threads,
+                                               checkpoint_dir=None)
+                jobs += [(name, cfg.images_per_class or 0, seed, cfg, "params") for seed in args.seeds]
         else:
-            jobs = [(m, n, s, None) for n in args.sizes for s in args.seeds for m in args.methods]
-        for method, n, seed, cfg in jobs:
+            jobs = [(m, n, s, None, r) for n in args.sizes for s in args.seeds for m in args.methods
+                    for r in args.training_recipes]
+        for method, n, seed, cfg, recipe in jobs:
             if cfg is not None:
                 cfg = cfg.model_copy(update={"seed": seed})
                 row = {**bench.trained(f"{method}-{seed}", cfg), "image_size": cfg.image_size, "epochs": cfg.epochs}
             else:
-                row = bench.run(method, n, seed)
-            row = {"method": method, "images_per_class": n, "seed": seed, **row, "load_avg": os.getloadavg()[0]}
+                row = bench.run(method, n, seed, recipe)
+            row = {"method": method, "recipe": recipe, "images_per_class": n, "seed": seed, **row,
+                   "load_avg": os.getloadavg()[0]}
             rows.append(row)
             print(json.dumps(row), flush=True)
             meta["test_images"] = len(next(iter(bench._tests.values())).y)

@@ -28,10 +28,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep
 
 import torch  # noqa: E402
 
+from headstart.config import load_params  # noqa: E402
 from headstart.data.imagefolder import list_classes, load_split  # noqa: E402
-from headstart.engine import EngineConfig, fit  # noqa: E402
+from headstart.engine import fit  # noqa: E402
 from headstart.models import build_model, head_and_backbone_params  # noqa: E402
 from headstart.presets import Preset  # noqa: E402
+from headstart.steps import train as train_step  # noqa: E402
 
 RESULT = Path(__file__).parent / "results" / "input_pipeline.json"
 MODELS = [("efficientnet_lite0", "imagenet", 64, 3), ("small_cnn", None, 28, 1)]
@@ -62,7 +64,8 @@ def bench(arch: str, weights: str | None, size: int, channels: int, args: argpar
         n_images = len(split.x)
         sub = load_split(args.data, "train", preset, classes, args.train_per_class, r)
         val = load_split(args.data, "val", preset, classes, 2, 0)
-        cfg = EngineConfig(epochs=1, batch_size=64, patience=2, threads=args.threads)
+        cfg = train_step.config_from_params(load_params(), "scratch", epochs=1, batch_size=64, patience=2,
+                                            threads=args.threads).engine()
         t, _ = _timed(lambda s=sub, v=val, c=cfg: fit(built.model, *head_and_backbone_params(built), preset, s, v, c))
         times["train"].append(t)
         n_train = len(sub.x)

@@ -30,10 +30,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from headstart.config import load_params  # noqa: E402
 from headstart.data.imagefolder import Split, list_classes, load_split  # noqa: E402
 from headstart.engine import EngineConfig, fit  # noqa: E402
 from headstart.models import build_model, flops, head_and_backbone_params  # noqa: E402
 from headstart.presets import Preset  # noqa: E402
+from headstart.steps import train as train_step  # noqa: E402
 
 RESULT = Path(__file__).parent / "results" / "train_overhead.json"
 # (arch, weights, image size, channels, images): the fine-tune candidate and the small native-28 px CNN.
@@ -108,7 +110,8 @@ def bench_model(
     train = load_split(args.data, "train", preset, classes, n // len(classes), 0)
     val = load_split(args.data, "val", preset, classes, 2, 0)
     pristine = copy.deepcopy(built.model.state_dict())
-    base = EngineConfig(epochs=args.epochs, batch_size=args.batch_size, patience=args.epochs + 1, threads=args.threads)
+    base = train_step.config_from_params(load_params(), "scratch", epochs=args.epochs, batch_size=args.batch_size,
+                                         patience=args.epochs + 1, threads=args.threads).engine()
     variants = {
         "plain": None,
         "engine": EngineConfig(**{**base.__dict__, "augment": False}),

@@ -7,6 +7,7 @@ validates, so a bad value is reported with the parameter's dotted name.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -94,13 +95,21 @@ def section(params: dict[str, Any], dotted: str) -> dict[str, Any]:
     return dict(node) if isinstance(node, dict) else {}
 
 
-def build(model: type[M], data: dict[str, Any], where: str) -> M:
-    """Validate one section, naming the dotted parameter on error."""
+def build(model: type[M], data: dict[str, Any], where: str, origins: Mapping[str, str] | None = None) -> M:
+    """Validate one section, naming the dotted parameter on error.
+
+    When `data` merges several sections (train.shared under train.<role>), `origins` maps each key to
+    the section it was read from, so an error names the key where the user wrote it; keys it does not
+    list (a missing one, a check across fields) are named under `where`."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            loc = ".".join(str(p) for p in (where, *err["loc"]))
-            lines.append(f"  {loc}: {err['msg']} (got {err.get('input')!r})")
+            head = (origins or {}).get(str(err["loc"][0]), where) if err["loc"] else where
+            loc = ".".join(str(p) for p in (head, *err["loc"]) if p != "")
+            if err["type"] == "missing":
+                lines.append(f"  {loc}: missing; params.yaml is where every knob is set")
+            else:
+                lines.append(f"  {loc}: {err['msg']} (got {err.get('input')!r})")
         raise ConfigError("invalid parameters in params.yaml:\n" + "\n".join(lines)) from None

@@ -38,30 +38,36 @@ from headstart.trainstate import EpochStats, FitResult, PartialEpoch  # EpochSta
 TTA_MODES = ("none", "flip")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EngineConfig:
-    """`batch_size` is the global batch (per rank: batch_size / world size). `lr_scaling="linear"`
-    multiplies both learning rates by batch_size / lr_reference_batch (Goyal et al. 2017); "none" uses
-    them as written. Neither depends on the number of processes."""
+    """The engine's knobs. Every training knob is required: its one default lives in params.yaml and
+    arrives through `TrainConfig.engine()`, so the engine cannot drift from what a run is configured with.
 
-    epochs: int = 10
-    batch_size: int = 64
-    eval_batch_size: int = 256
-    lr_head: float = 3e-3
-    lr_backbone: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.1
-    probe_epochs: int = 0
-    patience: int = 3
-    augment: bool = True
-    flip: bool = True
-    max_shift: float = 0.1
-    seed: int = 42
-    threads: int | None = None
-    lr_scaling: Literal["none", "linear"] = "none"
-    lr_reference_batch: int = 64
-    checkpoint_every_steps: int = 0  # also checkpoint every N optimizer steps inside an epoch; 0 = epoch ends only
+    `batch_size` is the global batch (per rank: batch_size / world size). `lr_scaling="linear"`
+    multiplies both learning rates by batch_size / lr_reference_batch (Goyal et al. 2017); "none" uses
+    them as written. Neither depends on the number of processes. `warmup_from` and `decay_norm_bias`
+    select the recipe (see `optimizer`)."""
+
+    epochs: int
+    batch_size: int
+    lr_head: float
+    lr_backbone: float
+    weight_decay: float
+    decay_norm_bias: bool
+    warmup_epochs: float
+    warmup_from: Literal["start", "unfreeze"]
+    label_smoothing: float
+    probe_epochs: int
+    patience: int
+    augment: bool
+    flip: bool
+    max_shift: float
+    seed: int
+    lr_scaling: Literal["none", "linear"]
+    lr_reference_batch: int
+    checkpoint_every_steps: int  # also checkpoint every N optimizer steps inside an epoch; 0 = epoch ends only
+    eval_batch_size: int = 256  # validation's inference batch: how, not what, the engine computes
+    threads: int | None = None  # None: torch's own choice
 
     def lr_factor(self) -> float:
         return self.batch_size / self.lr_reference_batch if self.lr_scaling == "linear" else 1.0
@@ -129,14 +135,46 @@ def _shift_flip_cpu(
     return torch.stack(crops)
 
 
-def _lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+def _lr_lambda(total_steps: int, warmup_steps: int, start: int = 0) -> Callable[[int], float]:
+    """Linear warm-up from optimizer step `start`, then cosine to 1% at `total_steps`; 0 before `start`."""
+
     def fn(step: int) -> float:
+        if step < start:
+            return 0.0
+        step -= start
         if step < warmup_steps:
             return (step + 1) / max(1, warmup_steps)
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        progress = (step - warmup_steps) / max(1, total_steps - start - warmup_steps)
         return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return fn
+
+
+def optimizer(
+    head_params: list[nn.Parameter], backbone_params: list[nn.Parameter], cfg: EngineConfig, steps_per_epoch: int
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW and its per-step schedule: head groups first (group 0 is the head's, the LR that is logged).
+
+    `warmup_from="unfreeze"`: the backbone's warm-up starts when its probe epochs end, so its first
+    updates (with fresh Adam moments) are small instead of nearly peak; its cosine spans the epochs it
+    trains. The head, trained from step 0, warms up from the start. `warmup_from="start"`: one schedule
+    from step 0 for both, the warm-up spent in the probe epochs.
+    `decay_norm_bias=False`: 1-D parameters (BatchNorm scales and shifts, biases) get no weight decay,
+    as in timm's and torchvision's reference recipes; True decays every parameter."""
+    factor = cfg.lr_factor()
+    total, warmup = cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch)
+    unfreeze = cfg.probe_epochs * steps_per_epoch if cfg.warmup_from == "unfreeze" else 0
+    groups: list[dict] = []
+    lambdas: list[Callable[[int], float]] = []
+    for params, lr, start in ((head_params, cfg.lr_head, 0), (backbone_params, cfg.lr_backbone, unfreeze)):
+        decayed = params if cfg.decay_norm_bias else [p for p in params if p.ndim > 1]
+        plain = [] if cfg.decay_norm_bias else [p for p in params if p.ndim <= 1]
+        for members, decay in ((decayed, cfg.weight_decay), (plain, 0.0)):
+            if members:
+                groups.append({"params": members, "lr": lr * factor, "weight_decay": decay})
+                lambdas.append(_lr_lambda(total, warmup, start))
+    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambdas)
 
 
 @torch.inference_mode()
@@ -183,7 +221,7 @@ def fit(
     checkpointer: Checkpointer | None = None,
     label: str = "train",
 ) -> FitResult:
-    """Train with AdamW, warmup+cosine, label smoothing and early stopping; keep the best weights.
+    """Train with AdamW, warm-up + cosine (`optimizer`), label smoothing and early stopping; keep the best weights.
 
     Under torchrun every rank calls this with the same arguments; `on_epoch` runs on every rank with
     the same, all-reduced, stats; only rank 0 writes checkpoints.
@@ -200,15 +238,8 @@ def fit(
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    factor = cfg.lr_factor()
-    groups = [{"params": head_params, "lr": cfg.lr_head * factor}]
-    if backbone_params:
-        groups.append({"params": backbone_params, "lr": cfg.lr_backbone * factor})
-    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train.x) / cfg.batch_size)  # the same for every world size
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, _lr_lambda(cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch))
-    )
+    opt, sched = optimizer(head_params, backbone_params, cfg, steps_per_epoch)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     gen = torch.Generator().manual_seed(cfg.seed)  # identical on every rank: the shared permutation
     result = FitResult(best_state=_cpu_state(model), best_epoch=0, best_val_accuracy=-1.0)

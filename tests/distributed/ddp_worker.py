@@ -19,10 +19,12 @@ from torch import nn
 
 from headstart import distributed
 from headstart.checkpoint import Checkpointer
+from headstart.config import load_params
 from headstart.data.imagefolder import list_classes, load_split
 from headstart.engine import EngineConfig, fit
 from headstart.models import build_model, head_and_backbone_params
 from headstart.presets import Preset
+from headstart.steps import train
 
 
 class PlainCNN(nn.Module):
@@ -55,8 +57,9 @@ def build(data: Path, arch: str):
 
 def config(epochs: int, every_steps: int = 0) -> EngineConfig:
     """Global batch 16 (8 per rank with 2 ranks); a head-only first epoch rebuilds DDP in epoch 2."""
-    return EngineConfig(epochs=epochs, batch_size=16, patience=10, seed=3, probe_epochs=1, warmup_epochs=0.5,
-                        lr_head=0.01, lr_backbone=0.01, checkpoint_every_steps=every_steps)
+    recipe = train.config_from_params(load_params(Path(__file__).resolve().parents[2] / "params.yaml"), "scratch")
+    return dataclasses.replace(recipe.engine(), epochs=epochs, batch_size=16, patience=10, seed=3, probe_epochs=1,
+                               warmup_epochs=0.5, lr_head=0.01, lr_backbone=0.01, checkpoint_every_steps=every_steps)
 
 
 class KillingCheckpointer(Checkpointer):

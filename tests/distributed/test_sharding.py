@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from headstart import distributed
-from headstart.engine import EngineConfig, augment
+from headstart.config import load_params
+from headstart.engine import augment
 from headstart.errors import ConfigError
+from headstart.steps import train
 
 
 def test_padding_repeats_the_head_like_distributed_sampler():
@@ -49,8 +51,10 @@ def test_each_sample_is_augmented_as_in_one_process():
 
 
 def test_lr_scaling_is_explicit():
-    assert EngineConfig(batch_size=256).lr_factor() == 1.0
-    assert EngineConfig(batch_size=256, lr_scaling="linear", lr_reference_batch=64).lr_factor() == 4.0
+    params = load_params(Path(__file__).resolve().parents[2] / "params.yaml")
+    assert train.config_from_params(params, "scratch", batch_size=256, lr_scaling="none").engine().lr_factor() == 1.0
+    linear = train.config_from_params(params, "scratch", batch_size=256, lr_scaling="linear", lr_reference_batch=64)
+    assert linear.engine().lr_factor() == 4.0
 
 
 def test_helpers_are_no_ops_in_a_single_process():

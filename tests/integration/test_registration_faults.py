@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from headstart import registry
-from headstart.config import TrackingConfig
+from headstart.config import TrackingConfig, load_params
 from headstart.errors import RegistryError
 from headstart.gate import GateThresholds
 from headstart.steps import evaluate, promote, register, train
@@ -27,6 +27,8 @@ from headstart.steps import evaluate, promote, register, train
 from ..conftest import make_imagefolder
 from .faultproxy import FaultProxy
 from .servers import free_port, mlflow_server, stop_group
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.integration
 LENIENT = GateThresholds(min_accuracy=0.0, min_gain_over_baseline=None, max_regression=1.0,
@@ -77,8 +79,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     data = make_imagefolder(root / "data")
     candidates = {}
     for role in ("finetune", "scratch"):
-        cfg = train.TrainConfig(role=role, backbone="small_cnn", weights="none", channels=1, image_size=32,
-                                epochs=1, images_per_class=None, val_images_per_class=None, checkpoint_dir=None)
+        cfg = train.config_from_params(load_params(ROOT / "params.yaml"), role, backbone="small_cnn", weights="none",
+                                       channels=1, image_size=32, epochs=1, images_per_class=None,
+                                       val_images_per_class=None, checkpoint_dir=None, tta="none")
         candidates[role] = Path(train.run(cfg, data, root / role).model_dir)
     with ExitStack() as stack, pytest.MonkeyPatch.context() as mp:
         # MLflow's own per-request retries off, so Headstart's retry-with-backoff is what is exercised

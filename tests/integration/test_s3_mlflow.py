@@ -11,12 +11,14 @@ import pandas as pd
 import pytest
 
 from headstart import registry, storage
-from headstart.config import TrackingConfig
+from headstart.config import TrackingConfig, load_params
 from headstart.gate import GateThresholds
 from headstart.steps import evaluate, register, train
 
 from ..conftest import make_imagefolder
 from .servers import mlflow_server, moto_server, s3_env
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 LENIENT = GateThresholds(min_accuracy=0.0, min_gain_over_baseline=None, max_regression=1.0,
@@ -39,9 +41,10 @@ def test_loop_registers_against_mlflow_storing_artifacts_in_s3(tmp_path: Path, m
             tracking = TrackingConfig(tracking_uri=uri, registered_model="s3-classifier")
             candidates = {}
             for role in ("finetune", "scratch"):
-                cfg = train.TrainConfig(role=role, backbone="small_cnn", weights="none", channels=1, image_size=32,
-                                        epochs=1, images_per_class=None, val_images_per_class=None,
-                                        checkpoint_dir=None)
+                cfg = train.config_from_params(load_params(ROOT / "params.yaml"), role, backbone="small_cnn",
+                                               weights="none", channels=1, image_size=32, epochs=1,
+                                               images_per_class=None, val_images_per_class=None,
+                                               checkpoint_dir=None, tta="none")
                 candidates[role] = Path(train.run(cfg, data, tmp_path / role, tracking).model_dir)
             evaluate.run(evaluate.EvaluateConfig(bootstrap_samples=100), data, candidates, tmp_path / "eval",
                          tracking)

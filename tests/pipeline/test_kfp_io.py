@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from headstart.errors import ConfigError
 from headstart.pipeline import kfp_io
 from headstart.steps import train
 
+RECIPE = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())["train"]
 BASE = {
-    "train": {
-        "shared": {"epochs": 8, "images_per_class": 100},
-        "finetune": {"weights": "imagenet"},
-        "scratch": {"weights": "none"},
+    "train": {  # params.yaml's recipe (every training knob is set there, nowhere else)
+        "shared": {**RECIPE["shared"], "epochs": 8, "images_per_class": 100},
+        "finetune": {**RECIPE["finetune"], "weights": "imagenet"},
+        "scratch": {**RECIPE["scratch"], "weights": "none"},
     },
     "tracking": {"registered_model": "m"},
 }

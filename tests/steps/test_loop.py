@@ -14,12 +14,14 @@ import pandas as pd
 import pytest
 
 from headstart import modelio, registry
-from headstart.config import TrackingConfig
+from headstart.config import TrackingConfig, load_params
 from headstart.engine import predict_logits
 from headstart.gate import GateThresholds
 from headstart.steps import evaluate, register, train
 
 from ..conftest import CLASSES, make_imagefolder
+
+ROOT = Path(__file__).resolve().parents[2]
 
 LENIENT = GateThresholds(min_accuracy=0.0, min_gain_over_baseline=None, max_regression=1.0,
                          max_class_recall_drop=0.99)
@@ -33,9 +35,10 @@ def loop(tmp_path_factory: pytest.TempPathFactory):
                               registered_model="tiny-classifier")
     cands = {}
     for role, weights in (("finetune", "imagenet"), ("scratch", "none")):
-        cfg = train.TrainConfig(role=role, weights=weights, image_size=32, epochs=1, images_per_class=None,
-                                val_images_per_class=None, checkpoint_dir=None,
-                                tta="flip" if role == "finetune" else "none")
+        cfg = train.config_from_params(load_params(ROOT / "params.yaml"), role, weights=weights, image_size=32,
+                                       epochs=1, images_per_class=None, val_images_per_class=None,
+                                       checkpoint_dir=None, probe_epochs=0, lr_backbone=1e-3,
+                                       tta="flip" if role == "finetune" else "none")
         cands[role] = Path(train.run(cfg, data, root / role, tracking).model_dir)
     return root, data, tracking, cands
 
@@ -245,8 +248,9 @@ def test_item6_a_changed_label_set_is_named_and_not_promoted_on_its_own(loop, tm
     data4 = make_imagefolder(root / "data4", classes=(*CLASSES, "ring"), seed=1)
     cands4 = {}
     for role in ("finetune", "scratch"):
-        cfg = train.TrainConfig(role=role, backbone="small_cnn", weights="none", channels=1, image_size=32,
-                                epochs=1, images_per_class=None, val_images_per_class=None, checkpoint_dir=None)
+        cfg = train.config_from_params(load_params(ROOT / "params.yaml"), role, backbone="small_cnn", weights="none",
+                                       channels=1, image_size=32, epochs=1, images_per_class=None,
+                                       val_images_per_class=None, checkpoint_dir=None, tta="none")
         cands4[role] = Path(train.run(cfg, data4, root / f"{role}-4", tracking).model_dir)
     ecfg = evaluate.EvaluateConfig(bootstrap_samples=200)
     evaluate.run(ecfg, data4, cands4, root / "eval-4", tracking)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -9,19 +10,26 @@ import torch
 
 from headstart import modelio
 from headstart.checkpoint import Checkpointer
-from headstart.config import TrackingConfig
+from headstart.config import TrackingConfig, load_params
 from headstart.data.imagefolder import list_classes, load_split
 from headstart.engine import EngineConfig, fit, predict_logits
 from headstart.models import build_model, head_and_backbone_params
 from headstart.presets import Preset
 from headstart.steps import train
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 def _cfg(role: str = "scratch", **kw) -> train.TrainConfig:
-    base = dict(role=role, backbone="small_cnn", weights="none", channels=1, image_size=32, epochs=2,
-                images_per_class=None, val_images_per_class=None, checkpoint_dir=None, batch_size=16)
-    base.update(kw)
-    return train.TrainConfig(**base)
+    """params.yaml's recipe for `role`, shrunk to the tiny dataset (32 px, 2 epochs, batch 16)."""
+    base = dict(backbone="small_cnn", weights="none", channels=1, image_size=32, epochs=2, patience=3, tta="none",
+                images_per_class=None, val_images_per_class=None, checkpoint_dir=None, tensor_cache_dir=None,
+                batch_size=16)
+    return train.config_from_params(load_params(ROOT / "params.yaml"), role, **{**base, **kw})
+
+
+def _engine(**kw) -> EngineConfig:
+    return dataclasses.replace(_cfg().engine(), **kw)
 
 
 def test_finetune_step_writes_a_reloadable_model_and_logs_to_mlflow(tiny_imagefolder: Path, tmp_path: Path):
@@ -67,7 +75,7 @@ def _setup(data: Path):
 
 
 def test_interrupted_training_resumes_to_the_same_weights(tiny_imagefolder: Path, tmp_path: Path):
-    cfg = EngineConfig(epochs=3, batch_size=16, patience=10, seed=3)
+    cfg = _engine(epochs=3, batch_size=16, patience=10, seed=3)
     model, head, backbone, preset, tr, va = _setup(tiny_imagefolder)
     full = fit(model, head, backbone, preset, tr, va, cfg)
 
@@ -83,7 +91,7 @@ def test_interrupted_training_resumes_to_the_same_weights(tiny_imagefolder: Path
     with pytest.raises(Killed):
         # the checkpoint is written after the callback, so the last one on disk is epoch 1
         fit(model, head, backbone, preset, tr, va, cfg, on_epoch=die_after_epoch_2, checkpointer=ckpt)
-    assert [p.name for p in sorted((tmp_path / "ckpt").glob("*.pt"))] == ["epoch-0001.pt"]
+    assert [p.name for p in sorted((tmp_path / "ckpt" / "fp").glob("*.pt"))] == ["epoch-0001.pt"]
     model, head, backbone, preset, tr, va = _setup(tiny_imagefolder)
     ckpt2 = Checkpointer(tmp_path / "ckpt", "fp")
     resumed = fit(model, head, backbone, preset, tr, va, cfg, checkpointer=ckpt2)
@@ -112,14 +120,14 @@ class _DiesAfterSaving(Checkpointer):
 
 def test_mid_epoch_checkpoint_resumes_inside_the_epoch_to_identical_results(tiny_imagefolder: Path, tmp_path: Path):
     # 36 train images, batch 8: 5 steps per epoch, the last one short; a checkpoint every 2 steps
-    cfg = EngineConfig(epochs=3, batch_size=8, patience=10, seed=3, checkpoint_every_steps=2, probe_epochs=1)
+    cfg = _engine(epochs=3, batch_size=8, patience=10, seed=3, checkpoint_every_steps=2, probe_epochs=1)
     model, head, backbone, preset, tr, va = _setup(tiny_imagefolder)
     full = fit(model, head, backbone, preset, tr, va, cfg)
 
     model, head, backbone, preset, tr, va = _setup(tiny_imagefolder)
     with pytest.raises(_Killed):  # global step 8 = epoch 2, step 3 of 5
         fit(model, head, backbone, preset, tr, va, cfg, checkpointer=_DiesAfterSaving(tmp_path / "c", (2, 3)))
-    assert sorted(p.name for p in (tmp_path / "c").glob("*.pt")) == ["epoch-0002-step-00000001.pt",
+    assert sorted(p.name for p in (tmp_path / "c" / "fp").glob("*.pt")) == ["epoch-0002-step-00000001.pt",
                                                                        "epoch-0002-step-00000003.pt"]
     model, head, backbone, preset, tr, va = _setup(tiny_imagefolder)
     ckpt = Checkpointer(tmp_path / "c", "fp")
@@ -135,11 +143,11 @@ def test_mid_epoch_checkpoint_resumes_inside_the_epoch_to_identical_results(tiny
 
 
 def test_a_torn_mid_epoch_checkpoint_falls_back_to_the_one_before(tiny_imagefolder: Path, tmp_path: Path):
-    cfg = EngineConfig(epochs=2, batch_size=8, patience=10, checkpoint_every_steps=2)
+    cfg = _engine(epochs=2, batch_size=8, patience=10, checkpoint_every_steps=2)
     model, head, backbone, preset, tr, va = _setup(tiny_imagefolder)
     with pytest.raises(_Killed):
         fit(model, head, backbone, preset, tr, va, cfg, checkpointer=_DiesAfterSaving(tmp_path / "c", (2, 3)))
-    newest = tmp_path / "c" / "epoch-0002-step-00000003.pt"
+    newest = tmp_path / "c" / "fp" / "epoch-0002-step-00000003.pt"
     newest.write_bytes(newest.read_bytes()[:200])
     model, head, backbone, preset, tr, va = _setup(tiny_imagefolder)
     resumed = fit(model, head, backbone, preset, tr, va, cfg, checkpointer=Checkpointer(tmp_path / "c", "fp"))
@@ -148,10 +156,10 @@ def test_a_torn_mid_epoch_checkpoint_falls_back_to_the_one_before(tiny_imagefold
 
 
 def test_torn_checkpoint_falls_back_to_the_previous_one(tiny_imagefolder: Path, tmp_path: Path):
-    cfg = EngineConfig(epochs=2, batch_size=16, patience=10)
+    cfg = _engine(epochs=2, batch_size=16, patience=10)
     model, head, backbone, preset, tr, va = _setup(tiny_imagefolder)
     fit(model, head, backbone, preset, tr, va, cfg, checkpointer=Checkpointer(tmp_path / "c", "fp"))
-    newest = tmp_path / "c" / "epoch-0002.pt"
+    newest = tmp_path / "c" / "fp" / "epoch-0002.pt"
     newest.write_bytes(newest.read_bytes()[:100])  # as if killed mid-write without the atomic rename
     model, head, backbone, preset, tr, va = _setup(tiny_imagefolder)
     ckpt = Checkpointer(tmp_path / "c", "fp")
@@ -160,7 +168,7 @@ def test_torn_checkpoint_falls_back_to_the_previous_one(tiny_imagefolder: Path, 
 
 
 def test_checkpoint_of_another_config_is_not_used(tiny_imagefolder: Path, tmp_path: Path):
-    cfg = EngineConfig(epochs=1, batch_size=16)
+    cfg = _engine(epochs=1, batch_size=16)
     model, head, backbone, preset, tr, va = _setup(tiny_imagefolder)
     fit(model, head, backbone, preset, tr, va, cfg, checkpointer=Checkpointer(tmp_path / "c", "one"))
     model, head, backbone, preset, tr, va = _setup(tiny_imagefolder)
@@ -192,11 +200,119 @@ def test_flip_tta_needs_a_model_trained_with_flips():
     from headstart.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"train\.finetune: .*tta: flip .*flip: false"):
-        train.config_from_params({"train": {"shared": {"tta": "flip", "flip": False}}}, "finetune")
+        train.config_from_params(_params(shared={"tta": "flip", "flip": False}), "finetune")
 
 
 def test_train_config_rejects_unknown_keys_naming_them():
     from headstart.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"train\.finetune\.epoch"):
-        train.config_from_params({"train": {"finetune": {"epoch": 3}}}, "finetune")
+    with pytest.raises(ConfigError, match=r"train\.finetune\.epoch: Extra inputs"):
+        train.config_from_params(_params(finetune={"epoch": 3}), "finetune")
+
+
+def _params(**sections: dict) -> dict:
+    """params.yaml with some keys of train.<section> replaced."""
+    params = load_params(ROOT / "params.yaml")
+    for name, values in sections.items():
+        params["train"][name].update(values)
+    return params
+
+
+class _KilledAfterEpoch3(Checkpointer):
+    """The train step's checkpointer, killed right after it saved epoch 3."""
+
+    def save(self, model, opt, sched, gen, result, *args, partial=None, **kw) -> None:
+        super().save(model, opt, sched, gen, result, *args, partial=partial, **kw)
+        if partial is None and result.history[-1].epoch == 3:
+            raise _Killed
+
+
+def test_item2_a_new_config_resumes_after_another_filled_the_checkpoint_folder(
+    tiny_imagefolder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A ran more epochs than the folder keeps; B, killed after epoch 3, resumes from epoch 3."""
+    ckpt = str(tmp_path / "ckpt")
+    a_cfg = _cfg(epochs=5, patience=5, checkpoint_dir=ckpt)
+    assert train.run(a_cfg, tiny_imagefolder, tmp_path / "a").epochs_run == 5
+    b_cfg = _cfg(epochs=4, patience=4, lr_head=0.01, checkpoint_dir=ckpt)
+    with monkeypatch.context() as m:
+        m.setattr(train, "Checkpointer", _KilledAfterEpoch3)
+        with pytest.raises(_Killed):
+            train.run(b_cfg, tiny_imagefolder, tmp_path / "b")
+    b = train.run(b_cfg, tiny_imagefolder, tmp_path / "b")
+    assert b.resumed_from == 3 and b.epochs_run == 4
+    assert train.run(a_cfg, tiny_imagefolder, tmp_path / "a2").resumed_from == 5  # A's are still there too
+
+
+def test_item3_one_changed_training_image_retrains_a_forced_rerun_on_the_same_data_resumes(
+    tiny_imagefolder: Path, tmp_path: Path
+):
+    """data.dvc stays as it was (the images were edited without `dvc add`): the fingerprint must see the data."""
+    import numpy as np
+    from PIL import Image
+
+    (tmp_path / "data.dvc").write_text("outs:\n- md5: 0123456789abcdef0123456789abcdef.dir\n  path: data\n")
+    cfg = _cfg(epochs=2, checkpoint_dir=str(tmp_path / "ckpt"), tensor_cache_dir=str(tmp_path / "cache"))
+    first = train.run(cfg, tiny_imagefolder, tmp_path / "a")
+    assert first.resumed_from is None
+    forced = train.run(cfg, tiny_imagefolder, tmp_path / "b")  # `dvc repro -f`, same data: nothing to train
+    assert forced.resumed_from == 2
+    assert _weights(tmp_path / "a") == _weights(tmp_path / "b")
+
+    image = sorted((tiny_imagefolder / "train" / "circle").glob("*.png"))[0]
+    Image.fromarray(255 - np.asarray(Image.open(image))).save(image)
+    changed = train.run(cfg, tiny_imagefolder, tmp_path / "c")
+    assert changed.resumed_from is None and changed.resumed_at is None  # trained afresh, both epochs
+    assert [h["epoch"] for h in _history(tmp_path / "c")] == [1, 2]
+    assert _weights(tmp_path / "c") != _weights(tmp_path / "a")
+
+
+def _weights(out: Path) -> bytes:
+    return (out / "model" / "model.safetensors").read_bytes()
+
+
+def _history(out: Path) -> list[dict]:
+    import json
+
+    return json.loads((out / "history.json").read_text())
+
+
+def test_item3_the_data_fingerprint_is_the_loaded_content(tiny_imagefolder: Path):
+    classes = list_classes(tiny_imagefolder)
+    preset = Preset(32, 1, (0.5,), (0.5,))
+    split = load_split(tiny_imagefolder, "train", preset, classes)
+    key = train.data_fingerprint(split)
+    assert train.data_fingerprint(load_split(tiny_imagefolder, "train", preset, classes)) == key
+    relabelled = dataclasses.replace(split, y=split.y.flip(0))
+    assert train.data_fingerprint(relabelled) != key
+    edited = split.x.clone()
+    edited[0, 0, 0, 0] ^= 1
+    assert train.data_fingerprint(dataclasses.replace(split, x=edited)) != key
+
+
+def test_item16_a_bad_shared_key_is_named_as_written_under_train_shared():
+    from headstart.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        train.config_from_params(_params(shared={"epochs": "many"}), "finetune")
+    assert "train.shared.epochs: Input should be a valid integer" in str(err.value)
+    assert "train.finetune.epochs" not in str(err.value)
+
+
+def test_item16_a_bad_role_key_is_named_under_its_role_even_when_shared_sets_it_too():
+    from headstart.errors import ConfigError
+
+    params = _params(shared={"lr_head": 0.01}, scratch={"lr_head": "fast"})
+    with pytest.raises(ConfigError, match=r"train\.scratch\.lr_head: Input should be a valid number"):
+        train.config_from_params(params, "scratch")
+
+
+def test_item16_the_cli_names_the_shared_key_a_set_override_broke(capsys, tmp_path: Path):
+    from headstart.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "scratch", "--data", str(tmp_path / "none"), "--params", str(ROOT / "params.yaml"),
+              "--set", "train.shared.batch_size=big"])
+    assert exit_.value.code != 0
+    out = " ".join(capsys.readouterr().err.split())
+    assert "train.shared.batch_size: Input should be a valid integer" in out and "train.scratch.batch" not in out

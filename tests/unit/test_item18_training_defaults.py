@@ -24,4 +24,49 @@ def test_item18_checkpoint_does_not_import_engine():
     """The arrow runs engine -> checkpoint -> trainstate; checkpoint.py never reaches back into engine."""
     assert "headstart.checkpoint" in _imports(SRC / "engine.py")
     assert not {n for n in _imports(SRC / "checkpoint.py") if n.startswith("headstart.engine")}
-    assert not {n for n in _imports(SRC / "trainstate.py") if n.startswith(("headstart.engine", "headstart.checkpoint"))}
+    shared_types = _imports(SRC / "trainstate.py")
+    assert not {n for n in shared_types if n.startswith(("headstart.engine", "headstart.checkpoint"))}
+
+
+def _params() -> dict:
+    from headstart.config import load_params
+
+    return load_params(SRC.parents[1] / "params.yaml")
+
+
+def test_item18_train_config_has_no_defaults_of_its_own():
+    """params.yaml is the one place a training knob's default lives: TrainConfig, EngineConfig and
+    params.yaml said 10/8/12 epochs, 3/3/12 patience, -/none/flip tta."""
+    from headstart.steps.train import TrainConfig
+
+    with_default = {name for name, f in TrainConfig.model_fields.items() if not f.is_required()}
+    assert with_default == {"threads"}  # how many CPU threads: not a knob of the recipe
+
+
+def test_item18_engine_config_has_no_defaults_for_any_knob_params_yaml_sets():
+    import dataclasses
+
+    from headstart.engine import EngineConfig
+
+    knobs = set(_params()["train"]["shared"]) | set(_params()["train"]["finetune"])
+    defaulted = {f.name for f in dataclasses.fields(EngineConfig)
+                 if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+    assert defaulted == {"eval_batch_size", "threads"}
+    assert not defaulted & knobs
+
+
+def test_item18_params_yaml_sets_every_knob_and_the_engine_gets_exactly_those_values():
+    import dataclasses
+
+    from headstart.steps.train import TrainConfig, config_from_params
+
+    params = _params()
+    for role in ("finetune", "scratch"):
+        cfg = config_from_params(params, role)  # builds: no knob is missing from params.yaml
+        written = {**params["train"]["shared"], **params["train"][role]}
+        assert set(TrainConfig.model_fields) - {"role", "threads"} == set(written)
+        assert {k: getattr(cfg, k) for k in written} == written
+        engine = cfg.engine()
+        for field in dataclasses.fields(engine):
+            if field.name in written:
+                assert getattr(engine, field.name) == written[field.name], (role, field.name)

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from headstart import distributed, modelio, plots, storage
 from headstart.checkpoint import Checkpointer
 from headstart.config import Frozen, TrackingConfig, build, section
-from headstart.data.imagefolder import list_classes, load_split
+from headstart.data.imagefolder import Split, list_classes, load_split
 from headstart.engine import EngineConfig, EpochStats, FitResult, fit
 from headstart.presets import Preset
 
@@ -29,33 +29,40 @@ Role = Literal["finetune", "scratch"]
 
 
 class TrainConfig(Frozen):
+    """One candidate's knobs: `train.shared` merged under `train.<role>` of params.yaml.
+
+    No knob has a default here: params.yaml holds the one default of each, so a run, a test and a
+    benchmark that build their config from it cannot disagree about what "the default" is."""
+
     role: Role
-    backbone: str = "efficientnet_lite0"
-    weights: str | None = "imagenet"
-    image_size: int = 64
-    channels: int = 3
-    images_per_class: int | None = 100
-    val_images_per_class: int | None = 100
-    epochs: int = 8
-    batch_size: int = 64  # global: split evenly across torchrun processes
-    lr_scaling: Literal["none", "linear"] = "none"  # linear: LRs x batch_size / lr_reference_batch
-    lr_reference_batch: int = 64
-    lr_head: float = 3e-3
-    lr_backbone: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.1
-    probe_epochs: int = 0
-    patience: int = 3
-    augment: bool = True
-    flip: bool = True
-    max_shift: float = 0.1
-    tta: Literal["none", "flip"] = "none"  # test-time augmentation the saved model predicts with (flip: mirrored too)
-    seed: int = 42
-    threads: int | None = None
-    checkpoint_dir: str | None = ".headstart/checkpoints"
-    checkpoint_every_steps: int = Field(0, ge=0)  # also mid-epoch, every N optimizer steps; 0 = epoch ends only
-    tensor_cache_dir: str | None = ".headstart/cache/tensors"  # decoded uint8 splits keyed by content hash
+    backbone: str
+    weights: str | None
+    image_size: int
+    channels: int
+    images_per_class: int | None
+    val_images_per_class: int | None
+    epochs: int
+    batch_size: int  # global: split evenly across torchrun processes
+    lr_scaling: Literal["none", "linear"]  # linear: LRs x batch_size / lr_reference_batch
+    lr_reference_batch: int
+    lr_head: float
+    lr_backbone: float
+    weight_decay: float
+    decay_norm_bias: bool  # false: no weight decay on BatchNorm and bias parameters
+    warmup_epochs: float
+    warmup_from: Literal["start", "unfreeze"]  # unfreeze: the backbone's warm-up begins when it trains
+    label_smoothing: float
+    probe_epochs: int
+    patience: int
+    augment: bool
+    flip: bool
+    max_shift: float
+    tta: Literal["none", "flip"]  # test-time augmentation the saved model predicts with (flip: mirrored too)
+    seed: int
+    checkpoint_dir: str | None
+    checkpoint_every_steps: int = Field(ge=0)  # also mid-epoch, every N optimizer steps; 0 = epoch ends only
+    tensor_cache_dir: str | None  # decoded uint8 splits keyed by content hash
+    threads: int | None = None  # how, not what: torch's own choice unless a benchmark pins it
 
     @model_validator(mode="after")
     def _tta_matches_training(self) -> TrainConfig:
@@ -68,20 +75,38 @@ class TrainConfig(Frozen):
         fields = EngineConfig.__dataclass_fields__
         return EngineConfig(**{k: v for k, v in self.model_dump().items() if k in fields})
 
-    def fingerprint(self, data_dir: Path) -> str:
-        """Ties checkpoints to this config and this dataset version, so a resume never mixes runs."""
+    def fingerprint(self, data_key: str) -> str:
+        """Ties checkpoints to this config and to the content of the data it trains on (`data_key`, from
+        `data_fingerprint`), so a resume never mixes runs: one changed image is a new fingerprint and a
+        fresh training, while a forced re-run on the same data resumes (a finished run: trains nothing)."""
         how = {"checkpoint_dir", "checkpoint_every_steps", "threads", "tensor_cache_dir", "tta"}  # not the training
-        stamp = json.dumps(self.model_dump(exclude=how), sort_keys=True)
-        dvc_file = data_dir.with_suffix(".dvc")
-        stamp += dvc_file.read_text() if dvc_file.is_file() else str(data_dir.resolve())
+        stamp = json.dumps(self.model_dump(exclude=how), sort_keys=True) + data_key
         return hashlib.sha256(stamp.encode()).hexdigest()[:16]
 
 
-def config_from_params(params: dict[str, Any], role: Role) -> TrainConfig:
-    merged = {**section(params, "train.shared"), **section(params, f"train.{role}"), "role": role}
+def data_fingerprint(*splits: Split) -> str:
+    """A hash of what training sees: each split's class names, decoded pixels (in sample order) and labels.
+
+    Computed from the tensors actually loaded, so editing, adding or relabelling an image changes it even
+    when nobody ran `dvc add`; a new copy of the same files on another node gives the same value."""
+    digest = hashlib.blake2b(digest_size=16)
+    for split in splits:
+        digest.update(json.dumps([split.classes, list(split.x.shape), len(split.y)]).encode())
+        digest.update(split.x.contiguous().numpy().data)
+        digest.update(split.y.contiguous().numpy().data)
+    return digest.hexdigest()
+
+
+def config_from_params(params: dict[str, Any], role: Role, **changes: Any) -> TrainConfig:
+    """`train.shared` under `train.<role>` (the top-level `seed` when neither sets one); `changes`, for
+    tests and benchmarks, apply last. An error names the key where it was written."""
+    shared, own = section(params, "train.shared"), section(params, f"train.{role}")
+    merged = {**shared, **own, **changes, "role": role}
+    origins = {k: "train.shared" for k in shared} | {k: f"train.{role}" for k in own}
+    origins |= {k: "changes" for k in changes}
     if "seed" not in merged and "seed" in params:
-        merged["seed"] = params["seed"]
-    return build(TrainConfig, merged, f"train.{role}")
+        merged["seed"], origins["seed"] = params["seed"], ""  # the top-level `seed`
+    return build(TrainConfig, merged, f"train.{role}", origins)
 
 
 @dataclass
@@ -121,7 +146,7 @@ def run(
     tracking = tracking if main else None
     ckpt = None
     if cfg.checkpoint_dir:
-        ckpt = Checkpointer(storage.join(cfg.checkpoint_dir, cfg.role), cfg.fingerprint(data_dir))
+        ckpt = Checkpointer(storage.join(cfg.checkpoint_dir, cfg.role), cfg.fingerprint(data_fingerprint(train, val)))
 
     def log_epoch(stats: EpochStats) -> None:
         if main:
