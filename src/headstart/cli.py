@@ -56,7 +56,8 @@ def _echo_json(obj: Any) -> None:
 
 @data_app.command("import-fashion-mnist")
 def import_fashion_mnist(
-    out: Annotated[Path, typer.Option(help="Where to write the ImageFolder (replaced atomically).")] = Path("data"),
+    out: Annotated[Path, typer.Option(help="Where to write the ImageFolder (replaced atomically, and only if "
+                                        "an earlier import wrote it: never your own images).")] = Path("data"),
     source: Annotated[Path | None, typer.Option(help="Folder with the four *-ubyte.gz IDX files. Default: "
                                                 "$FASHION_MNIST_DIR, then /usr/share/datasets/fashion-mnist.")] = None,
     download: Annotated[bool, typer.Option(help="Fall back to the upstream download when no local copy.")] = True,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import os
 import shutil
 import struct
@@ -44,6 +45,9 @@ HOW_TO_GET = (
     "or download the four *-ubyte.gz files from https://github.com/zalandoresearch/fashion-mnist "
     "into a folder and set FASHION_MNIST_DIR to it."
 )
+
+
+STAGING_MARK = ".headstart-import-staging"  # first file of a staging folder: proves the import made it
 
 
 @dataclass(frozen=True)
@@ -156,16 +160,104 @@ def _write(images: np.ndarray, labels: np.ndarray, indices: np.ndarray, folder: 
         Image.fromarray(images[i], mode="L").save(target, format="PNG", compress_level=6)
 
 
+def record_path(out_dir: Path) -> Path:
+    """Where the import records what it wrote: outside the folder, so DVC hashes the images only
+    (the import must reproduce the hash committed in data.dvc) and validation sees no stray file."""
+    folder = out_dir.absolute()
+    return folder.parent / ".headstart" / "import" / f"{folder.name}.json"
+
+
+def contents(folder: Path) -> dict[str, object]:
+    """A digest of every file's path and bytes, and the file count per folder: what was written, exactly."""
+    digest = hashlib.sha256()
+    per_folder: dict[str, int] = {}
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        rel_root = Path(root).relative_to(folder).as_posix()
+        for name in sorted(files):
+            rel = name if rel_root == "." else f"{rel_root}/{name}"
+            data = (Path(root) / name).read_bytes()
+            digest.update(f"{rel}\0{hashlib.sha256(data).hexdigest()}\n".encode())
+            per_folder[rel_root] = per_folder.get(rel_root, 0) + 1
+    return {"sha256": digest.hexdigest(), "folders": per_folder}
+
+
+def _differences(written: dict[str, int], now: dict[str, int]) -> str:
+    changes = [f"{name}/ is not from the import ({now[name]} files)" for name in sorted(now.keys() - written.keys())]
+    changes += [f"{name}/ is gone" for name in sorted(written.keys() - now.keys())]
+    changes += [f"{name}/ holds {now[name]} files, the import wrote {written[name]}"
+                for name in sorted(now.keys() & written.keys()) if now[name] != written[name]]
+    if not changes:
+        return "files were edited since the import wrote them"
+    return "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more" if len(changes) > 5 else "")
+
+
+def _refuse(out_dir: Path, why: str) -> DataError:
+    return DataError(
+        f"{out_dir}: not replaced by the Fashion-MNIST import, it holds data the import did not write ({why}). "
+        f"Nothing was deleted. To train on these images, run `dvc add {out_dir}` and commit {out_dir}.dvc; "
+        f"to use Fashion-MNIST instead, move the folder away (`mv {out_dir} {out_dir}.mine`) and import again."
+    )
+
+
+def check_replaceable(out_dir: Path) -> None:
+    """Raise unless `out_dir` is absent, empty, or exactly what an earlier import wrote there.
+
+    The import replaces only its own output (a stale import is rebuilt); a user's images, or an
+    import they added to or edited, are never deleted.
+    """
+    if out_dir.is_symlink():
+        raise _refuse(out_dir, "it is a symbolic link")
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise _refuse(out_dir, "it is a file, not a folder")
+    if not any(out_dir.iterdir()):
+        return
+    record = record_path(out_dir)
+    try:
+        written = json.loads(record.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise _refuse(out_dir, f"no record of an import at {record}") from None
+    except (OSError, ValueError) as exc:
+        raise _refuse(out_dir, f"the import record {record} is unreadable: {exc}") from exc
+    now = contents(out_dir)
+    if now["sha256"] != written.get("sha256"):
+        raise _refuse(out_dir, _differences(written.get("folders", {}), now["folders"]))
+
+
+def _staging(out_dir: Path) -> Path:
+    """A fresh staging folder next to out_dir; a leftover one is removed only if the import made it."""
+    staging = out_dir.with_name(out_dir.name + ".importing")
+    if staging.is_symlink() or staging.exists():
+        if staging.is_symlink() or not (staging / STAGING_MARK).is_file():
+            raise DataError(f"{staging}: exists and was not made by the import; move it away and import again")
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    (staging / STAGING_MARK).write_text("the Fashion-MNIST import writes here, then renames it\n")
+    return staging
+
+
+def _write_record(out_dir: Path, written: dict[str, object], origin: str) -> None:
+    record = record_path(out_dir)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    tmp = record.with_name(record.name + ".tmp")
+    tmp.write_text(json.dumps({**written, "source": origin}, indent=1, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, record)
+
+
 def import_fashion_mnist(
     out_dir: Path, *, val_per_class: int = 500, seed: int = 42,
     source: Path | None = None, download_dir: Path | None = None,
     near_duplicate_max_rms: float = 0.01, near_duplicate_max_hamming: int = 12,
 ) -> ImportResult:
-    """Write out_dir/{train,val,test}/<class>/*.png; replaces out_dir atomically.
+    """Write out_dir/{train,val,test}/<class>/*.png; replaces out_dir atomically, and only if an earlier
+    import wrote it (see `check_replaceable`).
 
     The official test set is kept whole; train images that near-copy a test image are left out,
     and val is carved only from train images without a near-copy in train, so no split leaks.
     """
+    check_replaceable(out_dir)  # before a minute of work, and again right before the replacement
     payloads, origin = locate(source, download_dir)
     train_x = parse_idx(payloads["train-images-idx3-ubyte.gz"], "train images")
     train_y = parse_idx(payloads["train-labels-idx1-ubyte.gz"], "train labels")
@@ -176,16 +268,19 @@ def import_fashion_mnist(
     dropped = np.array(sorted(leaking), dtype=np.int64)
     train_idx = np.setdiff1d(np.arange(len(train_y)), np.concatenate([val_idx, dropped]))
 
-    staging = out_dir.with_name(out_dir.name + ".importing")
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = _staging(out_dir)
     for split in ("train", "val", "test"):
         for name in CLASSES:
             (staging / split / name).mkdir(parents=True, exist_ok=True)
     _write(train_x, train_y, train_idx, staging / "train", "train")
     _write(train_x, train_y, val_idx, staging / "val", "train")
     _write(test_x, test_y, np.arange(len(test_y)), staging / "test", "t10k")
+    (staging / STAGING_MARK).unlink()
+    written = contents(staging)
+    check_replaceable(out_dir)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     staging.rename(out_dir)
+    _write_record(out_dir, written, origin)
     counts = {"train": len(train_idx), "val": len(val_idx), "test": len(test_y), "left_out": len(dropped)}
     return ImportResult(out_dir=out_dir, source=origin, counts=counts)
