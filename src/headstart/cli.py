@@ -186,6 +186,23 @@ def register(
     console.print(f"{result.model_name} v{result.version} ({result.winner}): {verdict}")
 
 
+@app.command("champion-ref")
+def champion_ref(
+    out: Annotated[Path, typer.Option(help="The file evaluate and register depend on.")] = Path(
+        "outputs/champion.json"),
+    registration: Annotated[Path, typer.Option(help="The last register's record: a champion it promoted "
+                                               "is no change.")] = Path("outputs/decision/registration.json"),
+    params: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
+) -> None:
+    """Write the champion's version for dvc.yaml, so evaluate and register re-run when the champion moves."""
+    from headstart import champion_ref as step
+
+    ref, changed = step.write(_tracking(_params(params, overrides)), out, registration)
+    console.print(f"{out}: {'changed' if changed else 'unchanged'} {json.dumps(ref, sort_keys=True)}",
+                  highlight=False, markup=False)
+
+
 @app.command()
 def summary(
     outputs: Annotated[Path, typer.Option(help="Folder holding the step outputs.")] = Path("outputs"),
