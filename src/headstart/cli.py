@@ -254,9 +254,13 @@ def status(
     from headstart import lifecycle
     from headstart.summary import render_status
 
-    info = lifecycle.status(_tracking(_params(params, overrides)))
+    info = lifecycle.status(_tracking(_params(params, overrides)))  # unreachable server: RegistryError, exit 2
     if as_json:
         _echo_json(info)
+    elif not info["registered"]:
+        console.print(f"[yellow]{info['model']} is not registered at {info['tracking_uri']}[/]: nothing has been "
+                      "registered there yet (run the loop: `make run`), or tracking.registered_model / "
+                      "tracking.tracking_uri name another model or server", highlight=False)
     else:
         Console().print(render_status(info))
 

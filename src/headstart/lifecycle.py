@@ -14,12 +14,13 @@ from headstart.errors import ConfigError, RegistryError
 
 
 def _version_exists(tracking: TrackingConfig, version: str) -> None:
-    from mlflow.exceptions import MlflowException
-
+    c, name = registry.client(tracking), tracking.registered_model
     try:
-        registry.client(tracking).get_model_version(tracking.registered_model, version)
-    except MlflowException as exc:
-        raise RegistryError(f"{tracking.registered_model} v{version} does not exist ({exc.message})") from exc
+        registry.retry(f"reading {name} v{version}", lambda: c.get_model_version(name, version))
+    except RegistryError as exc:
+        if registry.error_code(exc) in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}:
+            raise RegistryError(f"{name} v{version} does not exist ({exc})") from exc
+        raise
 
 
 def override(tracking: TrackingConfig, version: str, reason: str) -> str | None:
@@ -35,45 +36,53 @@ def override(tracking: TrackingConfig, version: str, reason: str) -> str | None:
 
 
 def rollback(tracking: TrackingConfig, reason: str = "rollback") -> tuple[str, str]:
-    """Move `champion` back to the version it replaced. Returns (from_version, to_version)."""
+    """Move `champion` back to the version it replaced, and further back on each further rollback (the
+    history is a stack of promotions; see headstart.registry). Returns (from_version, to_version)."""
     with registry.lock(tracking):
         current = registry.champion(tracking)
         if current is None:
             raise RegistryError(f"{tracking.registered_model} has no champion to roll back")
-        items = registry.history(tracking)
-        made = next((h for h in reversed(items) if h["version"] == current.version), None)
-        target = made.get("previous") if made else None
-        if target is None:
+        plan = registry.rollback_plan(registry.history(tracking), current.version)
+        if plan is None:
             raise RegistryError(f"v{current.version} has no previous champion in the history; nothing to roll back to")
-        registry.move_champion(tracking, target, "rollback", reason)
-        before_target = next((h.get("previous") for h in reversed(items[:-1]) if h["version"] == target), None)
-        registry.set_previous(tracking, before_target)
+        target, below = plan
+        registry.move_champion(tracking, target, "rollback", reason, rollback=below)
         registry.set_version_tags(tracking, current.version, {"rolled_back_by": registry.current_user(),
                                                               "rolled_back_reason": reason})
     return current.version, target
 
 
 def status(tracking: TrackingConfig, rejected_limit: int = 5) -> dict[str, Any]:
-    """Champion with metrics and data version, the promotion history, the latest rejected candidates."""
+    """Champion with metrics and data version, the promotion history, the latest rejected candidates.
+
+    `registered` is False when the model does not exist on the server (nothing registered yet); a server
+    that cannot be reached, or that fails, raises RegistryError naming the tracking URI instead."""
+    registry.check_reachable(tracking)
+    uri = tracking.resolved_uri()
     c = registry.client(tracking)
-    champ = registry.champion(tracking)
-    rejected = []
+    name = tracking.registered_model
+    info: dict[str, Any] = {"model": name, "tracking_uri": uri, "registered": False, "champion": None,
+                            "history": [], "rejected": []}
     try:
-        versions = c.search_model_versions(f"name='{tracking.registered_model}'")
-    except Exception:  # noqa: BLE001 - nothing registered yet
-        versions = []
+        registry.retry(f"reading {name!r} at {uri}", lambda: c.get_registered_model(name))
+    except RegistryError as exc:
+        if registry.error_code(exc) == "RESOURCE_DOES_NOT_EXIST":
+            return info
+        raise
+    champ = registry.champion(tracking)
+    versions = registry.retry(f"listing the versions of {name!r} at {uri}",
+                              lambda: c.search_model_versions(f"name='{name}'"))
+    rejected = []
     for mv in sorted(versions, key=lambda v: int(v.version), reverse=True):
         if mv.tags.get("decision") == "rejected" and len(rejected) < rejected_limit:
             rejected.append({"version": str(mv.version), "reason": mv.tags.get("decision_reason", "")})
-    return {
-        "model": tracking.registered_model,
-        "champion": None if champ is None else {
+    info.update(registered=True, history=registry.history(tracking), rejected=rejected)
+    if champ is not None:
+        info["champion"] = {
             "version": champ.version,
             "metrics": {k: v for k, v in champ.tags.items() if k.startswith("metric.")},
             "data": champ.tags.get("data.dvc_md5"),
             "winner": champ.tags.get("headstart.winner"),
             "decision_reason": champ.tags.get("decision_reason") or champ.tags.get("override_reason"),
-        },
-        "history": registry.history(tracking),
-        "rejected": rejected,
-    }
+        }
+    return info

@@ -1,7 +1,18 @@
 """The only place that writes to the MLflow model registry: register, tag, move aliases.
 
-Aliases: `champion` is production; the version it left keeps `previous-champion`. The list of
-champion versions is kept as a JSON tag on the registered model so rollbacks can go further back.
+Aliases: `champion` is production; `previous-champion` is the version a rollback would return to.
+
+The champion history is one registered-model tag per move, `headstart.history.<seq>` (a JSON entry
+of a few hundred characters), so it cannot outgrow the backend's 5000-character tag column (one JSON
+list in one tag did, on PostgreSQL and MySQL, after about 31 moves). The newest HISTORY_KEEP moves are
+kept; each version also keeps the entry of its own latest move in `headstart.promotion`. The single
+`headstart.champion_history` tag that older releases wrote is still read, as the oldest entries.
+
+Each entry records the move (`version`, `previous`: the version it left, `action`, `reason`, `by`,
+`at`) and where a rollback from the state it made goes: `back_to` (a version) and `undo` (the `seq` of
+the entry that made that state). A promotion or override pushes: `back_to` is the champion it replaced.
+A rollback pops: it returns to `back_to` and copies that state's own `back_to`/`undo`, so repeated
+rollbacks walk back along the promotions (v1 -> v2 -> v3, rollback, rollback: v1), never forth.
 
 Nothing is half done, although MLflow has no transactions:
 - A version is created in one request together with all its tags, `headstart.registration=pending` among
@@ -13,6 +24,8 @@ Nothing is half done, although MLflow has no transactions:
   (`previous-champion`, the decision tag, the history entry, written last). A run that dies after the
   move leaves the champion fully registered; whoever next takes the registry lock (or starts a
   registration) finishes the bookkeeping from the intent, so a re-run repairs it.
+- Moves happen under the registry lock (headstart.registry_lock: a lease with a compare-and-set on
+  unique names, renewed while held); the lease is checked right before the alias move.
 Every MLflow call retries transient failures with backoff and then raises RegistryError naming what
 failed; `stage()` marks each step so tests can stop the server right before any one of them.
 """
@@ -23,22 +36,26 @@ import contextlib
 import getpass
 import json
 import os
-import random
 import shutil
-import socket
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from headstart import registry_lock
 from headstart.config import TrackingConfig
 from headstart.errors import RegistryError
 
 CHAMPION = "champion"
 PREVIOUS = "previous-champion"
-HISTORY_TAG = "headstart.champion_history"
+HISTORY_TAG = "headstart.champion_history"  # the single JSON tag of older releases; read, never written
+HISTORY_PREFIX = "headstart.history."  # + zero-padded seq: one tag per move
+HISTORY_KEEP = 100
+REASON_CHARS = 1000  # an entry stays far below the 5000-character tag column
 REGISTRATION_TAG = "headstart.registration"  # "pending" at creation, "complete" once fully recorded
 PROMOTION_TAG = "headstart.promotion"  # JSON: the history entry of the move to this version (the intent)
 PENDING, COMPLETE = "pending", "complete"
@@ -47,7 +64,8 @@ _PERMANENT = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "RESOURCE_AL
 _NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}
 T = TypeVar("T")
 _stage_hook: Callable[[str], None] | None = None
-_unreleased: dict[str, str] = {}  # lock name -> our owner id, for locks this process failed to delete
+_configured: set[tuple[str, str]] = set()  # (uri, experiment) that tracking.configure has set up here
+_leases: dict[str, list[registry_lock.Lease]] = {}  # model -> the leases this process holds, innermost last
 
 
 def stage(name: str) -> None:
@@ -62,8 +80,33 @@ def client(tracking: TrackingConfig):
 
     from headstart import tracking as trk
 
-    retry("connecting to the tracking server", lambda: trk.configure(tracking))
+    key = (tracking.resolved_uri(), tracking.experiment)
+    if key in _configured:  # the registry needs only the URI; the experiment was checked once already
+        import mlflow
+
+        mlflow.set_tracking_uri(key[0])
+    else:
+        retry("connecting to the tracking server", lambda: trk.configure(tracking))
+        _configured.add(key)
     return MlflowClient()
+
+
+def check_reachable(tracking: TrackingConfig, timeout: float = 10.0) -> None:
+    """Fail fast, naming the URI, when an http(s) tracking server does not answer at all; MLflow's own
+    retries would otherwise spend minutes on a closed port before saying anything."""
+    uri = tracking.resolved_uri()
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):  # noqa: S310 - http(s) only
+            return
+    except urllib.error.HTTPError:
+        return  # it answered (a proxy or auth in front of it may refuse /health): reachable
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise RegistryError(f"cannot reach the MLflow tracking server at {uri} ({reason}). Start it, or point "
+                            "tracking.tracking_uri in params.yaml (or MLFLOW_TRACKING_URI) at the right "
+                            "one.") from exc
 
 
 def retry(what: str, fn: Callable[[], T], attempts: int = 4, delay: float = 0.5) -> T:
@@ -124,8 +167,20 @@ def champion(tracking: TrackingConfig) -> Champion | None:
     except RegistryError as exc:
         if error_code(exc) in _NOT_FOUND:
             return None
+        if error_code(exc) == "PERMISSION_DENIED" and not _exists(c, tracking.registered_model):
+            return None  # basic auth answers 403, not 404, for an alias of a model that does not exist yet
         raise
     return Champion(version=str(mv.version), run_id=mv.run_id, tags=dict(mv.tags))
+
+
+def _exists(c: Any, name: str) -> bool:
+    try:
+        retry(f"reading {name!r}", lambda: c.get_registered_model(name))
+    except RegistryError as exc:
+        if error_code(exc) == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
+    return True
 
 
 def download_model_dir(tracking: TrackingConfig, version: str, dest: Path) -> Path:
@@ -153,26 +208,78 @@ def champion_model_dir(tracking: TrackingConfig, dest: Path) -> tuple[Path, str]
 
 
 def history(tracking: TrackingConfig) -> list[dict[str, Any]]:
-    """The champion history; [] before the first registration. A server error raises: an empty history
-    read from a failing server must never be written back over the real one."""
+    """The champion history, oldest first; [] before the first registration. A server error raises: an
+    empty history read from a failing server must never be mistaken for the real one."""
+    return _read_history(tracking)[0]
+
+
+def _read_history(tracking: TrackingConfig) -> tuple[list[dict[str, Any]], list[int]]:
+    """The entries, and the seqs of the per-move tags holding them (oldest first)."""
     c = client(tracking)
     try:
         rm = retry("reading the champion history", lambda: c.get_registered_model(tracking.registered_model))
     except RegistryError as exc:
         if error_code(exc) in _NOT_FOUND:
-            return []
+            return [], []
         raise
-    return json.loads(rm.tags.get(HISTORY_TAG, "[]"))
+    legacy = json.loads(rm.tags.get(HISTORY_TAG, "[]"))
+    moves = sorted((int(k.removeprefix(HISTORY_PREFIX)), v) for k, v in rm.tags.items()
+                   if k.startswith(HISTORY_PREFIX) and k.removeprefix(HISTORY_PREFIX).isdigit())
+    return legacy + [json.loads(v) for _, v in moves], [seq for seq, _ in moves]
 
 
-def _append_history(tracking: TrackingConfig, entry: dict[str, Any]) -> None:
+def _history_key(seq: int) -> str:
+    return f"{HISTORY_PREFIX}{seq:08d}"
+
+
+def _matches(recorded: dict[str, Any], entry: dict[str, Any]) -> bool:
+    """Whether `recorded` is `entry` (an intent from an older release has no seq: compare what it has)."""
+    return all(recorded.get(k) == v for k, v in entry.items())
+
+
+def _append_history(tracking: TrackingConfig, entry: dict[str, Any],
+                    known: tuple[list[dict[str, Any]], list[int]] | None = None) -> None:
+    """Record `entry` unless it is the last one already; `known` is the history as just read under the lock."""
     c = client(tracking)
-    items = history(tracking)
-    if items and items[-1] == entry:
+    items, seqs = known or _read_history(tracking)
+    if items and _matches(items[-1], entry):
         return  # already recorded (a retried or repaired move)
-    items = items[-49:] + [entry]
-    retry("recording champion history",
-          lambda: c.set_registered_model_tag(tracking.registered_model, HISTORY_TAG, json.dumps(items)))
+    seq = entry.get("seq") or max(seqs, default=0) + 1  # an intent of an older release has no seq
+    retry("recording champion history", lambda: c.set_registered_model_tag(
+        tracking.registered_model, _history_key(seq), json.dumps(entry)))
+    for old in [*seqs, seq][:-HISTORY_KEEP]:
+        with contextlib.suppress(RegistryError):
+            retry("pruning the champion history", lambda s=old: c.delete_registered_model_tag(
+                tracking.registered_model, _history_key(s)), attempts=2)
+
+
+def _made_by(items: list[dict[str, Any]], entry: dict[str, Any]) -> dict[str, Any] | None:
+    """The entry that made the state a rollback from `entry`'s state returns to; None if none (or pruned)."""
+    if "undo" in entry:
+        return next((h for h in items if entry["undo"] is not None and h.get("seq") == entry["undo"]), None)
+    # an entry of an older release: the newest earlier entry that made its back_to version champion
+    target, before = _back_to(entry), items[:next((i for i, h in enumerate(items) if h is entry), len(items))]
+    return next((h for h in reversed(before) if h["version"] == target), None)
+
+
+def _back_to(entry: dict[str, Any]) -> str | None:
+    return entry.get("back_to", entry.get("previous"))
+
+
+def rollback_plan(items: list[dict[str, Any]], current: str) -> tuple[str, dict[str, Any]] | None:
+    """Where a rollback from champion `current` goes: (target version, the new entry's back_to/undo), or
+    None when the history holds no earlier champion to return to."""
+    made = items[-1] if items and items[-1]["version"] == current else next(
+        (h for h in reversed(items) if h["version"] == current), None)
+    target = _back_to(made) if made else None
+    if target is None:
+        return None
+    below = _made_by(items, made)
+    if below is None:
+        return target, {"back_to": None, "undo": None}
+    if "undo" not in below:  # made by an older release: the next rollback finds its state by position
+        return target, {"back_to": _back_to(below)}
+    return target, {"back_to": _back_to(below), "undo": below["undo"]}
 
 
 def create_version(tracking: TrackingConfig, model_uri: str, tags: dict[str, str]) -> str:
@@ -210,37 +317,55 @@ def require_complete(tracking: TrackingConfig, version: str) -> None:
                             f"({REGISTRATION_TAG}={PENDING}); it cannot be promoted. Re-run `headstart register`.")
 
 
-def move_champion(tracking: TrackingConfig, version: str, action: str, reason: str) -> str | None:
-    """Point `champion` at `version`; the version it left becomes `previous-champion`. Returns that one.
+def move_champion(tracking: TrackingConfig, version: str, action: str, reason: str,
+                  rollback: dict[str, Any] | None = None) -> str | None:
+    """Point `champion` at `version`; `previous-champion` follows the history. Returns the version it left.
 
-    Call under lock(). The intent is written first, the alias move is the commit, then the bookkeeping."""
+    Call under lock(). The intent is written first, the alias move is the commit, then the bookkeeping.
+    A promotion or override pushes onto the history; `rollback` (from rollback_plan) makes it a pop."""
     c = client(tracking)
     name = tracking.registered_model
     current = champion(tracking)
     old = current.version if current else None
     if old == version:
         return old
-    entry = {"version": version, "previous": old, "action": action, "reason": reason,
-             "by": current_user(), "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    items, seqs = _read_history(tracking)
+    if rollback is None:
+        made = items[-1] if items and old is not None and items[-1]["version"] == old else None
+        rollback = {"back_to": old, "undo": made.get("seq") if made else None}
+        if made is not None and "seq" not in made:  # made by an older release: found by position when read
+            rollback = {"back_to": old}
+    entry = {"seq": max(seqs, default=0) + 1, "version": version, "previous": old, **rollback, "action": action,
+             "reason": reason[:REASON_CHARS], "by": current_user(),
+             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     stage("promotion_intent")
     set_version_tags(tracking, version, {PROMOTION_TAG: json.dumps(entry)})
+    _check_lease(name)
     stage("champion_alias")
     retry(f"setting alias {CHAMPION} -> v{version}", lambda: c.set_registered_model_alias(name, CHAMPION, version))
-    _finish_move(tracking, entry)
+    _finish_move(tracking, entry, (items, seqs))
     return old
 
 
-def _finish_move(tracking: TrackingConfig, entry: dict[str, Any]) -> None:
+def _check_lease(model: str) -> None:
+    """Right before a commit: the registry lock this process holds for `model`, if any, is still ours."""
+    held = _leases.get(model)
+    if held:
+        held[-1].check()
+
+
+def _finish_move(tracking: TrackingConfig, entry: dict[str, Any],
+                 known: tuple[list[dict[str, Any]], list[int]] | None = None) -> None:
     """What follows from a committed move; idempotent, so a later run can redo it from the intent."""
-    version, old = entry["version"], entry["previous"]
-    if old is not None:
+    version, back_to = entry["version"], _back_to(entry)
+    if back_to is not None or entry.get("previous") is not None:
         stage("previous_alias")
-        set_previous(tracking, old)
+        set_previous(tracking, back_to)
     if entry["action"] == "promote":
         stage("decision_tag")
         set_version_tags(tracking, version, {"decision": "promoted", "decision_reason": entry["reason"][:250]})
     stage("history")
-    _append_history(tracking, entry)
+    _append_history(tracking, entry, known)
 
 
 def pending_move(tracking: TrackingConfig) -> dict[str, Any] | None:
@@ -253,7 +378,7 @@ def pending_move(tracking: TrackingConfig) -> dict[str, Any] | None:
     if entry.get("version") != current.version:
         return None
     items = history(tracking)
-    return None if items and items[-1] == entry else entry
+    return None if items and _matches(items[-1], entry) else entry
 
 
 def repair(tracking: TrackingConfig) -> dict[str, Any] | None:
@@ -281,102 +406,33 @@ def set_previous(tracking: TrackingConfig, version: str | None) -> None:
 
 
 @contextlib.contextmanager
-def lock(tracking: TrackingConfig, owner: str | None = None, timeout: float = 200.0,
-         ttl: float = 180.0) -> Iterator[str]:
-    """Serialise alias moves across concurrent runs: MLflow has no transactions, but creating a
-    registered model is atomic (unique name), so `<name>.lock` is a compare-and-set. A lock is broken
-    when older than `ttl` seconds, when its holder is a dead process on this host, or when this process
-    holds it from a run whose release failed; `timeout` > `ttl`, so a re-run waits out the lock of a run
-    that died holding it instead of failing. Taking the lock first finishes a committed move that its
-    run could not record (see the module docstring)."""
+def lock(tracking: TrackingConfig, owner: str | None = None, timeout: float = 120.0,
+         ttl: float = 60.0) -> Iterator[str]:
+    """Serialise alias moves across concurrent runs, hosts and users (headstart.registry_lock explains
+    why it is safe): a lease of `ttl` seconds, renewed every ttl/3 while the body runs, broken by a waiter
+    only once expired, or at once when its holder is a dead process on this host or this process's own
+    unreleased lock. `timeout` > `ttl`, so a re-run waits out the lock of a run that died holding it.
+    Taking the lock first finishes a committed move that its run could not record (module docstring)."""
     c = client(tracking)
-    name = f"{tracking.registered_model}.lock"
-    me = owner or f"{_host_id()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    deadline = time.monotonic() + timeout
+    model = tracking.registered_model
+    me = owner or f"{registry_lock.host_id()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     stage("lock")
-    while True:
-        try:
-            retry("taking the registry lock", lambda: c.create_registered_model(
-                name, tags={"owner": me, "expires": str(time.time() + ttl)},
-                description="Headstart registry lock; delete only if its holder died"))
-            break
-        except RegistryError as exc:
-            if error_code(exc) != "RESOURCE_ALREADY_EXISTS":
-                raise
-        if _holder(c, name) == me:  # an earlier attempt got through but its reply was lost
-            break
-        _break_if_stale(c, name)
-        if time.monotonic() > deadline:
-            raise RegistryError(f"registry lock {name!r} still held after {timeout:.0f}s; another run is "
-                                f"promoting. If no run is, delete the registered model {name!r}.")
-        time.sleep(0.2 + random.random() * 0.3)  # noqa: S311 - jitter, not crypto
+    lease = registry_lock.acquire(c, model, me, _lock_user(), ttl, timeout, retry)
+    lease.start()
+    _leases.setdefault(model, []).append(lease)
     try:
         entry = pending_move(tracking)
         if entry is not None:
             _finish_move(tracking, entry)
         yield me
     finally:
+        _leases[model].remove(lease)
         stage("unlock")
-        _release(c, name, me)
+        lease.release()
 
 
-def _holder(c: Any, name: str) -> str | None:
-    from mlflow.exceptions import MlflowException
-
-    with contextlib.suppress(MlflowException, OSError):
-        return c.get_registered_model(name).tags.get("owner")
-    return None
-
-
-def _release(c: Any, name: str, me: str) -> None:
-    """Delete the lock if it is still ours; if the server is down, remember it so that this process
-    breaks it when it next takes the lock (another host waits for it to expire)."""
-    try:
-        held = retry("reading the registry lock", lambda: c.get_registered_model(name), attempts=3)
-        if held.tags.get("owner") == me:
-            retry("releasing the registry lock", lambda: c.delete_registered_model(name), attempts=3)
-        _unreleased.pop(name, None)
-    except RegistryError as exc:
-        if error_code(exc) in _NOT_FOUND:
-            _unreleased.pop(name, None)
-        else:
-            _unreleased[name] = me
-
-
-def _break_if_stale(c: Any, name: str) -> None:
-    from mlflow.exceptions import MlflowException
-
-    with contextlib.suppress(MlflowException, OSError, ValueError):
-        held = c.get_registered_model(name)
-        owner = held.tags.get("owner", "")
-        if float(held.tags.get("expires", "inf")) < time.time() or owner == _unreleased.get(name) or _dead(owner):
-            c.delete_registered_model(name)
-            _unreleased.pop(name, None)
-
-
-def _host_id() -> str:
-    """The host name plus the PID namespace: a pid names the same process only within both (pods that
-    share a node's host name, with hostNetwork, still have PID namespaces of their own)."""
-    try:
-        ns = os.readlink("/proc/self/ns/pid")  # "pid:[4026531836]"
-    except OSError:
-        return socket.gethostname()
-    return f"{socket.gethostname()}/{ns.removeprefix('pid:[').removesuffix(']')}"
-
-
-def _dead(owner: str) -> bool:
-    """Whether the lock's owner (`host:pid:nonce`) is a process on this host that no longer runs."""
-    host, _, rest = owner.partition(":")
-    pid = rest.partition(":")[0]
-    if host != _host_id() or not pid.isdigit() or int(pid) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        return False
-    return False
+def _lock_user() -> str:
+    return os.environ.get("MLFLOW_TRACKING_USERNAME") or current_user()
 
 
 def current_user() -> str:

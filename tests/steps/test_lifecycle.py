@@ -85,3 +85,36 @@ def test_lock_is_exclusive_and_stale_locks_are_broken(tracking: TrackingConfig):
     # the holder's expiry has passed: the lock is broken and taken
     with registry.lock(tracking, owner="dead", ttl=-1), registry.lock(tracking, owner="b", timeout=2):
         pass
+
+
+def test_item5_second_rollback_reaches_v1_not_v3_again(tracking: TrackingConfig, tmp_path: Path):
+    """Issue 14, item 5: rollbacks walk back along the promotions; the second one used to re-promote v3."""
+    c = registry.client(tracking)
+    assert promote.run(_decision(tmp_path, "1", None), tracking).promoted
+    assert promote.run(_decision(tmp_path, "2", "1"), tracking).promoted
+    assert promote.run(_decision(tmp_path, "3", "2"), tracking).promoted
+
+    assert lifecycle.rollback(tracking, "v3 misbehaves") == ("3", "2")
+    assert str(c.get_model_version_by_alias("lc", "previous-champion").version) == "1"  # where the next one goes
+    assert lifecycle.rollback(tracking, "v2 misbehaves too") == ("2", "1")
+    assert registry.champion(tracking).version == "1"
+    with pytest.raises(Exception, match="not found|does not exist|RESOURCE_DOES_NOT_EXIST|INVALID_PARAMETER"):
+        c.get_model_version_by_alias("lc", "previous-champion")  # nothing further back
+    with pytest.raises(RegistryError, match="no previous champion"):
+        lifecycle.rollback(tracking)
+    assert [(h["action"], h["version"], h["previous"]) for h in registry.history(tracking)] == [
+        ("promote", "1", None), ("promote", "2", "1"), ("promote", "3", "2"),
+        ("rollback", "2", "3"), ("rollback", "1", "2")]
+
+
+def test_item5_rollback_after_an_override_returns_to_the_state_before_it(tracking: TrackingConfig, tmp_path: Path):
+    """Promote 1, 2; roll back to 1; override to 3: rollbacks then go 3 -> 1 (the state the override
+    replaced), and stop there: v2 was rolled back already and is not re-promoted."""
+    promote.run(_decision(tmp_path, "1", None), tracking)
+    promote.run(_decision(tmp_path, "2", "1"), tracking)
+    assert lifecycle.rollback(tracking, "bad") == ("2", "1")
+    assert lifecycle.override(tracking, "3", "hotfix") == "1"
+    assert lifecycle.rollback(tracking, "hotfix broke it") == ("3", "1")
+    with pytest.raises(RegistryError, match="no previous champion"):
+        lifecycle.rollback(tracking)
+    assert registry.champion(tracking).version == "1"

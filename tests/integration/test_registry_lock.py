@@ -1,0 +1,141 @@
+"""The registry lock is a lock (issue 14, item 7): mutual exclusion among processes racing for a stale lock
+while one of them holds it past its ttl, a lock left by another user under basic auth is taken over, and
+a holder that lost its lease cannot commit. Against `mlflow server` on PostgreSQL with basic auth."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from headstart import registry
+from headstart.config import TrackingConfig
+
+from .conftest import AuthServer
+
+pytestmark = pytest.mark.integration
+TTL = 2.0  # renewed every TTL/3 while held
+RACERS = 4
+LONG_HOLD = 2.5 * TTL
+
+
+def _login(server: AuthServer, user: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for key, value in server.env(user).items():
+        monkeypatch.setenv(key, value)
+
+
+def _crashed_holder(uri: str, model: str, owner: str, env: dict[str, str]) -> None:
+    """A process on "another host" (its owner id names one) takes the lock and is killed while holding it."""
+    code = ("import time; from headstart import registry; from headstart.config import TrackingConfig\n"
+            f"t = TrackingConfig(tracking_uri={uri!r}, registered_model={model!r})\n"
+            f"with registry.lock(t, owner={owner!r}, ttl={TTL}):\n    print('held', flush=True); time.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, **env, "HEADSTART_NO_PROGRESS": "1"})
+    try:
+        assert proc.stdout.readline().strip() == "held"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+
+
+def _racer(uri: str, model: str, log: str, index: int, barrier) -> float:
+    tracking = TrackingConfig(tracking_uri=uri, registered_model=model)
+    hold = LONG_HOLD if index == 0 else 0.2
+    barrier.wait()
+    with registry.lock(tracking, ttl=TTL, timeout=120):
+        with open(log, "a") as f:
+            f.write(f"enter {index} {time.time()}\n")
+        time.sleep(hold)
+        with open(log, "a") as f:
+            f.write(f"exit {index} {time.time()}\n")
+    return hold
+
+
+def test_item7_racers_for_a_stale_lock_never_overlap_and_a_long_holder_keeps_it(
+        pg_auth_mlflow: AuthServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """One racer holds the lock for 2.5x its ttl: renewal keeps it. The old lock was never renewed (others
+    broke it after the ttl) and was broken by read-then-delete, which two waiters could both win."""
+    _login(pg_auth_mlflow, "pipeline", monkeypatch)
+    model, log = "race7", tmp_path / "holders.log"
+    registry.client(TrackingConfig(tracking_uri=pg_auth_mlflow.url, registered_model=model)).create_registered_model(
+        model)
+    _crashed_holder(pg_auth_mlflow.url, model, "build-host-2:4242:crashed", pg_auth_mlflow.env("pipeline"))
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Manager().Barrier(RACERS)
+    with ctx.Pool(RACERS) as pool:
+        pool.starmap(_racer, [(pg_auth_mlflow.url, model, str(log), i, barrier) for i in range(RACERS)])
+    events = [line.split() for line in log.read_text().splitlines()]
+    assert len(events) == 2 * RACERS
+    for (enter, who, t_in), (leave, again, t_out) in zip(events[::2], events[1::2], strict=True):
+        assert (enter, leave) == ("enter", "exit") and who == again, f"two holders at once: {events}"
+        if who == "0":
+            assert float(t_out) - float(t_in) >= LONG_HOLD > TTL
+    assert sorted(e[1] for e in events[::2]) == [str(i) for i in range(RACERS)]
+
+
+def test_item7_a_lock_left_by_another_user_is_taken_over_by_the_pipeline(
+        pg_auth_mlflow: AuthServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A person's `headstart promote` crashed holding the lock; the pipeline's user may not delete what
+    that person created, yet takes the lock once its lease expires, and promotes."""
+    from mlflow.exceptions import MlflowException
+
+    _login(pg_auth_mlflow, "pipeline", monkeypatch)
+    tracking = TrackingConfig(tracking_uri=pg_auth_mlflow.url, registered_model="shared7")
+    c = registry.client(tracking)
+    c.create_registered_model("shared7")
+    c.create_model_version("shared7", "s3://bucket/shared7/model", tags={registry.REGISTRATION_TAG: "complete"})
+
+    alice = pg_auth_mlflow.env("alice")
+    _crashed_holder(pg_auth_mlflow.url, "shared7", "alice-laptop:77:crashed", alice)
+    with monkeypatch.context() as m:  # what alice creates is hers: the pipeline's user cannot delete it
+        for key, value in alice.items():
+            m.setenv(key, value)
+        registry.client(tracking).create_registered_model("alice-own-model")
+    with pytest.raises(MlflowException, match="PERMISSION_DENIED|Permission denied"):
+        c.delete_registered_model("alice-own-model")
+
+    started = time.monotonic()
+    with registry.lock(tracking, timeout=20):
+        waited = time.monotonic() - started
+        registry.move_champion(tracking, "1", "promote", "first champion, after alice's crash")
+    assert waited < 15
+    assert registry.champion(tracking).version == "1"
+
+
+def test_item7_a_holder_that_lost_its_lease_cannot_move_the_champion(tmp_path: Path):
+    """A holder frozen past its lease (SIGSTOP: a paused VM, a stalled node) is superseded; when it wakes,
+    its alias move refuses instead of overwriting the new holder's work."""
+    tracking = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "art"),
+                              registered_model="frozen")
+    c = registry.client(tracking)
+    c.create_registered_model("frozen")
+    for _ in range(2):
+        c.create_model_version("frozen", str(tmp_path / "model"), tags={registry.REGISTRATION_TAG: "complete"})
+    code = ("import sys; from headstart import registry; from headstart.config import TrackingConfig\n"
+            "from headstart.errors import RegistryError\n"
+            f"t = TrackingConfig(tracking_uri={tracking.tracking_uri!r}, registered_model='frozen')\n"
+            f"with registry.lock(t, owner='frozen-host:1:a', ttl={TTL}):\n"
+            "    print('held', flush=True); sys.stdin.readline()\n"
+            "    try:\n        registry.move_champion(t, '1', 'promote', 'woke up late'); print('moved')\n"
+            "    except RegistryError as exc:\n        print('refused:', exc)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "HEADSTART_NO_PROGRESS": "1"})
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        proc.send_signal(signal.SIGSTOP)
+        time.sleep(TTL + 1.5)  # past its lease and the clock-skew allowance
+        with registry.lock(tracking, timeout=10):
+            registry.move_champion(tracking, "2", "promote", "the live holder's move")
+        proc.send_signal(signal.SIGCONT)
+        out, _ = proc.communicate("go\n", timeout=60)
+    finally:
+        proc.kill()
+    assert "refused: lost the registry lock" in out, out
+    assert registry.champion(tracking).version == "2"
