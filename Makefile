@@ -9,7 +9,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: help setup data run repro summary test test-fast lint lint-infra bench compile clean
+.PHONY: help setup data postgres run repro summary test test-fast lint lint-infra bench compile clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -38,6 +38,15 @@ data: setup  ## build data/ from the Fashion-MNIST IDX files and check it matche
 	    git diff -- data.dvc >&2; git checkout -- data.dvc; exit 1; fi; \
 	fi
 
+postgres:  ## install PostgreSQL (Debian package) for the tests' throw-away cluster behind mlflow server
+	@if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 && command -v apt-get >/dev/null; then \
+	  echo "installing the Debian package postgresql"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null 2>&1 || \
+	  ($(SUDO) apt-get update -q >/dev/null && \
+	   $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null) || \
+	  echo "apt-get could not install postgresql; the PostgreSQL tests will fail (tests/integration/servers.py)"; \
+	fi
+
 # --single-item dvc.yaml: the stages in file order, without DVC re-hashing the 70k images for data.dvc, which
 # `make data` has just checked (a no-op repro: 2.6 s instead of 4.8 s); tests/unit/test_dvc_yaml.py keeps the
 # file order a valid run order.
@@ -51,7 +60,7 @@ repro: run
 summary: setup  ## print the last run's summary table again
 	headstart summary
 
-test: data  ## the full test suite (slow tests included)
+test: data postgres  ## the full test suite (slow tests included)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-fast: setup  ## unit and step tests only
