@@ -12,7 +12,8 @@ Each entry records the move (`version`, `previous`: the version it left, `action
 `at`) and where a rollback from the state it made goes: `back_to` (a version) and `undo` (the `seq` of
 the entry that made that state). A promotion or override pushes: `back_to` is the champion it replaced.
 A rollback pops: it returns to `back_to` and copies that state's own `back_to`/`undo`, so repeated
-rollbacks walk back along the promotions (v1 -> v2 -> v3, rollback, rollback: v1), never forth.
+rollbacks walk back along the promotions (v1 -> v2 -> v3, rollback, rollback: v1), never forth,
+as far back as the kept history reaches.
 
 Nothing is half done, although MLflow has no transactions:
 - A version is created in one request together with all its tags, `headstart.registration=pending` among

@@ -2,8 +2,9 @@
 model fails when the name exists (RESOURCE_ALREADY_EXISTS), on every backend, with or without basic auth.
 
 The lock on model `M` is a chain of generations, registered models named `M.lock.<n>`. Each is created
-once, with immutable tags: `owner` (a token unique to one lock() call), `user`, and `expires` (epoch
-seconds, the creator's clock). The generation with the highest n (the *top*) is the lock's state:
+once, with tags that never change: `owner` (a token unique to one lock() call), `user`, and `expires`
+(epoch seconds, the creator's clock); only `state=released` is added, by the holder. The generation with
+the highest n (the *top*) is the lock's state:
 - held by its owner while `expires` has not passed and it is not tagged `state=released`;
 - free when released, expired (by more than CLOCK_SKEW_S), or owned by a dead process on this host.
 
@@ -17,12 +18,15 @@ generation: two waiters that both find the top stale race to create the same nam
 - Release: tag our own top `state=released` (monotonic: held -> released, written only by the holder after
   it stops acting). A release that fails (server down) is remembered in this process, which then treats
   that generation as free the next time it takes the lock; other hosts wait for it to expire.
-- Clean-up: generations below the top are deleted (best effort), so the registry keeps a few objects, not
-  one per move. Deleting below the top is safe: nothing reads them, and a waiter whose stale view makes
-  it re-create a deleted name sees the higher top when it re-reads, and backs off.
-The holder acts only while now < expires - margin, and waiters break only once now > expires +
-CLOCK_SKEW_S: hosts' clocks must agree within CLOCK_SKEW_S (NTP does far better), and a request sent
-after check() must reach the server within the margin (ttl/6, 10 s by default).
+- Clean-up: generations below the top are deleted (best effort), so the registry list shows one or two
+  `M.lock.<n>` models (the top stays, tagged released), not one per move. Deleting below the top is
+  safe: nothing reads them, and a waiter whose stale view makes it re-create a deleted name sees the
+  higher top when it re-reads, and backs off.
+The holder acts only while now < expires - margin (a lease that ran out stays lost, even if a late
+renewal gets through), and waiters break only once now > expires + CLOCK_SKEW_S: hosts' clocks must
+agree within CLOCK_SKEW_S (NTP does far better), and a request sent after check() must reach the server
+within the margin (ttl/6; 10 s at the default ttl of 60 s). MLflow offers no fencing token, so this
+timing assumption is the one a lease needs; everything else rests on unique-name creation.
 
 Basic auth: breaking a lock never touches the other user's object, so a lock left by a person's crashed
 `headstart promote` is taken over by the pipeline's user once it expires. Each user needs READ on the
@@ -163,9 +167,7 @@ class Lease:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        if self.lost is not None:
-            return
-        try:
+        try:  # even when lost: marking our own generation released never harms (only the top counts)
             self.call("releasing the registry lock",
                       lambda: self.c.set_registered_model_tag(lock_name(self.model, self.gen), "state", "released"),
                       attempts=3)
