@@ -13,8 +13,8 @@ and without horizontal-flip test-time augmentation. Validation (best-epoch choic
     python benchmarks/head_start.py --recipes                        # champion recipe candidates at 100/class
     python benchmarks/head_start.py --plot-only                      # redraw the plots from the JSON
     python benchmarks/head_start.py --sizes 100 --seeds 42 43 44 --methods finetune \
-        --training-recipes params before_issue14 --out benchmarks/results/head_start_warmup_decay.json
-                                     # params.yaml's recipe against the one before issue 14, same run
+        --training-recipes start_decay_all unfreeze_no_norm_decay --out benchmarks/results/head_start_warmup_decay.json
+                                     # two warm-up / weight-decay recipes in the same run
 """
 
 from __future__ import annotations
@@ -58,8 +58,10 @@ RECIPES: list[tuple[str, dict[str, Any]]] = [
 # Training recipes a run can compare (--training-recipes): knobs over params.yaml's train section.
 TRAINING_RECIPES: dict[str, dict[str, Any]] = {
     "params": {},
-    # before issue 14: the LR warm-up spent in the head-only probe epoch, weight decay on norm and bias too
-    "before_issue14": {"warmup_from": "start", "decay_norm_bias": True},
+    # the LR warm-up from step 0 (spent in the head-only probe epoch), weight decay on norm and bias too
+    "start_decay_all": {"warmup_from": "start", "decay_norm_bias": True},
+    # the backbone's warm-up from its unfreeze, no weight decay on norm and bias (timm, torchvision references)
+    "unfreeze_no_norm_decay": {"warmup_from": "unfreeze", "decay_norm_bias": False},
 }
 
 

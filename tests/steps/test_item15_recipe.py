@@ -95,7 +95,13 @@ def test_item15_decay_norm_bias_true_decays_every_parameter(tiny_imagefolder: Pa
     assert {g["weight_decay"] for g in rec.groups[3]} == {DECAY}
 
 
-def test_item15_params_yaml_keeps_the_recipe_the_benchmark_chose():
-    """benchmarks/results/head_start_warmup_decay.json compares the two; params.yaml keeps the better."""
+def test_item15_params_yaml_keeps_the_recipe_the_benchmark_measured_better():
+    """benchmarks/results/head_start_warmup_decay.json compares the two recipes in one run; params.yaml
+    keeps the one with the higher mean test accuracy."""
+    import json
+
+    summary = json.loads((ROOT / "benchmarks/results/head_start_warmup_decay.json").read_text())["summary"]
+    best = max(summary, key=lambda row: row["accuracy_mean"])["recipe"]
+    knobs = {"start_decay_all": ("start", True), "unfreeze_no_norm_decay": ("unfreeze", False)}[best]
     cfg = train.config_from_params(load_params(ROOT / "params.yaml"), "finetune")
-    assert (cfg.warmup_from, cfg.decay_norm_bias) == ("unfreeze", False)
+    assert (cfg.warmup_from, cfg.decay_norm_bias) == knobs
