@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from headstart import registry
+from headstart import registry, registry_lock
 from headstart.config import TrackingConfig, load_params
 from headstart.errors import RegistryError
 from headstart.gate import GateThresholds
@@ -119,8 +119,8 @@ def _assert_consistent(tracking: TrackingConfig) -> dict:
     tags = snap["versions"][champ]
     assert tags[registry.REGISTRATION_TAG] == "complete" and tags["decision"] == "promoted"
     assert json.loads(tags[registry.PROMOTION_TAG]) == history[-1]
-    with pytest.raises(Exception, match="RESOURCE_DOES_NOT_EXIST|not found"):
-        registry.client(tracking).get_registered_model(f"{MODEL}.lock")
+    gens = registry_lock.generations(registry.client(tracking), MODEL, registry.retry)
+    assert not gens or gens[-1].released, f"a lock is left held: {gens[-1]}"
     return snap
 
 
