@@ -9,7 +9,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: help setup data postgres run repro summary test test-fast lint lint-infra bench compile clean
+.PHONY: help setup data postgres run repro summary test test-faults test-fast lint lint-infra bench compile clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -60,8 +60,11 @@ repro: run
 summary: setup  ## print the last run's summary table again
 	headstart summary
 
-test: data postgres  ## the full test suite (slow tests included)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+test: data postgres  ## the test suite, slow tests included (the fault sweep is make test-faults)
+	$(BIN)/python -m pytest -q -m "not faults" $(PYTEST_ARGS)
+
+test-faults: data postgres  ## the registry fault-injection sweep (~9 min; CI runs it after make test)
+	$(BIN)/python -m pytest -q -m faults $(PYTEST_ARGS)
 
 test-fast: setup  ## unit and step tests only
 	$(BIN)/python -m pytest -q -m "not slow and not integration" $(PYTEST_ARGS)

@@ -30,7 +30,7 @@ from .servers import free_port, mlflow_server, stop_group
 
 ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.faults]  # make test-faults (CI runs it after make test)
 LENIENT = GateThresholds(min_accuracy=0.0, min_gain_over_baseline=None, max_regression=1.0,
                          max_class_recall_drop=0.99)
 STAGES = ("log_model", "create_version", "serving_check", "decision_record", "complete", "lock",
