@@ -270,8 +270,7 @@ def _back_to(entry: dict[str, Any]) -> str | None:
 def rollback_plan(items: list[dict[str, Any]], current: str) -> tuple[str, dict[str, Any]] | None:
     """Where a rollback from champion `current` goes: (target version, the new entry's back_to/undo), or
     None when the history holds no earlier champion to return to."""
-    made = items[-1] if items and items[-1]["version"] == current else next(
-        (h for h in reversed(items) if h["version"] == current), None)
+    made = next((h for h in reversed(items) if h["version"] == current), None)
     target = _back_to(made) if made else None
     if target is None:
         return None
