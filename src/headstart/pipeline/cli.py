@@ -107,12 +107,32 @@ def run_local_cmd(
     params: ParamsOpt = Path("params.yaml"),
     overrides: SetOpt = None,
     args: ArgOpt = None,
+    runner: Annotated[
+        str,
+        typer.Option(
+            help="subprocess: every task in this Python environment (quick). docker: every task in the component "
+            "images (`make images`) under kfp.local.DockerRunner, as the image's user, through DOCKER_HOST, a "
+            "Docker daemon, or a podman API service started for the run."
+        ),
+    ] = "subprocess",
+    image: Annotated[
+        str | None,
+        typer.Option(help="docker runner: the CPU image (training uses IMAGE-cuda). Default: what `make images` "
+                     "builds, localhost/headstart:<version>."),
+    ] = None,
 ) -> None:
-    """Run the whole pipeline here with kfp.local (subprocesses, no containers) on the local dataset."""
+    """Run the whole pipeline on this machine with kfp.local on the dataset the run's parameters name.
+
+    S3 and MLflow credentials (AWS_*, MLFLOW_TRACKING_*) come from this shell's environment, as the Kubernetes
+    secrets give them to the pods.
+    """
     from headstart.pipeline.local import run_local
 
-    result = run_local(root, params_file=params, overrides=overrides, arguments=parse_arguments(args))
+    result = run_local(root, params_file=params, overrides=overrides, arguments=parse_arguments(args),
+                       runner=runner, image=image)
     console.print(f"[green]pipeline finished[/]: outputs under {result.run_dir}")
+    if result.containers:
+        console.print(f"{len(result.containers)} containers ran; see {result.run_dir / 'containers.json'}")
     if result.decision:
         console.print(
             f"decision: {result.decision.get('decision')} ({result.decision.get('model_name')} "

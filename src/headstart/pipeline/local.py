@@ -1,19 +1,26 @@
-"""Run the whole pipeline on this machine with kfp.local: no cluster, no containers."""
+"""Run the whole pipeline on this machine with kfp.local: no cluster.
+
+Two runners: `subprocess` (every task in this Python environment; the quick path) and `docker` (every task in
+the component images, as the image's user, under kfp.local.DockerRunner; see headstart.pipeline.containers).
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from headstart.config import DEFAULT_PARAMS, load_params
-from headstart.errors import HeadstartError, ValidationFailed
-from headstart.pipeline.settings import settings_from_params
+from headstart.errors import ConfigError, HeadstartError, ValidationFailed
+from headstart.pipeline.settings import MLFLOW_KEYS, S3_KEYS, PipelineSettings, package_version, settings_from_params
 from headstart.pipeline.spec import build
 
 DEFAULT_ROOT = Path("pipelines/local_root")
+RUNNERS = ("subprocess", "docker")
+LOCAL_IMAGE = "localhost/headstart"  # what `make images` tags; podman lists local builds under localhost/
 
 
 @dataclass
@@ -21,6 +28,7 @@ class LocalRun:
     run_dir: Path
     decision: dict[str, Any] | None
     artifacts: dict[str, list[str]] = field(default_factory=dict)
+    containers: list[dict[str, Any]] = field(default_factory=list)  # docker runner: one entry per container
 
 
 def _task_dirs(run_dir: Path) -> dict[str, list[str]]:
@@ -37,30 +45,83 @@ def find_output(run_dir: Path, name: str) -> Path | None:
     return next(iter(sorted(run_dir.glob(f"*/{name}"))), None)
 
 
+def default_image() -> str:
+    """The CPU image `make images` builds for this version (the CUDA variant is `<image>-cuda`)."""
+    return f"{LOCAL_IMAGE}:{package_version()}"
+
+
+def secret_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The variables the Kubernetes secrets give the pods (S3 and MLflow credentials), from this process's
+    environment: all the docker runner passes into a container besides the task's own inputs."""
+    environ = os.environ if environ is None else environ
+    return {k: environ[k] for k in (*S3_KEYS, *MLFLOW_KEYS) if environ.get(k)}
+
+
 def run_local(
     pipeline_root: Path = DEFAULT_ROOT,
     *,
     params_file: Path = DEFAULT_PARAMS,
     overrides: list[str] | None = None,
     arguments: dict[str, Any] | None = None,
+    runner: str = "subprocess",
+    image: str | None = None,
 ) -> LocalRun:
-    """Every task as a subprocess in this Python environment (the images are not used).
+    """Run every task of the compiled pipeline here.
+
+    runner="subprocess": each task is a subprocess in this Python environment (the images are not used).
+    runner="docker": each task runs in the component image (`image`, default `default_image()`; training in
+    `<image>-cuda`) under kfp.local.DockerRunner, as the image's user, on the host's network (so it reaches
+    services on 127.0.0.1 as a pod reaches the cluster's), with only its inputs and the secrets' variables.
 
     Credentials and MLFLOW_TRACKING_URI come from this process's environment, as the Kubernetes
     secrets provide them on a cluster. The run's workspace (checkpoints) is <root>/workspace while it runs.
     """
-    from kfp import local
-
+    if runner not in RUNNERS:
+        raise ConfigError(f"--runner {runner!r}: choose one of {', '.join(RUNNERS)}")
     params = load_params(params_file, overrides)
     # kfp.local has no training operator and cannot merge If/Else outputs (dsl.OneOf): local runs train in-pod
-    pipeline = build(params, settings_from_params(params).model_copy(update={"multi_node_training": False}))
+    update: dict[str, Any] = {"multi_node_training": False}
+    if runner == "docker":
+        update.update(image=image or default_image(), gpu_image="")
+    settings: PipelineSettings = settings_from_params(params).model_copy(update=update)
+    pipeline = build(params, settings)
     root = Path(pipeline_root).resolve()
+    created = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
     workspace = root / "workspace"  # kfp.local deletes it after the run, as KFP deletes the run's volume
+    workspace_created = not workspace.exists()
     workspace.mkdir(exist_ok=True)
+    if runner == "subprocess":
+        return _run(pipeline, root, workspace, local_runner=None, arguments=arguments)
+    from headstart.pipeline import containers
+
+    containers.writable_for_image(root, created)
+    containers.writable_for_image(workspace, workspace_created)
+    with containers.engine():
+        import docker
+
+        client = docker.from_env()
+        try:  # before the first task: a missing image is named at once, not after the earlier tasks ran
+            for ref in {settings.cpu_image(), settings.cuda_image()}:
+                containers.local_image(client, ref)
+        finally:
+            client.close()
+        runs = containers.Runs(retries=containers.retry_counts(pipeline.pipeline_spec))
+        from kfp import local
+
+        docker_runner = local.DockerRunner(network_mode="host", environment=secret_env())
+        with containers.task_runner(runs):
+            result = _run(pipeline, root, workspace, local_runner=docker_runner, arguments=arguments, runs=runs)
+    return result
+
+
+def _run(pipeline: Any, root: Path, workspace: Path, *, local_runner: Any, arguments: dict[str, Any] | None,
+         runs: Any = None) -> LocalRun:
+    from kfp import local
+
     before = {p.name for p in root.iterdir()}
     local.init(
-        runner=local.SubprocessRunner(use_venv=False),
+        runner=local_runner or local.SubprocessRunner(use_venv=False),
         pipeline_root=str(root),
         workspace_root=str(workspace),
         raise_on_error=True,
@@ -80,6 +141,9 @@ def run_local(
     if not new:
         raise HeadstartError(f"the local pipeline run wrote nothing under {root}: {error}")
     run_dir = new[-1]
+    records = runs.as_json() if runs is not None else []
+    if records:
+        (run_dir / "containers.json").write_text(json.dumps(records, indent=2))
     if error is not None:
         if _validation_rejected(run_dir):
             raise ValidationFailed(
@@ -93,4 +157,4 @@ def run_local(
     decision = None
     if decision_file and (decision_file / "decision.json").is_file():
         decision = json.loads((decision_file / "decision.json").read_text())
-    return LocalRun(run_dir=run_dir, decision=decision, artifacts=_task_dirs(run_dir))
+    return LocalRun(run_dir=run_dir, decision=decision, artifacts=_task_dirs(run_dir), containers=records)

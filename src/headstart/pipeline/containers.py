@@ -1,0 +1,233 @@
+"""The pipeline's tasks in the component images on one machine: kfp.local.DockerRunner, made dependable.
+
+kfp 2.17's DockerRunner starts each container with `auto_remove` and asks for its exit code afterwards. Under
+podman's Docker API the container is gone before `wait()` answers, so a failed task reads as SUCCESS (or the
+driver dies with "no such container"). It also pulls any image it does not find under the exact tag, and
+kfp.local has no retries. For the length of a run, `task_runner()` replaces the one function that starts a
+container (`kfp.local.docker_task_handler.run_docker_container`) with `run_container`, which
+- never pulls: a missing image is an error that says to run `make images`;
+- keeps the container until its exit code is read, then removes it;
+- re-runs a failed task as often as the task's own retry policy in the compiled spec allows, as KFP's driver
+  re-creates a failed pod (without the backoff wait: one machine, nothing to wait for);
+- labels each container with the task's function and attempt, and keeps a record of every container it ran.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from headstart.errors import ConfigError, HeadstartError
+
+LABEL_FUNCTION = "headstart.function"
+LABEL_ATTEMPT = "headstart.attempt"
+IMAGE_USER_UID = 10001  # components/Dockerfile*: the user every component runs as
+
+
+@dataclass
+class ContainerRecord:
+    """One container a run started: what ran, as whom, and how it ended."""
+
+    function: str
+    attempt: int
+    image: str
+    container_id: str
+    user: str
+    exit_code: int
+    seconds: float
+    log: str = ""
+
+
+@dataclass
+class Runs:
+    """What `run_container` did during one pipeline run; `retries` maps a task's function to its retry count."""
+
+    retries: dict[str, int] = field(default_factory=dict)
+    records: list[ContainerRecord] = field(default_factory=list)
+    echo: Callable[[str], None] = lambda line: print(line, end="")
+
+    def as_json(self) -> list[dict[str, Any]]:
+        return [{k: v for k, v in asdict(r).items() if k != "log"} for r in self.records]
+
+
+class ImageMissing(ConfigError):
+    """The component image is not on this machine."""
+
+
+def _function(command: list[str]) -> str:
+    """The component's Python function: kfp's lightweight components pass `--function_to_execute NAME`."""
+    text = " ".join(command)
+    marker = "--function_to_execute"
+    if marker not in text:
+        return "?"
+    return text.split(marker, 1)[1].split()[0].strip("'\"")
+
+
+def retry_counts(pipeline_spec: Any) -> dict[str, int]:
+    """Each task function's `max_retry_count` in a compiled pipeline spec (a PipelineSpec proto)."""
+    from google.protobuf import json_format
+
+    spec = json_format.MessageToDict(pipeline_spec, preserving_proto_field_name=False)
+    executors = spec.get("deploymentSpec", {}).get("executors", {})
+    components = spec.get("components", {})
+    dags = [spec.get("root", {}).get("dag", {})] + [c.get("dag", {}) for c in components.values()]
+    counts: dict[str, int] = {}
+    for dag in dags:
+        for task in dag.get("tasks", {}).values():
+            count = int(task.get("retryPolicy", {}).get("maxRetryCount", 0))
+            label = components.get(task.get("componentRef", {}).get("name", ""), {}).get("executorLabel")
+            container = executors.get(label or "", {}).get("container", {})
+            name = _function([*container.get("command", []), *container.get("args", [])])
+            if name != "?":
+                counts[name] = max(count, counts.get(name, 0))
+    return counts
+
+
+def local_image(client: Any, image: str) -> str:
+    """The reference under which the engine holds `image` (podman lists local builds as localhost/NAME:TAG)."""
+    import docker
+
+    ref = image if ":" in image.rsplit("/", 1)[-1] else f"{image}:latest"
+    try:
+        client.images.get(ref)
+        return ref
+    except docker.errors.ImageNotFound:
+        raise ImageMissing(
+            f"component image {ref} is not on this machine; build it with `make images` (tools/images.sh), or "
+            "compile for an image this machine has (pipeline.image in params.yaml, --image)"
+        ) from None
+
+
+def run_container(runs: Runs, client: Any, image: str, command: list[str], volumes: dict[str, Any],
+                  **run_args: Any) -> int:
+    """Run one task's container to the end, retrying a failure as the task's retry policy allows; its exit code."""
+    import docker
+
+    ref = local_image(client, image)
+    function = _function(command)
+    run_args.pop("auto_remove", None)
+    labels = dict(run_args.pop("labels", None) or {})
+    attempts = 1 + runs.retries.get(function, 0)
+    code = 1
+    for attempt in range(1, attempts + 1):
+        start = time.monotonic()
+        container = client.containers.run(
+            image=ref, command=command, volumes=volumes, detach=True, stdout=True, stderr=True,
+            labels={**labels, LABEL_FUNCTION: function, LABEL_ATTEMPT: str(attempt)}, **run_args,
+        )
+        lines: list[str] = []
+        try:
+            for chunk in container.logs(stream=True, follow=True):
+                text = chunk.decode(errors="replace")
+                lines.append(text)
+                runs.echo(text)
+            code = int(container.wait()["StatusCode"])
+            user = container.attrs.get("Config", {}).get("User", "")
+        finally:
+            with contextlib.suppress(docker.errors.APIError):
+                container.remove(force=True)
+        runs.records.append(ContainerRecord(function, attempt, ref, container.id, user, code,
+                                            round(time.monotonic() - start, 2), "".join(lines)))
+        if code == 0:
+            return 0
+        if attempt < attempts:
+            runs.echo(f"[headstart] {function}: container exited with {code}; retry {attempt} of "
+                      f"{attempts - 1} (the task's retry policy)\n")
+    return code
+
+
+@contextlib.contextmanager
+def task_runner(runs: Runs) -> Iterator[Runs]:
+    """Route kfp.local's DockerRunner through `run_container` while the block runs."""
+    from kfp.local import docker_task_handler
+
+    original = docker_task_handler.run_docker_container
+    docker_task_handler.run_docker_container = lambda client, image, command, volumes, **kw: run_container(
+        runs, client, image, command, volumes, **kw)
+    try:
+        yield runs
+    finally:
+        docker_task_handler.run_docker_container = original
+
+
+def _answers(host: str) -> bool:
+    import docker
+
+    try:
+        client = docker.DockerClient(base_url=host, timeout=5)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except docker.errors.DockerException:
+        return False
+
+
+@contextlib.contextmanager
+def engine() -> Iterator[str]:
+    """A Docker API for the run: DOCKER_HOST, else a Docker daemon's socket, else a podman API service started
+    here for the length of the run (its socket in a fresh temporary folder) and stopped after it."""
+    host = os.environ.get("DOCKER_HOST")
+    if host:
+        if not _answers(host):
+            raise ConfigError(f"DOCKER_HOST={host}: no Docker API answers there; start the engine or unset it")
+        yield host
+        return
+    if Path("/var/run/docker.sock").exists() and _answers("unix:///var/run/docker.sock"):
+        yield "unix:///var/run/docker.sock"
+        return
+    podman = shutil.which("podman")
+    if podman is None:
+        raise ConfigError("no container engine: neither DOCKER_HOST, a Docker daemon nor podman; `make images` "
+                          "installs podman (Debian) and builds the images")
+    folder = Path(tempfile.mkdtemp(prefix="headstart-podman-"))
+    host = f"unix://{folder}/podman.sock"
+    log = open(folder / "service.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([podman, "system", "service", "--time=0", host], stdout=log, stderr=log,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not _answers(host):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.flush()
+                raise HeadstartError(f"podman system service did not start: {(folder / 'service.log').read_text()}")
+            time.sleep(0.2)
+        os.environ["DOCKER_HOST"] = host  # kfp.local's handler calls docker.from_env()
+        try:
+            yield host
+        finally:
+            os.environ.pop("DOCKER_HOST", None)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        log.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def writable_for_image(folder: Path, created: bool) -> None:
+    """The containers write their outputs into `folder` (bind-mounted) as uid 10001, not as this user.
+
+    A folder this run created is opened to every user with the sticky bit (as /tmp is); a folder that was
+    already there is left as it is and must already allow it."""
+    st = folder.stat()
+    if st.st_uid == IMAGE_USER_UID or st.st_mode & 0o002:
+        return
+    if created:
+        folder.chmod(0o1777)
+        return
+    raise ConfigError(
+        f"{folder}: the components run as uid {IMAGE_USER_UID} (the image's user) and must be able to write "
+        f"here; choose a new folder for --root, or allow it: chmod 1777 {folder}"
+    )
