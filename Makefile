@@ -9,7 +9,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: help setup data postgres run repro summary test test-faults test-fast lint lint-infra bench compile clean
+.PHONY: help setup data postgres images run repro summary test test-faults test-containers test-fast lint lint-infra bench bench-containers compile clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -47,6 +47,13 @@ postgres:  ## install PostgreSQL (Debian package) for the tests' throw-away clus
 	  echo "apt-get could not install postgresql; the PostgreSQL tests will fail (tests/integration/servers.py)"; \
 	fi
 
+# podman on this kind of machine needs runc, cgroupfs and lower ulimits (tools/containers.conf); a system's own
+# /etc/containers/containers.conf is left alone
+export CONTAINERS_CONF ?= $(CURDIR)/tools/containers.conf
+
+images:  ## build the component images localhost/headstart:<version>[-cuda] (podman or docker; installs podman)
+	bash tools/images.sh
+
 # --single-item dvc.yaml: the stages in file order, without DVC re-hashing the 70k images for data.dvc, which
 # `make data` has just checked (a no-op repro: 2.6 s instead of 4.8 s); tests/unit/test_dvc_yaml.py keeps the
 # file order a valid run order.
@@ -61,13 +68,16 @@ summary: setup  ## print the last run's summary table again
 	headstart summary
 
 test: data postgres  ## the test suite, slow tests included (the fault sweep is make test-faults)
-	$(BIN)/python -m pytest -q -m "not faults" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not faults and not containers" $(PYTEST_ARGS)
 
 test-faults: data postgres  ## the registry fault-injection sweep (~9 min; CI runs it after make test)
 	$(BIN)/python -m pytest -q -m faults $(PYTEST_ARGS)
 
+test-containers: setup postgres images  ## the pipeline in the component images under kfp.local.DockerRunner (~10 min + build)
+	$(BIN)/python -m pytest -q -m containers $(PYTEST_ARGS)
+
 test-fast: setup  ## unit and step tests only
-	$(BIN)/python -m pytest -q -m "not slow and not integration" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not slow and not integration and not containers" $(PYTEST_ARGS)
 
 lint: setup lint-infra  ## ruff over the code, then the infra checks
 	$(BIN)/ruff check src tests benchmarks components pipelines
@@ -88,6 +98,9 @@ bench: data  ## benchmarks (see benchmarks/README.md); results land in benchmark
 	$(BIN)/python benchmarks/train_overhead.py
 	$(BIN)/python benchmarks/input_pipeline.py
 	$(BIN)/python benchmarks/head_start.py
+
+bench-containers: setup postgres images  ## image build, start-up and DockerRunner-vs-SubprocessRunner wall time
+	$(BIN)/python benchmarks/containers.py
 
 compile: setup  ## compile the Kubeflow pipeline spec (commit pipelines/headstart_pipeline.yaml)
 	$(BIN)/headstart pipeline compile

@@ -2,14 +2,14 @@
 
 kfp 2.17's DockerRunner starts each container with `auto_remove` and asks for its exit code afterwards. Under
 podman's Docker API the container is gone before `wait()` answers, so a failed task reads as SUCCESS (or the
-driver dies with "no such container"). It also pulls any image it does not find under the exact tag, and
-kfp.local has no retries. For the length of a run, `task_runner()` replaces the one function that starts a
-container (`kfp.local.docker_task_handler.run_docker_container`) with `run_container`, which
+driver dies with "no such container"). It also pulls any image it does not find under the exact tag. For the
+length of a run, `task_runner()` replaces the one function that starts a container
+(`kfp.local.docker_task_handler.run_docker_container`) with `run_container`, which
 - never pulls: a missing image is an error that says to run `make images`;
 - keeps the container until its exit code is read, then removes it;
-- re-runs a failed task as often as the task's own retry policy in the compiled spec allows, as KFP's driver
-  re-creates a failed pod (without the backoff wait: one machine, nothing to wait for);
 - labels each container with the task's function and attempt, and keeps a record of every container it ran.
+kfp.local itself re-runs a failed task as the task's retry policy in the spec says (with its backoff), as KFP
+re-creates a failed pod; each attempt is a new container.
 """
 
 from __future__ import annotations
@@ -48,9 +48,8 @@ class ContainerRecord:
 
 @dataclass
 class Runs:
-    """What `run_container` did during one pipeline run; `retries` maps a task's function to its retry count."""
+    """What `run_container` did during one pipeline run."""
 
-    retries: dict[str, int] = field(default_factory=dict)
     records: list[ContainerRecord] = field(default_factory=list)
     echo: Callable[[str], None] = lambda line: print(line, end="")
 
@@ -71,26 +70,6 @@ def _function(command: list[str]) -> str:
     return text.split(marker, 1)[1].split()[0].strip("'\"")
 
 
-def retry_counts(pipeline_spec: Any) -> dict[str, int]:
-    """Each task function's `max_retry_count` in a compiled pipeline spec (a PipelineSpec proto)."""
-    from google.protobuf import json_format
-
-    spec = json_format.MessageToDict(pipeline_spec, preserving_proto_field_name=False)
-    executors = spec.get("deploymentSpec", {}).get("executors", {})
-    components = spec.get("components", {})
-    dags = [spec.get("root", {}).get("dag", {})] + [c.get("dag", {}) for c in components.values()]
-    counts: dict[str, int] = {}
-    for dag in dags:
-        for task in dag.get("tasks", {}).values():
-            count = int(task.get("retryPolicy", {}).get("maxRetryCount", 0))
-            label = components.get(task.get("componentRef", {}).get("name", ""), {}).get("executorLabel")
-            container = executors.get(label or "", {}).get("container", {})
-            name = _function([*container.get("command", []), *container.get("args", [])])
-            if name != "?":
-                counts[name] = max(count, counts.get(name, 0))
-    return counts
-
-
 def local_image(client: Any, image: str) -> str:
     """The reference under which the engine holds `image` (podman lists local builds as localhost/NAME:TAG)."""
     import docker
@@ -108,39 +87,34 @@ def local_image(client: Any, image: str) -> str:
 
 def run_container(runs: Runs, client: Any, image: str, command: list[str], volumes: dict[str, Any],
                   **run_args: Any) -> int:
-    """Run one task's container to the end, retrying a failure as the task's retry policy allows; its exit code."""
+    """Run one attempt of a task in its container to the end and return the exit code."""
     import docker
 
     ref = local_image(client, image)
     function = _function(command)
     run_args.pop("auto_remove", None)
     labels = dict(run_args.pop("labels", None) or {})
-    attempts = 1 + runs.retries.get(function, 0)
-    code = 1
-    for attempt in range(1, attempts + 1):
-        start = time.monotonic()
-        container = client.containers.run(
-            image=ref, command=command, volumes=volumes, detach=True, stdout=True, stderr=True,
-            labels={**labels, LABEL_FUNCTION: function, LABEL_ATTEMPT: str(attempt)}, **run_args,
-        )
-        lines: list[str] = []
-        try:
-            for chunk in container.logs(stream=True, follow=True):
-                text = chunk.decode(errors="replace")
-                lines.append(text)
-                runs.echo(text)
-            code = int(container.wait()["StatusCode"])
-            user = container.attrs.get("Config", {}).get("User", "")
-        finally:
-            with contextlib.suppress(docker.errors.APIError):
-                container.remove(force=True)
-        runs.records.append(ContainerRecord(function, attempt, ref, container.id, user, code,
-                                            round(time.monotonic() - start, 2), "".join(lines)))
-        if code == 0:
-            return 0
-        if attempt < attempts:
-            runs.echo(f"[headstart] {function}: container exited with {code}; retry {attempt} of "
-                      f"{attempts - 1} (the task's retry policy)\n")
+    attempt = 1 + sum(1 for r in runs.records if r.function == function and r.exit_code != 0)
+    start = time.monotonic()
+    container = client.containers.run(
+        image=ref, command=command, volumes=volumes, detach=True, stdout=True, stderr=True,
+        labels={**labels, LABEL_FUNCTION: function, LABEL_ATTEMPT: str(attempt)}, **run_args,
+    )
+    lines: list[str] = []
+    try:
+        for chunk in container.logs(stream=True, follow=True):
+            text = chunk.decode(errors="replace")
+            lines.append(text)
+            runs.echo(text)
+        code = int(container.wait()["StatusCode"])
+        user = container.attrs.get("Config", {}).get("User", "")
+    finally:
+        with contextlib.suppress(docker.errors.APIError):
+            container.remove(force=True)
+    runs.records.append(ContainerRecord(function, attempt, ref, container.id, user, code,
+                                        round(time.monotonic() - start, 2), "".join(lines)))
+    if code != 0:
+        runs.echo(f"[headstart] {function}: container exited with {code} (attempt {attempt})\n")
     return code
 
 

@@ -106,7 +106,7 @@ def run_local(
                 containers.local_image(client, ref)
         finally:
             client.close()
-        runs = containers.Runs(retries=containers.retry_counts(pipeline.pipeline_spec))
+        runs = containers.Runs()
         from kfp import local
 
         docker_runner = local.DockerRunner(network_mode="host", environment=secret_env())
@@ -139,11 +139,19 @@ def _run(pipeline: Any, root: Path, workspace: Path, *, local_runner: Any, argum
         (p for p in root.iterdir() if p.is_dir() and p.name not in before), key=lambda p: p.stat().st_mtime
     )
     if not new:
-        raise HeadstartError(f"the local pipeline run wrote nothing under {root}: {error}")
+        failed = ""
+        if runs is not None and runs.records:
+            last = runs.records[-1]
+            failed = f"; the last container ({last.function}, attempt {last.attempt}) exited with {last.exit_code}"
+        raise HeadstartError(f"the local pipeline run failed before any task wrote under {root}: {error}{failed}")
     run_dir = new[-1]
     records = runs.as_json() if runs is not None else []
     if records:
         (run_dir / "containers.json").write_text(json.dumps(records, indent=2))
+        logs = run_dir / "logs"
+        logs.mkdir(exist_ok=True)
+        for r in runs.records:
+            (logs / f"{len(list(logs.iterdir())):02d}-{r.function}-{r.attempt}.log").write_text(r.log)
     if error is not None:
         if _validation_rejected(run_dir):
             raise ValidationFailed(
