@@ -14,26 +14,15 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from headstart.config import TrackingConfig
-from tests.conftest import make_imagefolder
-from tests.integration.servers import (
-    ADMIN,
-    basic_auth_env,
-    create_user,
-    free_port,
-    mlflow_server,
-    moto_server,
-    postgres_bin,
-    postgres_server,
-)
+from tests.containers.stack import SECRET_PW, SECRET_S3, Stack, production_stack
+from tests.integration.servers import ADMIN
 from tests.pipeline.conftest import ROOT
 from tests.pipeline.test_local_e2e import TINY
 
@@ -42,81 +31,21 @@ pytestmark = [pytest.mark.containers, pytest.mark.timeout(3600)]
 MODEL = "containers-clf"
 ARGS = {"backbone": "small_cnn", "weights": "none", "image_size": 32, "epochs": 1, "images_per_class": 0,
         "min_accuracy": 0.0, "min_gain_over_baseline": -1.0, "registered_model": MODEL}
-SECRET_S3 = f"s3-secret-{uuid.uuid4().hex}"
-SECRET_PW = f"pipeline-pw-{uuid.uuid4().hex}"
-
-
-@dataclass
-class Stack:
-    url: str  # mlflow server
-    s3: str  # moto endpoint
-    bucket: str
-    pg_uri: str  # the tracking database
-    pg_bindir: Path
-    repo_url: str  # git:// URL of the data repository
-    rev: str
-    env: dict[str, str]  # what the Kubernetes secrets would give the pods
-    tmp: Path
-
-
-def _sh(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
-    return subprocess.run(cmd, cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout.strip()
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    import boto3
-
     from headstart.pipeline.local import default_image
 
-    for ref in (default_image(), default_image() + "-cuda"):  # the engine check is run_local's; this is a hint
+    for ref in (default_image(), default_image() + "-cuda"):  # run_local checks too; this says what to do first
         assert subprocess.run(["podman", "image", "exists", ref], check=False).returncode == 0 or os.environ.get(
             "DOCKER_HOST"), f"{ref} is not built; run `make images` (make test-containers does)"
-    tmp = tmp_path_factory.mktemp("containers")
-    bucket = f"headstart-{uuid.uuid4().hex[:8]}"
-    with moto_server(tmp / "moto") as s3, postgres_server() as pg:
-        boto3.client("s3", endpoint_url=s3, aws_access_key_id="k", aws_secret_access_key="s",
-                     region_name="us-east-1").create_bucket(Bucket=bucket)
-        server_env = {**basic_auth_env(tmp / "auth", pg.uri("mlflow_auth")), "MLFLOW_S3_ENDPOINT_URL": s3,
-                      "AWS_ACCESS_KEY_ID": "pipeline", "AWS_SECRET_ACCESS_KEY": SECRET_S3}
-        with mlflow_server(tmp / "mlflow", backend=pg.uri("mlflow"), extra_env=server_env, app_name="basic-auth",
-                           artifacts=f"s3://{bucket}/mlflow") as (url, _):
-            create_user(url, "pipeline", SECRET_PW)
-            # the data repository: data.dvc pins a tiny dataset pushed to the S3 remote the repo configures
-            repo = tmp / "git" / "data-repo"
-            repo.mkdir(parents=True)
-            env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-                   "GIT_COMMITTER_EMAIL": "t@t", "DVC_NO_ANALYTICS": "1", "AWS_ACCESS_KEY_ID": "pipeline",
-                   "AWS_SECRET_ACCESS_KEY": SECRET_S3}
-            dvc = str(Path(sys.executable).parent / "dvc")
-            _sh(["git", "init", "-q", "-b", "main"], repo, env)
-            _sh([dvc, "init", "-q"], repo, env)
-            make_imagefolder(repo / "data", per_class={"train": 8, "val": 3, "test": 4})
-            _sh([dvc, "add", "-q", "data"], repo, env)
-            _sh([dvc, "remote", "add", "-q", "-d", "store", f"s3://{bucket}/dvc"], repo, env)
-            _sh([dvc, "remote", "modify", "store", "endpointurl", s3], repo, env)
-            _sh([dvc, "push", "-q"], repo, env)
-            _sh(["git", "add", "-A"], repo, env)
-            _sh(["git", "commit", "-qm", "pin the dataset"], repo, env)
-            rev = _sh(["git", "rev-parse", "HEAD"], repo, env)
-            port = free_port()
-            daemon = subprocess.Popen(["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={tmp / 'git'}",
-                                       "--listen=127.0.0.1", f"--port={port}", str(tmp / "git")],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            try:
-                time.sleep(1)
-                pods = {"AWS_ACCESS_KEY_ID": "pipeline", "AWS_SECRET_ACCESS_KEY": SECRET_S3, "AWS_ENDPOINT_URL": s3,
-                        "MLFLOW_TRACKING_URI": url, "MLFLOW_TRACKING_USERNAME": "pipeline",
-                        "MLFLOW_TRACKING_PASSWORD": SECRET_PW}
-                yield Stack(url, s3, bucket, pg.uri("mlflow"), postgres_bin(), f"git://127.0.0.1:{port}/data-repo",
-                            rev, pods, tmp)
-            finally:
-                daemon.terminate()
-                daemon.wait(10)
+    with production_stack(tmp_path_factory.mktemp("containers")) as st:
+        yield st
 
 
-def _run(stack: Stack, root: Path, monkeypatch: pytest.MonkeyPatch, extra: list[str] | None = None,
-         **args: object):
+def run_pipeline(stack: Stack, root: Path, monkeypatch: pytest.MonkeyPatch, extra: list[str] | None = None,
+                 runner: str = "docker", **args: object):
     from headstart.pipeline.local import run_local
 
     for key in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "AWS_ENDPOINT_URL",
@@ -126,14 +55,14 @@ def _run(stack: Stack, root: Path, monkeypatch: pytest.MonkeyPatch, extra: list[
         monkeypatch.setenv(key, value)
     arguments = {**ARGS, "data_repo": stack.repo_url, "data_rev": "main", **args}
     return run_local(root, params_file=ROOT / "params.yaml", overrides=[*TINY, *(extra or [])],
-                     arguments=arguments, runner="docker")
+                     arguments=arguments, runner=runner)
 
 
 @pytest.fixture(scope="module")
 def first(stack: Stack):
     mp = pytest.MonkeyPatch()
     try:
-        yield _run(stack, stack.tmp / "root", mp)
+        yield run_pipeline(stack, stack.tmp / "root", mp)
     finally:
         mp.undo()
 
@@ -195,12 +124,12 @@ def test_no_credential_in_logs_database_or_spec(first, stack, tmp_path):
         assert secret not in spec.read_text()
 
 
-def test_a_failing_component_fails_the_run(stack, monkeypatch, tmp_path):
+def test_a_failing_component_fails_therun_pipeline(stack, monkeypatch, tmp_path):
     from headstart.errors import HeadstartError
 
     # the task's retry policy (pipeline.fetch_retries), with a short backoff: kfp.local honours both
     with pytest.raises(HeadstartError, match=r"resolve_data_rev, attempt 2\) exited with 1"):
-        _run(stack, tmp_path / "root", monkeypatch, data_rev="no-such-branch",
+        run_pipeline(stack, tmp_path / "root", monkeypatch, data_rev="no-such-branch",
              extra=["pipeline.fetch_retries=1", "pipeline.retry_backoff=1s"])
 
 
@@ -266,12 +195,9 @@ def test_after_100_promotions_a_killed_training_resumes_and_registers_again(firs
             time.sleep(0.2)
 
     watcher = threading.Thread(target=killer, daemon=True)
-    monkeypatch.setenv("DOCKER_HOST", os.environ.get("DOCKER_HOST", ""))  # restored after; set by the run
-    monkeypatch.delenv("DOCKER_HOST")
     watcher.start()
-    second = _run(stack, root, monkeypatch, extra=["train.shared.patience=100", "train.shared.checkpoint_every_steps=1",
-                                                  "pipeline.retry_backoff=1s"],
-                  epochs=12)
+    extra = ["train.shared.patience=100", "train.shared.checkpoint_every_steps=1", "pipeline.retry_backoff=1s"]
+    second = run_pipeline(stack, root, monkeypatch, extra=extra, epochs=12)
     watcher.join(5)
     assert killed, "the training container was never seen with a checkpoint"
     trains = [r for r in second.containers if r["function"] == "train_candidate"]
