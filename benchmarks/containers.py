@@ -38,8 +38,8 @@ def rebuilds(engine: str, image: str) -> dict[str, float]:
     out = {"rebuild_unchanged_s": _timed(["bash", "tools/images.sh"], cwd=ROOT)}
     with tempfile.TemporaryDirectory(prefix="headstart-ctx-") as tmp:
         ctx = Path(tmp) / "ctx"
-        shutil.copytree(ROOT, ctx, ignore=shutil.ignore_patterns(".git", ".venv*", "data", "mlflow", "outputs",
-                                                                 ".headstart", "pipelines", "tests", "benchmarks"))
+        skip = {".git", ".venv", ".venv-lint", "data", "mlflow", "outputs", ".headstart", "tests", "benchmarks"}
+        shutil.copytree(ROOT, ctx, ignore=lambda d, names: [n for n in names if Path(d) == ROOT and n in skip])
         init = ctx / "src" / "headstart" / "__init__.py"
         init.write_text(init.read_text() + f"# benchmark rebuild {time.time()}\n")
         env = {**os.environ, "IMAGE": "localhost/headstart-bench", "TAG": "src-change"}

@@ -124,7 +124,7 @@ def test_no_credential_in_logs_database_or_spec(first, stack, tmp_path):
         assert secret not in spec.read_text()
 
 
-def test_a_failing_component_fails_therun_pipeline(stack, monkeypatch, tmp_path):
+def test_a_failing_component_fails_the_run(stack, monkeypatch, tmp_path):
     from headstart.errors import HeadstartError
 
     # the task's retry policy (pipeline.fetch_retries), with a short backoff: kfp.local honours both
