@@ -33,7 +33,7 @@ def _timed(cmd: list[str], **kw) -> float:
     return time.perf_counter() - start
 
 
-def rebuilds(engine: str, image: str) -> dict[str, float]:
+def rebuilds(engine: str) -> dict[str, float]:
     """No change, then one comment line added under src/, in a copy of the context (the real tree untouched)."""
     out = {"rebuild_unchanged_s": _timed(["bash", "tools/images.sh"], cwd=ROOT)}
     with tempfile.TemporaryDirectory(prefix="headstart-ctx-") as tmp:
@@ -89,7 +89,7 @@ def main() -> None:
         size = subprocess.run([engine, "image", "inspect", "-f", "{{.Size}}", ref], capture_output=True, text=True,
                               check=True).stdout.strip()
         sizes[ref] = round(int(size) / 1e9, 2)
-    result = {"engine": Path(engine).name, "image_gb": sizes, **rebuilds(engine, image), **startup(engine, image),
+    result = {"engine": Path(engine).name, "image_gb": sizes, **rebuilds(engine), **startup(engine, image),
               **pipelines(), "cpus": os.cpu_count()}
     out = ROOT / "benchmarks" / "results" / "containers.json"
     out.write_text(json.dumps(result, indent=2) + "\n")

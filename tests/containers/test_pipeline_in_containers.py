@@ -81,7 +81,9 @@ def test_every_task_ran_in_the_image_as_its_non_root_user(first):
     assert functions.count("train_candidate") == 2
     assert all(r["exit_code"] == 0 for r in first.containers)
     assert {r["user"] for r in first.containers} == {"10001:10001"}
-    assert {r["image"] for r in first.containers} == {"localhost/headstart:0.1.0", "localhost/headstart:0.1.0-cuda"}
+    from headstart.pipeline.local import default_image
+
+    assert {r["image"] for r in first.containers} == {default_image(), default_image() + "-cuda"}
     # the outputs on the bind-mounted pipeline root were written by uid 10001, not by this (the venv's) process
     owners = {p.stat().st_uid for p in first.run_dir.rglob("executor_output.json")}
     assert owners == {10001} and os.getuid() != 10001

@@ -51,6 +51,7 @@ class Runs:
     """What `run_container` did during one pipeline run."""
 
     records: list[ContainerRecord] = field(default_factory=list)
+    attempts: dict[str, int] = field(default_factory=dict)  # by the task's command
     echo: Callable[[str], None] = lambda line: print(line, end="")
 
     def as_json(self) -> list[dict[str, Any]]:
@@ -94,7 +95,8 @@ def run_container(runs: Runs, client: Any, image: str, command: list[str], volum
     function = _function(command)
     run_args.pop("auto_remove", None)
     labels = dict(run_args.pop("labels", None) or {})
-    attempt = 1 + sum(1 for r in runs.records if r.function == function and r.exit_code != 0)
+    # kfp.local re-runs a failed task with the same command (its executor input); two tasks of one function differ
+    attempt = runs.attempts[key] = runs.attempts.get(key := "\0".join(command), 0) + 1
     start = time.monotonic()
     container = client.containers.run(
         image=ref, command=command, volumes=volumes, detach=True, stdout=True, stderr=True,

@@ -150,8 +150,8 @@ def _run(pipeline: Any, root: Path, workspace: Path, *, local_runner: Any, argum
         (run_dir / "containers.json").write_text(json.dumps(records, indent=2))
         logs = run_dir / "logs"
         logs.mkdir(exist_ok=True)
-        for r in runs.records:
-            (logs / f"{len(list(logs.iterdir())):02d}-{r.function}-{r.attempt}.log").write_text(r.log)
+        for i, r in enumerate(runs.records):
+            (logs / f"{i:02d}-{r.function}-{r.attempt}.log").write_text(r.log)
     if error is not None:
         if _validation_rejected(run_dir):
             raise ValidationFailed(
