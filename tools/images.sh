@@ -8,7 +8,8 @@
 #   TAG              default: the version in pyproject.toml
 #   ENGINE           docker or podman; default: docker where a Docker daemon answers, else podman (installed
 #                    with apt-get when missing, as `make data` installs the dataset package)
-#   BASE_IMAGE       default python:3.11-slim. Where it is neither local nor pullable (no registry reachable),
+#   BASE_IMAGE       name:tag, default python:3.11-slim (a tag is required: the Dockerfiles take name and tag
+#                    as two build args, so FROM always names a version). Where it is neither local nor pullable (no registry reachable),
 #                    a Debian bookworm base with Python 3.11 is made here with mmdebstrap and imported as
 #                    localhost/headstart-base:bookworm, and this script says so.
 #   TORCH_INDEX_URL  default: each Dockerfile's own (PyTorch's CPU index; PyPI for CUDA). Where PyTorch's index is
@@ -28,6 +29,13 @@ LOCAL_BASE=localhost/headstart-base:bookworm
 SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
 export CONTAINERS_CONF=${CONTAINERS_CONF:-$ROOT/tools/containers.conf}
 say() { printf 'images: %s\n' "$*"; }
+case $BASE_IMAGE in
+  *@*) say "error: BASE_IMAGE=$BASE_IMAGE: give a name:tag, not a digest (the Dockerfiles take BASE_IMAGE and BASE_TAG)" >&2; exit 1 ;;
+esac
+case ${BASE_IMAGE##*:} in
+  */*|"$BASE_IMAGE") say "error: BASE_IMAGE=$BASE_IMAGE names no tag; give name:tag, e.g. python:3.11-slim" >&2; exit 1 ;;
+  latest) say "error: BASE_IMAGE=$BASE_IMAGE: name a fixed version, not :latest" >&2; exit 1 ;;
+esac
 
 apt_install() {  # apt_install PKG...: install Debian packages that are missing
   local missing=()
@@ -68,6 +76,7 @@ if ! has_image "$BASE_IMAGE"; then
   fi
 fi
 say "base image: $BASE_IMAGE"
+base_name=${BASE_IMAGE%:*} base_tag=${BASE_IMAGE##*:}
 
 # ---- where PyTorch comes from ---------------------------------------------------------------------------
 torch_args=()
@@ -103,7 +112,8 @@ fi
 build() {  # build DOCKERFILE REF
   local start=$SECONDS
   say "building $2 from $1"
-  $ENGINE build --quiet=false -f "$1" -t "$2" --build-arg "BASE_IMAGE=$BASE_IMAGE" "${torch_args[@]}" \
+  $ENGINE build --quiet=false -f "$1" -t "$2" --build-arg "BASE_IMAGE=$base_name" \
+    --build-arg "BASE_TAG=$base_tag" "${torch_args[@]}" \
     "${mounts[@]}" . > "$ROOT/.headstart/images/$(basename "$2" | tr ':/' '__').log" 2>&1 ||
     { tail -40 "$ROOT/.headstart/images/$(basename "$2" | tr ':/' '__').log" >&2; say "error: building $2 failed" >&2; exit 1; }
   say "built $2 in $((SECONDS - start)) s, $($ENGINE image inspect -f '{{.Size}}' "$2" | awk '{printf "%.2f GB", $1/1e9}')"
