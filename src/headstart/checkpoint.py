@@ -209,7 +209,7 @@ def _partial(saved: dict[str, Any] | None) -> PartialEpoch | None:
         return None
     sums = [(float(s[0]), int(s[1]), int(s[2])) for s in saved["sums"].tolist()]
     return PartialEpoch(epoch=int(saved["epoch"]), step=int(saved["step"]), order=saved["order"], sums=sums,
-                        seconds=float(saved["seconds"]))
+                        seconds=float(saved["seconds"]), streams=int(saved.get("streams", 0)))
 
 
 def _why(exc: Exception) -> str:
@@ -240,6 +240,7 @@ def _state(
         "seconds": result.seconds,
         "partial": None if partial is None else {
             "epoch": partial.epoch, "step": partial.step, "order": partial.order.cpu(), "seconds": partial.seconds,
+            "streams": partial.streams,
             # float64 holds each float32 loss sum exactly, so a resume continues from the very same value
             "sums": torch.tensor(partial.sums, dtype=torch.float64),
         },

@@ -15,9 +15,10 @@ and so takes the same early-stopping decision. With one process none of this run
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -29,7 +30,9 @@ from tqdm import tqdm
 
 from headstart import distributed
 from headstart.checkpoint import Checkpointer
+from headstart.data import stream
 from headstart.data.imagefolder import Split
+from headstart.data.stream import StreamSplit
 from headstart.presets import Preset
 from headstart.progress import progress_enabled
 from headstart.runtime import tune_allocator
@@ -66,6 +69,7 @@ class EngineConfig:
     lr_scaling: Literal["none", "linear"]
     lr_reference_batch: int
     checkpoint_every_steps: int  # also checkpoint every N optimizer steps inside an epoch; 0 = epoch ends only
+    max_steps: int  # end training after this many optimizer steps (its epoch is scored and checkpointed); 0 = no limit
     eval_batch_size: int = 256  # validation's inference batch: how, not what, the engine computes
     threads: int | None = None  # None: torch's own choice
 
@@ -163,6 +167,8 @@ def optimizer(
     as in timm's and torchvision's reference recipes; True decays every parameter."""
     factor = cfg.lr_factor()
     total, warmup = cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch)
+    if cfg.max_steps:  # a step budget: the cosine ends where training does
+        total = min(total, cfg.max_steps)
     unfreeze = cfg.probe_epochs * steps_per_epoch if cfg.warmup_from == "unfreeze" else 0
     groups: list[dict] = []
     lambdas: list[Callable[[int], float]] = []
@@ -214,8 +220,8 @@ def fit(
     head_params: list[nn.Parameter],
     backbone_params: list[nn.Parameter],
     preset: Preset,
-    train: Split,
-    val: Split,
+    train: Split | StreamSplit,
+    val: Split | StreamSplit,
     cfg: EngineConfig,
     on_epoch: Callable[[EpochStats], None] | None = None,
     checkpointer: Checkpointer | None = None,
@@ -225,6 +231,10 @@ def fit(
 
     Under torchrun every rank calls this with the same arguments; `on_epoch` runs on every rank with
     the same, all-reduced, stats; only rank 0 writes checkpoints.
+
+    `train` and `val` are decoded splits in memory, or streamed ones (`StreamSplit`): then DataLoader
+    workers read and decode the shards, batches are copied to the device as they come, and under DDP each
+    rank reads its own shards (headstart.data.stream). Everything else is the same code.
     """
     start_time = time.perf_counter()
     tune_allocator()
@@ -238,7 +248,9 @@ def fit(
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    steps_per_epoch = math.ceil(len(train.x) / cfg.batch_size)  # the same for every world size
+    streaming = isinstance(train, StreamSplit)
+    n_train = len(train) if streaming else len(train.x)
+    steps_per_epoch = math.ceil(n_train / cfg.batch_size)  # the same for every world size
     opt, sched = optimizer(head_params, backbone_params, cfg, steps_per_epoch)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     gen = torch.Generator().manual_seed(cfg.seed)  # identical on every rank: the shared permutation
@@ -251,18 +263,22 @@ def fit(
             result, first_epoch = restored, restored.history[-1].epoch + 1 if restored.history else 1
             partial = checkpointer.partial
             result.resumed_at = f"epoch {first_epoch - 1}"
+            if partial is not None and streaming and partial.streams and partial.streams != train.streams:
+                train = dataclasses.replace(train, workers=partial.streams)  # the order it was read in
             if partial is not None:
                 first_epoch = partial.epoch
                 result.resumed_at = f"epoch {partial.epoch}, step {partial.step} of {steps_per_epoch}"
     seconds_before = result.seconds  # time spent by earlier, interrupted attempts
     bad_epochs = _epochs_since_best(result)
-    x_train, y_train = train.x.to(device), train.y.to(device)
-    n_train = len(x_train)
+    if not streaming:
+        x_train, y_train = train.x.to(device), train.y.to(device)
     ddp: nn.Module = model
     ddp_trainable: bool | None = None
     for epoch in range(first_epoch, cfg.epochs + 1):
         if bad_epochs >= cfg.patience:
             result.stopped_early = True
+            break
+        if _budget_spent(sched, cfg):
             break
         t0 = time.perf_counter()
         trainable = epoch > cfg.probe_epochs
@@ -275,30 +291,39 @@ def fit(
         total_loss = torch.zeros((), device=device)
         correct = torch.zeros((), dtype=torch.long, device=device)
         seen = 0
+        perm = torch.empty(0, dtype=torch.int64)
         if partial is not None and partial.epoch == epoch:  # resume inside this epoch: same order, same sums
             perm, first_step, prior_seconds = partial.order, partial.step, partial.seconds
             loss_sum, correct_sum, seen = _own_sums(partial.sums, rank, world)
             total_loss += torch.tensor(loss_sum, dtype=torch.float32)
             correct += correct_sum
             partial = None
-        else:
+        elif not streaming:
             perm = torch.randperm(n_train, generator=gen)
-        order = distributed.pad_for_world(perm.to(device), world)
+        if streaming:
+            batches = stream.epoch_batches(train, epoch, cfg.batch_size // world, rank, world, steps_per_epoch,
+                                           first_step, device)
+        else:
+            batches = _memory_batches(x_train, y_train, perm, cfg.batch_size, rank, world, first_step, device)
         bar = tqdm(range(first_step, steps_per_epoch), desc=f"{label} epoch {epoch}/{cfg.epochs}", unit="batch",
                    initial=first_step, total=steps_per_epoch,
                    disable=not (progress_enabled() and rank == 0), leave=False)
-        for step in bar:
-            batch = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            rows = None if world == 1 else torch.arange(rank, len(batch), world)
-            idx = batch if rows is None else batch[rows.to(device)]
-            xb = preset.normalize(x_train[idx])
+        for step, (xb_raw, yb) in zip(bar, batches, strict=False):
+            if _budget_spent(sched, cfg):
+                break
+            xb = preset.normalize(xb_raw)
             if cfg.augment:
-                real = min(cfg.batch_size, n_train - step * cfg.batch_size)
-                xb = augment(xb, gen, cfg.max_shift, cfg.flip, real, None if rows is None else rows % real)
+                if streaming:  # each rank's own samples: draw for the whole global batch, take this rank's rows
+                    real = len(yb) * world
+                    pick = None if world == 1 else torch.arange(rank, real, world)
+                else:  # rows of the shared permutation's global batch, as DistributedSampler deals them
+                    real = min(cfg.batch_size, n_train - step * cfg.batch_size)
+                    padded = min(cfg.batch_size, n_train + (-n_train % world) - step * cfg.batch_size)
+                    pick = None if world == 1 else torch.arange(rank, padded, world) % real
+                xb = augment(xb, gen, cfg.max_shift, cfg.flip, real, pick)
             # channels_last on CPU too: oneDNN's depthwise convs run ~2x faster on it (EfficientNet-Lite0),
             # and it is the layout evaluation already sees (normalize's permute of NHWC keeps those strides)
             xb = xb.contiguous(memory_format=torch.channels_last)
-            yb = y_train[idx]
             with _autocast(device):
                 logits = ddp(xb)
                 loss = loss_fn(logits.float(), yb)
@@ -306,19 +331,22 @@ def fit(
             loss.backward()
             opt.step()
             sched.step()
-            total_loss += loss.detach() * len(idx)
+            if result.first_step_unix is None:
+                result.first_step_unix = time.time()
+            total_loss += loss.detach() * len(yb)
             correct += (logits.argmax(1) == yb).sum()
-            seen += len(idx)
+            seen += len(yb)
             done = step + 1
             if (checkpointer is not None and cfg.checkpoint_every_steps > 0 and done < steps_per_epoch
                     and sched.last_epoch % cfg.checkpoint_every_steps == 0):
                 result.seconds = seconds_before + time.perf_counter() - start_time
                 where = PartialEpoch(epoch=epoch, step=done, order=perm,
                                      sums=[(float(total_loss), int(correct), seen)],
-                                     seconds=prior_seconds + time.perf_counter() - t0)
+                                     seconds=prior_seconds + time.perf_counter() - t0,
+                                     streams=train.streams if streaming else 0)
                 checkpointer.save(model, opt, sched, gen, result, partial=where)
         if world == 1:
-            train_loss, train_acc = float(total_loss) / n_train, float(correct) / n_train
+            train_loss, train_acc = float(total_loss) / max(1, seen), float(correct) / max(1, seen)
         else:
             sums = distributed.all_reduce_sum([float(total_loss), float(correct), seen])
             train_loss, train_acc = sums[0] / sums[2], sums[1] / sums[2]
@@ -347,6 +375,24 @@ def fit(
     return result
 
 
+def _memory_batches(
+    x: torch.Tensor, y: torch.Tensor, perm: torch.Tensor, batch_size: int, rank: int, world: int,
+    first_step: int, device: torch.device,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """A decoded split's batches from `first_step` on: the permutation padded for the world size, each
+    rank taking rows rank::world of every global batch."""
+    order = distributed.pad_for_world(perm.to(device), world)
+    for start in range(first_step * batch_size, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        idx = batch if world == 1 else batch[torch.arange(rank, len(batch), world, device=device)]
+        yield x[idx], y[idx]
+
+
+def _budget_spent(sched: torch.optim.lr_scheduler.LambdaLR, cfg: EngineConfig) -> bool:
+    """`max_steps` optimizer steps taken (LambdaLR counts one per batch here)."""
+    return cfg.max_steps > 0 and sched.last_epoch >= cfg.max_steps
+
+
 def _own_sums(sums: list[tuple[float, int, int]], rank: int, world: int) -> tuple[float, int, int]:
     """This rank's running sums from a mid-epoch checkpoint. Saved by as many ranks as now: each takes its
     own, exactly. Saved by another number of ranks: rank 0 carries their total and the others start at
@@ -365,8 +411,10 @@ def _wrap(model: nn.Module, device: torch.device) -> nn.Module:
 def _validate(
     model: nn.Module, preset: Preset, val: Split, batch_size: int, rank: int, world: int
 ) -> tuple[float, float]:
-    """(loss, accuracy) on the val split; with several ranks each scores rows rank::world and the sums
-    are all-reduced, so every rank gets the same numbers."""
+    """(loss, accuracy) on the val split; with several ranks each scores rows rank::world (a streamed
+    split: shards rank::world) and the sums are all-reduced, so every rank gets the same numbers."""
+    if isinstance(val, StreamSplit):
+        return _validate_stream(model, preset, val, batch_size, rank, world)
     if world == 1:
         logits = predict_logits(model, preset, val.x, batch_size)
         return F.cross_entropy(logits, val.y).item(), (logits.argmax(1) == val.y).float().mean().item()
@@ -378,6 +426,18 @@ def _validate(
         correct = float((logits.argmax(1) == y).sum())
     loss_sum, correct = distributed.all_reduce_sum([loss_sum, correct])
     return loss_sum / len(val.y), correct / len(val.y)
+
+
+def _validate_stream(
+    model: nn.Module, preset: Preset, val: StreamSplit, batch_size: int, rank: int, world: int
+) -> tuple[float, float]:
+    loss_sum, correct = 0.0, 0.0
+    for x, y, _ in stream.scoring_batches(val, batch_size, rank, world):
+        logits = predict_logits(model, preset, x, batch_size)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += float((logits.argmax(1) == y).sum())
+    loss_sum, correct = distributed.all_reduce_sum([loss_sum, correct])
+    return loss_sum / len(val), correct / len(val)
 
 
 def _epochs_since_best(result: FitResult) -> int:

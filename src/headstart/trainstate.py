@@ -33,6 +33,7 @@ class FitResult:
     resumed_from: int | None = None  # epochs already done when this run resumed from a checkpoint
     resumed_at: str | None = None  # where it resumed, for people: "epoch 2" or "epoch 3, step 5 of 16"
     stopped_early: bool = False
+    first_step_unix: float | None = None  # wall clock after this process's first optimizer step (time to first step)
 
 
 @dataclass
@@ -41,10 +42,13 @@ class PartialEpoch:
 
     `order` is that epoch's (unpadded) sample permutation; `sums` holds each rank's running
     (train-loss sum, correct count, samples seen), so resuming adds the remaining batches to exactly the
-    numbers an uninterrupted run would have had. `seconds` is the time already spent in this epoch."""
+    numbers an uninterrupted run would have had. `seconds` is the time already spent in this epoch.
+    A streamed split (headstart.data.stream) has no permutation (`order` is empty): its order follows from
+    the seed, the epoch and `streams`, the number of reader streams it was read with."""
 
     epoch: int
     step: int
     order: torch.Tensor
     sums: list[tuple[float, int, int]]
     seconds: float = 0.0
+    streams: int = 0

@@ -9,10 +9,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -21,8 +23,10 @@ from tqdm import tqdm
 from headstart import distributed, modelio, plots, storage
 from headstart.checkpoint import Checkpointer
 from headstart.config import Frozen, TrackingConfig, build, section
-from headstart.data.imagefolder import Split, list_classes, load_split
+from headstart.data import stream
+from headstart.data.imagefolder import CACHE_MAX_BYTES, Split, list_classes, load_split, per_class_subset
 from headstart.engine import EngineConfig, EpochStats, FitResult, fit
+from headstart.errors import ConfigError
 from headstart.presets import Preset
 
 Role = Literal["finetune", "scratch"]
@@ -62,6 +66,10 @@ class TrainConfig(Frozen):
     checkpoint_dir: str | None
     checkpoint_every_steps: int = Field(ge=0)  # also mid-epoch, every N optimizer steps; 0 = epoch ends only
     tensor_cache_dir: str | None  # decoded uint8 splits keyed by content hash
+    max_steps: int = Field(ge=0)  # end after this many optimizer steps; 0 = no limit
+    data_loading: Literal["auto", "memory", "stream"]  # stream: shards through loader workers (packed data only)
+    loader_workers: int | None = Field(ge=0)  # stream readers; None: the pod's CPUs minus one, at most 8
+    shuffle_buffer: int = Field(ge=1)
     threads: int | None = None  # how, not what: torch's own choice unless a benchmark pins it
 
     @model_validator(mode="after")
@@ -84,13 +92,18 @@ class TrainConfig(Frozen):
         return hashlib.sha256(stamp.encode()).hexdigest()[:16]
 
 
-def data_fingerprint(*splits: Split) -> str:
+def data_fingerprint(*splits: Split | stream.StreamSplit) -> str:
     """A hash of what training sees: each split's class names, decoded pixels (in sample order) and labels.
 
     Computed from the tensors actually loaded, so editing, adding or relabelling an image changes it even
-    when nobody ran `dvc add`; a new copy of the same files on another node gives the same value."""
+    when nobody ran `dvc add`; a new copy of the same files on another node gives the same value.
+    A streamed split is hashed by its shards' sha256s (checked against the shards by validation) and the
+    samples it keeps, without reading an image."""
     digest = hashlib.blake2b(digest_size=16)
     for split in splits:
+        if isinstance(split, stream.StreamSplit):
+            digest.update(f"stream|{stream.fingerprint(split)}".encode())
+            continue
         digest.update(json.dumps([split.classes, list(split.x.shape), len(split.y)]).encode())
         digest.update(split.x.contiguous().numpy().data)
         digest.update(split.y.contiguous().numpy().data)
@@ -120,6 +133,7 @@ class TrainResult:
     epochs_run: int
     resumed_from: int | None
     resumed_at: str | None = None
+    first_step_seconds: float | None = None  # from the step's start (data loading included) to its first update
 
 
 def run(
@@ -130,6 +144,7 @@ def run(
 
     from headstart.models import build_model, count_params, head_and_backbone_params
 
+    started = time.time()
     distributed.init()
     main = distributed.is_main()
     distributed.per_rank_batch(cfg.batch_size, distributed.world_size())  # fail before any MLflow run
@@ -137,9 +152,8 @@ def run(
     torch.manual_seed(cfg.seed)  # the head (and a scratch model) is initialised from this seed
     built = build_model(cfg.backbone, cfg.weights, len(classes), in_channels=cfg.channels)
     preset = Preset(cfg.image_size, built.in_channels, built.mean, built.std)
-    cache = Path(cfg.tensor_cache_dir) if cfg.tensor_cache_dir else None
-    train = load_split(data_dir, "train", preset, classes, cfg.images_per_class, cfg.seed, cache_dir=cache)
-    val = load_split(data_dir, "val", preset, classes, cfg.val_images_per_class, cfg.seed, cache_dir=cache)
+    train = load_for_training(cfg, data_dir, "train", preset, classes, cfg.images_per_class)
+    val = load_for_training(cfg, data_dir, "val", preset, classes, cfg.val_images_per_class)
     head, backbone = head_and_backbone_params(built)
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -159,14 +173,18 @@ def run(
             metrics = {k: v for k, v in asdict(stats).items() if k != "epoch"}
             mlflow.log_metrics(metrics, step=stats.epoch)
 
-    with _tracking_run(tracking, cfg, len(train.y), count_params(built.model)) as run_id:
+    with _tracking_run(tracking, cfg, len(train.y) if isinstance(train, Split) else len(train),
+                       count_params(built.model)) as run_id:
         result = fit(built.model, head, backbone, preset, train, val, cfg.engine(), log_epoch, ckpt, cfg.role)
+        first_step = None if result.first_step_unix is None else result.first_step_unix - started
         if not main:
-            return _summary(cfg, out_dir, None, result)
+            return _summary(cfg, out_dir, None, result, first_step)
         history = [asdict(h) for h in result.history]
         curve = plots.learning_curve(history, out_dir / "learning_curve.png", f"{cfg.role}: {cfg.backbone}")
         metrics = {"best_val_accuracy": result.best_val_accuracy, "train_seconds": result.seconds,
                    "best_epoch": float(result.best_epoch)}
+        if first_step is not None:
+            metrics["first_step_seconds"] = first_step
         card = modelio.ModelCard(arch=cfg.backbone, classes=classes, preset=preset, role=cfg.role,
                                  weights_source=cfg.weights, run_id=run_id, metrics=metrics, tta=cfg.tta)
         modelio.save(built.model, card, out_dir / "model")
@@ -177,16 +195,55 @@ def run(
             mlflow.log_metrics(metrics)
             mlflow.log_artifact(str(curve))
             mlflow.log_artifact(str(out_dir / "history.json"))
-    summary = _summary(cfg, out_dir, run_id, result)
+    summary = _summary(cfg, out_dir, run_id, result, first_step)
     (out_dir / "metrics.json").write_text(json.dumps(asdict(summary), indent=2, sort_keys=True) + "\n")
     return summary
 
 
-def _summary(cfg: TrainConfig, out_dir: Path, run_id: str | None, result: FitResult) -> TrainResult:
+def load_for_training(
+    cfg: TrainConfig, data_dir: Path, split: str, preset: Preset, classes: tuple[str, ...], per_class: int | None,
+) -> Split | stream.StreamSplit:
+    """A split decoded into memory, or streamed from its shards (`data_loading`; auto: stream a packed
+    split whose decoded size would pass the tensor cache's 2 GiB limit, where re-decoding every run and
+    holding it all in RAM stops paying)."""
+    sharded = stream.is_sharded(data_dir)
+    if cfg.data_loading == "stream" and not sharded:
+        raise ConfigError(f"train.data_loading=stream: {data_dir} is an ImageFolder; streaming reads shards. "
+                          f"Pack it first (headstart data pack --data {data_dir} --out <folder>) or use memory/auto.")
+    items = None
+    mode = cfg.data_loading
+    if sharded and mode != "memory":
+        from headstart.data import shards
+
+        items = [(PurePosixPath(name), label) for name, label in shards.split_items(data_dir, split)]
+        if per_class is not None:
+            items = per_class_subset(items, per_class, cfg.seed)
+        decoded = len(items) * preset.image_size**2 * preset.channels
+        mode = "stream" if mode == "stream" or decoded > CACHE_MAX_BYTES else "memory"
+    if mode != "stream":
+        cache = Path(cfg.tensor_cache_dir) if cfg.tensor_cache_dir else None
+        return load_split(data_dir, split, preset, classes, per_class, cfg.seed, cache_dir=cache)
+    keep = None if per_class is None else frozenset(str(p) for p, _ in items or [])
+    workers = cfg.loader_workers if cfg.loader_workers is not None else default_loader_workers()
+    return stream.open_split(str(data_dir), split, preset, cfg.seed, workers, keep, cfg.shuffle_buffer)
+
+
+def default_loader_workers() -> int:
+    """One reader per CPU the pod may use, less one for the training loop, at most 8."""
+    from headstart import runtime
+
+    cpus = runtime.cpu_count() if hasattr(runtime, "cpu_count") else (os.cpu_count() or 1)
+    return max(1, min(8, cpus - 1))
+
+
+def _summary(
+    cfg: TrainConfig, out_dir: Path, run_id: str | None, result: FitResult, first_step: float | None = None,
+) -> TrainResult:
     return TrainResult(
         role=cfg.role, model_dir=str(out_dir / "model"), run_id=run_id, best_epoch=result.best_epoch,
         best_val_accuracy=result.best_val_accuracy, seconds=result.seconds,
         epochs_run=len(result.history), resumed_from=result.resumed_from, resumed_at=result.resumed_at,
+        first_step_seconds=first_step,
     )
 
 

@@ -1,0 +1,357 @@
+"""Stream a sharded split (headstart.data.shards) through DataLoader workers, for data larger than memory.
+
+Workers read shards, keep a seeded shuffle buffer, decode and resize with the preset, and hand the main
+process chunks of uint8 NHWC samples; the main process cuts them into batches, pins them and copies them
+to the device without blocking. Augmentation and normalisation stay in the engine, batched on the device.
+
+The order of an epoch is a pure function of (seed, epoch, rank, world size, stream count): the split's
+shards are permuted per epoch, rank r takes every world-th of them, and each of the rank's `streams`
+(one per worker) takes every streams-th of those, through its own seeded shuffle buffer. A DataLoader
+over an IterableDataset returns its workers' chunks round-robin, skipping a worker once it is exhausted,
+so the sequence is deterministic; `epoch_batches(..., skip_steps=k)` rebuilds the sequence from step k
+without decoding what it skips (each stream drops whole chunks undecoded, and the streams are rotated so
+that the round-robin resumes at the stream it stopped in). That is what makes a mid-epoch resume
+bit-identical on CPU.
+
+Under DDP every rank yields exactly `steps` batches of batch_size / world: a rank whose shards run out
+first starts its sequence again (DistributedSampler's padding, by repetition), one with more drops the
+rest of that epoch; next epoch's permutation deals the shards anew.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from headstart.errors import ConfigError, DataError
+from headstart.presets import Preset
+
+if TYPE_CHECKING:  # imported where used until then: data.shards imports the readers' dependencies
+    from headstart.data import shards as shardlib
+
+DEFAULT_SHUFFLE_BUFFER = 2048
+DEFAULT_CHUNK = 32
+
+
+@dataclass(frozen=True)
+class StreamSplit:
+    """A split that is streamed instead of decoded into memory: the engine's counterpart of `Split`.
+
+    `keep` (optional) restricts the split to the samples of these names (the `.path` member, e.g.
+    "coat/img_1.png": a per-class subset); `counts` then holds each shard's number of kept samples."""
+
+    root: str
+    split: str
+    classes: tuple[str, ...]
+    preset: Preset
+    shards: tuple[shardlib.ShardInfo, ...]
+    counts: tuple[int, ...]
+    seed: int
+    workers: int
+    shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER
+    chunk: int = DEFAULT_CHUNK
+    keep: frozenset[str] | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return sum(self.counts)
+
+    @property
+    def streams(self) -> int:
+        """Streams per rank: one per worker process (0 workers: one stream in the main process)."""
+        return max(1, self.workers)
+
+
+def is_sharded(root: str | Path) -> bool:
+    """A packed dataset (index.json at its root), as opposed to an ImageFolder."""
+    return (Path(root) / "index.json").is_file()
+
+
+def open_split(
+    root: str, split: str, preset: Preset, seed: int, workers: int,
+    keep: frozenset[str] | None = None, shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
+) -> StreamSplit:
+    """The `split` of the sharded dataset at `root`, ready to stream; `keep`: only the samples of these names."""
+    from headstart.data import shards as shardlib
+
+    index = shardlib.read_index(root)
+    if split not in index.splits:
+        raise DataError(f"{root}/index.json: no split {split!r} (has {', '.join(index.splits)})")
+    entries = index.splits[split].shards
+    if keep is None:
+        counts = tuple(s.count for s in entries)
+    else:
+        per_shard = {s.file: 0 for s in entries}
+        for name, shard_file in _names_by_shard(root, split):
+            if name in keep:
+                per_shard[shard_file] += 1
+        counts = tuple(per_shard[s.file] for s in entries)
+    if workers < 0:
+        raise ConfigError(f"loader_workers={workers}: use 0 (read in the main process) or more")
+    return StreamSplit(root=str(root), split=split, classes=index.classes, preset=preset, shards=entries,
+                       counts=counts, seed=seed, workers=workers, shuffle_buffer=shuffle_buffer, keep=keep)
+
+
+def _names_by_shard(root: str, split: str) -> Iterator[tuple[str, str]]:
+    from headstart.data import shards as shardlib
+
+    index = shardlib.read_index(root)
+    for entry in index.splits[split].shards:
+        for sample in shardlib.iter_shard(root, entry, len(index.classes)):
+            yield sample.name, entry.file
+
+
+def fingerprint(data: StreamSplit) -> str:
+    """What training sees, without reading an image: classes, each shard's sha256 and the kept keys."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"v1|{data.split}|{'|'.join(data.classes)}|{data.preset.image_size}|{data.preset.channels}".encode())
+    for entry, count in zip(data.shards, data.counts, strict=True):
+        digest.update(f"|{entry.file}|{entry.sha256}|{count}".encode())
+    if data.keep is not None:
+        digest.update("|".join(sorted(data.keep)).encode())
+    return digest.hexdigest()
+
+
+# ---- the order of an epoch ----------------------------------------------------------------------------
+
+def rank_shards(data: StreamSplit, epoch: int, rank: int, world: int) -> list[int]:
+    """Indices into `data.shards` that `rank` reads in `epoch`: a seeded permutation, every world-th."""
+    n = len(data.shards)
+    if n < world:
+        raise ConfigError(f"{data.root}: split {data.split!r} has {n} shard(s), fewer than the {world} training "
+                          "processes; every process reads its own shards. Re-pack with a smaller --shard-size "
+                          "(headstart data pack) or train with fewer processes.")
+    gen = torch.Generator().manual_seed(data.seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=gen)[rank::world].tolist()
+
+
+def stream_shards(data: StreamSplit, epoch: int, rank: int, world: int) -> list[list[int]]:
+    """The shards of each of this rank's streams, in reading order."""
+    mine = rank_shards(data, epoch, rank, world)
+    return [mine[s :: data.streams] for s in range(data.streams)]
+
+
+def _stream_seed(data: StreamSplit, epoch: int, rank: int, stream: int) -> int:
+    key = f"{data.seed}|{epoch}|{rank}|{stream}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
+
+
+def resume_plan(sizes: Sequence[int], chunk: int, skip: int) -> tuple[list[int], list[int], int]:
+    """Where the round-robin over streams of `sizes` samples (in chunks of `chunk`) stands after `skip`
+    samples: (whole chunks each stream skips, the streams still to read in the order the round-robin
+    resumes, samples to drop from the first chunk read)."""
+    left = [math.ceil(n / chunk) for n in sizes]
+    done = [0] * len(sizes)
+    position = 0
+    while True:
+        for s in range(len(sizes)):
+            if done[s] == left[s]:
+                continue
+            size = min(chunk, sizes[s] - done[s] * chunk)
+            if position + size > skip:  # stream s's next chunk holds sample `skip`
+                active = [t for t in range(len(sizes)) if done[t] < left[t]]
+                order = active[active.index(s):] + active[: active.index(s)]
+                return done, order, skip - position
+            position += size
+            done[s] += 1
+        if all(d == n for d, n in zip(done, left, strict=True)):
+            return done, [], 0
+
+
+class _Chunks(IterableDataset):
+    """One epoch's chunks for one rank; DataLoader worker w reads stream `order[w]`."""
+
+    def __init__(self, data: StreamSplit, epoch: int, rank: int, plan: list[tuple[int, list[int], int]]):
+        super().__init__()
+        self.data, self.epoch, self.rank = data, epoch, rank
+        self.plan = plan  # per worker slot: (stream id, its shard indices, whole chunks to skip)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        info = get_worker_info()
+        slot = 0 if info is None else info.id
+        slots = [slot] if info is not None else range(len(self.plan))
+        for s in slots:
+            if s < len(self.plan):
+                stream, shard_ids, skip_chunks = self.plan[s]
+                yield from self._stream(stream, shard_ids, skip_chunks)
+
+    def _samples(self, stream: int, shard_ids: list[int]) -> Iterator[shardlib.Sample]:
+        data = self.data
+        from headstart.data import shards as shardlib
+
+        rng = random.Random(_stream_seed(data, self.epoch, self.rank, stream))
+        buffer: list[shardlib.Sample] = []
+        for i in shard_ids:
+            for sample in shardlib.iter_shard(data.root, data.shards[i], len(data.classes)):
+                if data.keep is not None and sample.name not in data.keep:
+                    continue
+                if len(buffer) < data.shuffle_buffer:
+                    buffer.append(sample)
+                    continue
+                j = rng.randrange(len(buffer))
+                buffer[j], sample = sample, buffer[j]
+                yield sample
+        rng.shuffle(buffer)
+        yield from buffer
+
+    def _stream(self, stream: int, shard_ids: list[int], skip_chunks: int) -> Iterator[tuple[torch.Tensor, ...]]:
+        data, size = self.data, self.data.preset.image_size
+        pending: list[shardlib.Sample] = []
+        skip = skip_chunks * data.chunk
+        for sample in self._samples(stream, shard_ids):
+            if skip:
+                skip -= 1  # resumed: this sample was trained on before the checkpoint; not decoded
+                continue
+            pending.append(sample)
+            if len(pending) == data.chunk:
+                yield _decode(pending, data.preset, size)
+                pending = []
+        if pending:
+            yield _decode(pending, data.preset, size)
+
+
+def _decode(samples: list[shardlib.Sample], preset: Preset, size: int) -> tuple[torch.Tensor, ...]:
+    x = np.empty((len(samples), size, size, preset.channels), dtype=np.uint8)
+    for i, sample in enumerate(samples):
+        try:
+            x[i] = preset.decode(sample.data)
+        except DataError as exc:
+            raise DataError(f"{sample.shard}: sample {sample.key} ({sample.name}): {exc}") from exc
+    y = torch.tensor([s.label for s in samples], dtype=torch.int64)
+    pos = torch.tensor([int(s.key) for s in samples], dtype=torch.int64)
+    return torch.from_numpy(x), y, pos
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # decoding is PIL's; one thread per worker leaves the cores to the workers
+
+
+def _loader(dataset: _Chunks, workers: int) -> DataLoader:
+    return DataLoader(dataset, batch_size=None, num_workers=workers,
+                      worker_init_fn=_worker_init if workers else None,
+                      prefetch_factor=4 if workers else None, persistent_workers=False)
+
+
+def _pass(data: StreamSplit, epoch: int, rank: int, world: int, skip: int,
+          shuffle: bool = True) -> Iterator[tuple[torch.Tensor, ...]]:
+    """One pass over this rank's shards, from sample `skip` on, as chunks in the deterministic order."""
+    streams = stream_shards(data, epoch, rank, world) if shuffle else _in_order(data, rank, world)
+    sizes = [sum(data.counts[i] for i in ids) for ids in streams]
+    done, order, drop = resume_plan(sizes, data.chunk, skip)
+    plan = [(s, streams[s], done[s]) for s in order]
+    if not plan:
+        return
+    dataset = _Chunks(data, epoch, rank, plan) if shuffle else _Ordered(data, epoch, rank, plan)
+    for x, y, pos in _loader(dataset, data.workers and len(plan)):
+        if drop:
+            x, y, pos, drop = x[drop:], y[drop:], pos[drop:], 0
+        if len(y):
+            yield x, y, pos
+
+
+def epoch_batches(
+    data: StreamSplit, epoch: int, batch_size: int, rank: int, world: int, steps: int,
+    skip_steps: int = 0, device: torch.device | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """This rank's batches of `epoch` from step `skip_steps` on: uint8 NHWC and int64 labels on `device`.
+
+    One process: the split once, in batches of `batch_size` (the last one short). Under DDP
+    (`world` > 1): exactly `steps` batches of `batch_size` samples per rank (`batch_size` is the per-rank
+    batch here), the rank's sequence repeated or cut to fill them."""
+    device = device or torch.device("cpu")
+    per_pass = sum(data.counts[i] for i in rank_shards(data, epoch, rank, world))
+    if per_pass == 0:
+        raise DataError(f"{data.root}: split {data.split!r}: rank {rank} got no samples in epoch {epoch}")
+    start = skip_steps * batch_size
+    total = steps * batch_size if world > 1 else len(data)
+    skip = start % per_pass
+
+    def chunks() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        nonlocal skip
+        while True:
+            for x, y, _ in _pass(data, epoch, rank, world, skip):
+                yield x, y
+            skip = 0
+            if world == 1:
+                return
+
+    for xb, yb in _rebatch(chunks(), batch_size, total - start):
+        yield _to(xb, device), _to(yb, device)
+
+
+def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Pinned host memory, then an asynchronous copy, when the device is a GPU."""
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
+
+
+def _rebatch(
+    chunks: Iterator[tuple[torch.Tensor, ...]], batch_size: int, limit: int,
+) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Cut a stream of chunks (tuples of tensors with one row per sample) into batches of `batch_size`
+    rows, the last one short, `limit` rows in all."""
+    pending: list[tuple[torch.Tensor, ...]] = []
+    held = emitted = 0
+    for chunk in chunks:
+        pending.append(chunk)
+        held += len(chunk[0])
+        while held >= batch_size and emitted < limit:
+            joined = [torch.cat(parts) for parts in zip(*pending, strict=True)]
+            take = min(batch_size, limit - emitted)
+            yield tuple(t[:take] for t in joined)
+            pending = [tuple(t[take:] for t in joined)]
+            held -= take
+            emitted += take
+        if emitted >= limit:
+            return
+    if held and emitted < limit:
+        joined = [torch.cat(parts) for parts in zip(*pending, strict=True)]
+        yield tuple(t[: limit - emitted] for t in joined)
+
+
+# ---- in index order, for scoring ----------------------------------------------------------------------
+
+def _in_order(data: StreamSplit, rank: int, world: int) -> list[list[int]]:
+    mine = list(range(len(data.shards)))[rank::world]
+    return [mine[s :: data.streams] for s in range(data.streams)]
+
+
+class _Ordered(_Chunks):
+    """Scoring: no shuffle buffer; each stream reads its shards front to back."""
+
+    def _samples(self, stream: int, shard_ids: list[int]) -> Iterator[shardlib.Sample]:
+        from headstart.data import shards as shardlib
+
+        for i in shard_ids:
+            for sample in shardlib.iter_shard(self.data.root, self.data.shards[i], len(self.data.classes)):
+                if self.data.keep is None or sample.name in self.data.keep:
+                    yield sample
+
+
+def scoring_batches(
+    data: StreamSplit, batch_size: int, rank: int = 0, world: int = 1, device: torch.device | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Every sample of rank's share (shards rank::world) once, unshuffled, in batches of at most
+    `batch_size`: (uint8 NHWC and labels on `device`, positions on the CPU).
+
+    Positions are the samples' sequence numbers in the split (their keys), so predictions can be put back
+    in index order whatever order the workers delivered them in."""
+    device = device or torch.device("cpu")
+    chunks = _pass(data, 0, rank, world, 0, shuffle=False)
+    for x, y, pos in _rebatch(chunks, batch_size, len(data)):
+        yield _to(x, device), _to(y, device), pos
+
+
+def predict_batches(
+    root: str, split: str, preset: Preset, batch_size: int, workers: int, device: torch.device | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """A whole split for prediction, in batches of at most `batch_size`: (uint8 NHWC, int64 labels,
+    int64 positions in the split's index order). Memory: a few batches, whatever the split's size."""
+    yield from scoring_batches(open_split(root, split, preset, seed=0, workers=workers), batch_size, device=device)
