@@ -1,5 +1,11 @@
 """Serving check, run in a fresh process: load a registered version through mlflow.pyfunc and
-predict a sample of test images. The register step compares the labels with the evaluation's."""
+predict a sample of test images. The register step compares the labels with the evaluation's.
+
+Like with like: the pyfunc predicts on the CPU in fp32 (serving.Classifier loads through modelio.load
+and never moves the model), while evaluation may have scored on a GPU under bf16 autocast, where a
+borderline image can take the other label. `expected_labels` gives the evaluation's labels only when
+they were made on the serving device and precision; otherwise the prediction store's entry made that
+way, or, failing that, the same model predicting the sampled images on the CPU in fp32."""
 
 from __future__ import annotations
 
@@ -7,6 +13,49 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
+
+from headstart.predictions import CPU_FP32
+
+SERVING_DEVICE = CPU_FP32  # what the pyfunc predicts on, whatever machine registers the model
+
+
+def expected_labels(eval_dir: Path, name: str, model_dir: Path, sample: list[int], images: list[Path]) -> list[int]:
+    """Class indices the served model must reproduce on `images` (rows `sample` of the test split),
+    made on the serving device and precision."""
+    import numpy as np
+
+    from headstart import predictions
+
+    meta: dict[str, Any] = json.loads((eval_dir / "metrics.json").read_text())
+    made_on = meta["models"][name].get("predicted_on", CPU_FP32)  # evaluations before the store ran on CPU
+    evaluated = np.load(eval_dir / "predictions.npz")[f"pred_{name}"]
+    if made_on == SERVING_DEVICE:
+        return [int(evaluated[i]) for i in sample]
+    key, store = meta["models"][name].get("prediction_key"), meta.get("prediction_store")
+    if key and store:
+        n_classes = len(meta["classes"])
+        stored = predictions.load(store, predictions.PredictionKey(**{**key, "device": SERVING_DEVICE}),
+                                  len(evaluated), n_classes)
+        if stored is not None:
+            return [int(stored[i]) for i in sample]
+    return reference_labels(model_dir, images)
+
+
+def reference_labels(model_dir: Path, images: list[Path]) -> list[int]:
+    """The evaluation path (modelio.load, preset decode, engine.predict_logits) on these images, on the CPU."""
+    import numpy as np
+    import torch
+
+    from headstart import modelio
+    from headstart.engine import predict_logits
+
+    model, card = modelio.load(model_dir)
+    model.to("cpu")
+    if not images:
+        return []
+    x = torch.from_numpy(np.stack([card.preset.decode(p) for p in images]))
+    return predict_logits(model, card.preset, x, tta=card.tta).argmax(1).tolist()
 
 
 def main(argv: list[str] | None = None) -> int:

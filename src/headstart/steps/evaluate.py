@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from headstart import modelio, plots, stats
+from headstart import modelio, plots, predictions, stats
 from headstart.config import Frozen, TrackingConfig, build, section
-from headstart.data.imagefolder import load_split
+from headstart.data.imagefolder import CACHE_MAX_BYTES, list_split, load_split
+from headstart.data.stream import is_sharded
 from headstart.engine import predict_logits
 from headstart.errors import DataError
+from headstart.progress import progress_enabled
 
 
 class EvaluateConfig(Frozen):
@@ -23,6 +26,9 @@ class EvaluateConfig(Frozen):
     batch_size: int = 256
     include_champion: bool = True
     tensor_cache_dir: str | None = ".headstart/cache/tensors"  # decoded test split, reused across runs
+    prediction_store: str | None = ".headstart/cache/predictions"  # folder or s3:// URI; None: score every time
+    data_loading: Literal["auto", "memory", "stream"] = "auto"  # auto: stream a packed split past 2 GiB decoded
+    loader_workers: int | None = None  # streaming readers; None: one per CPU the pod may use, less one, at most 8
 
 
 def config_from_params(params: dict[str, Any]) -> EvaluateConfig:
@@ -39,14 +45,124 @@ class EvaluateResult:
     champion_classes: list[str] | None = None  # differs from `classes` when the champion was not scored
 
 
+@dataclass
+class Scored:
+    """One model's predictions on the test split, and how they were obtained."""
+
+    y_true: np.ndarray
+    y_pred: np.ndarray
+    paths: list[str]
+    key: predictions.PredictionKey | None  # None: the store is off and nothing was fingerprinted
+    device: str  # predictions.CPU_FP32 or CUDA_BF16
+    reused: bool = False  # read back from the prediction store instead of scored
+    seconds: float = 0.0
+
+
+def scoring_device() -> Any:
+    """The GPU when the task has one (bf16 autocast in engine.predict_logits), else the CPU."""
+    import torch
+
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def test_listing(data_dir: Path, classes: tuple[str, ...]) -> tuple[list[str], np.ndarray]:
+    """Names and labels of the test split in load order, without decoding an image."""
+    if is_sharded(data_dir):
+        from headstart.data import shards
+
+        items = shards.split_items(data_dir, "test")
+        return [name for name, _ in items], np.array([label for _, label in items], dtype=np.int64)
+    items = list_split(data_dir, "test", classes)
+    return [str(p.relative_to(data_dir)) for p, _ in items], np.array([c for _, c in items], dtype=np.int64)
+
+
+def _streams(cfg: EvaluateConfig | None, data_dir: Path, n: int, size: int, channels: int) -> bool:
+    """Stream a packed test split (workers decode, a few batches in memory) when asked, or in auto mode
+    when its decoded size would pass the tensor cache's limit; else decode it into memory."""
+    mode = cfg.data_loading if cfg else "auto"
+    if not is_sharded(data_dir):
+        if mode == "stream":
+            raise DataError(f"evaluate.data_loading=stream: {data_dir} is an ImageFolder; streaming reads shards. "
+                            f"Pack it first (headstart data pack --data {data_dir} --out <folder>) or use auto.")
+        return False
+    return mode == "stream" or (mode == "auto" and n * size * size * channels > CACHE_MAX_BYTES)
+
+
 def predict_folder(
-    model_dir: Path, data_dir: Path, batch_size: int, cache_dir: Path | None = None
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Predictions of a saved model on the test split, decoded with the model's own preset."""
+    model_dir: Path, data_dir: Path, batch_size: int, cache_dir: Path | None = None,
+    cfg: EvaluateConfig | None = None, fingerprints: dict[tuple[str, ...], str] | None = None,
+) -> Scored:
+    """Predictions of a saved model on the test split, decoded with the model's own preset.
+
+    With `cfg.prediction_store` set, they are read back from the store when this model (its saved bytes),
+    this test split (its content), its TTA mode and this device kind already made them; otherwise scored
+    and kept there. `fingerprints` caches the split's fingerprint per class list across the models of a run."""
+    import torch
+
+    card = modelio.load_card(model_dir)
+    device = scoring_device()
+    kind = predictions.device_kind(device.type)
+    store = cfg.prediction_store if cfg else None
+    key = None
+    if store:
+        fingerprints = {} if fingerprints is None else fingerprints
+        if card.classes not in fingerprints:
+            fingerprints[card.classes] = predictions.split_fingerprint(data_dir, "test", card.classes)
+        key = predictions.PredictionKey(model=predictions.model_digest(model_dir), data=fingerprints[card.classes],
+                                        tta=card.tta, device=kind)
+        names, labels = test_listing(data_dir, card.classes)
+        stored = predictions.load(store, key, len(labels), len(card.classes))
+        if stored is not None:
+            return Scored(labels, stored, names, key, kind, reused=True)
+    started = time.time()
     model, card = modelio.load(model_dir)
-    test = load_split(data_dir, "test", card.preset, card.classes, cache_dir=cache_dir)
-    logits = predict_logits(model, card.preset, test.x, batch_size, tta=card.tta)
-    return test.y.numpy(), logits.argmax(1).numpy(), list(test.paths)
+    model.to(device)
+    preset = card.preset
+    sharded = is_sharded(data_dir)
+    if sharded:
+        names, labels = test_listing(data_dir, card.classes)
+    if _streams(cfg, data_dir, len(labels) if sharded else 0, preset.image_size, preset.channels):
+        y_pred = _predict_streaming(model, card, data_dir, batch_size, len(labels), cfg)
+        y_true, paths = labels, names
+    else:
+        test = load_split(data_dir, "test", preset, card.classes, cache_dir=cache_dir)
+        y_pred = predict_logits(model, preset, test.x, batch_size, tta=card.tta).argmax(1).numpy()
+        y_true, paths = test.y.numpy(), list(names if sharded else test.paths)
+        if len(paths) != len(y_true):
+            raise DataError(f"{data_dir}: the test split lists {len(paths)} samples but {len(y_true)} were loaded")
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    if store and key is not None:
+        predictions.save(store, key, y_pred)
+    return Scored(y_true, y_pred.astype(np.int64), paths, key, kind, seconds=time.time() - started)
+
+
+def _predict_streaming(model: Any, card: modelio.ModelCard, data_dir: Path, batch_size: int, n: int,
+                       cfg: EvaluateConfig | None) -> np.ndarray:
+    """Score a packed split batch by batch as the readers deliver it; memory: a label per image."""
+    from tqdm import tqdm
+
+    from headstart.data.stream import predict_batches
+    from headstart.steps.train import default_loader_workers
+
+    workers = cfg.loader_workers if cfg and cfg.loader_workers is not None else default_loader_workers()
+    device = next(model.parameters()).device
+    y_pred = np.full(n, -1, dtype=np.int64)
+    with tqdm(total=n, desc="scoring test", unit="img", disable=not progress_enabled(), leave=False) as bar:
+        for xb, _, pos in predict_batches(str(data_dir), "test", card.preset, batch_size, workers, device=device):
+            y_pred[pos.numpy()] = predict_logits(model, card.preset, xb, batch_size, tta=card.tta).argmax(1).numpy()
+            bar.update(len(pos))
+    if (y_pred < 0).any():
+        raise DataError(f"{data_dir}: streaming the test split left {int((y_pred < 0).sum())} of {n} samples "
+                        "unscored; the index and the shards disagree (run headstart validate)")
+    return y_pred
+
+
+def provenance(s: Scored) -> dict[str, Any]:
+    """Where a model's predictions came from, for metrics.json, the report and the serving check."""
+    return {"predictions": "reused from the store" if s.reused else "scored", "predicted_on": s.device,
+            "scoring_seconds": round(s.seconds, 3), "prediction_key": s.key.to_dict() if s.key else None}
 
 
 def summarise(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict[str, Any]:
@@ -74,18 +190,19 @@ def run(
     """Write predictions.npz, metrics.json, confusion PNGs and report.md to `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     cache = Path(cfg.tensor_cache_dir) if cfg.tensor_cache_dir else None
-    preds: dict[str, np.ndarray] = {}
+    fingerprints: dict[tuple[str, ...], str] = {}
+    scored: dict[str, Scored] = {}
     tta: dict[str, str] = {}
     y_true: np.ndarray | None = None
     paths: list[str] = []
     classes: list[str] = []
     for name, folder in candidates.items():
-        y, p, paths_ = predict_folder(folder, data_dir, cfg.batch_size, cache)
+        s = predict_folder(folder, data_dir, cfg.batch_size, cache, cfg, fingerprints)
         card = modelio.load_card(folder)
         classes_ = list(card.classes)
-        if y_true is not None and (paths_ != paths or classes_ != classes):
+        if y_true is not None and (s.paths != paths or classes_ != classes):
             raise DataError(f"{folder}: model was trained on other classes than {classes}; cannot compare")
-        y_true, paths, classes, preds[name], tta[name] = y, paths_, classes_, p, card.tta
+        y_true, paths, classes, scored[name], tta[name] = s.y_true, s.paths, classes_, s, card.tta
     assert y_true is not None
     champion_version, champion_classes = None, None
     if cfg.include_champion and tracking is not None:
@@ -97,9 +214,11 @@ def run(
             champ_card = modelio.load_card(champ_dir)
             champion_classes = list(champ_card.classes)  # recorded either way: the gate names a change
             if champion_classes == classes:
-                preds["champion"] = predict_folder(champ_dir, data_dir, cfg.batch_size, cache)[1]
+                scored["champion"] = predict_folder(champ_dir, data_dir, cfg.batch_size, cache, cfg, fingerprints)
                 tta["champion"] = champ_card.tta
-    models = {name: {**summarise(y_true, p, classes), "tta": tta[name]} for name, p in preds.items()}
+    preds = {name: s.y_pred for name, s in scored.items()}
+    models = {name: {**summarise(y_true, s.y_pred, classes), "tta": tta[name], **provenance(s)}
+              for name, s in scored.items()}
     files: dict[str, str] = {}
     for name, p in preds.items():
         png = plots.confusion_matrix_png(confusion(y_true, p, len(classes)), classes,
@@ -111,7 +230,7 @@ def run(
     result = EvaluateResult(models=models, comparison=comparison, champion_version=champion_version,
                             classes=classes, files=files, champion_classes=champion_classes)
     payload = {"models": models, "comparison": comparison, "champion_version": champion_version,
-               "classes": classes, "champion_classes": champion_classes}
+               "classes": classes, "champion_classes": champion_classes, "prediction_store": cfg.prediction_store}
     (out_dir / "metrics.json").write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
     (out_dir / "report.md").write_text(report_markdown(result))
     (out_dir / "report.html").write_text(report_html(result, out_dir))
@@ -173,6 +292,10 @@ def paired_comparison(preds: dict[str, np.ndarray], y_true: np.ndarray, cfg: Eva
             "scratch_only_right": mc.b01}
 
 
+def _label(name: str, result: EvaluateResult) -> str:
+    return f"champion v{result.champion_version}" if name == "champion" else name
+
+
 def report_markdown(result: EvaluateResult) -> str:
     lines = ["# Evaluation on the test split", "", "| model | accuracy | macro-F1 | test images |",
              "|---|---:|---:|---:|"]
@@ -183,6 +306,8 @@ def report_markdown(result: EvaluateResult) -> str:
     if result.champion_version is not None and "champion" not in result.models:
         lines += ["", f"Champion v{result.champion_version} was not scored: it was trained on other classes "
                   f"({', '.join(result.champion_classes or [])}); the gate's `label_set` check names the change."]
+    lines += ["", "Predictions:"] + [f"- {_label(name, result)}: {m['predictions']} ({m['predicted_on']})"
+                                     for name, m in result.models.items() if "predictions" in m]
     c = result.comparison
     if c:
         lines += ["", f"Paired comparison ({c['pair']}): difference {c['accuracy_diff']:+.4f}, "

@@ -235,7 +235,9 @@ def run(cfg: RegisterConfig, thresholds: GateThresholds, data_dir: Path, candida
     preds = np.load(eval_dir / "predictions.npz")
     sample = serving_sample(preds["y_true"], cfg.serving_check_images)
     paths = [data_dir / preds["paths"][i] for i in sample]
-    expected = [card.classes[preds[f"pred_{winner.name}"][i]] for i in sample]
+    from headstart.serving.check import expected_labels  # made on the device and precision serving uses
+
+    expected = [card.classes[i] for i in expected_labels(eval_dir, winner.name, candidates[winner.name], sample, paths)]
     data_tags = lineage(data_dir)
     tags = {**data_tags, "headstart.winner": winner.name,
             "headstart.finetune_run_id": modelio.load_card(candidates["finetune"]).run_id or "",

@@ -1,0 +1,157 @@
+"""The prediction store: a model's predicted labels on a test split, computed once and kept.
+
+Scoring the champion again on every run costs a full pass over the test split for an answer that has
+not changed. An entry is keyed by everything the answer depends on:
+
+- the model's content: the bytes `modelio.save` wrote (weights and card: architecture, classes, preset);
+- the test split's fingerprint: every image's bytes, relative path and label for an ImageFolder, the
+  index's shard sha256s (and counts) for a sharded dataset, plus the class list;
+- the TTA mode;
+- the device kind and precision that made them ("cpu/fp32", or "cuda/bf16": the engine's autocast), so
+  a check that must compare like with like (the serving check) finds the entry made its way.
+
+The store is a local folder or an `s3://bucket/prefix` URI (headstart.storage). One entry is one
+`<key digest>.npz` file holding the labels (int32, one per image) and the key it was written for; it is
+written atomically (a temporary file renamed locally; an S3 object appears only once uploaded), and an
+entry that is unreadable, truncated or holds another key or shape is ignored and recomputed. The store
+is a cache: a failure to read or write it is logged and the run goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from headstart import storage
+from headstart.errors import StorageError
+
+FORMAT = 1
+CPU_FP32 = "cpu/fp32"
+CUDA_BF16 = "cuda/bf16"
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PredictionKey:
+    """What a model's predictions on a split depend on."""
+
+    model: str  # model_digest(model_dir)
+    data: str  # split_fingerprint(...)
+    tta: str
+    device: str  # CPU_FP32 or CUDA_BF16
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+    def digest(self) -> str:
+        text = json.dumps({"format": FORMAT, **self.to_dict()}, sort_keys=True)
+        return hashlib.blake2b(text.encode(), digest_size=20).hexdigest()
+
+
+def device_kind(device_type: str) -> str:
+    """The device kind and precision predictions are made in: engine.predict_logits autocasts to bf16 on
+    CUDA and runs fp32 on the CPU."""
+    return CUDA_BF16 if device_type == "cuda" else CPU_FP32
+
+
+def model_digest(model_dir: Path) -> str:
+    """Hash of the saved model's files (weights, then card), read in chunks."""
+    from headstart.modelio import CARD_FILE, WEIGHTS_FILE
+
+    digest = hashlib.blake2b(digest_size=20)
+    for name in (WEIGHTS_FILE, CARD_FILE):
+        digest.update(f"|{name}|".encode())
+        with open(Path(model_dir) / name, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def split_fingerprint(data_dir: Path, split: str, classes: tuple[str, ...]) -> str:
+    """The content of `split` as evaluation loads it with `classes`.
+
+    Sharded: the class list and the index's shards (file, sample count, sha256; validation checks the
+    shards against the index). ImageFolder: every image's relative path, label and bytes, in load order."""
+    from headstart.data.stream import is_sharded
+
+    digest = hashlib.blake2b(digest_size=20)
+    digest.update(f"v1|{split}|{'|'.join(classes)}".encode())
+    if is_sharded(data_dir):
+        from headstart.data import shards
+
+        index = shards.read_index(data_dir)
+        digest.update(f"|shards|{'|'.join(index.classes)}".encode())
+        for entry in index.splits[split].shards:
+            digest.update(f"|{entry.file}|{entry.count}|{entry.sha256}".encode())
+        return digest.hexdigest()
+    from headstart.data.imagefolder import list_split
+
+    for path, label in list_split(data_dir, split, classes):
+        data = path.read_bytes()
+        digest.update(f"|{path.relative_to(data_dir).as_posix()}|{label}|{len(data)}|".encode())
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def entry_uri(store: str, key: PredictionKey) -> str:
+    return storage.join(store, f"{key.digest()}.npz")
+
+
+def load(store: str, key: PredictionKey, n: int, n_classes: int) -> np.ndarray | None:
+    """The stored labels for `key` (int64, shape (n,)), or None when absent or unusable."""
+    uri = entry_uri(store, key)
+    try:
+        if not storage.exists(uri):
+            return None
+        raw, _ = storage.read_bytes(uri)
+        with np.load(io.BytesIO(raw), allow_pickle=False) as entry:
+            stored_key, labels = str(entry["key"]), entry["labels"]
+    except (StorageError, OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        log.warning("prediction store: %s is unreadable (%s); scoring again", uri, exc)
+        return None
+    if stored_key != json.dumps(key.to_dict(), sort_keys=True):
+        log.warning("prediction store: %s holds another key; scoring again", uri)
+        return None
+    if labels.shape != (n,) or labels.dtype.kind not in "iu" or (n and not 0 <= labels.min() <= labels.max()
+                                                                  < n_classes):
+        log.warning("prediction store: %s holds %s labels of shape %s, expected (%d,) in [0, %d); scoring again",
+                    uri, labels.dtype, labels.shape, n, n_classes)
+        return None
+    return labels.astype(np.int64)
+
+
+def save(store: str, key: PredictionKey, labels: np.ndarray) -> str | None:
+    """Keep `labels` under `key`; the entry's URI, or None when the store could not be written."""
+    uri = entry_uri(store, key)
+    tmp_name = None
+    try:
+        folder = None if storage.is_s3(store) else Path(store)
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, suffix=".npz.tmp", delete=False) as tmp:
+            tmp_name = tmp.name
+            np.savez(tmp, labels=np.asarray(labels, dtype=np.int32),
+                     key=np.array(json.dumps(key.to_dict(), sort_keys=True)))
+        if folder is None:
+            storage.upload(Path(tmp_name), uri)
+        else:
+            os.replace(tmp_name, uri)
+            tmp_name = None
+    except (StorageError, OSError) as exc:
+        log.warning("prediction store: could not write %s (%s); predictions are not kept", uri, exc)
+        return None
+    finally:
+        if tmp_name is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp_name)
+    return uri

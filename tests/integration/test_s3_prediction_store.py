@@ -1,0 +1,50 @@
+"""The prediction store at an s3:// URI on a real moto server: a second evaluate reuses the entries written
+there, a corrupt object is ignored and replaced (issue 16, item 4)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from headstart import storage
+from headstart.steps import evaluate
+
+from ..conftest import make_imagefolder
+from ..steps.test_prediction_store import _model
+from .conftest import fresh_bucket
+
+pytestmark = pytest.mark.integration
+
+
+def test_predictions_kept_in_s3_are_reused_and_a_corrupt_object_is_rescored(moto: str, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch):
+    bucket = fresh_bucket(moto, monkeypatch, "preds")
+    store = f"s3://{bucket}/cache/predictions"
+    data = make_imagefolder(tmp_path / "data", per_class={"train": 2, "val": 2, "test": 3}, size=16)
+    cands = {"finetune": _model(tmp_path / "ft", 1, "finetune"), "scratch": _model(tmp_path / "sc", 2, "scratch")}
+    cfg = evaluate.EvaluateConfig(bootstrap_samples=20, tensor_cache_dir=None, prediction_store=store)
+    scored: list[int] = []
+    real = evaluate.predict_logits
+
+    def spy(model, preset, x, *args, **kwargs):
+        scored.append(len(x))
+        return real(model, preset, x, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "predict_logits", spy)
+
+    def how(out: Path) -> set[str]:
+        return {m["predictions"] for m in json.loads((out / "metrics.json").read_text())["models"].values()}
+
+    evaluate.run(cfg, data, cands, tmp_path / "e1")
+    names = storage.list_names(store)
+    assert scored == [9, 9] and len(names) == 2 and all(n.endswith(".npz") for n in names)
+    scored.clear()
+    evaluate.run(cfg, data, cands, tmp_path / "e2")
+    assert scored == [] and how(tmp_path / "e2") == {"reused from the store"}
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"\x00" * 64)
+    storage.upload(junk, storage.join(store, names[0]))
+    evaluate.run(cfg, data, cands, tmp_path / "e3")
+    assert scored == [9] and how(tmp_path / "e3") == {"reused from the store", "scored"}

@@ -1,0 +1,225 @@
+"""The prediction store (issue 16, item 4): a model's predictions on a test split are computed once and
+kept, keyed by the model's saved bytes, the test split's content, the TTA mode and the device kind; the
+serving check compares served labels with labels made on the serving device and precision."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from headstart import modelio, predictions
+from headstart.config import TrackingConfig
+from headstart.gate import GateThresholds
+from headstart.models import build_model
+from headstart.presets import Preset
+from headstart.serving import check
+from headstart.steps import evaluate, register
+
+from ..conftest import CLASSES, make_imagefolder
+
+PRESET = Preset(image_size=16, channels=1, mean=(0.5,), std=(0.5,))
+LENIENT = GateThresholds(min_accuracy=0.0, min_gain_over_baseline=None, max_regression=1.0,
+                         max_class_recall_drop=0.99)
+
+
+def _model(folder: Path, seed: int, role: str, tta: str = "none") -> Path:
+    """A small CNN with seeded random weights, saved as training saves it (no training: scoring is the point)."""
+    torch.manual_seed(seed)
+    built = build_model("small_cnn", None, len(CLASSES), in_channels=1)
+    card = modelio.ModelCard(arch="small_cnn", classes=CLASSES, preset=PRESET, role=role, tta=tta)
+    return modelio.save(built.model, card, folder)
+
+
+@pytest.fixture
+def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    data = make_imagefolder(tmp_path / "data", per_class={"train": 2, "val": 2, "test": 4}, size=16)
+    cands = {"finetune": _model(tmp_path / "ft", 1, "finetune"), "scratch": _model(tmp_path / "sc", 2, "scratch")}
+    cfg = evaluate.EvaluateConfig(bootstrap_samples=50, tensor_cache_dir=None,
+                                  prediction_store=str(tmp_path / "store"))
+    scored: list[int] = []  # images each predict_logits call scored
+    real = evaluate.predict_logits
+
+    def spy(model, preset, x, *args, **kwargs):
+        scored.append(len(x))
+        return real(model, preset, x, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "predict_logits", spy)
+    return tmp_path, data, cands, cfg, scored
+
+
+def _how(out: Path) -> dict[str, str]:
+    return {k: m["predictions"] for k, m in json.loads((out / "metrics.json").read_text())["models"].items()}
+
+
+def test_a_second_evaluate_of_unchanged_models_scores_nothing(setup):
+    root, data, cands, cfg, scored = setup
+    first = evaluate.run(cfg, data, cands, root / "e1")
+    assert scored == [12, 12] and _how(root / "e1") == {"finetune": "scored", "scratch": "scored"}
+    scored.clear()
+    second = evaluate.run(cfg, data, cands, root / "e2")
+    assert scored == []
+    assert _how(root / "e2") == {"finetune": "reused from the store", "scratch": "reused from the store"}
+    for name in cands:
+        assert second.models[name]["accuracy"] == first.models[name]["accuracy"]
+        assert second.models[name]["predicted_on"] == "cpu/fp32"
+    a, b = np.load(root / "e1" / "predictions.npz"), np.load(root / "e2" / "predictions.npz")
+    for k in ("y_true", "paths", "pred_finetune", "pred_scratch"):
+        np.testing.assert_array_equal(a[k], b[k])
+    assert "- scratch: reused from the store (cpu/fp32)" in (root / "e2" / "report.md").read_text()
+
+
+def test_a_changed_test_image_scores_every_model_again(setup):
+    root, data, cands, cfg, scored = setup
+    evaluate.run(cfg, data, cands, root / "e1")
+    scored.clear()
+    image = sorted((data / "test" / "square").iterdir())[0]
+    pixels = np.asarray(Image.open(image)).copy()
+    pixels[0, 0] ^= 0xFF
+    Image.fromarray(pixels).save(image)
+    evaluate.run(cfg, data, cands, root / "e2")
+    assert scored == [12, 12] and set(_how(root / "e2").values()) == {"scored"}
+
+
+def test_an_added_test_image_scores_again(setup):
+    root, data, cands, cfg, scored = setup
+    evaluate.run(cfg, data, cands, root / "e1")
+    scored.clear()
+    Image.open(sorted((data / "test" / "circle").iterdir())[0]).save(data / "test" / "circle" / "extra.png")
+    result = evaluate.run(cfg, data, cands, root / "e2")
+    assert scored == [13, 13] and result.models["finetune"]["n_test"] == 13
+
+
+def test_a_model_with_other_weights_is_scored_again_the_unchanged_one_is_not(setup):
+    root, data, cands, cfg, scored = setup
+    evaluate.run(cfg, data, cands, root / "e1")
+    scored.clear()
+    _model(cands["scratch"], 3, "scratch")  # retrained: same folder, other weights
+    evaluate.run(cfg, data, cands, root / "e2")
+    assert scored == [12]
+    assert _how(root / "e2") == {"finetune": "reused from the store", "scratch": "scored"}
+
+
+def test_another_tta_mode_is_scored_again(setup):
+    root, data, cands, cfg, scored = setup
+    evaluate.run(cfg, data, cands, root / "e1")
+    scored.clear()
+    _model(cands["finetune"], 1, "finetune", tta="flip")  # same weights, flip TTA
+    result = evaluate.run(cfg, data, cands, root / "e2")
+    assert scored == [12] and result.models["finetune"]["tta"] == "flip"
+    assert _how(root / "e2")["finetune"] == "scored"
+
+
+def test_the_key_separates_device_kind_and_tta():
+    key = predictions.PredictionKey(model="m", data="d", tta="none", device=predictions.CPU_FP32)
+    digests = {key.digest(), replace(key, device=predictions.CUDA_BF16).digest(), replace(key, tta="flip").digest(),
+               replace(key, model="m2").digest(), replace(key, data="d2").digest()}
+    assert len(digests) == 5
+    assert predictions.device_kind("cuda") == "cuda/bf16" and predictions.device_kind("cpu") == "cpu/fp32"
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "wrong_shape"])
+def test_an_unreadable_or_wrong_entry_is_ignored_and_rewritten(setup, damage: str):
+    root, data, cands, cfg, scored = setup
+    first = evaluate.run(cfg, data, cands, root / "e1")
+    entries = sorted((root / "store").glob("*.npz"))
+    assert len(entries) == 2
+    for entry in entries:
+        if damage == "garbage":
+            entry.write_bytes(b"not an npz")
+        elif damage == "truncated":
+            entry.write_bytes(entry.read_bytes()[:40])
+        else:
+            with np.load(entry) as e:
+                key = e["key"]
+            np.savez(entry, labels=np.zeros(5, dtype=np.int32), key=key)
+    scored.clear()
+    second = evaluate.run(cfg, data, cands, root / "e2")
+    assert scored == [12, 12]
+    assert second.models["finetune"]["accuracy"] == first.models["finetune"]["accuracy"]
+    scored.clear()
+    evaluate.run(cfg, data, cands, root / "e3")  # rewritten by the second run
+    assert scored == []
+
+
+def test_a_null_store_scores_every_time_and_writes_nothing(setup):
+    root, data, cands, cfg, scored = setup
+    cfg = cfg.model_copy(update={"prediction_store": None})
+    evaluate.run(cfg, data, cands, root / "e1")
+    evaluate.run(cfg, data, cands, root / "e2")
+    assert scored == [12, 12, 12, 12] and not (root / "store").exists()
+
+
+def test_the_champion_is_reused_from_the_store_and_new_candidates_are_scored(setup):
+    """The issue's case: a second evaluate with an unchanged champion does not score it again."""
+    root, data, cands, cfg, scored = setup
+    tracking = TrackingConfig(tracking_uri=f"sqlite:///{root}/mlflow.db", artifact_root=str(root / "art"),
+                              registered_model="store-classifier")
+    evaluate.run(cfg, data, cands, root / "e1", tracking)
+    reg = register.run(register.RegisterConfig(serving_check_images=6), LENIENT, data, cands, root / "e1",
+                       root / "d1", tracking)
+    assert reg.promoted and reg.version == "1"
+    scored.clear()
+    fresh = {"finetune": _model(root / "ft2", 11, "finetune"), "scratch": _model(root / "sc2", 12, "scratch")}
+    result = evaluate.run(cfg, data, fresh, root / "e2", tracking)
+    assert result.champion_version == "1"
+    assert scored == [12, 12]  # the two new candidates; the champion (v1's bytes) came from the store
+    assert _how(root / "e2")["champion"] == "reused from the store"
+    assert "- champion v1: reused from the store (cpu/fp32)" in (root / "e2" / "report.md").read_text()
+    winner = reg.winner
+    np.testing.assert_array_equal(np.load(root / "e2" / "predictions.npz")["pred_champion"],
+                                  np.load(root / "e1" / "predictions.npz")[f"pred_{winner}"])
+
+
+# --- the serving check compares like with like --------------------------------------------------------
+
+def _fake_gpu_evaluation(root: Path, data: Path, cands: dict[str, Path], cfg) -> tuple[Path, np.ndarray]:
+    """An evaluation as a GPU task writes it: predicted_on cuda/bf16, with labels that differ from the CPU's
+    on some images (as bf16 can on borderline ones)."""
+    out = root / "e-gpu"
+    evaluate.run(cfg, data, cands, out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    metrics["models"]["finetune"]["predicted_on"] = predictions.CUDA_BF16
+    metrics["models"]["finetune"]["prediction_key"]["device"] = predictions.CUDA_BF16
+    (out / "metrics.json").write_text(json.dumps(metrics))
+    npz = dict(np.load(out / "predictions.npz"))
+    cpu = npz["pred_finetune"].copy()
+    npz["pred_finetune"] = (cpu + 1) % len(CLASSES)
+    np.savez(out / "predictions.npz", **npz)
+    return out, cpu
+
+
+def test_serving_check_never_compares_with_gpu_predictions_it_takes_the_stores_cpu_entry(setup, monkeypatch):
+    root, data, cands, cfg, _ = setup
+    out, cpu = _fake_gpu_evaluation(root, data, cands, cfg)  # also left cpu/fp32 entries in the store
+    sample = [0, 5, 7, 11]
+    paths = [data / np.load(out / "predictions.npz")["paths"][i] for i in sample]
+
+    def not_recomputed(*_):
+        raise AssertionError("the store's cpu/fp32 entry should have been used")
+
+    monkeypatch.setattr(check, "reference_labels", not_recomputed)
+    assert check.expected_labels(out, "finetune", cands["finetune"], sample, paths) == [int(cpu[i]) for i in sample]
+
+
+def test_serving_check_recomputes_on_the_cpu_without_a_matching_entry(setup):
+    root, data, cands, cfg, _ = setup
+    out, cpu = _fake_gpu_evaluation(root, data, cands, cfg)
+    for entry in (root / "store").glob("*.npz"):
+        entry.unlink()
+    sample = [1, 2, 9]
+    paths = [data / np.load(out / "predictions.npz")["paths"][i] for i in sample]
+    assert check.expected_labels(out, "finetune", cands["finetune"], sample, paths) == [int(cpu[i]) for i in sample]
+
+
+def test_serving_check_takes_cpu_made_evaluation_labels_as_they_are(setup):
+    root, data, cands, cfg, _ = setup
+    evaluate.run(cfg, data, cands, root / "e1")
+    labels = np.load(root / "e1" / "predictions.npz")["pred_scratch"]
+    assert check.expected_labels(root / "e1", "scratch", cands["scratch"], [3, 4], []) == [int(labels[3]),
+                                                                                              int(labels[4])]
