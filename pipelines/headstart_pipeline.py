@@ -77,6 +77,18 @@ def _common(task: PipelineTask, s: PipelineSettings, *secrets: tuple[str, tuple[
 
 def _on_gpu(task: PipelineTask, s: PipelineSettings) -> PipelineTask:
     """GPU pool: accelerator, resources, toleration for its taint, its label, retries for spot nodes."""
+    _gpu_pool(task, s)
+    task.set_retry(
+        num_retries=s.train_retries,
+        backoff_duration=s.retry_backoff,
+        backoff_factor=s.retry_backoff_factor,
+        backoff_max_duration=s.retry_backoff_max,
+    )
+    return _common(task, s, (s.s3_secret, S3_KEYS), (s.mlflow_secret, MLFLOW_KEYS))
+
+
+def _gpu_pool(task: PipelineTask, s: PipelineSettings) -> PipelineTask:
+    """One GPU, the training pod's CPU and memory, and the pool's toleration and node label."""
     task.set_accelerator_type(s.accelerator_type).set_accelerator_limit(s.accelerator_limit)
     task.set_cpu_request(s.train_cpu_request).set_cpu_limit(s.train_cpu_limit)
     task.set_memory_request(s.train_memory_request).set_memory_limit(s.train_memory_limit)
@@ -90,13 +102,7 @@ def _on_gpu(task: PipelineTask, s: PipelineSettings) -> PipelineTask:
     kubernetes.add_node_selector(
         task, label_key=s.gpu_node_selector_key, label_value=s.gpu_node_selector_value
     )
-    task.set_retry(
-        num_retries=s.train_retries,
-        backoff_duration=s.retry_backoff,
-        backoff_factor=s.retry_backoff_factor,
-        backoff_max_duration=s.retry_backoff_max,
-    )
-    return _common(task, s, (s.s3_secret, S3_KEYS), (s.mlflow_secret, MLFLOW_KEYS))
+    return task
 
 
 def build(params: dict[str, Any], s: PipelineSettings) -> GraphComponent:
@@ -110,7 +116,7 @@ def build(params: dict[str, Any], s: PipelineSettings) -> GraphComponent:
         validate.component(cpu),
         validate.rejected_component(cpu),
     )
-    train_op, evaluate_op = train.component(gpu), evaluate.component(cpu)
+    train_op, evaluate_op, evaluate_gpu_op = train.component(gpu), evaluate.component(cpu), evaluate.component(gpu)
     distributed_op = train_distributed.component(cpu)
     register_op, promote_op = register.component(cpu), promote.component(cpu)
     params_json = json.dumps(params, sort_keys=True)
@@ -147,6 +153,7 @@ def build(params: dict[str, Any], s: PipelineSettings) -> GraphComponent:
         distributed_nodes: int = 0,
         gpus_per_node: int = 1,
         staging_uri: str = "",
+        evaluate_gpu: bool = False,
     ) -> None:
         """Headstart retraining.
 
@@ -182,6 +189,8 @@ def build(params: dict[str, Any], s: PipelineSettings) -> GraphComponent:
             gpus_per_node: GPUs per node of a distributed training job.
             staging_uri: s3:// folder where a distributed job's dataset and outputs are staged; required when
                 distributed_nodes is 2 or more.
+            evaluate_gpu: Score the test split on one GPU of the pool (CUDA image, bf16) instead of the CPU.
+                kfp.local runs evaluate as one task, on the machine's GPU when it has one.
         """
         # A branch name as fetch's cache key would return its first download forever: the uncached
         # resolver turns it into the commit, and fetch is cached on that.
@@ -230,20 +239,28 @@ def build(params: dict[str, Any], s: PipelineSettings) -> GraphComponent:
                     task = train_op(**knobs, checkpoint_root=checkpoint_root)
                     _on_gpu(task, s).set_caching_options(True).set_display_name(f"train-{role}")
                 trained[role] = dsl.OneOf(job.outputs["model"], task.outputs["model"])
-            evaluated = evaluate_op(
-                dataset=dataset,
-                finetune=trained["finetune"],
-                scratch=trained["scratch"],
-                params_json=params_json,
-                overrides=overrides,
-                registered_model=registered_model,
+            scoring = dict(
+                dataset=dataset, finetune=trained["finetune"], scratch=trained["scratch"], params_json=params_json,
+                overrides=overrides, registered_model=registered_model,
             )
-            _on_cpu(evaluated, s, mlflow).set_caching_options(False).set_display_name("evaluate")
+            if not s.gpu_evaluation:
+                on_cpu = evaluate_op(**scoring)
+                _on_cpu(on_cpu, s, s3, mlflow).set_caching_options(False).set_display_name("evaluate")
+                evaluation = on_cpu.outputs["evaluation"]
+            else:
+                with dsl.If(evaluate_gpu == False, name="evaluate-on-cpu"):  # noqa: E712 - a KFP condition
+                    on_cpu = evaluate_op(**scoring)
+                    _on_cpu(on_cpu, s, s3, mlflow).set_caching_options(False).set_display_name("evaluate")
+                with dsl.Else(name="evaluate-on-gpu"):  # CUDA image, one GPU of the pool; no retries (MLflow run)
+                    on_gpu = evaluate_gpu_op(**scoring)
+                    _common(_gpu_pool(on_gpu, s), s, s3, mlflow).set_caching_options(False).set_display_name(
+                        "evaluate")
+                evaluation = dsl.OneOf(on_cpu.outputs["evaluation"], on_gpu.outputs["evaluation"])
             gated = register_op(
                 dataset=dataset,
                 finetune=trained["finetune"],
                 scratch=trained["scratch"],
-                evaluation=evaluated.outputs["evaluation"],
+                evaluation=evaluation,
                 params_json=params_json,
                 overrides=overrides,
                 min_accuracy=min_accuracy,

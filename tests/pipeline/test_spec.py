@@ -13,11 +13,13 @@ from headstart.pipeline.settings import MLFLOW_KEYS, S3_KEYS
 from tests.pipeline.conftest import ROOT, load_spec
 
 TRAIN = ("train-candidate", "train-candidate-2")
+EVALUATE_GPU = "evaluate-candidates-2"  # the evaluate_gpu=True branch; evaluate-candidates is the CPU one
 ALL_TASKS = (
     "fetch-data",
     "validate-data",
     *TRAIN,
     "evaluate-candidates",
+    EVALUATE_GPU,
     "register-and-gate",
     "act-on-decision",
     "act-on-decision-2",
@@ -119,7 +121,7 @@ def test_training_requests_a_gpu_with_resources_and_runs_on_the_pool(compiled):
 def test_no_other_task_requests_a_gpu_or_the_pool(compiled):
     _, spec, platform = compiled
     for name, task in tasks(spec).items():
-        if name in TRAIN or "dag" in spec["components"][task["componentRef"]["name"]]:
+        if name in (*TRAIN, EVALUATE_GPU) or "dag" in spec["components"][task["componentRef"]["name"]]:
             continue
         c = container(spec, task)
         assert "accelerator" not in c.get("resources", {}), name
@@ -140,11 +142,15 @@ def test_training_runs_in_parallel_after_validation(compiled):
         assert guards(spec)[name] == [valid, f"!({multi})"], name
     for name in ("train-distributed", "train-distributed-2"):
         assert guards(spec)[name] == [valid, multi], name
-    # evaluation waits for both candidates' If/Else groups, whichever branch ran
-    branches = {n for n in t["evaluate-candidates"]["dependentTasks"] if n.startswith("condition-branches")}
+    # evaluation (its CPU/GPU If/Else group) waits for both candidates' If/Else groups, whichever branch ran
+    on_cpu = "inputs.parameter_values['pipelinechannel--evaluate_gpu'] == false"
+    scoring = t["register-and-gate"]["inputs"]["artifacts"]["evaluation"]["taskOutputArtifact"]["producerTask"]
+    branches = {n for n in t[scoring]["dependentTasks"] if n.startswith("condition-branches")}
     assert len(branches) == 2
-    for name in ("evaluate-candidates", "register-and-gate"):
-        assert guards(spec)[name] == [valid], name
+    assert guards(spec)["evaluate-candidates"] == [valid, on_cpu]
+    assert guards(spec)[EVALUATE_GPU] == [valid, f"!({on_cpu})"]
+    assert guards(spec)["register-and-gate"] == [valid]
+    assert scoring in t["register-and-gate"]["dependentTasks"]
     assert guards(spec)["data-rejected"] == [f"!({valid})"]
     assert guards(spec)["fetch-data"] == guards(spec)["validate-data"] == []
 
@@ -156,7 +162,8 @@ def test_secrets_are_env_from_kubernetes_secrets_only(compiled):
         "validate-data": {"headstart-mlflow"},
         "train-candidate": {"headstart-s3", "headstart-mlflow"},
         "train-candidate-2": {"headstart-s3", "headstart-mlflow"},
-        "evaluate-candidates": {"headstart-mlflow"},
+        "evaluate-candidates": {"headstart-s3", "headstart-mlflow"},  # s3: a prediction store at s3://
+        EVALUATE_GPU: {"headstart-s3", "headstart-mlflow"},
         "register-and-gate": {"headstart-mlflow"},
         "act-on-decision": {"headstart-mlflow"},
         "act-on-decision-2": {"headstart-mlflow"},
@@ -205,7 +212,7 @@ def test_retry_policy(compiled):
         assert policy["backoffDuration"] == "60s" and policy["backoffFactor"] == 2.0
         assert policy["backoffMaxDuration"] == "3600s"
     assert t["fetch-data"]["retryPolicy"]["maxRetryCount"] == 2
-    for name in ("register-and-gate", "act-on-decision", "act-on-decision-2", "evaluate-candidates"):
+    for name in ("register-and-gate", "act-on-decision", "act-on-decision-2", "evaluate-candidates", EVALUATE_GPU):
         assert "retryPolicy" not in t[name], f"{name} must not repeat registry writes"
 
 
@@ -214,7 +221,7 @@ def test_caching_on_for_fetch_validate_train_off_for_registry_steps(compiled):
     t = tasks(spec)
     for name in ("fetch-data", "validate-data", *TRAIN):
         assert t[name]["cachingOptions"].get("enableCache") is True, name
-    for name in ("evaluate-candidates", "register-and-gate", "act-on-decision", "act-on-decision-2"):
+    for name in ("evaluate-candidates", EVALUATE_GPU, "register-and-gate", "act-on-decision", "act-on-decision-2"):
         assert not t[name]["cachingOptions"].get("enableCache"), name
 
 
@@ -255,6 +262,7 @@ def test_parameters_defaults_and_descriptions(compiled):
         "distributed_nodes",
         "gpus_per_node",
         "staging_uri",
+        "evaluate_gpu",
     }
     assert set(inputs) == expected
     for name, p in inputs.items():

@@ -50,6 +50,7 @@ def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         return real(model, preset, x, *args, **kwargs)
 
     monkeypatch.setattr(evaluate, "predict_logits", spy)
+    monkeypatch.setattr(evaluate, "scoring_device", lambda: torch.device("cpu"))  # as on a machine without a GPU
     return tmp_path, data, cands, cfg, scored
 
 
@@ -223,3 +224,29 @@ def test_serving_check_takes_cpu_made_evaluation_labels_as_they_are(setup):
     labels = np.load(root / "e1" / "predictions.npz")["pred_scratch"]
     assert check.expected_labels(root / "e1", "scratch", cands["scratch"], [3, 4], []) == [int(labels[3]),
                                                                                               int(labels[4])]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_a_gpu_evaluate_scores_in_bf16_keeps_that_entry_and_the_serving_check_uses_cpu_labels(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    data = make_imagefolder(tmp_path / "data", per_class={"train": 2, "val": 2, "test": 20}, size=16)
+    cands = {"finetune": _model(tmp_path / "ft", 1, "finetune"), "scratch": _model(tmp_path / "sc", 2, "scratch")}
+    cfg = evaluate.EvaluateConfig(bootstrap_samples=50, tensor_cache_dir=None,
+                                  prediction_store=str(tmp_path / "store"))
+    on_gpu = evaluate.run(cfg, data, cands, tmp_path / "gpu")
+    assert on_gpu.models["finetune"]["predicted_on"] == "cuda/bf16"
+    again = evaluate.run(cfg, data, cands, tmp_path / "gpu2")
+    assert {m["predictions"] for m in again.models.values()} == {"reused from the store"}
+    sample = list(range(0, 60, 3))
+    paths = [data / p for p in np.load(tmp_path / "gpu" / "predictions.npz")["paths"][sample]]
+    for entry in (tmp_path / "store").glob("*.npz"):
+        with np.load(entry) as e:
+            assert json.loads(str(e["key"]))["device"] == "cuda/bf16"
+    recomputed = check.expected_labels(tmp_path / "gpu", "finetune", cands["finetune"], sample, paths)
+    monkeypatch.setattr(evaluate, "scoring_device", lambda: torch.device("cpu"))
+    evaluate.run(cfg, data, cands, tmp_path / "cpu")  # scored again: another device kind
+    cpu = np.load(tmp_path / "cpu" / "predictions.npz")["pred_finetune"]
+    assert recomputed == [int(cpu[i]) for i in sample]
+    assert check.expected_labels(tmp_path / "gpu", "finetune", cands["finetune"], sample, paths) == recomputed
+    gpu = np.load(tmp_path / "gpu" / "predictions.npz")["pred_finetune"]
+    print(f"bf16 vs fp32 label disagreements: {int((gpu != cpu).sum())}/{len(cpu)}")

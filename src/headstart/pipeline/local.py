@@ -79,8 +79,9 @@ def run_local(
     if runner not in RUNNERS:
         raise ConfigError(f"--runner {runner!r}: choose one of {', '.join(RUNNERS)}")
     params = load_params(params_file, overrides)
-    # kfp.local has no training operator and cannot merge If/Else outputs (dsl.OneOf): local runs train in-pod
-    update: dict[str, Any] = {"multi_node_training": False}
+    # kfp.local has no training operator and cannot merge If/Else outputs (dsl.OneOf): local runs train in-pod,
+    # and evaluate runs as one task (on this machine's GPU when it has one)
+    update: dict[str, Any] = {"multi_node_training": False, "gpu_evaluation": False}
     if runner == "docker":
         update.update(image=image or default_image(), gpu_image="")
     settings: PipelineSettings = settings_from_params(params).model_copy(update=update)

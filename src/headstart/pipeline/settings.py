@@ -57,6 +57,7 @@ class PipelineSettings(BaseModel):
     fetch_retries: int = 2
     distributed_timeout_s: int = 6 * 3600  # a multi-node PyTorchJob that runs longer fails the task
     multi_node_training: bool = True  # offer the distributed_nodes switch (PyTorchJob); off for kfp.local
+    gpu_evaluation: bool = True  # offer the evaluate_gpu switch (If/Else merged by dsl.OneOf); off for kfp.local
     retry_backoff: str = "60s"
     retry_backoff_factor: float = 2.0
     retry_backoff_max: str = "3600s"
