@@ -15,7 +15,7 @@ from headstart.config import Frozen, TrackingConfig, build, section
 from headstart.data.imagefolder import CACHE_MAX_BYTES, list_split, load_split
 from headstart.data.stream import is_sharded
 from headstart.engine import predict_logits
-from headstart.errors import DataError
+from headstart.errors import ConfigError, DataError
 from headstart.progress import progress_enabled
 
 
@@ -82,7 +82,7 @@ def _streams(cfg: EvaluateConfig | None, data_dir: Path, n: int, size: int, chan
     mode = cfg.data_loading if cfg else "auto"
     if not is_sharded(data_dir):
         if mode == "stream":
-            raise DataError(f"evaluate.data_loading=stream: {data_dir} is an ImageFolder; streaming reads shards. "
+            raise ConfigError(f"evaluate.data_loading=stream: {data_dir} is an ImageFolder; streaming reads shards. "
                             f"Pack it first (headstart data pack --data {data_dir} --out <folder>) or use auto.")
         return False
     return mode == "stream" or (mode == "auto" and n * size * size * channels > CACHE_MAX_BYTES)
@@ -103,6 +103,8 @@ def predict_folder(
     device = scoring_device()
     kind = predictions.device_kind(device.type)
     store = cfg.prediction_store if cfg else None
+    sharded = is_sharded(data_dir)
+    names, labels = test_listing(data_dir, card.classes) if store or sharded else ([], np.empty(0, np.int64))
     key = None
     if store:
         fingerprints = {} if fingerprints is None else fingerprints
@@ -110,7 +112,6 @@ def predict_folder(
             fingerprints[card.classes] = predictions.split_fingerprint(data_dir, "test", card.classes)
         key = predictions.PredictionKey(model=predictions.model_digest(model_dir), data=fingerprints[card.classes],
                                         tta=card.tta, device=kind)
-        names, labels = test_listing(data_dir, card.classes)
         stored = predictions.load(store, key, len(labels), len(card.classes))
         if stored is not None:
             return Scored(labels, stored, names, key, kind, reused=True)
@@ -118,18 +119,16 @@ def predict_folder(
     model, card = modelio.load(model_dir)
     model.to(device)
     preset = card.preset
-    sharded = is_sharded(data_dir)
-    if sharded:
-        names, labels = test_listing(data_dir, card.classes)
-    if _streams(cfg, data_dir, len(labels) if sharded else 0, preset.image_size, preset.channels):
+    if _streams(cfg, data_dir, len(labels), preset.image_size, preset.channels):
         y_pred = _predict_streaming(model, card, data_dir, batch_size, len(labels), cfg)
         y_true, paths = labels, names
     else:
         test = load_split(data_dir, "test", preset, card.classes, cache_dir=cache_dir)
         y_pred = predict_logits(model, preset, test.x, batch_size, tta=card.tta).argmax(1).numpy()
         y_true, paths = test.y.numpy(), list(names if sharded else test.paths)
-        if len(paths) != len(y_true):
-            raise DataError(f"{data_dir}: the test split lists {len(paths)} samples but {len(y_true)} were loaded")
+        if (store or sharded) and not np.array_equal(y_true, labels):
+            raise DataError(f"{data_dir}: the test split's listing ({len(labels)} samples) and what was loaded "
+                            f"({len(y_true)}) disagree; if it is sharded, run headstart validate on it")
     del model
     if device.type == "cuda":
         torch.cuda.empty_cache()
