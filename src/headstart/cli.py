@@ -35,7 +35,8 @@ SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="Override a parameter, e.g. --set train.shared.epochs=2 (repeatable)."),
 ]
-DataOpt = Annotated[Path, typer.Option("--data", help="Dataset root: <data>/<split>/<class>/<image>.")]
+DataOpt = Annotated[Path, typer.Option("--data", help="Dataset root: an ImageFolder (<data>/<split>/<class>/<image>) "
+                                      "or a packed dataset (index.json + shards, headstart data pack).")]
 
 
 def _params(params: Path, overrides: list[str] | None) -> dict[str, Any]:
@@ -74,6 +75,44 @@ def import_fashion_mnist(
                  near_duplicate_max_rms=float(val_cfg.get("near_duplicate_max_rms", 0.01)),
                  near_duplicate_max_hamming=int(val_cfg.get("near_duplicate_max_hamming", 12)))
     console.print(f"[green]imported[/] {result.counts} from {result.source} into {result.out_dir}")
+
+
+def _size(text: str) -> int:
+    """"256MB", "1GiB", "500k" or plain bytes."""
+    from headstart.errors import ConfigError
+
+    units = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
+             "g": 10**9, "gb": 10**9, "gib": 2**30}
+    value = text.strip().lower()
+    number = value.rstrip("kmgib")
+    try:
+        return int(float(number) * units[value[len(number):]])
+    except (KeyError, ValueError):
+        raise ConfigError(f"--shard-size {text!r}: give a size such as 256MB, 1GiB or 1000000 (bytes)") from None
+
+
+@data_app.command("pack", help=(
+    "Pack an ImageFolder into WebDataset tar shards + index.json, for datasets too big for one file per image."
+    "\n\nDeterministic: the same images give byte-identical shards, so `dvc add <out>` hashes the same."
+    "\n\nEvery step takes either form as --data. With train.shared.data_loading auto (a split over 2 GiB "
+    "decoded) or stream, training streams the shards through loader workers instead of decoding them into memory."))
+def pack(
+    data: Annotated[Path, typer.Option("--data", help="The ImageFolder to pack: <data>/<split>/<class>/<image>.")] = (
+        Path("data")),
+    out: Annotated[Path, typer.Option(help="Where to write the shards and index.json. Replaced only if an earlier "
+                                      "pack wrote it; a folder holding anything else is refused.")] = Path("shards"),
+    shard_size: Annotated[str, typer.Option("--shard-size", help="Close a shard once it reaches this size "
+                                            "(256MB, 1GiB, bytes).")] = "256MB",
+) -> None:
+    """Thin driver over headstart.data.shards.pack (the help text is the decorator's)."""
+    from headstart.data import shards
+
+    index = shards.pack(data, out, _size(shard_size))
+    n_shards = sum(len(s.shards) for s in index.splits.values())
+    n_bytes = sum(i.bytes for s in index.splits.values() for i in s.shards)
+    counts = ", ".join(f"{name} {s.count} in {len(s.shards)}" for name, s in index.splits.items())
+    console.print(f"[green]packed[/] {data} into {out}: {n_shards} shards, {n_bytes / 1e6:.1f} MB ({counts}); "
+                  f"track it with `dvc add {out}`")
 
 
 @app.command()

@@ -8,7 +8,7 @@ import math
 import os
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import PIL
@@ -34,6 +34,11 @@ class Split:
 
 
 def list_classes(data_dir: Path, split: str = "train") -> tuple[str, ...]:
+    """The class names, sorted: an ImageFolder's class folders, or a packed dataset's index."""
+    from headstart.data import shards
+
+    if shards.is_sharded(data_dir):
+        return shards.read_index(data_dir).classes
     folder = data_dir / split
     if not folder.is_dir():
         raise DataError(f"{folder}: split folder not found; expected {data_dir}/<split>/<class>/<image>")
@@ -80,6 +85,10 @@ def load_split(
     content reads it back instead of decoding (any changed file, label or preset is a new key). Splits
     whose array would exceed `cache_max_bytes` are not cached.
     """
+    from headstart.data import shards
+
+    if shards.is_sharded(data_dir):
+        return _load_packed(data_dir, split, preset, classes, per_class, seed, cache_dir, cache_max_bytes)
     items = per_class_subset(list_split(data_dir, split, classes), per_class, seed)
     labels = torch.tensor([c for _, c in items], dtype=torch.int64)
     rel = tuple(str(p.relative_to(data_dir)) for p, _ in items)
@@ -95,6 +104,54 @@ def load_split(
         tqdm(items, desc=f"decoding {split}", unit="img", disable=not progress_enabled(), leave=False)
     ):
         arrays[i] = preset.decode(path)
+    if cache_file is not None:
+        _write_cached(cache_file, arrays)
+    return Split(x=torch.from_numpy(arrays), y=labels, paths=rel, classes=classes)
+
+
+def _load_packed(
+    root: Path, split: str, preset: Preset, classes: tuple[str, ...], per_class: int | None, seed: int,
+    cache_dir: Path | None, cache_max_bytes: int,
+) -> Split:
+    """`load_split` of a packed dataset: the same subset rule (on the file names), the same rows in the same
+    order as its ImageFolder gives, decoded from the shards; the cache key comes from the index's shard
+    sha256s and the chosen names, without reading an image twice."""
+    from headstart.data import shards
+
+    index = shards.read_index(root)
+    if tuple(index.classes) != tuple(classes):
+        raise DataError(f"{root}/index.json: classes {list(index.classes)} differ from the expected {list(classes)}")
+    if split not in index.splits:
+        raise DataError(f"{root}/index.json: no split {split!r} (has {', '.join(index.splits)})")
+    items = [(PurePosixPath(name), label) for name, label in shards.split_items(root, split)]
+    chosen = sorted(per_class_subset(items, per_class, seed), key=lambda it: (it[1], str(it[0])))
+    rows = {str(p): i for i, (p, _) in enumerate(chosen)}
+    rel = tuple(f"{split}/{p}" for p, _ in chosen)
+    labels = torch.tensor([c for _, c in chosen], dtype=torch.int64)
+    shape = (len(chosen), preset.image_size, preset.image_size, preset.channels)
+    cache_file = None
+    if cache_dir is not None and math.prod(shape) <= cache_max_bytes:
+        digest = hashlib.blake2b(digest_size=20)
+        digest.update(f"packed-v1|{PIL.__version__}|{preset.image_size}|{preset.channels}|{split}".encode())
+        for shard in index.splits[split].shards:
+            digest.update(f"|{shard.file}|{shard.sha256}".encode())
+        digest.update("|".join(rel).encode())
+        cache_file = Path(cache_dir) / f"{digest.hexdigest()}.npy"
+        cached = _read_cached(cache_file, shape)
+        if cached is not None:
+            return Split(x=torch.from_numpy(cached), y=labels, paths=rel, classes=classes)
+    arrays = np.empty(shape, dtype=np.uint8)
+    bar = tqdm(total=len(chosen), desc=f"decoding {split}", unit="img", disable=not progress_enabled(), leave=False)
+    for shard in index.splits[split].shards:
+        for sample in shards.iter_shard(root, shard, len(classes)):
+            row = rows.get(sample.name)
+            if row is not None:
+                try:
+                    arrays[row] = preset.decode(sample.data)
+                except DataError as exc:
+                    raise DataError(f"{root / shard.file}: sample {sample.key} ({sample.name}): {exc}") from exc
+                bar.update(1)
+    bar.close()
     if cache_file is not None:
         _write_cached(cache_file, arrays)
     return Split(x=torch.from_numpy(arrays), y=labels, paths=rel, classes=classes)

@@ -235,7 +235,9 @@ def _worker_init(_: int) -> None:
 
 
 def _loader(dataset: _Chunks, workers: int) -> DataLoader:
-    return DataLoader(dataset, batch_size=None, num_workers=workers,
+    """`generator`: a DataLoader draws its workers' base seed from it, else from torch's global RNG, which
+    would shift the training's dropout masks by one draw per epoch and break resume bit-identity."""
+    return DataLoader(dataset, batch_size=None, num_workers=workers, generator=torch.Generator().manual_seed(0),
                       worker_init_fn=_worker_init if workers else None,
                       prefetch_factor=4 if workers else None, persistent_workers=False)
 
