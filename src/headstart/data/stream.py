@@ -25,18 +25,14 @@ import math
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from headstart.data import shards as shardlib
 from headstart.errors import ConfigError, DataError
 from headstart.presets import Preset
-
-if TYPE_CHECKING:  # imported where used until then: data.shards imports the readers' dependencies
-    from headstart.data import shards as shardlib
 
 DEFAULT_SHUFFLE_BUFFER = 2048
 DEFAULT_CHUNK = 32
@@ -70,18 +66,11 @@ class StreamSplit:
         return max(1, self.workers)
 
 
-def is_sharded(root: str | Path) -> bool:
-    """A packed dataset (index.json at its root), as opposed to an ImageFolder."""
-    return (Path(root) / "index.json").is_file()
-
-
 def open_split(
     root: str, split: str, preset: Preset, seed: int, workers: int,
     keep: frozenset[str] | None = None, shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
 ) -> StreamSplit:
     """The `split` of the sharded dataset at `root`, ready to stream; `keep`: only the samples of these names."""
-    from headstart.data import shards as shardlib
-
     index = shardlib.read_index(root)
     if split not in index.splits:
         raise DataError(f"{root}/index.json: no split {split!r} (has {', '.join(index.splits)})")
@@ -101,8 +90,6 @@ def open_split(
 
 
 def _names_by_shard(root: str, split: str) -> Iterator[tuple[str, str]]:
-    from headstart.data import shards as shardlib
-
     index = shardlib.read_index(root)
     for entry in index.splits[split].shards:
         for sample in shardlib.iter_shard(root, entry, len(index.classes)):
@@ -185,8 +172,6 @@ class _Chunks(IterableDataset):
 
     def _samples(self, stream: int, shard_ids: list[int]) -> Iterator[shardlib.Sample]:
         data = self.data
-        from headstart.data import shards as shardlib
-
         rng = random.Random(_stream_seed(data, self.epoch, self.rank, stream))
         buffer: list[shardlib.Sample] = []
         for i in shard_ids:
@@ -329,8 +314,6 @@ class _Ordered(_Chunks):
     """Scoring: no shuffle buffer; each stream reads its shards front to back."""
 
     def _samples(self, stream: int, shard_ids: list[int]) -> Iterator[shardlib.Sample]:
-        from headstart.data import shards as shardlib
-
         for i in shard_ids:
             for sample in shardlib.iter_shard(self.data.root, self.data.shards[i], len(self.data.classes)):
                 if self.data.keep is None or sample.name in self.data.keep:

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from headstart import distributed, modelio, plots, storage
 from headstart.checkpoint import Checkpointer
 from headstart.config import Frozen, TrackingConfig, build, section
-from headstart.data import stream
+from headstart.data import shards, stream
 from headstart.data.imagefolder import CACHE_MAX_BYTES, Split, list_classes, load_split, per_class_subset
 from headstart.engine import EngineConfig, EpochStats, FitResult, fit
 from headstart.errors import ConfigError
@@ -206,15 +206,13 @@ def load_for_training(
     """A split decoded into memory, or streamed from its shards (`data_loading`; auto: stream a packed
     split whose decoded size would pass the tensor cache's 2 GiB limit, where re-decoding every run and
     holding it all in RAM stops paying)."""
-    sharded = stream.is_sharded(data_dir)
+    sharded = shards.is_sharded(data_dir)
     if cfg.data_loading == "stream" and not sharded:
         raise ConfigError(f"train.data_loading=stream: {data_dir} is an ImageFolder; streaming reads shards. "
                           f"Pack it first (headstart data pack --data {data_dir} --out <folder>) or use memory/auto.")
     items = None
     mode = cfg.data_loading
     if sharded and mode != "memory":
-        from headstart.data import shards
-
         items = [(PurePosixPath(name), label) for name, label in shards.split_items(data_dir, split)]
         if per_class is not None:
             items = per_class_subset(items, per_class, cfg.seed)
