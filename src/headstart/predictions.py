@@ -82,7 +82,7 @@ def split_fingerprint(data_dir: Path, split: str, classes: tuple[str, ...]) -> s
 
     Sharded: the class list and the index's shards (file, sample count, sha256; validation checks the
     shards against the index). ImageFolder: every image's relative path, label and bytes, in load order."""
-    from headstart.data.stream import is_sharded
+    from headstart.data.shards import is_sharded
 
     digest = hashlib.blake2b(digest_size=20)
     digest.update(f"v1|{split}|{'|'.join(classes)}".encode())

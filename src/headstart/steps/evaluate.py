@@ -13,7 +13,7 @@ import numpy as np
 from headstart import modelio, plots, predictions, stats
 from headstart.config import Frozen, TrackingConfig, build, section
 from headstart.data.imagefolder import CACHE_MAX_BYTES, list_split, load_split
-from headstart.data.stream import is_sharded
+from headstart.data.shards import is_sharded
 from headstart.engine import predict_logits
 from headstart.errors import ConfigError, DataError
 from headstart.progress import progress_enabled
@@ -65,15 +65,25 @@ def scoring_device() -> Any:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def test_listing(data_dir: Path, classes: tuple[str, ...]) -> tuple[list[str], np.ndarray]:
-    """Names and labels of the test split in load order, without decoding an image."""
+def test_listing(data_dir: Path, classes: tuple[str, ...]) -> tuple[list[str], np.ndarray, np.ndarray | None]:
+    """Names and labels of the test split in load order, without decoding an image: a packed split lists the
+    rows its ImageFolder would (class by class, "test/<class>/<file>"), as load_split returns them, and for
+    it also each row's position in the index (the order the stream delivers)."""
     if is_sharded(data_dir):
         from headstart.data import shards
 
         items = shards.split_items(data_dir, "test")
-        return [name for name, _ in items], np.array([label for _, label in items], dtype=np.int64)
+        rows = _folder_order(items)
+        names = [f"test/{items[i][0]}" for i in rows]
+        return names, np.array([items[i][1] for i in rows], dtype=np.int64), rows
     items = list_split(data_dir, "test", classes)
-    return [str(p.relative_to(data_dir)) for p, _ in items], np.array([c for _, c in items], dtype=np.int64)
+    return [str(p.relative_to(data_dir)) for p, _ in items], np.array([c for _, c in items], dtype=np.int64), None
+
+
+def _folder_order(items: list[tuple[str, int]]) -> np.ndarray:
+    """Index positions of a packed split's samples in its ImageFolder's order (by class, then name)."""
+    labels = np.fromiter((label for _, label in items), dtype=np.int64, count=len(items))
+    return np.lexsort((np.array([name for name, _ in items]), labels))
 
 
 def _streams(cfg: EvaluateConfig | None, data_dir: Path, n: int, size: int, channels: int) -> bool:
@@ -104,7 +114,8 @@ def predict_folder(
     kind = predictions.device_kind(device.type)
     store = cfg.prediction_store if cfg else None
     sharded = is_sharded(data_dir)
-    names, labels = test_listing(data_dir, card.classes) if store or sharded else ([], np.empty(0, np.int64))
+    listed = test_listing(data_dir, card.classes) if store or sharded else None  # a packed split is always listed
+    names, labels, rows = listed or ([], np.empty(0, np.int64), None)
     key = None
     if store:
         fingerprints = {} if fingerprints is None else fingerprints
@@ -120,13 +131,14 @@ def predict_folder(
     model.to(device)
     preset = card.preset
     if _streams(cfg, data_dir, len(labels), preset.image_size, preset.channels):
-        y_pred = _predict_streaming(model, card, data_dir, batch_size, len(labels), cfg)
+        assert rows is not None  # a packed split
+        y_pred = _predict_streaming(model, card, data_dir, batch_size, rows, cfg)
         y_true, paths = labels, names
     else:
         test = load_split(data_dir, "test", preset, card.classes, cache_dir=cache_dir)
         y_pred = predict_logits(model, preset, test.x, batch_size, tta=card.tta).argmax(1).numpy()
-        y_true, paths = test.y.numpy(), list(names if sharded else test.paths)
-        if (store or sharded) and not np.array_equal(y_true, labels):
+        y_true, paths = test.y.numpy(), list(test.paths)
+        if (store or sharded) and (paths != names or not np.array_equal(y_true, labels)):
             raise DataError(f"{data_dir}: the test split's listing ({len(labels)} samples) and what was loaded "
                             f"({len(y_true)}) disagree; if it is sharded, run headstart validate on it")
     del model
@@ -137,25 +149,28 @@ def predict_folder(
     return Scored(y_true, y_pred.astype(np.int64), paths, key, kind, seconds=time.time() - started)
 
 
-def _predict_streaming(model: Any, card: modelio.ModelCard, data_dir: Path, batch_size: int, n: int,
+def _predict_streaming(model: Any, card: modelio.ModelCard, data_dir: Path, batch_size: int, rows: np.ndarray,
                        cfg: EvaluateConfig | None) -> np.ndarray:
-    """Score a packed split batch by batch as the readers deliver it; memory: a label per image."""
+    """Score a packed split batch by batch as the readers deliver it, returned in the order of `rows` (index
+    positions); memory: a label per image."""
     from tqdm import tqdm
 
     from headstart.data.stream import predict_batches
     from headstart.steps.train import default_loader_workers
 
+    n = len(rows)
     workers = cfg.loader_workers if cfg and cfg.loader_workers is not None else default_loader_workers()
     device = next(model.parameters()).device
-    y_pred = np.full(n, -1, dtype=np.int64)
+    by_position = np.full(n, -1, dtype=np.int64)  # in index order: the stream's positions
     with tqdm(total=n, desc="scoring test", unit="img", disable=not progress_enabled(), leave=False) as bar:
         for xb, _, pos in predict_batches(str(data_dir), "test", card.preset, batch_size, workers, device=device):
-            y_pred[pos.numpy()] = predict_logits(model, card.preset, xb, batch_size, tta=card.tta).argmax(1).numpy()
+            logits = predict_logits(model, card.preset, xb, batch_size, tta=card.tta)
+            by_position[pos.numpy()] = logits.argmax(1).numpy()
             bar.update(len(pos))
-    if (y_pred < 0).any():
-        raise DataError(f"{data_dir}: streaming the test split left {int((y_pred < 0).sum())} of {n} samples "
+    if (by_position < 0).any():
+        raise DataError(f"{data_dir}: streaming the test split left {int((by_position < 0).sum())} of {n} samples "
                         "unscored; the index and the shards disagree (run headstart validate)")
-    return y_pred
+    return by_position[rows]
 
 
 def provenance(s: Scored) -> dict[str, Any]:

@@ -1,0 +1,93 @@
+"""Evaluation streams a packed test split (issue 16, item 4): workers decode, the model scores batch by batch,
+and only a label per image is kept; the predictions are those of the in-memory path on the same images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from headstart.data import shards
+from headstart.errors import ConfigError
+from headstart.steps import evaluate
+
+from ..conftest import make_imagefolder
+from .test_prediction_store import _model
+
+
+@pytest.fixture
+def packed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    folder = make_imagefolder(tmp_path / "folder", per_class={"train": 2, "val": 2, "test": 7}, size=16)
+    root = tmp_path / "shards"
+    shards.pack(folder, root, target_shard_bytes=2048)  # several test shards
+    cands = {"finetune": _model(tmp_path / "ft", 1, "finetune"), "scratch": _model(tmp_path / "sc", 2, "scratch")}
+    batches: list[int] = []
+    real = evaluate.predict_logits
+
+    def spy(model, preset, x, *args, **kwargs):
+        batches.append(len(x))
+        return real(model, preset, x, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "predict_logits", spy)
+    monkeypatch.setattr(evaluate, "scoring_device", lambda: torch.device("cpu"))
+    return tmp_path, folder, root, cands, batches
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_streamed_predictions_match_the_in_memory_ones_in_batches_of_at_most_batch_size(packed, workers: int):
+    root, folder, sharded, cands, batches = packed
+    assert len(shards.read_index(sharded).splits["test"].shards) > 1
+    base = evaluate.EvaluateConfig(bootstrap_samples=20, tensor_cache_dir=None, prediction_store=None, batch_size=4)
+    evaluate.run(base, folder, cands, root / "memory")
+    batches.clear()
+    streamed = base.model_copy(update={"data_loading": "stream", "loader_workers": workers})
+    result = evaluate.run(streamed, sharded, cands, root / "stream")
+    assert batches and max(batches) <= 4 and sum(batches) == 2 * 21  # never the whole split at once
+    memory, stream = np.load(root / "memory" / "predictions.npz"), np.load(root / "stream" / "predictions.npz")
+    for k in ("paths", "y_true", "pred_finetune", "pred_scratch"):  # the ImageFolder's rows, in its order
+        np.testing.assert_array_equal(stream[k], memory[k])
+    assert [n for n, _ in shards.split_items(sharded, "test")] != [str(p)[5:] for p in stream["paths"]]  # reordered
+    assert result.models["finetune"]["n_test"] == 21
+
+
+def test_auto_keeps_a_small_packed_split_in_memory(packed, monkeypatch: pytest.MonkeyPatch):
+    root, _, sharded, cands, batches = packed
+    import headstart.data.stream as stream
+
+    def refuse(*_a, **_k):
+        raise AssertionError("a small split must not stream")
+
+    monkeypatch.setattr(stream, "predict_batches", refuse)
+    cfg = evaluate.EvaluateConfig(bootstrap_samples=20, tensor_cache_dir=None, prediction_store=None)
+    evaluate.run(cfg, sharded, cands, root / "auto")
+    assert batches == [21, 21]
+
+
+def test_a_streamed_split_is_kept_in_the_store_and_a_changed_shard_is_scored_again(packed):
+    root, folder, sharded, cands, batches = packed
+    cfg = evaluate.EvaluateConfig(bootstrap_samples=20, tensor_cache_dir=None, data_loading="stream",
+                                  loader_workers=0, prediction_store=str(root / "store"))
+    evaluate.run(cfg, sharded, cands, root / "e1")
+    batches.clear()
+    evaluate.run(cfg, sharded, cands, root / "e2")
+    assert batches == []
+    how = {m["predictions"] for m in json.loads((root / "e2" / "metrics.json").read_text())["models"].values()}
+    assert how == {"reused from the store"}
+    image = sorted((folder / "test" / "stripes").iterdir())[0]
+    pixels = np.asarray(Image.open(image)).copy()
+    pixels[0, 0] ^= 0xFF
+    Image.fromarray(pixels).save(image)
+    shards.pack(folder, root / "shards2", target_shard_bytes=2048)
+    evaluate.run(cfg, root / "shards2", cands, root / "e3")
+    assert sum(batches) == 2 * 21
+
+
+def test_streaming_an_imagefolder_is_refused_naming_the_parameter(packed):
+    root, folder, _, cands, _ = packed
+    cfg = evaluate.EvaluateConfig(data_loading="stream", prediction_store=None)
+    with pytest.raises(ConfigError, match="evaluate.data_loading=stream"):
+        evaluate.run(cfg, folder, cands, root / "x")
