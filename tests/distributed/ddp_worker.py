@@ -20,6 +20,7 @@ from torch import nn
 from headstart import distributed
 from headstart.checkpoint import Checkpointer
 from headstart.config import load_params
+from headstart.data import stream
 from headstart.data.imagefolder import list_classes, load_split
 from headstart.engine import EngineConfig, fit
 from headstart.models import build_model, head_and_backbone_params
@@ -40,7 +41,7 @@ class PlainCNN(nn.Module):
         return self.classifier(self.features(x).flatten(1))
 
 
-def build(data: Path, arch: str):
+def build(data: Path, arch: str, streamed: bool = False):
     classes = list_classes(data)
     torch.manual_seed(0)
     if arch == "plain":
@@ -52,6 +53,9 @@ def build(data: Path, arch: str):
         model, (head, backbone) = built.model, head_and_backbone_params(built)
         preset = Preset(32, 1, built.mean, built.std)
     tr, va = load_split(data, "train", preset, classes), load_split(data, "val", preset, classes)
+    if streamed:  # `data` is packed: each rank streams its own shards through one reader worker
+        tr = stream.open_split(str(data), "train", preset, seed=3, workers=1, shuffle_buffer=8)
+        va = stream.open_split(str(data), "val", preset, seed=3, workers=1)
     return model, head, backbone, preset, tr, va
 
 
@@ -86,9 +90,10 @@ def main() -> None:
     ap.add_argument("--kill-epoch", type=int, default=-1)
     ap.add_argument("--every-steps", type=int, default=0)
     ap.add_argument("--kill-at", default="")
+    ap.add_argument("--stream", action="store_true", help="--data is a packed dataset; stream it")
     args = ap.parse_args()
     distributed.init()
-    model, head, backbone, preset, tr, va = build(args.data, args.arch)
+    model, head, backbone, preset, tr, va = build(args.data, args.arch, args.stream)
     cfg = config(args.epochs, args.every_steps)
 
     def on_epoch(stats) -> None:
@@ -103,7 +108,9 @@ def main() -> None:
         torch.save(result.best_state, args.out / "state.pt")
         record = {"world": distributed.world_size(), "resumed_from": result.resumed_from,
                   "resumed_at": result.resumed_at,
-                  "history": [dataclasses.asdict(h) for h in result.history]}
+                  "history": [dataclasses.asdict(h) for h in result.history],
+                  "steps": int(torch.load(sorted(args.ckpt.glob("*/*.pt"))[-1], weights_only=False)["step"])
+                  if args.ckpt else None}
         (args.out / "result.json").write_text(json.dumps(record))
     distributed.shutdown()
 
