@@ -44,3 +44,42 @@ def tune_allocator() -> bool:
     if not ok:
         log.debug("mallopt refused the allocator settings; running with glibc's defaults")
     return ok
+
+
+def cpu_count(cgroup_root: str = "/sys/fs/cgroup") -> int:
+    """The CPUs this process may use: its affinity mask, capped by the cgroup CPU quota.
+
+    os.cpu_count() is the node's cores: a pod limited to 4 CPUs on a 96-core node would start 96 decode
+    workers and threads that the quota then throttles. cgroup v2 `cpu.max` ("quota period" or "max") and
+    v1 `cpu.cfs_quota_us` / `cpu.cfs_period_us` (-1: none) give the quota; a fraction rounds up; at least 1."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    quota = _cgroup_quota(cgroup_root)
+    if quota is not None:
+        cpus = min(cpus, quota)
+    return max(1, cpus)
+
+
+def _cgroup_quota(root: str) -> int | None:
+    import math
+
+    def read(name: str) -> str | None:
+        try:
+            with open(os.path.join(root, name)) as fh:
+                return fh.read().strip()
+        except OSError:
+            return None
+
+    v2 = read("cpu.max")
+    if v2:
+        parts = v2.split()
+        if parts[0] != "max" and len(parts) == 2 and int(parts[1]) > 0:
+            return max(1, math.ceil(int(parts[0]) / int(parts[1])))
+        return None
+    quota, period = read("cpu/cpu.cfs_quota_us") or read("cpu.cfs_quota_us"), (
+        read("cpu/cpu.cfs_period_us") or read("cpu.cfs_period_us"))
+    if quota and period and int(quota) > 0 and int(period) > 0:
+        return max(1, math.ceil(int(quota) / int(period)))
+    return None

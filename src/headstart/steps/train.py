@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -230,8 +229,7 @@ def default_loader_workers() -> int:
     """One reader per CPU the pod may use, less one for the training loop, at most 8."""
     from headstart import runtime
 
-    cpus = runtime.cpu_count() if hasattr(runtime, "cpu_count") else (os.cpu_count() or 1)
-    return max(1, min(8, cpus - 1))
+    return max(1, min(8, runtime.cpu_count() - 1))
 
 
 def _summary(
