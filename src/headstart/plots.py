@@ -34,7 +34,39 @@ def learning_curve(history: Sequence[dict[str, float]], path: Path, title: str) 
     return path
 
 
+LABELLED_MAX = 30  # up to this many classes: every cell written out; beyond: a compact view
+TOP_PAIRS = 20
+
+
 def confusion_matrix_png(matrix: np.ndarray, classes: Sequence[str], path: Path, title: str) -> Path:
+    """The confusion matrix as a picture, of bounded size whatever the number of classes.
+
+    Up to LABELLED_MAX classes: every cell with its count. Beyond (1,000 classes would make a
+    60,000-pixel figure with a million labels): the matrix as a compact image (rows normalised, so a
+    class's errors show whatever its size) beside a bar chart of the most confused pairs. The full
+    matrix is kept as data next to the PNG (`<stem>.npz`: matrix, classes) in both cases."""
+    np.savez_compressed(path.with_suffix(".npz"), matrix=matrix, classes=np.array(list(classes)))
+    if len(classes) <= LABELLED_MAX:
+        return _labelled(matrix, classes, path, title)
+    return _compact(matrix, classes, path, title)
+
+
+def most_confused(matrix: np.ndarray, classes: Sequence[str], k: int = TOP_PAIRS) -> list[tuple[str, str, int, float]]:
+    """The `k` largest off-diagonal cells: (true, predicted, count, share of the true class's images)."""
+    off = matrix.astype(np.int64, copy=True)
+    np.fill_diagonal(off, 0)
+    flat = off.ravel()
+    k = min(k, int(np.count_nonzero(flat)))
+    if k == 0:
+        return []
+    top = np.argpartition(flat, -k)[-k:]
+    top = top[np.argsort(-flat[top], kind="stable")]
+    rows = matrix.sum(axis=1)
+    n = matrix.shape[1]
+    return [(classes[i // n], classes[i % n], int(flat[i]), float(flat[i] / max(1, rows[i // n]))) for i in top]
+
+
+def _labelled(matrix: np.ndarray, classes: Sequence[str], path: Path, title: str) -> Path:
     plt = _pyplot()
     n = len(classes)
     fig, ax = plt.subplots(figsize=(1.0 + 0.6 * n, 0.8 + 0.6 * n))
@@ -52,3 +84,31 @@ def confusion_matrix_png(matrix: np.ndarray, classes: Sequence[str], path: Path,
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _compact(matrix: np.ndarray, classes: Sequence[str], path: Path, title: str) -> Path:
+    plt = _pyplot()
+    n = len(classes)
+    share = matrix / np.maximum(1, matrix.sum(axis=1, keepdims=True))
+    pairs = most_confused(matrix, classes)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(16, 8), gridspec_kw={"width_ratios": [1, 1]})
+    ax1.imshow(np.sqrt(share), cmap="Blues", interpolation="nearest", aspect="equal")  # sqrt: faint errors show
+    ticks = np.linspace(0, n - 1, 6).round().astype(int)
+    ax1.set_xticks(ticks, [str(t) for t in ticks]), ax1.set_yticks(ticks, [str(t) for t in ticks])
+    ax1.set_xlabel("predicted class index"), ax1.set_ylabel("true class index")
+    ax1.set_title(f"{n} classes, row-normalised (sqrt scale)")
+    labels = [f"{_short(t)} -> {_short(p)}" for t, p, _, _ in pairs][::-1]
+    ax2.barh(range(len(pairs)), [c for _, _, c, _ in pairs][::-1], color="tab:blue")
+    ax2.set_yticks(range(len(pairs)), labels, fontsize=8)
+    for y, (_, _, count, frac) in enumerate(pairs[::-1]):
+        ax2.text(count, y, f" {count} ({frac:.0%})", va="center", fontsize=7)
+    ax2.set_xlabel("images"), ax2.set_title(f"the {len(pairs)} most confused pairs (true -> predicted)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _short(name: str, width: int = 24) -> str:
+    return name if len(name) <= width else name[: width - 1] + "\u2026"

@@ -268,6 +268,9 @@ def _log(tracking: TrackingConfig, result: EvaluateResult, out_dir: Path) -> Non
             mlflow.log_metrics(numeric)
         for name in ("metrics.json", "report.md", "report.html", *(Path(f).name for f in result.files.values())):
             mlflow.log_artifact(str(out_dir / name))
+        for png in result.files.values():  # the full confusion matrices, as data (plots.confusion_matrix_png)
+            if Path(png).with_suffix(".npz").is_file():
+                mlflow.log_artifact(str(Path(png).with_suffix(".npz")))
 
 
 def report_html(result: EvaluateResult, out_dir: Path) -> str:
