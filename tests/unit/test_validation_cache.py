@@ -57,3 +57,34 @@ def test_worker_pool_gives_the_same_facts_as_in_process(tiny_imagefolder: Path, 
         paths, CFG.max_pixels, 2, ResultCache(tmp_path / "c", CFG.max_pixels), force_pool=True
     )
     assert stats.cache_hits == len(paths) and warm == serial
+
+
+def test_warm_scan_reads_only_the_rows_of_its_own_files(
+    tiny_imagefolder: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """A cache shared with other datasets: a run reads its own files' rows, not every row ever cached."""
+    import sqlite3
+
+    cache = ResultCache(tmp_path / "cache", CFG.max_pixels)
+    other = {f"{i:064x}": {"width": 1, "height": 1, "mode": "L", "format": "PNG"} for i in range(3000)}
+    cache.store(other.items())
+    paths = _paths(tiny_imagefolder)
+    scan_files(paths, CFG.max_pixels, 1, cache)
+
+    read = {"rows": 0}
+    connect = sqlite3.connect
+
+    def counting(*args, **kwargs):
+        db = connect(*args, **kwargs)
+
+        def row(cursor, values):
+            read["rows"] += 1
+            return values
+
+        db.row_factory = row
+        return db
+
+    monkeypatch.setattr(sqlite3, "connect", counting)
+    _, stats = scan_files(paths, CFG.max_pixels, 1, cache)
+    assert stats.cache_hits == len(paths)
+    assert read["rows"] <= len(paths), f"read {read['rows']} cached rows for {len(paths)} files"

@@ -1,5 +1,7 @@
 """Validate step: stop a bad dataset version before any training, with a report to act on.
 
+Takes an ImageFolder or a sharded dataset version (index.json + tar shards, streamed one shard
+per worker task; a shard that disagrees with its index fails the `shards` check).
 Checks layout and labels, decodes every image (in parallel, cached by content hash), runs the
 GX suite over the manifest, looks for leakage, imbalance and drift against the last accepted
 version, and writes report.json, report.html, summary.json, manifest.csv and data_docs/.
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from headstart.config import TrackingConfig, build, section
+from headstart.data.shards import is_sharded
 from headstart.validation import distribution, leakage
 from headstart.validation.cache import ResultCache
 from headstart.validation.config import ValidateConfig
@@ -23,10 +26,10 @@ from headstart.validation.expectations import run_suite
 from headstart.validation.findings import assemble
 from headstart.validation.labels import class_counts, expected_labels, label_checks
 from headstart.validation.layout import scan_layout
-from headstart.validation.manifest import build_manifest, integrity_numbers, write_manifest
+from headstart.validation.manifest import integrity_numbers, write_manifest
 from headstart.validation.report import class_chart, render_html, sample_thumbs
 from headstart.validation.result import ValidationResult
-from headstart.validation.scan import scan_files
+from headstart.validation.scan import scan_entries
 from headstart.validation.state import load_accepted, save_accepted
 from headstart.validation.summary import summarize, write_json
 
@@ -40,10 +43,19 @@ def run(
     cfg: ValidateConfig, data_dir: Path, out_dir: Path, tracking: TrackingConfig | None = None
 ) -> ValidationResult:
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    layout = scan_layout(data_dir, cfg.splits, cfg.extensions)
     cache = ResultCache(cfg.cache_dir, cfg.max_pixels) if cfg.cache_dir is not None else None
-    facts, scan = scan_files([e.path for e in layout.entries], cfg.max_pixels, cfg.workers, cache)
-    manifest = build_manifest(layout.entries, facts)
+    sharded = is_sharded(data_dir)
+    if sharded:
+        from headstart.validation.shardscan import scan_shards
+
+        layout, manifest, scan, thumbs = scan_shards(
+            data_dir, cfg.splits, cfg.extensions, cfg.max_pixels, cfg.workers, cache
+        )
+    else:
+        layout = scan_layout(data_dir, cfg.splits, cfg.extensions)
+        manifest, scan = scan_entries(layout.entries, cfg.max_pixels, cfg.workers, cache)
+        del layout.entries[:]  # the manifest holds what the checks need, compactly
+        thumbs = {}
 
     previous = load_accepted(cfg.state_dir)
     if previous is None and tracking is not None:
@@ -95,8 +107,9 @@ def run(
         "report_html": out_dir / "report.html",
         "data_docs": suite.docs_index or docs_dir,
     }
-    sample_split = next((s for s in cfg.splits if s in counts), None)
-    thumbs = sample_thumbs(manifest, data_dir, sample_split) if sample_split else {}
+    if not sharded:
+        sample_split = next((s for s in cfg.splits if s in counts), None)
+        thumbs = sample_thumbs(manifest, data_dir, sample_split) if sample_split else {}
     reports["report_html"].write_text(
         render_html(result, class_chart(counts, cfg.splits), thumbs), encoding="utf-8"
     )

@@ -3,7 +3,9 @@
 The key is the file's SHA-256 plus a fingerprint of everything else the result depends on
 (decoder version, pixel limit, this module's schema); renaming or moving a file keeps its entry.
 SQLite because it is in the standard library and safe when two runs share a cache folder;
-plain columns rather than one JSON blob, because parsing 70,000 blobs took a second.
+plain columns rather than one JSON blob, because parsing 70,000 blobs took a second. A run asks
+only for the hashes it holds, a batch at a time (the scan workers ask for their own chunk), so
+a cache shared by many datasets and versions costs each run only its own rows.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import PIL
 from headstart.errors import StorageError
 
 SCHEMA = 2
+BATCH = 500  # hashes per query: under SQLite's bound-parameter limit (999 in old builds)
 _FIELDS = ("width", "height", "mode", "format", "error_kind", "error", "dhash", "thumb")
 _STATS = ("channels", "mean", "msq", "pixels")
 _COLUMNS = ("fp", "sha", *_FIELDS, *_STATS)
@@ -32,8 +35,19 @@ def _floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",")]
 
 
+def _facts(row: tuple[Any, ...]) -> dict[str, Any]:
+    facts = dict(zip(_FIELDS, row[1:9], strict=True))
+    channels, mean, msq, pixels = row[9:]
+    facts["stats"] = (
+        {"channels": channels, "mean": _floats(mean), "msq": _floats(msq), "pixels": pixels} if channels else None
+    )
+    return facts
+
+
 class ResultCache:
-    """A read-mostly map sha256 -> facts, loaded once per run and written back in one transaction."""
+    """A read-mostly map sha256 -> facts, read a chunk's hashes at a time, written back per chunk.
+
+    Holds only its path and fingerprint, so it pickles into the scan workers."""
 
     def __init__(self, folder: Path, max_pixels: int) -> None:
         self.path = folder / "files.sqlite"
@@ -57,25 +71,18 @@ class ResultCache:
         finally:
             db.close()
 
-    def keys(self) -> frozenset[str]:
-        """Just the hashes: cheap, so workers can start before the full rows are parsed."""
+    def load(self, shas: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Cached facts for just these hashes (the ones this run or chunk holds), by hash."""
+        wanted = sorted(set(shas))
+        query = f"SELECT {', '.join(_COLUMNS[1:])} FROM facts WHERE fp = ? AND sha IN "  # noqa: S608
+        out: dict[str, dict[str, Any]] = {}
+        if not wanted:
+            return out
         with self._connect() as db:
-            return frozenset(r[0] for r in db.execute("SELECT sha FROM facts WHERE fp = ?", (self.fp,)))
-
-    def load(self) -> dict[str, dict[str, Any]]:
-        query = f"SELECT {', '.join(_COLUMNS[1:])} FROM facts WHERE fp = ?"  # noqa: S608 - fixed names
-        with self._connect() as db:
-            rows = db.execute(query, (self.fp,)).fetchall()
-        out = {}
-        for row in rows:
-            facts = dict(zip(_FIELDS, row[1:9], strict=True))
-            channels, mean, msq, pixels = row[9:]
-            facts["stats"] = (
-                {"channels": channels, "mean": _floats(mean), "msq": _floats(msq), "pixels": pixels}
-                if channels
-                else None
-            )
-            out[row[0]] = facts
+            for i in range(0, len(wanted), BATCH):
+                part = wanted[i : i + BATCH]
+                for row in db.execute(query + f"({', '.join('?' * len(part))})", (self.fp, *part)):
+                    out[row[0]] = _facts(row)
         return out
 
     def store(self, items: Iterable[tuple[str, dict[str, Any]]]) -> int:

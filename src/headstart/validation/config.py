@@ -21,6 +21,7 @@ class Severities(Frozen):
     """What a check that finds something does to the run: `fail` stops it, `warn` reports only."""
 
     decode: Severity = "fail"
+    shards: Severity = "fail"
     dimensions: Severity = "fail"
     mode: Severity = "fail"
     file_names: Severity = "fail"

@@ -14,31 +14,32 @@ import pandas as pd
 
 from headstart.validation.config import ValidateConfig
 from headstart.validation.findings import Finding
-from headstart.validation.manifest import decoded
+from headstart.validation.manifest import decoded_mask
 
 CHANNEL_NAMES = {"L": ("L",), "RGB": ("R", "G", "B")}
 
 
 def pixel_stats(manifest: pd.DataFrame) -> dict[str, dict[str, dict[str, float]]]:
     """{split: {channel: {"mean", "std"}}} on a 0-1 scale, over decodable images."""
-    sums: dict[tuple[str, str], list[float]] = {}
-    rows = decoded(manifest)
-    for split, stats in zip(rows["split"], rows["stats"], strict=True):
-        for name, mean, msq in zip(
-            CHANNEL_NAMES[stats["channels"]], stats["mean"], stats["msq"], strict=True
-        ):
-            acc = sums.setdefault((split, name), [0.0, 0.0, 0.0])
-            acc[0] += 1
-            acc[1] += mean
-            acc[2] += msq
+    ok = decoded_mask(manifest)
     out: dict[str, dict[str, dict[str, float]]] = {}
-    for (split, name), (n, s, sq) in sorted(sums.items()):
-        mean = s / n
-        out.setdefault(split, {})[name] = {
-            "mean": round(mean, 6),
-            "std": round(math.sqrt(max(0.0, sq / n - mean**2)), 6),
-        }
-    return out
+    for split in manifest.loc[ok, "split"].unique():
+        in_split = ok & (manifest["split"] == split).to_numpy()
+        for channels in manifest.loc[in_split, "channels"].unique():
+            rows = in_split & (manifest["channels"] == channels).to_numpy()
+            n = int(rows.sum())
+            for j, name in enumerate(CHANNEL_NAMES[str(channels)]):
+                mean = float(manifest[f"mean{j}"].to_numpy()[rows].sum()) / n
+                sq = float(manifest[f"msq{j}"].to_numpy()[rows].sum()) / n
+                _put(out, str(split), name, mean, sq)
+    return {split: dict(sorted(channels.items())) for split, channels in sorted(out.items())}
+
+
+def _put(out: dict[str, dict[str, dict[str, float]]], split: str, name: str, mean: float, sq: float) -> None:
+    out.setdefault(split, {})[name] = {
+        "mean": round(mean, 6),
+        "std": round(math.sqrt(max(0.0, sq - mean**2)), 6),
+    }
 
 
 def class_balance(

@@ -17,6 +17,10 @@ Status = Literal["pass", "warn", "fail"]
 # name -> (group, what it guards). Order is the report's order.
 CHECKS: dict[str, tuple[str, str]] = {
     "decode": ("integrity", "every file decodes (PIL verify, then a full load) within the pixel limit"),
+    "shards": (
+        "integrity",
+        "every shard matches index.json (size, sha256, sample and class counts) and reads to the end",
+    ),
     "dimensions": ("integrity", "width and height within [min, max]"),
     "mode": ("integrity", "image mode is one of allowed_modes"),
     "file_names": ("layout", "no '..', control characters, backslashes or odd whitespace in names"),

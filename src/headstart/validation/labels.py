@@ -78,7 +78,7 @@ def class_counts(manifest: pd.DataFrame) -> dict[str, dict[str, int]]:
     """{split: {label: n}} over every file in the manifest, decodable or not."""
     if manifest.empty:
         return {}
-    grouped = manifest.groupby(["split", "label"]).size()
+    grouped = manifest.loc[:, ["split", "label"]].value_counts(sort=False)
     out: dict[str, dict[str, int]] = {}
     for (split, label), n in sorted(grouped.items()):
         out.setdefault(str(split), {})[str(label)] = int(n)

@@ -14,14 +14,19 @@ from headstart.errors import DataError
 from headstart.validation.findings import Finding
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
-    """An image candidate: `rel` is split/class/name, `path` is where to read it (a str: 70k Paths cost)."""
+    """An image candidate: `rel` is split/class/name under `root` (one shared str), so an entry
+    costs its name and four pointers; `path` is where to read it."""
 
     rel: str
     split: str
     label: str
-    path: str
+    root: str
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.root, self.rel)
 
 
 @dataclass
@@ -65,6 +70,7 @@ def scan_layout(root: Path, splits: tuple[str, ...], extensions: frozenset[str])
     if not root.is_dir():
         raise DataError(f"{root}: expected a folder laid out as <split>/<class>/<image>")
     real_root = Path(os.path.realpath(root))
+    root_str = str(root)
     layout = Layout()
     for split_entry in _entries(root, real_root, "", layout):
         rel = split_entry.name
@@ -93,7 +99,7 @@ def scan_layout(root: Path, splits: tuple[str, ...], extensions: frozenset[str])
                 elif os.path.splitext(item.name)[1].lower() not in extensions:
                     layout.findings.append(Finding("stray_files", "not an image file extension", irel))
                 else:
-                    layout.entries.append(Entry(irel, split_entry.name, class_entry.name, item.path))
+                    layout.entries.append(Entry(irel, split_entry.name, class_entry.name, root_str))
     for split in splits:
         if split not in layout.split_dirs:
             layout.findings.append(Finding("splits", "missing split folder", split + "/"))

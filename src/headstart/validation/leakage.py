@@ -19,9 +19,10 @@ from scipy.spatial import cKDTree
 from headstart.validation.config import ValidateConfig
 from headstart.validation.decode import hamming
 from headstart.validation.findings import Finding
-from headstart.validation.manifest import decoded, thumbs
+from headstart.validation.manifest import digest_bytes, thumb_bytes
 
 NEIGHBOURS = 4
+QUERY_CHUNK = 8192
 
 
 def _split_rank(cfg: ValidateConfig, split: str) -> int:
@@ -32,8 +33,12 @@ def exact_duplicates(
     cfg: ValidateConfig, manifest: pd.DataFrame
 ) -> tuple[list[Finding], dict[str, dict[str, Any]]]:
     findings: list[Finding] = []
-    rows = manifest[manifest["sha256"].notna() & (manifest["bytes"].fillna(0) > 0)]
-    dups = rows[rows["sha256"].duplicated(keep=False)]
+    ok = (manifest["sha256"].notna() & (manifest["bytes"].fillna(0) > 0)).to_numpy()
+    digests = digest_bytes(manifest)  # numpy sort of raw digests: no Python string per row
+    _, inverse, counts = np.unique(digests[ok], return_inverse=True, return_counts=True)
+    repeated = np.zeros(len(manifest), dtype=bool)
+    repeated[np.flatnonzero(ok)] = counts[inverse.ravel()] > 1
+    dups = manifest.loc[repeated, ["sha256", "split", "path"]]
     groups: dict[str, list[tuple[int, str, str]]] = {}
     for sha, split, path in zip(dups["sha256"], dups["split"], dups["path"], strict=True):
         groups.setdefault(sha, []).append((_split_rank(cfg, split), path, split))
@@ -52,7 +57,7 @@ def exact_duplicates(
                 findings.append(Finding("duplicates_within_split", f"same bytes as {seen[split]}", path))
             else:
                 seen[split] = path
-    sizes = rows.groupby("split").size().to_dict()
+    sizes = manifest.loc[ok, "split"].value_counts().to_dict()
     fractions = {s: round(within.get(s, 0) / n, 6) for s, n in sorted(sizes.items())}
     limit = cfg.duplicate_within_split_max_fraction
     over = {s for s, frac in fractions.items() if frac > limit}
@@ -65,7 +70,7 @@ def exact_duplicates(
 
 
 def match_near_duplicates(
-    ref: np.ndarray,
+    ref: np.ndarray | cKDTree,
     ref_hashes: Sequence[int],
     query: np.ndarray,
     query_hashes: Sequence[int],
@@ -77,21 +82,24 @@ def match_near_duplicates(
     """(query index, ref index, thumbnail RMS, dHash distance) for each query image that copies a ref.
 
     Thumbnails are (n, 64) arrays in [0, 1] (`decode.shrink(gray, 8, 8)`), hashes `decode.dhash`
-    ints; pairs with equal keys (same bytes) are skipped. Works on raw arrays too, so an importer
+    ints; pairs with equal keys (same bytes) are skipped.
+    `ref` may be a k-d tree already built on the ref thumbnails. Works on raw arrays too, so an importer
     can keep copies out of different splits before writing a file.
     """
-    if len(ref) == 0 or len(query) == 0:
+    n_ref = ref.n if isinstance(ref, cKDTree) else len(ref)
+    if n_ref == 0 or len(query) == 0:
         return []
-    k = min(NEIGHBOURS, len(ref))
+    k = min(NEIGHBOURS, n_ref)
     radius = max_rms * 8 * (1 + 1e-9) + 1e-12  # L2 over 64 cells = 8 x RMS
-    dist, idx = cKDTree(ref).query(query, k=k, distance_upper_bound=radius)
+    tree = ref if isinstance(ref, cKDTree) else cKDTree(ref)
+    dist, idx = tree.query(query, k=k, distance_upper_bound=radius)
     dist, idx = dist.reshape(len(query), k), idx.reshape(len(query), k)
     matches = []
     for qi in np.flatnonzero(np.isfinite(dist[:, 0])):
         for d, j in zip(dist[qi], idx[qi], strict=True):
             if not np.isfinite(d):
                 break
-            bits = hamming(query_hashes[qi], ref_hashes[j])
+            bits = hamming(int(query_hashes[qi]), int(ref_hashes[j]))
             same = ref_keys is not None and query_keys is not None and ref_keys[j] == query_keys[qi]
             if not same and bits <= max_hamming:
                 matches.append((int(qi), int(j), float(d) / 8, bits))
@@ -102,28 +110,59 @@ def match_near_duplicates(
 def near_duplicates(
     cfg: ValidateConfig, manifest: pd.DataFrame
 ) -> tuple[list[Finding], dict[str, dict[str, Any]]]:
-    """For each pair of splits (earlier, later): files in the later one that copy one in the earlier."""
-    rows = decoded(manifest)
-    order = sorted(rows["split"].unique(), key=lambda s: (_split_rank(cfg, s), s))
-    parts = {s: rows[rows["split"] == s] for s in order}
-    hashes = {s: [int(h, 16) for h in part["dhash"]] for s, part in parts.items()}
+    """For each pair of splits (earlier, later): files in the later one that copy one in the earlier.
+
+    Works on row positions and one uint8 thumbnail array, so the only copy the size of a split
+    is the float64 thumbnails the k-d tree is built on; queries go a chunk at a time.
+    """
+    ok = (manifest["error"].isna() & manifest["dhash"].notna()).to_numpy()
+    split_col = manifest["split"]
+    order = sorted(split_col[ok].unique(), key=lambda s: (_split_rank(cfg, s), s))
+    rows = {s: np.flatnonzero(ok & (split_col == s).to_numpy()) for s in order}
+    cells = thumb_bytes(manifest)
+    dhashes, shas, paths = manifest["dhash"].array, manifest["sha256"].array, manifest["path"].array
+    hashes = {s: np.array([int(dhashes[i], 16) for i in idx], dtype=np.uint64) for s, idx in rows.items()}
     findings: list[Finding] = []
     for i, earlier in enumerate(order):
-        ref = parts[earlier]
+        ref_rows = rows[earlier]
+        if not order[i + 1 :]:
+            break
+        ref = np.empty((len(ref_rows), 64))  # float32 steps first, so distances are those of before
+        for start in range(0, len(ref_rows), QUERY_CHUNK):
+            chunk = cells[ref_rows[start : start + QUERY_CHUNK]]
+            ref[start : start + QUERY_CHUNK] = chunk.astype(np.float32) / 255.0
+        tree = cKDTree(ref)
+        del ref
+        ref_keys = _Picked(shas, ref_rows)
         for later in order[i + 1 :]:
-            query = parts[later]
-            matches = match_near_duplicates(
-                thumbs(ref), hashes[earlier], thumbs(query), hashes[later],
-                cfg.near_duplicate_max_rms, cfg.near_duplicate_max_hamming,
-                list(ref["sha256"]), list(query["sha256"]),
-            )  # fmt: skip
-            for qi, ri, rms, bits in matches:
-                original = ref["path"].iat[ri]
-                reason = f"near-duplicate of {original} (thumbnail RMS {rms:.4f}, dHash distance {bits})"
-                findings.append(Finding("near_duplicates_across_splits", reason, query["path"].iat[qi]))
+            query_rows = rows[later]
+            for start in range(0, len(query_rows), QUERY_CHUNK):
+                part = query_rows[start : start + QUERY_CHUNK]
+                matches = match_near_duplicates(
+                    tree, hashes[earlier], cells[part].astype(np.float32) / 255.0,
+                    hashes[later][start : start + QUERY_CHUNK], cfg.near_duplicate_max_rms,
+                    cfg.near_duplicate_max_hamming, ref_keys, _Picked(shas, part),
+                )  # fmt: skip
+                for qi, ri, rms, bits in matches:
+                    original = paths[ref_rows[ri]]
+                    reason = f"near-duplicate of {original} (thumbnail RMS {rms:.4f}, dHash distance {bits})"
+                    findings.append(Finding("near_duplicates_across_splits", reason, paths[part[qi]]))
     numbers = {
         "max_rms": cfg.near_duplicate_max_rms,
         "max_hamming": cfg.near_duplicate_max_hamming,
         "files": len({f.file for f in findings}),
     }
     return findings, {"near_duplicates_across_splits": numbers}
+
+
+class _Picked:
+    """Rows `rows` of a column, indexable without copying the column into Python objects."""
+
+    def __init__(self, column: Any, rows: np.ndarray) -> None:
+        self.column, self.rows = column, rows
+
+    def __getitem__(self, i: int) -> Any:
+        return self.column[int(self.rows[i])]
+
+    def __len__(self) -> int:
+        return len(self.rows)

@@ -1,7 +1,8 @@
 """The manifest: one row per image, the table both the GX suite and the Python checks read.
 
 Written next to the report as manifest.csv (relative paths, sorted), so a reviewer can open the
-exact table that was validated.
+exact table that was validated. A sample from a shard has the path it had in the ImageFolder it
+was packed from (split/class/name), so both forms give the same table, plus a `shard` column.
 """
 
 from __future__ import annotations
@@ -30,42 +31,112 @@ COLUMNS = (
     "error",
 )
 _INTS = ("width", "height", "bytes")
+THUMB_COLUMNS = tuple(f"thumb{i}" for i in range(8))  # the 64 thumbnail bytes as eight uint64 columns
+SHA_COLUMNS = tuple(f"sha{i}" for i in range(4))  # the digest's 32 bytes, for duplicate search in numpy
 
 
-def build_manifest(entries: Sequence[Entry], facts: Sequence[dict[str, Any]]) -> pd.DataFrame:
-    """Join layout entries with their scan facts; `thumb` and `stats` ride along for the checks."""
+STAT_COLUMNS = ("mean0", "mean1", "mean2", "msq0", "msq1", "msq2")
+_STRS = ("path", "split", "label", "mode", "format", "sha256", "dhash", "error_kind", "error", "shard")
+
+
+def build_manifest(
+    entries: Sequence[Entry], facts: Sequence[dict[str, Any]], shards: Sequence[str | None] | None = None
+) -> pd.DataFrame:
+    """Join layout entries with their scan facts into the compact table (see `frame`)."""
     if len(entries) != len(facts):
         raise ValueError(f"{len(entries)} entries but {len(facts)} scan results")
-    columns: dict[str, list[Any]] = {
-        "path": [e.rel for e in entries],
-        "split": [e.split for e in entries],
-        "label": [e.label for e in entries],
-    }
-    for key in (*COLUMNS[3:], "thumb", "stats"):
+    return frame(
+        [e.rel for e in entries], [e.split for e in entries], [e.label for e in entries], facts, shards
+    )
+
+
+def frame(
+    paths: Sequence[str],
+    splits: Sequence[str],
+    labels: Sequence[str],
+    facts: Sequence[dict[str, Any]],
+    shards: Sequence[str | None] | None = None,
+) -> pd.DataFrame:
+    """One row per image with compact columns, so memory per image is a few hundred bytes, not kilobytes.
+
+    Strings use pandas' string dtype (Arrow-backed), the 8x8 thumbnail is 64 raw bytes in eight
+    uint64 columns (zeros when the image did not decode), the pixel statistics are six
+    float columns (channels 1-2 NaN for grey images); `shard` names the shard a sample came from.
+    Built per scan chunk and concatenated, so no per-image dict outlives its chunk.
+    """
+    columns: dict[str, Any] = {"path": list(paths), "split": list(splits), "label": list(labels)}
+    for key in COLUMNS[3:]:
         columns[key] = [f.get(key) for f in facts]
-    frame = pd.DataFrame(columns, columns=[*COLUMNS, "thumb", "stats"])
+    columns["shard"] = list(shards) if shards is not None else [None] * len(paths)
+    raw = b"".join(bytes.fromhex(f["thumb"]) if f.get("thumb") else bytes(64) for f in facts)
+    packed = np.frombuffer(raw, dtype=np.uint64).reshape(len(facts), 8)
+    for j, name in enumerate(THUMB_COLUMNS):
+        columns[name] = packed[:, j]
+    digests = b"".join(bytes.fromhex(f["sha256"]) if f.get("sha256") else bytes(32) for f in facts)
+    raw_sha = np.frombuffer(digests, dtype=np.uint64).reshape(len(facts), 4)
+    for j, name in enumerate(SHA_COLUMNS):
+        columns[name] = raw_sha[:, j]
+    columns["channels"] = [(f.get("stats") or {}).get("channels") for f in facts]
+    stats = np.full((len(facts), 6), np.nan)
+    for i, f in enumerate(facts):
+        if f.get("stats"):
+            n = len(f["stats"]["mean"])
+            stats[i, :n], stats[i, 3 : 3 + n] = f["stats"]["mean"], f["stats"]["msq"]
+    for j, name in enumerate(STAT_COLUMNS):
+        columns[name] = stats[:, j]
+    out = pd.DataFrame(columns)
+    for col in _STRS + ("channels",):
+        out[col] = out[col].astype("str")
     for col in _INTS:
-        frame[col] = frame[col].astype("Int64")
-    for col in ("path", "split", "label", "mode", "format", "sha256", "dhash", "error_kind", "error"):
-        frame[col] = frame[col].astype(object).where(frame[col].notna(), None)
-    return frame
+        out[col] = out[col].astype("Int64")
+    return out
+
+
+def concat(frames: list[pd.DataFrame], sort: bool = True) -> pd.DataFrame:
+    """Chunks into one table sorted by path (the layout's order), whatever order workers finished in.
+
+    Empties `frames` as it goes; `sort=False` when the chunks are already in path order.
+    """
+    if not frames:
+        return frame([], [], [], [])
+    out = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    frames.clear()
+    return out.sort_values(["path", "sha256"], kind="stable", ignore_index=True) if sort else out
+
+
+def sharded(frame: pd.DataFrame) -> bool:
+    return bool(frame["shard"].notna().any())
 
 
 def public(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame.loc[:, list(COLUMNS)]
+    """The columns GX validates and manifest.csv holds; sharded datasets add the shard of each sample."""
+    return frame.loc[:, [*COLUMNS, "shard"] if sharded(frame) else list(COLUMNS)]
+
+
+def decoded_mask(frame: pd.DataFrame) -> np.ndarray:
+    """Which rows decoded: the only ones with a thumbnail, hash and pixel statistics."""
+    return (frame["error"].isna() & frame["dhash"].notna()).to_numpy()
 
 
 def decoded(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rows that decoded: the only ones with a thumbnail, hash and pixel statistics."""
-    return frame[frame["error"].isna() & frame["thumb"].notna()]
+    return frame[decoded_mask(frame)]
+
+
+def thumb_bytes(frame: pd.DataFrame) -> np.ndarray:
+    """(n, 64) uint8 8x8 thumbnails, zeros for rows that did not decode."""
+    packed = np.ascontiguousarray(frame.loc[:, list(THUMB_COLUMNS)].to_numpy(np.uint64))
+    return packed.view(np.uint8).reshape(len(frame), 64)
+
+
+def digest_bytes(frame: pd.DataFrame) -> np.ndarray:
+    """(n,) 32-byte void view of the SHA-256 digests (zeros where unreadable): sortable, comparable."""
+    packed = np.ascontiguousarray(frame.loc[:, list(SHA_COLUMNS)].to_numpy(np.uint64))
+    return packed.view(np.dtype((np.void, 32))).ravel()
 
 
 def thumbs(frame: pd.DataFrame) -> np.ndarray:
     """(n, 64) float32 thumbnails in [0, 1]."""
-    if frame.empty:
-        return np.zeros((0, 64), dtype=np.float32)
-    raw = b"".join(bytes.fromhex(t) for t in frame["thumb"])
-    return np.frombuffer(raw, dtype=np.uint8).reshape(len(frame), -1).astype(np.float32) / 255.0
+    return thumb_bytes(frame).astype(np.float32) / 255.0
 
 
 def write_manifest(frame: pd.DataFrame, path: Path) -> Path:
@@ -75,7 +146,7 @@ def write_manifest(frame: pd.DataFrame, path: Path) -> Path:
 
 def integrity_numbers(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
     """Observed ranges for the integrity checks' report rows."""
-    ok = frame[frame["width"].notna()]
+    width, height = frame["width"].dropna(), frame["height"].dropna()
     kinds = frame["error_kind"].dropna().value_counts().sort_index()
     return {
         "decode": {
@@ -84,8 +155,8 @@ def integrity_numbers(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
             "by_kind": {str(k): int(v) for k, v in kinds.items()},
         },
         "dimensions": {
-            "width": [int(ok["width"].min()), int(ok["width"].max())] if len(ok) else None,
-            "height": [int(ok["height"].min()), int(ok["height"].max())] if len(ok) else None,
+            "width": [int(width.min()), int(width.max())] if len(width) else None,
+            "height": [int(height.min()), int(height.max())] if len(height) else None,
         },
         "mode": {
             "modes": {str(k): int(v) for k, v in frame["mode"].dropna().value_counts().sort_index().items()}

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
-from headstart.validation.manifest import decoded
+from headstart.validation.manifest import decoded_mask
 from headstart.validation.result import ValidationResult
 
 THUMBS_PER_CLASS = 4
@@ -64,25 +64,32 @@ def class_chart(counts: dict[str, dict[str, int]], split_order: tuple[str, ...] 
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def thumb_uri(data: bytes) -> str | None:
+    """A small PNG data URI of an image's bytes, or None when it cannot be shown."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.thumbnail((THUMB_PX, THUMB_PX))
+            thumb = img.convert("RGB" if img.mode not in ("L", "RGB") else img.mode)
+            if max(thumb.size) < THUMB_PX:
+                scale = THUMB_PX // max(thumb.size)
+                thumb = thumb.resize((thumb.width * scale, thumb.height * scale), Image.Resampling.NEAREST)
+            return _b64_png(thumb)
+    except Exception:  # noqa: BLE001 - a sample that cannot be shown is simply left out
+        return None
+
+
 def sample_thumbs(manifest: pd.DataFrame, data_dir: Path, split: str) -> dict[str, list[tuple[str, str]]]:
-    """A few decodable images per class from one split: {label: [(path, data URI)]}."""
-    rows = decoded(manifest)
-    rows = rows[rows["split"] == split]
+    """A few decodable images per class from one split of an ImageFolder: {label: [(path, data URI)]}."""
+    rows = manifest.loc[decoded_mask(manifest) & (manifest["split"] == split).to_numpy(), ["path", "label"]]
     out: dict[str, list[tuple[str, str]]] = {}
     for label, group in rows.groupby("label", sort=True):
-        for path in sorted(group["path"])[:THUMBS_PER_CLASS]:
+        for path in group["path"].sort_values().head(THUMBS_PER_CLASS):
             try:
-                with Image.open(data_dir / path) as img:
-                    img.thumbnail((THUMB_PX, THUMB_PX))
-                    thumb = img.convert("RGB" if img.mode not in ("L", "RGB") else img.mode)
-                    if max(thumb.size) < THUMB_PX:
-                        scale = THUMB_PX // max(thumb.size)
-                        thumb = thumb.resize(
-                            (thumb.width * scale, thumb.height * scale), Image.Resampling.NEAREST
-                        )
-                    out.setdefault(str(label), []).append((path, _b64_png(thumb)))
-            except Exception:  # noqa: BLE001, S112 - a sample that cannot be shown is simply left out
+                uri = thumb_uri((data_dir / path).read_bytes())
+            except OSError:
                 continue
+            if uri:
+                out.setdefault(str(label), []).append((path, uri))
     return out
 
 

@@ -1,24 +1,34 @@
 """Hash and decode every file, in worker processes, skipping files whose hash is cached.
 
 Workers read each file once, hash it, and decode it only when the hash is unknown, so a warm
-run costs a read and a SHA-256 per file. Small datasets stay in-process: a pool costs more
-than it saves below a few thousand files.
+run costs a read and a SHA-256 per file. Each worker asks the cache for its own batch's hashes
+and writes its fresh results back, so the parent never holds the cache, and what comes back to
+the parent is a compact table chunk (manifest.frame), never a dict per image. Small datasets
+stay in-process: a pool costs more than it saves below a few thousand files.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
-from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+import pandas as pd
+
+from headstart.progress import progress_enabled
 from headstart.validation.cache import ResultCache
 from headstart.validation.decode import inspect_bytes, sha256
+from headstart.validation.layout import Entry
+from headstart.validation.manifest import build_manifest, concat
 
 PARALLEL_MIN_FILES = 2000
-_worker_args: tuple[int, frozenset[str]] = (0, frozenset())
+LOOKUP = 64  # files per cache query: one round trip per batch, a few MB of bytes held at most
+_worker_args: tuple[int, ResultCache | None] = (0, None)
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -29,69 +39,171 @@ class ScanStats:
     workers: int
 
 
+def _unreadable(exc: OSError) -> dict[str, Any]:
+    return {"sha256": None, "bytes": None, "error_kind": "unreadable", "error": f"cannot read: {exc.strerror}"}
+
+
 def inspect_path(path: str, max_pixels: int, known: frozenset[str]) -> dict[str, Any]:
     """Facts for one file; only sha256 and size when its hash is in `known`."""
     try:
         with open(path, "rb") as fh:
             data = fh.read()
     except OSError as exc:
-        return {
-            "sha256": None,
-            "bytes": None,
-            "error_kind": "unreadable",
-            "error": f"cannot read: {exc.strerror}",
-        }
+        return _unreadable(exc)
     digest = sha256(data)
     if digest in known:
         return {"sha256": digest, "bytes": len(data), "cached": True}
     return {"sha256": digest, "bytes": len(data), **inspect_bytes(data, max_pixels)}
 
 
-def _init_worker(max_pixels: int, known: frozenset[str]) -> None:
+def inspect_batch(
+    items: Sequence[bytes | dict[str, Any]], max_pixels: int, cache: ResultCache | None
+) -> tuple[list[dict[str, Any]], int]:
+    """(facts per item, cache hits). An item is a file's bytes, or facts already known (unreadable).
+
+    One cache query for the whole batch; fresh results are written back in one transaction.
+    """
+    shas = [sha256(item) if isinstance(item, bytes) else None for item in items]
+    known = cache.load(s for s in shas if s) if cache else {}
+    out, fresh, hits = [], {}, 0
+    for item, digest in zip(items, shas, strict=True):
+        if not isinstance(item, bytes) or digest is None:
+            out.append(dict(item))  # type: ignore[arg-type]
+            continue
+        if digest in known:
+            hits += 1
+            facts = known[digest]
+        else:
+            facts = fresh.get(digest) or inspect_bytes(item, max_pixels)
+            fresh[digest] = facts
+        out.append({"sha256": digest, "bytes": len(item), **facts})
+    if cache and fresh:
+        cache.store(fresh.items())
+    return out, hits
+
+
+def _read(path: str) -> bytes | dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        return _unreadable(exc)
+
+
+def facts_for_paths(paths: Sequence[str], max_pixels: int, cache: ResultCache | None) -> tuple[list[dict], int]:
+    """Facts per path in order, reading LOOKUP files at a time."""
+    out: list[dict[str, Any]] = []
+    hits = 0
+    for i in range(0, len(paths), LOOKUP):
+        facts, n = inspect_batch([_read(p) for p in paths[i : i + LOOKUP]], max_pixels, cache)
+        out += facts
+        hits += n
+    return out, hits
+
+
+def _init_worker(max_pixels: int, cache: ResultCache | None) -> None:
     global _worker_args
-    _worker_args = (max_pixels, known)
+    _worker_args = (max_pixels, cache)
 
 
-def _worker_chunk(paths: Sequence[str]) -> list[dict[str, Any]]:
-    max_pixels, known = _worker_args
-    return [inspect_path(p, max_pixels, known) for p in paths]
+def _facts_chunk(paths: Sequence[str]) -> tuple[list[dict[str, Any]], int]:
+    return facts_for_paths(paths, *_worker_args)
+
+
+def _frame_chunk(task: tuple[int, Sequence[Entry]]) -> tuple[int, pd.DataFrame, int]:
+    facts, hits = facts_for_paths([e.path for e in task[1]], *_worker_args)
+    return task[0], build_manifest(task[1], facts), hits
 
 
 def resolve_workers(requested: int) -> int:
-    return requested or max(1, min(os.cpu_count() or 1, 16))
+    if requested:
+        return requested
+    try:
+        from headstart.runtime import cpu_count  # the pod's CPU quota, where that helper exists
+    except ImportError:
+        return max(1, min(os.cpu_count() or 1, 16))
+    return max(1, min(cpu_count(), 16))
+
+
+def run_tasks(
+    fn: Callable[[T], R],
+    tasks: Sequence[T],
+    n_workers: int,
+    max_pixels: int,
+    cache: ResultCache | None,
+    desc: str,
+    total: int | None = None,
+    size: Callable[[R], int] = lambda _: 1,
+) -> Iterator[R]:
+    """fn over tasks, in a process pool when n_workers > 1, results as they finish (any order)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total or len(tasks), desc=desc, unit="img", disable=not progress_enabled())
+    if n_workers <= 1:
+        _init_worker(max_pixels, cache)
+        results: Iterable[R] = map(fn, tasks)
+        for res in results:
+            bar.update(size(res))
+            yield res
+        bar.close()
+        return
+    # fork where there is one: workers inherit modules for free, and the caller's script is not
+    # re-imported (spawn/forkserver break unguarded scripts). Workers touch only files, PIL, numpy,
+    # hashlib and their own SQLite connection, never locks a parent's MLflow or GX threads could hold.
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    with ProcessPoolExecutor(n_workers, ctx, initializer=_init_worker, initargs=(max_pixels, cache)) as ex:
+        futures = [ex.submit(fn, task) for task in tasks]
+        for future in as_completed(futures):
+            res = future.result()
+            bar.update(size(res))
+            yield res
+    bar.close()
+
+
+def _chunks(items: Sequence[T], n_workers: int) -> list[Sequence[T]]:
+    size = max(32, min(1024, len(items) // (n_workers * 8) + 1))
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _plan(n_items: int, workers: int, force_pool: bool) -> int:
+    n_workers = resolve_workers(workers)
+    return n_workers if n_workers > 1 and (force_pool or n_items >= PARALLEL_MIN_FILES) else 1
 
 
 def scan_files(
     paths: Sequence[str], max_pixels: int, workers: int, cache: ResultCache | None, force_pool: bool = False
 ) -> tuple[list[dict[str, Any]], ScanStats]:
-    """Facts per path, in input order. Fresh results are written back to the cache."""
-    known = cache.keys() if cache else frozenset()
-    cached: dict[str, dict[str, Any]] = {}
-    n_workers = resolve_workers(workers)
-    use_pool = n_workers > 1 and (force_pool or len(paths) >= PARALLEL_MIN_FILES)
-    if use_pool:
-        size = max(32, min(1024, len(paths) // (n_workers * 8) + 1))
-        chunks = [paths[i : i + size] for i in range(0, len(paths), size)]
-        # fork where there is one: workers inherit modules and the known-hash set for free, and the
-        # caller's script is not re-imported (spawn/forkserver break unguarded scripts). Workers touch
-        # only files, PIL, numpy and hashlib, never locks a parent's MLflow or GX threads could hold.
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        with ProcessPoolExecutor(
-            n_workers, ctx, initializer=_init_worker, initargs=(max_pixels, known)
-        ) as ex:
-            parts = ex.map(_worker_chunk, chunks)
-            cached = cache.load() if cache and known else {}  # parsed while the workers read and hash
-            results = [row for part in parts for row in part]
-    else:
-        results = [inspect_path(p, max_pixels, known) for p in paths]
-        cached = cache.load() if cache and known else {}
-    hits, fresh = 0, {}
-    for row in results:
-        if row.pop("cached", False):
-            hits += 1
-            row.update(cached[row["sha256"]])
-        elif row["sha256"] is not None:
-            fresh[row["sha256"]] = {k: v for k, v in row.items() if k not in ("sha256", "bytes")}
-    if cache:
-        cache.store(fresh.items())
-    return results, ScanStats(len(paths), len(paths) - hits, hits, n_workers if use_pool else 1)
+    """Facts per path, in input order, as dicts (for tools and tests; the step uses scan_entries)."""
+    n_workers = _plan(len(paths), workers, force_pool)
+    chunks = _chunks(paths, n_workers)
+    done: dict[int, list[dict[str, Any]]] = {}
+    hits = 0
+    for idx, (facts, n) in run_tasks(
+        _indexed_facts, list(enumerate(chunks)), n_workers, max_pixels, cache, "hash+decode",
+        len(paths), lambda r: len(r[1][0]),
+    ):  # fmt: skip
+        done[idx] = facts
+        hits += n
+    results = [row for i in range(len(chunks)) for row in done[i]]
+    return results, ScanStats(len(paths), len(paths) - hits, hits, n_workers)
+
+
+def _indexed_facts(task: tuple[int, Sequence[str]]) -> tuple[int, tuple[list[dict[str, Any]], int]]:
+    return task[0], _facts_chunk(task[1])
+
+
+def scan_entries(
+    entries: Sequence[Entry], max_pixels: int, workers: int, cache: ResultCache | None, force_pool: bool = False
+) -> tuple[pd.DataFrame, ScanStats]:
+    """The compact manifest of an ImageFolder's entries, sorted by path."""
+    n_workers = _plan(len(entries), workers, force_pool)
+    parts: dict[int, pd.DataFrame] = {}
+    hits = 0
+    for idx, part, n in run_tasks(
+        _frame_chunk, list(enumerate(_chunks(entries, n_workers))), n_workers, max_pixels, cache,
+        "hash+decode", len(entries), lambda r: len(r[1]),
+    ):  # fmt: skip
+        parts[idx] = part
+        hits += n
+    frames = [parts.pop(i) for i in sorted(parts)]  # chunks of the sorted layout: already in path order
+    return concat(frames, sort=False), ScanStats(len(entries), len(entries) - hits, hits, n_workers)
