@@ -77,7 +77,7 @@ def model_digest(model_dir: Path) -> str:
     return digest.hexdigest()
 
 
-def split_fingerprint(data_dir: Path, split: str, classes: tuple[str, ...]) -> str:
+def split_fingerprint(data_dir: Path, split: str, classes: tuple[str, ...], cache_dir: Path | None = None) -> str:
     """The content of `split` as evaluation loads it with `classes`.
 
     Sharded: the class list and the index's shards (file, sample count, sha256; validation checks the
@@ -85,7 +85,7 @@ def split_fingerprint(data_dir: Path, split: str, classes: tuple[str, ...]) -> s
     from headstart.data.shards import is_sharded
 
     digest = hashlib.blake2b(digest_size=20)
-    digest.update(f"v1|{split}|{'|'.join(classes)}".encode())
+    digest.update(f"v2|{split}|{'|'.join(classes)}".encode())
     if is_sharded(data_dir):
         from headstart.data import shards
 
@@ -94,12 +94,12 @@ def split_fingerprint(data_dir: Path, split: str, classes: tuple[str, ...]) -> s
         for entry in index.splits[split].shards:
             digest.update(f"|{entry.file}|{entry.count}|{entry.sha256}".encode())
         return digest.hexdigest()
-    from headstart.data.imagefolder import list_split
+    from headstart.data.imagefolder import file_digests, list_split
 
-    for path, label in list_split(data_dir, split, classes):
-        data = path.read_bytes()
-        digest.update(f"|{path.relative_to(data_dir).as_posix()}|{label}|{len(data)}|".encode())
-        digest.update(data)
+    items = list_split(data_dir, split, classes)
+    # each file's digest from the run's digest store (imagefolder.file_digests): its bytes are read once a run
+    for (path, label), hexed in zip(items, file_digests([p for p, _ in items], cache_dir), strict=True):
+        digest.update(f"|{path.relative_to(data_dir).as_posix()}|{label}|{hexed}".encode())
     return digest.hexdigest()
 
 

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import math
 import os
+import sqlite3
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -65,10 +66,12 @@ def per_class_subset(items: list[tuple[Path, int]], per_class: int | None, seed:
     """Deterministic stratified subset: the first `per_class` of each class by seeded hash order."""
     if per_class is None:
         return items
+    by_class: dict[int, list[tuple[Path, int]]] = {}
+    for it in items:  # one pass: grouping per class by scanning all items once per class was O(items x classes)
+        by_class.setdefault(it[1], []).append(it)
     chosen: list[tuple[Path, int]] = []
-    for cls in sorted({c for _, c in items}):
-        members = [it for it in items if it[1] == cls]
-        members.sort(key=lambda it: hashlib.sha256(f"{seed}:{it[0].name}".encode()).digest())
+    for cls in sorted(by_class):
+        members = sorted(by_class[cls], key=lambda it: hashlib.sha256(f"{seed}:{it[0].name}".encode()).digest())
         chosen.extend(members[:per_class])
     return sorted(chosen, key=lambda it: (it[1], it[0].name))
 
@@ -95,7 +98,7 @@ def load_split(
     shape = (len(items), preset.image_size, preset.image_size, preset.channels)
     cache_file = None
     if cache_dir is not None and math.prod(shape) <= cache_max_bytes:
-        cache_file = Path(cache_dir) / f"{content_key(items, rel, preset)}.npy"
+        cache_file = Path(cache_dir) / f"{content_key(items, rel, preset, Path(cache_dir))}.npy"
         cached = _read_cached(cache_file, shape)
         if cached is not None:
             return Split(x=torch.from_numpy(cached), y=labels, paths=rel, classes=classes)
@@ -157,15 +160,52 @@ def _load_packed(
     return Split(x=torch.from_numpy(arrays), y=labels, paths=rel, classes=classes)
 
 
-def content_key(items: list[tuple[Path, int]], rel: tuple[str, ...], preset: Preset) -> str:
-    """Hash of every file's bytes, relative path and label, plus what decoding depends on."""
+def content_key(
+    items: list[tuple[Path, int]], rel: tuple[str, ...], preset: Preset, cache_dir: Path | None = None,
+) -> str:
+    """Hash of every file's content, relative path and label, plus what decoding depends on.
+
+    Each file's own digest is remembered in `cache_dir` (digests.sqlite, keyed by path, size, mtime and
+    inode), so the steps of one run (train x2, evaluate per model) read each file's bytes once instead of
+    at every load_split; any rewrite of a file changes its mtime or size and so is hashed again (the
+    assumption make, rsync and DVC make too)."""
     digest = hashlib.blake2b(digest_size=20)
-    digest.update(f"v1|{PIL.__version__}|{preset.image_size}|{preset.channels}".encode())
-    for (path, label), name in zip(items, rel, strict=True):
-        data = path.read_bytes()
-        digest.update(f"|{name}|{label}|{len(data)}|".encode())
-        digest.update(data)
+    digest.update(f"v2|{PIL.__version__}|{preset.image_size}|{preset.channels}".encode())
+    for (_, label), name, file_digest in zip(items, rel, file_digests([p for p, _ in items], cache_dir), strict=True):
+        digest.update(f"|{name}|{label}|{file_digest}".encode())
     return digest.hexdigest()
+
+
+def file_digests(paths: list[Path], cache_dir: Path | None) -> list[str]:
+    """blake2b of each file's bytes, from the digest store where the file is unchanged since."""
+    stats = [os.stat(p) for p in paths]
+    keys = [(str(Path(p).resolve()), st.st_size, st.st_mtime_ns, st.st_ino) for p, st in zip(paths, stats, strict=True)]
+    known: dict[tuple, str] = {}
+    db = None
+    if cache_dir is not None:
+        with contextlib.suppress(OSError, sqlite3.Error):
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(Path(cache_dir) / "digests.sqlite", timeout=30)
+            db.execute("CREATE TABLE IF NOT EXISTS digest (path TEXT PRIMARY KEY, size INT, mtime_ns INT, ino INT, "
+                       "hex TEXT)")
+            for start in range(0, len(keys), 500):  # only this run's files, in batches (SQLite's variable limit)
+                chunk = [k[0] for k in keys[start : start + 500]]
+                marks = ",".join("?" * len(chunk))  # placeholders only: the paths are bound parameters
+                rows = db.execute(f"SELECT path, size, mtime_ns, ino, hex FROM digest WHERE path IN ({marks})",  # noqa: S608
+                                  chunk)
+                known.update({tuple(r[:4]): r[4] for r in rows})
+    out, fresh = [], []
+    for path, key in zip(paths, keys, strict=True):
+        hexed = known.get(key)
+        if hexed is None:
+            hexed = hashlib.blake2b(Path(path).read_bytes(), digest_size=20).hexdigest()
+            fresh.append((*key, hexed))
+        out.append(hexed)
+    if db is not None:
+        with contextlib.suppress(sqlite3.Error), db:
+            db.executemany("INSERT OR REPLACE INTO digest VALUES (?, ?, ?, ?, ?)", fresh)
+        db.close()
+    return out
 
 
 def _read_cached(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:

@@ -120,7 +120,8 @@ def predict_folder(
     if store:
         fingerprints = {} if fingerprints is None else fingerprints
         if card.classes not in fingerprints:
-            fingerprints[card.classes] = predictions.split_fingerprint(data_dir, "test", card.classes)
+            digests = Path(cfg.tensor_cache_dir) if cfg.tensor_cache_dir else None
+            fingerprints[card.classes] = predictions.split_fingerprint(data_dir, "test", card.classes, digests)
         key = predictions.PredictionKey(model=predictions.model_digest(model_dir), data=fingerprints[card.classes],
                                         tta=card.tta, device=kind)
         stored = predictions.load(store, key, len(labels), len(card.classes))
