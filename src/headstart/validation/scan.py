@@ -10,7 +10,6 @@ stay in-process: a pool costs more than it saves below a few thousand files.
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any, TypeVar
 import pandas as pd
 
 from headstart.progress import progress_enabled
+from headstart.runtime import cpu_count
 from headstart.validation.cache import ResultCache
 from headstart.validation.decode import inspect_bytes, sha256
 from headstart.validation.layout import Entry
@@ -116,13 +116,8 @@ def _frame_chunk(task: tuple[int, Sequence[Entry]]) -> tuple[int, pd.DataFrame, 
 
 
 def resolve_workers(requested: int) -> int:
-    if requested:
-        return requested
-    try:
-        from headstart.runtime import cpu_count  # the pod's CPU quota, where that helper exists
-    except ImportError:
-        return max(1, min(os.cpu_count() or 1, 16))
-    return max(1, min(cpu_count(), 16))
+    """`requested`, or one per CPU the pod may use (its cgroup quota, not the node's cores), at most 16."""
+    return requested or max(1, min(cpu_count(), 16))
 
 
 def run_tasks(

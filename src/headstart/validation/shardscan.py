@@ -28,6 +28,7 @@ from headstart.validation.report import THUMBS_PER_CLASS, thumb_uri
 from headstart.validation.scan import ScanStats, inspect_batch, resolve_workers, run_tasks
 
 INDEX = "index.json"
+FRAME_ROWS = 4096
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,7 @@ def scan_shard(task: ShardTask) -> ShardOutcome:
         shards.verify_shard(Path(task.root), task.shard)
     except DataError as exc:
         findings.append(Finding("shards", str(exc), file))
+    frames: list[pd.DataFrame] = []  # compact chunks: per-sample dicts live for FRAME_ROWS samples at most
     names: list[str] = []
     labels: list[str] = []
     facts: list[dict[str, Any]] = []
@@ -142,6 +144,9 @@ def scan_shard(task: ShardTask) -> ShardOutcome:
             if task.thumbs and row.get("error") is None:
                 _keep(heaps.setdefault(label, []), names[-1], sample.data)
         pending.clear()
+        if len(names) >= FRAME_ROWS:
+            frames.append(frame(names, [task.split] * len(names), labels, facts, [file] * len(names)))
+            names.clear(), labels.clear(), facts.clear()
 
     try:
         for sample in shards.iter_shard(task.root, task.shard, len(task.classes)):
@@ -171,8 +176,8 @@ def scan_shard(task: ShardTask) -> ShardOutcome:
         findings.append(Finding("shards", f"class counts (found, in {INDEX}) differ: {diff}", file))
     thumbs = {c: [(p, uri) for p, data in sorted(h)[:THUMBS_PER_CLASS] if (uri := thumb_uri(data))]
               for c, h in heaps.items()}  # fmt: skip
-    shard_col = [file] * len(names)
-    return ShardOutcome(frame(names, [task.split] * len(names), labels, facts, shard_col), hits, findings, thumbs)
+    frames.append(frame(names, [task.split] * len(names), labels, facts, [file] * len(names)))
+    return ShardOutcome(concat(frames, sort=False), hits, findings, thumbs)
 
 
 def _keep(kept: list[tuple[str, bytes]], path: str, data: bytes) -> None:
