@@ -110,9 +110,10 @@ def pack(
     index = shards.pack(data, out, _size(shard_size))
     n_shards = sum(len(s.shards) for s in index.splits.values())
     n_bytes = sum(i.bytes for s in index.splits.values() for i in s.shards)
+    n_samples = sum(s.count for s in index.splits.values())
     counts = ", ".join(f"{name} {s.count} in {len(s.shards)}" for name, s in index.splits.items())
-    console.print(f"[green]packed[/] {data} into {out}: {n_shards} shards, {n_bytes / 1e6:.1f} MB ({counts}); "
-                  f"track it with `dvc add {out}`")
+    console.print(f"[green]packed[/] {data} into {out}: {n_samples} samples in {n_shards} shards, {n_bytes} bytes "
+                  f"({counts}); track it with `dvc add {out}`", soft_wrap=True)  # one line, however long
 
 
 @app.command()

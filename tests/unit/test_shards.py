@@ -11,10 +11,13 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import torch
 import webdataset as wds
 
 from headstart.data import shards
+from headstart.data.imagefolder import list_classes, load_split
 from headstart.errors import DataError
+from headstart.presets import Preset
 
 from ..conftest import make_imagefolder
 
@@ -108,7 +111,64 @@ def test_headstart_data_pack_through_the_cli(data: Path, tmp_path: Path):
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={"HEADSTART_NO_PROGRESS": "1",
                                                                             "PATH": "/usr/bin:/bin"})
     assert run.returncode == 0, run.stderr
-    assert "packed" in run.stderr and "dvc add" in run.stderr
-    assert shards.read_index(tmp_path / "s").splits["val"].count == 12
+    index = shards.read_index(tmp_path / "s")
+    n_shards = sum(len(s.shards) for s in index.splits.values())
+    n_bytes = sum(i.bytes for s in index.splits.values() for i in s.shards)
+    (line,) = run.stderr.strip().splitlines()  # one line: shards, samples, bytes, and what to do next
+    assert f"66 samples in {n_shards} shards, {n_bytes} bytes" in line and "dvc add" in line
+    assert index.splits["val"].count == 12
     bad = subprocess.run([*cmd[:-1], "lots"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--shard-size 'lots'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize(("per_class", "cached"), [(None, False), (5, False), (5, True)])
+def test_a_packed_folder_loads_as_its_imagefolder(data: Path, tmp_path: Path, per_class, cached: bool):
+    """Every step takes either form: the same classes, subset, labels, row order, paths and pixels."""
+    packed = tmp_path / "s"
+    shards.pack(data, packed, target_shard_bytes=4096)
+    preset = Preset(16, 1, (0.5,), (0.5,))
+    classes = list_classes(data)
+    assert list_classes(packed) == classes
+    cache = (lambda name: tmp_path / name) if cached else (lambda name: None)
+    for split in ("train", "test"):
+        a = load_split(data, split, preset, classes, per_class, seed=3, cache_dir=cache("ca"))
+        b = load_split(packed, split, preset, classes, per_class, seed=3, cache_dir=cache("cb"))
+        assert b.paths == a.paths and torch.equal(b.y, a.y) and torch.equal(b.x, a.x)
+        assert len(a.paths) == (15 if per_class else {"train": 36, "test": 18}[split])
+        assert a.paths[0].startswith(f"{split}/circle/")
+
+
+def test_a_warm_cache_loads_a_packed_split_without_opening_a_shard(data: Path, tmp_path: Path, monkeypatch):
+    packed, cache = tmp_path / "s", tmp_path / "cache"
+    shards.pack(data, packed, target_shard_bytes=4096)
+    preset, classes = Preset(16, 1, (0.5,), (0.5,)), list_classes(data)
+    first = load_split(packed, "train", preset, classes, 4, seed=1, cache_dir=cache)
+    opened: list[str] = []
+    real = shards._open
+
+    def spy(root, rel):
+        opened.append(rel)
+        return real(root, rel)
+
+    monkeypatch.setattr(shards, "_open", spy)
+    again = load_split(packed, "train", preset, classes, 4, seed=1, cache_dir=cache)
+    assert [r for r in opened if r.endswith(".tar")] == []  # names from the memo, pixels from the tensor cache
+    assert again.paths == first.paths and torch.equal(again.x, first.x) and torch.equal(again.y, first.y)
+    load_split(packed, "train", preset, classes, 4, seed=1)  # no cache: every shard is read
+    assert len([r for r in opened if r.endswith(".tar")]) >= 2 * len(shards.read_index(packed).splits["train"].shards)
+
+
+def test_a_names_memo_that_disagrees_with_the_shards_is_not_trusted(data: Path, tmp_path: Path):
+    packed, cache = tmp_path / "s", tmp_path / "cache"
+    index = shards.pack(data, packed, target_shard_bytes=4096)
+    truth = shards.split_items(packed, "val")
+    assert shards.split_items(packed, "val", cache) == truth
+    first = index.splits["val"].shards[0]
+    memo = cache / "shard-items" / f"{first.sha256}.json"
+    memo.write_text(json.dumps([["x.png", 0]]))  # the wrong count: read the shard again
+    assert shards.split_items(packed, "val", cache) == truth
+    listed = json.loads(memo.read_text())
+    listed[0][0] = "circle/not_there.png"  # the right count, a name the shard does not hold
+    memo.write_text(json.dumps(listed))
+    with pytest.raises(DataError, match="not found in its shards"):
+        load_split(packed, "val", Preset(16, 1, (0.5,), (0.5,)), list_classes(data), cache_dir=cache)

@@ -118,7 +118,7 @@ def _load_packed(
 ) -> Split:
     """`load_split` of a packed dataset: the same subset rule (on the file names), the same rows in the same
     order as its ImageFolder gives, decoded from the shards; the cache key comes from the index's shard
-    sha256s and the chosen names, without reading an image twice."""
+    sha256s and the chosen names; with `cache_dir` the names are remembered too, so a warm cache reads no shard."""
     from headstart.data import shards
 
     index = shards.read_index(root)
@@ -126,9 +126,13 @@ def _load_packed(
         raise DataError(f"{root}/index.json: classes {list(index.classes)} differ from the expected {list(classes)}")
     if split not in index.splits:
         raise DataError(f"{root}/index.json: no split {split!r} (has {', '.join(index.splits)})")
-    items = [(PurePosixPath(name), label) for name, label in shards.split_items(root, split)]
+    listed = shards.split_items(root, split, Path(cache_dir) if cache_dir is not None else None)
+    items = [(PurePosixPath(name), label) for name, label in listed]
     chosen = sorted(per_class_subset(items, per_class, seed), key=lambda it: (it[1], str(it[0])))
     rows = {str(p): i for i, (p, _) in enumerate(chosen)}
+    if len(rows) != len(chosen):
+        twice = next(str(p) for i, (p, _) in enumerate(chosen) if rows[str(p)] != i)
+        raise DataError(f"{root}: split {split!r} holds {twice!r} more than once (.path members); re-pack it")
     rel = tuple(f"{split}/{p}" for p, _ in chosen)
     labels = torch.tensor([c for _, c in chosen], dtype=torch.int64)
     shape = (len(chosen), preset.image_size, preset.image_size, preset.channels)
@@ -147,7 +151,7 @@ def _load_packed(
     bar = tqdm(total=len(chosen), desc=f"decoding {split}", unit="img", disable=not progress_enabled(), leave=False)
     for shard in index.splits[split].shards:
         for sample in shards.iter_shard(root, shard, len(classes)):
-            row = rows.get(sample.name)
+            row = rows.pop(sample.name, None)
             if row is not None:
                 try:
                     arrays[row] = preset.decode(sample.data)
@@ -155,6 +159,9 @@ def _load_packed(
                     raise DataError(f"{root / shard.file}: sample {sample.key} ({sample.name}): {exc}") from exc
                 bar.update(1)
     bar.close()
+    if rows:  # a shard replaced since it was listed: never hand back unfilled rows
+        raise DataError(f"{root}: split {split!r}: {len(rows)} listed samples not found in its shards (first: "
+                        f"{next(iter(rows))}); the shards differ from index.json: re-fetch or re-pack")
     if cache_file is not None:
         _write_cached(cache_file, arrays)
     return Split(x=torch.from_numpy(arrays), y=labels, paths=rel, classes=classes)

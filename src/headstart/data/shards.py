@@ -210,15 +210,49 @@ def verify_shard(root: str | Path, shard: ShardInfo) -> None:
                         "re-fetch or re-pack")
 
 
-def split_items(root: str | Path, split: str) -> list[tuple[str, int]]:
-    """(name, label) of every sample of `split`, in index order (the sample keys' order)."""
+def split_items(root: str | Path, split: str, cache_dir: Path | None = None) -> list[tuple[str, int]]:
+    """(name, label) of every sample of `split`, in index order (the sample keys' order).
+
+    With `cache_dir`, each shard's list is remembered there under the shard's sha256 from the index
+    (shard-items/<sha256>.json), so the later steps of a run list a split without reading its shards again;
+    a shard whose bytes differ from its index entry is caught by verify_shard (validation) and by
+    iter_shard's count, not here."""
     index = read_index(root)
     if split not in index.splits:
         raise DataError(f"{_join(root, INDEX)}: no split {split!r} (has {', '.join(index.splits) or 'none'})")
     items: list[tuple[str, int]] = []
     for shard in index.splits[split].shards:
-        items.extend((s.name, s.label) for s in iter_shard(root, shard, len(index.classes)))
+        memo = Path(cache_dir) / "shard-items" / f"{shard.sha256}.json" if cache_dir is not None else None
+        known = _read_items(memo, shard, len(index.classes)) if memo is not None else None
+        if known is None:
+            known = [(s.name, s.label) for s in iter_shard(root, shard, len(index.classes))]
+            if memo is not None:
+                _write_items(memo, known)
+        items.extend(known)
     return items
+
+
+def _read_items(memo: Path, shard: ShardInfo, n_classes: int) -> list[tuple[str, int]] | None:
+    try:
+        raw = json.loads(memo.read_text(encoding="utf-8"))
+        known = [(str(name), int(label)) for name, label in raw]
+    except (OSError, ValueError, TypeError):
+        return None  # absent or unreadable: read the shard again and rewrite it
+    if len(known) != shard.count or not all(0 <= label < n_classes for _, label in known):
+        return None
+    return known
+
+
+def _write_items(memo: Path, items: list[tuple[str, int]]) -> None:
+    """Atomic (write then rename) and best effort: a read-only or full disk only loses the memo."""
+    tmp = memo.with_name(f".{memo.name}.{os.getpid()}.tmp")
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(items, separators=(",", ":")), encoding="utf-8")
+        os.replace(tmp, memo)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 # ---- packing -----------------------------------------------------------------------------------------------
@@ -339,6 +373,9 @@ class _ShardWriter:
     def close(self) -> ShardInfo:
         self.tar.close()
         path = self.root / self.rel
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        return ShardInfo(file=self.rel, count=self.count, bytes=path.stat().st_size, sha256=digest,
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:  # in blocks: a shard is hundreds of MB
+            while block := fh.read(1 << 20):
+                digest.update(block)
+        return ShardInfo(file=self.rel, count=self.count, bytes=path.stat().st_size, sha256=digest.hexdigest(),
                          class_counts=self.class_counts)
