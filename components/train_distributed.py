@@ -65,7 +65,7 @@ def train_distributed(
         name=name, namespace=ns, role=role, params=p, staging_uri=staging,
         nodes=nodes, gpus_per_node=gpus_per_node, image=job_image,
     )
-    bundle.put(Path(dataset.path), req.data_uri())
+    req = pytorchjob.stage_dataset(Path(dataset.path), req)  # shards as they are, an ImageFolder as a tar.gz
     api = pytorchjob.api_client()
     owner = pytorchjob.owner_reference(os.environ, ns, api)
     pytorchjob.launch(req, settings_from_params(p), api, timeout_s, owner=owner)

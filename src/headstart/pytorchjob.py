@@ -4,7 +4,8 @@
 torchrun with `gpus_per_node` processes. The operator sets MASTER_ADDR, MASTER_PORT, RANK (the pod's
 rank) and PET_NODE_RANK in every pod; torchrun turns them into one rank per GPU. The pods share no disk
 with the pipeline step, so the dataset comes in and the outputs go out as bundles under `staging_uri`
-(headstart.bundle); rank 0 (in the Master pod) writes the outputs and the MLflow run.
+(headstart.bundle; a packed dataset's shards are copied as they are, `stage_dataset`); rank 0 (in the
+Master pod) writes the outputs and the MLflow run.
 `create`, `wait`, `logs` and `delete` drive the job with the `kubernetes` client; `launch` runs them so
 that the job is deleted on every way out of the launcher (success, failure, timeout, exception, SIGTERM),
 and the job names the launcher pod as its owner, so the cluster deletes it even after a SIGKILL.
@@ -19,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,7 @@ class JobRequest:
     namespace: str
     role: str
     params: dict[str, Any]
-    staging_uri: str  # s3://bucket/prefix: <staging>/data.tar.gz in, <staging>/outputs.tar.gz out
+    staging_uri: str  # s3://bucket/prefix: <staging>/data.tar.gz (or data/, shards) in, outputs.tar.gz out
     nodes: int = 2
     gpus_per_node: int = 1
     image: str = ""  # "" = the settings' CUDA image
@@ -84,12 +85,29 @@ class JobRequest:
     backoff_limit: int = 3
     service_account: str = ""
     overrides: list[str] = field(default_factory=list)
+    sharded: bool = False  # a packed dataset: staged as its files in <staging>/data/, not as a tar.gz
 
     def data_uri(self) -> str:
-        return f"{self.staging_uri.rstrip('/')}/data.tar.gz"
+        return f"{self.staging_uri.rstrip('/')}/{'data/' if self.sharded else 'data.tar.gz'}"
 
     def outputs_uri(self) -> str:
         return f"{self.staging_uri.rstrip('/')}/outputs.tar.gz"
+
+
+def stage_dataset(folder: Path, req: JobRequest) -> JobRequest:
+    """Put the dataset where the job's pods fetch it; returns `req` saying which form it went up in.
+
+    A packed dataset's shards and index are uploaded as they are, concurrently (its shards are the staging
+    format); an ImageFolder, hundreds of thousands of small files, goes up as one .tar.gz bundle."""
+    from headstart import bundle
+    from headstart.data.shards import is_sharded
+
+    req = replace(req, sharded=is_sharded(folder))
+    if req.sharded:
+        bundle.put_folder(folder, req.data_uri())
+    else:
+        bundle.put(folder, req.data_uri())
+    return req
 
 
 def command(req: JobRequest) -> list[str]:
@@ -104,7 +122,8 @@ def command(req: JobRequest) -> list[str]:
         "set -eu",
         "WORK=`mktemp -d`",  # backticks: Kubernetes would read $(...) as a variable reference
         'printf "%s" "$HEADSTART_PARAMS" > "$WORK/params.yaml"',
-        f'python -m headstart.bundle get {shlex.quote(req.data_uri())} "$WORK/data"',
+        f'python -m headstart.bundle {"get-folder" if req.sharded else "get"} {shlex.quote(req.data_uri())} '
+        '"$WORK/data"',
         'NODE_RANK="${PET_NODE_RANK:-$RANK}"',
         f"python -m torch.distributed.run --nnodes={req.nodes} --nproc-per-node={req.gpus_per_node} "
         '--node-rank="$NODE_RANK" --master-addr="$MASTER_ADDR" --master-port="$MASTER_PORT" '
