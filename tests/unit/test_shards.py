@@ -69,6 +69,12 @@ def test_pack_refuses_a_folder_it_did_not_write_and_replaces_its_own(data: Path,
         shards.pack(data, mine)
     assert (mine / "notes.txt").read_text() == "keep me"
     shards.pack(data, tmp_path / "s", target_shard_bytes=4096)
+    stray = tmp_path / "s" / "train" / "notes.txt"  # a file a person put inside a folder pack wrote
+    stray.write_text("mine")
+    with pytest.raises(DataError, match="did not write"):
+        shards.pack(data, tmp_path / "s")
+    assert stray.read_text() == "mine"
+    stray.unlink()
     shards.pack(data, tmp_path / "s")  # one shard a split now: the old shard files are gone
     assert sorted(p.name for p in (tmp_path / "s" / "train").iterdir()) == ["train-000000.tar"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "mine", "s"]  # no staging left behind

@@ -186,7 +186,8 @@ def content_key(
 def file_digests(paths: list[Path], cache_dir: Path | None) -> list[str]:
     """blake2b of each file's bytes, from the digest store where the file is unchanged since."""
     stats = [os.stat(p) for p in paths]
-    keys = [(str(Path(p).resolve()), st.st_size, st.st_mtime_ns, st.st_ino) for p, st in zip(paths, stats, strict=True)]
+    # the absolute path without resolving links (no syscall per component): the inode tells files apart
+    keys = [(os.path.abspath(p), st.st_size, st.st_mtime_ns, st.st_ino) for p, st in zip(paths, stats, strict=True)]
     known: dict[tuple, str] = {}
     db = None
     if cache_dir is not None:

@@ -298,17 +298,23 @@ def _check_out(out_dir: Path) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"{out_dir}: exists and is not a folder; choose another --out")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not _written_by_pack(out_dir):
-        raise DataError(f"{out_dir}: exists and holds files pack did not write (no Headstart {INDEX}); "
-                        "pack never replaces them: choose another --out or empty it yourself")
+        raise DataError(f"{out_dir}: exists and holds files pack did not write (no Headstart {INDEX}, or files "
+                        "it does not list); pack never replaces them: choose another --out or empty it yourself")
 
 
 def _written_by_pack(folder: Path) -> bool:
+    """Our index, and nothing but it and the shards it lists: a file someone added is never swept away."""
     try:
-        read_index(folder)
+        index = read_index(folder)
     except DataError:
         return False
-    expected = {INDEX, *SPLITS}
-    return all(p.name in expected for p in folder.iterdir())
+    ours = {INDEX} | {i.file for s in index.splits.values() for i in s.shards}
+    dirs = {Path(f).parent.as_posix() for f in ours} - {"."}
+    for path in folder.rglob("*"):
+        rel = path.relative_to(folder).as_posix()
+        if rel not in (dirs if path.is_dir() and not path.is_symlink() else ours):
+            return False
+    return True
 
 
 def _swap(staging: Path, out_dir: Path) -> None:
