@@ -26,7 +26,7 @@ from pydantic import Field
 
 from headstart import registry
 from headstart.config import Frozen, TrackingConfig, build, section
-from headstart.errors import HeadstartError, RegistryError
+from headstart.errors import DataError, HeadstartError, RegistryError
 from headstart.gate import Decision, GateThresholds, choose_winner, decide
 from headstart.steps.evaluate import champion_for_gate, eval_for_gate
 
@@ -157,6 +157,34 @@ def serving_sample(labels: Sequence[int] | np.ndarray, n: int) -> list[int]:
     return sorted(range(len(ys)), key=lambda i: (rank[i], ys[i]))[: max(n, 0)]
 
 
+def serving_images(data_dir: Path, names: list[str], dest: Path) -> list[Path]:
+    """The files of the sampled test images (`names` as evaluation lists them, 'test/<class>/<file>').
+
+    An ImageFolder has them on disk; a packed root has them only inside its shards, so their bytes are
+    streamed out of the test shards (stopping once all are found) and written under `dest`."""
+    from headstart.data import shards
+
+    if not shards.is_sharded(data_dir):
+        return [data_dir / n for n in names]
+    index = shards.read_index(data_dir)
+    wanted = {n: dest / n for n in names}
+    missing = set(wanted)
+    for split in sorted({n.split("/", 1)[0] for n in names}):
+        for info in index.splits[split].shards if split in index.splits else ():
+            for sample in shards.iter_shard(data_dir, info, len(index.classes)):
+                name = f"{split}/{sample.name}"
+                if name in missing:
+                    wanted[name].parent.mkdir(parents=True, exist_ok=True)
+                    wanted[name].write_bytes(sample.data)
+                    missing.discard(name)
+            if not missing:
+                break
+    if missing:
+        raise DataError(f"{data_dir}: the evaluation's test images {sorted(missing)[:3]} are not in the packed "
+                        "dataset's shards; evaluate and register read different data: re-run evaluate on it")
+    return [wanted[n] for n in names]
+
+
 def _run_check(cmd: list[str], timeout_s: float, version: str) -> subprocess.CompletedProcess[str]:
     """Run the serving-check process in its own process group, killing the whole group on timeout
     (a child it started must not keep the pipes, and this step, open)."""
@@ -234,7 +262,8 @@ def run(cfg: RegisterConfig, thresholds: GateThresholds, data_dir: Path, candida
     card = modelio.load_card(candidates[winner.name])
     preds = np.load(eval_dir / "predictions.npz")
     sample = serving_sample(preds["y_true"], cfg.serving_check_images)
-    paths = [data_dir / preds["paths"][i] for i in sample]
+    staged = tempfile.TemporaryDirectory(prefix="headstart-serving-")  # removed below, or when `run` ends
+    paths = serving_images(data_dir, [str(preds["paths"][i]) for i in sample], Path(staged.name))
     from headstart.serving.check import expected_labels  # made on the device and precision serving uses
 
     expected = [card.classes[i] for i in expected_labels(eval_dir, winner.name, candidates[winner.name], sample, paths)]
@@ -253,6 +282,7 @@ def run(cfg: RegisterConfig, thresholds: GateThresholds, data_dir: Path, candida
         failure = serving_check(tracking, version, paths, expected, cfg.serving_check_timeout_s)
     except ServingCheckTimeout as exc:  # recorded as a failed check: the version is rejected, not left pending
         failure = str(exc)
+    staged.cleanup()
     decision = _with_serving(decision, failure)
     out_dir.mkdir(parents=True, exist_ok=True)
     record = {**decision.to_dict(), "model_name": tracking.registered_model, "version": version,
