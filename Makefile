@@ -9,7 +9,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: help setup data postgres images run repro summary test test-faults test-containers test-fast lint lint-infra bench bench-containers compile clean
+.PHONY: help setup data postgres images run repro summary test test-faults test-containers test-fast lint lint-infra bench bench-data bench-containers compile clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -98,6 +98,11 @@ bench: data  ## benchmarks (see benchmarks/README.md); results land in benchmark
 	$(BIN)/python benchmarks/train_overhead.py
 	$(BIN)/python benchmarks/input_pipeline.py
 	$(BIN)/python benchmarks/head_start.py
+
+# BENCH_DATA_ARGS=--quick for a ~5 min run; the default sizes (200k images) take hours on 2 cores
+BENCH_DATA_ARGS ?=
+bench-data: setup  ## data at scale: memory/first step vs N, loader vs training, DVC folder vs shards (issue 16)
+	$(BIN)/python benchmarks/data_scale.py $(BENCH_DATA_ARGS)
 
 bench-containers: setup postgres images  ## image build, start-up and DockerRunner-vs-SubprocessRunner wall time
 	$(BIN)/python benchmarks/containers.py
