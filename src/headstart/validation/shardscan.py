@@ -204,6 +204,10 @@ def scan_shards(
     tasks = [ShardTask(t.root, t.split, t.shard, t.classes, extensions, t.split == thumbs_split) for t in tasks]
     total = sum(t.shard.count for t in tasks)
     n_workers = min(resolve_workers(workers), len(tasks)) if (force_pool or total >= 2000) else 1
+    if n_workers > 1:
+        # the shard reader's library (webdataset) imports torch, ~200 MB: imported once here, the
+        # forked workers share those pages instead of each importing its own copy
+        import webdataset.tariterators  # noqa: F401
     frames, hits, thumbs = [], 0, {}
     for out in run_tasks(scan_shard, tasks, n_workers, max_pixels, cache, "shards", total, lambda r: len(r.frame)):
         frames.append(out.frame)
