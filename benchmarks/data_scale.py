@@ -52,6 +52,7 @@ MARK = "bench.json"  # marks a folder this script wrote (and may replace)
 CLASSES = ("t-shirt_top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle_boot")
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 GEN_VERSION = 1
+BATCH = 64  # params.yaml's train.shared.batch_size
 
 
 # ---- synthetic data -------------------------------------------------------------------------------------
@@ -472,17 +473,19 @@ def plot(result: dict[str, Any]) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for cmd, nkey in (("train", "train_images"), ("evaluate", "test_images"), ("validate", "images")):
-        part = result.get(cmd)
+    for i, (cmd, nkey) in enumerate((("train", "train_images"), ("evaluate", "test_images"), ("validate", "images"))):
+        part, color = result.get(cmd), f"C{i}"
         if not part:
             continue
         rows = [part["rows"]["small"], part["rows"]["large"]]
         ns = [r[nkey] for r in rows]
-        axes[0].plot(ns, [r["peak_tree_pss_mib"] for r in rows], "o-", label=f"{cmd} (PSS)")
-        axes[0].plot(ns, [r["peak_tree_rss_mib"] for r in rows], "o--", alpha=0.5, label=f"{cmd} (RSS sum)")
-        axes[1].plot(ns, [r["wall_s"] for r in rows], "o-", label=f"{cmd} wall")
+        axes[0].plot(ns, [r["peak_tree_pss_mib"] for r in rows], "o-", color=color, label=f"{cmd} (PSS)")
+        axes[0].plot(ns, [r["peak_tree_rss_mib"] for r in rows], "o--", color=color, alpha=0.5,
+                     label=f"{cmd} (RSS sum)")
+        axes[1].plot(ns, [r["wall_s"] for r in rows], "o-", color=color, label=f"{cmd} wall")
         if cmd == "train" and all(r.get("first_step_seconds") for r in rows):
-            axes[1].plot(ns, [r["first_step_seconds"] for r in rows], "s-", label="train: time to first step")
+            axes[1].plot(ns, [r["first_step_seconds"] for r in rows], "s:", color=color,
+                         label="train: time to first step")
     for ax, title in ((axes[0], "peak memory of the process tree (MiB)"), (axes[1], "seconds")):
         ax.set_xscale("log")
         ax.set_xlabel("images (N)")
@@ -514,7 +517,7 @@ def main() -> None:
     ap.add_argument("--loader-images", type=int, default=1280)
     ap.add_argument("--train-steps", type=int, default=5, help="timed 224 px training steps (after 2 warm-up)")
     ap.add_argument("--image-size", type=int, default=64)
-    ap.add_argument("--max-steps", type=int, default=50)
+    ap.add_argument("--max-steps", type=int, default=50, help="capped at --small / 64: within the first epoch")
     ap.add_argument("--loading", default="stream", choices=["stream", "auto", "memory"])
     ap.add_argument("--bootstrap", type=int, default=2000, help="evaluate.bootstrap_samples")
     ap.add_argument("--parts", nargs="+", default=["train", "evaluate", "validate", "loader", "dvc"],
@@ -529,6 +532,8 @@ def main() -> None:
     if args.quick:
         args.small, args.large, args.eval_small, args.eval_large = 500, 5000, 500, 5000
         args.val, args.dvc_files = min(args.val, 200), min(args.dvc_files, 5000)
+    # both training runs stay inside their first epoch (no per-epoch validation or worker restarts in one only)
+    args.max_steps = min(args.max_steps, max(1, args.small // BATCH))
     parts = [p for p in args.parts if p != "default"] + (["default"] if args.default_size else [])
     CACHE.mkdir(parents=True, exist_ok=True)
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
