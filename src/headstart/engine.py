@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from headstart import distributed
+from headstart import distributed, runtime
 from headstart.checkpoint import Checkpointer
 from headstart.data import stream
 from headstart.data.imagefolder import Split
@@ -240,6 +240,8 @@ def fit(
     tune_allocator()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    elif torch.get_num_threads() > runtime.cpu_count():  # torch counts the node's cores, not the pod's quota
+        torch.set_num_threads(runtime.cpu_count())
     distributed.init()
     rank, world = distributed.rank(), distributed.world_size()
     distributed.per_rank_batch(cfg.batch_size, world)  # a full batch splits evenly, or a ConfigError
