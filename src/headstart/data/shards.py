@@ -30,6 +30,7 @@ from typing import IO, Any
 from tqdm import tqdm
 
 from headstart import storage
+from headstart.data.remote import RemoteRoot
 from headstart.errors import DataError
 from headstart.progress import progress_enabled
 
@@ -81,18 +82,25 @@ class Sample:
 
 # ---- where a root lives: a folder, or s3:// --------------------------------------------------------------
 
-def _join(root: str | Path, rel: str) -> str:
+Root = str | Path | RemoteRoot  # a folder, an s3:// prefix, or a DVC-tracked version read from its remote
+
+
+def _join(root: Root, rel: str) -> str:
+    """Where `rel` is, for messages (a RemoteRoot: its .dvc file and remote, then `rel`)."""
+    if isinstance(root, RemoteRoot):
+        return f"{root}/{rel}"
     return storage.join(root, rel) if storage.is_s3(root) else str(Path(root) / rel)
 
 
 @contextlib.contextmanager
-def _open(root: str | Path, rel: str) -> Iterator[IO[bytes]]:
+def _open(root: Root, rel: str) -> Iterator[IO[bytes]]:
     """A readable stream of one file under `root`: streamed from S3 (boto3's body), never downloaded whole."""
-    if not storage.is_s3(root):
-        with open(Path(root) / rel, "rb") as fh:
+    uri = root.url(rel) if isinstance(root, RemoteRoot) else _join(root, rel)
+    if not storage.is_s3(uri):
+        with open(uri, "rb") as fh:
             yield fh
         return
-    bucket, key = storage.split_s3(_join(root, rel))
+    bucket, key = storage.split_s3(uri)
     try:
         body = storage._client().get_object(Bucket=bucket, Key=key)["Body"]  # noqa: SLF001 - the shared client
     except storage._s3_errors() as exc:  # noqa: SLF001
@@ -103,14 +111,16 @@ def _open(root: str | Path, rel: str) -> Iterator[IO[bytes]]:
         body.close()
 
 
-def is_sharded(root: str | Path) -> bool:
+def is_sharded(root: Root) -> bool:
     """A packed dataset (index.json at its root), as opposed to an ImageFolder."""
+    if isinstance(root, RemoteRoot):
+        return INDEX in root.objects
     if storage.is_s3(root):
         return storage.exists(_join(root, INDEX))
     return (Path(root) / INDEX).is_file()
 
 
-def read_index(root: str | Path) -> ShardIndex:
+def read_index(root: Root) -> ShardIndex:
     where = _join(root, INDEX)
     try:
         with _open(root, INDEX) as fh:
@@ -147,7 +157,7 @@ def read_index(root: str | Path) -> ShardIndex:
 
 # ---- reading -----------------------------------------------------------------------------------------------
 
-def iter_shard(root: str | Path, shard: ShardInfo, n_classes: int) -> Iterator[Sample]:
+def iter_shard(root: Root, shard: ShardInfo, n_classes: int) -> Iterator[Sample]:
     """The samples of one shard in stored order, read with webdataset's tar iterators.
 
     A truncated or unreadable tar, a sample without an image or a class, or a class index outside the
@@ -193,7 +203,7 @@ def _sample(raw: dict[str, Any], shard: str, n_classes: int) -> Sample:
     return Sample(key=key, name=name, label=label, data=raw[images[0]], ext=images[0], shard=shard)
 
 
-def verify_shard(root: str | Path, shard: ShardInfo) -> None:
+def verify_shard(root: Root, shard: ShardInfo) -> None:
     """The shard's bytes are the ones the index recorded (size and sha256)."""
     digest, size = hashlib.sha256(), 0
     where = _join(root, shard.file)
@@ -210,7 +220,7 @@ def verify_shard(root: str | Path, shard: ShardInfo) -> None:
                         "re-fetch or re-pack")
 
 
-def split_items(root: str | Path, split: str, cache_dir: Path | None = None) -> list[tuple[str, int]]:
+def split_items(root: Root, split: str, cache_dir: Path | None = None) -> list[tuple[str, int]]:
     """(name, label) of every sample of `split`, in index order (the sample keys' order).
 
     With `cache_dir`, each shard's list is remembered there under the shard's sha256 from the index

@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from headstart.data import shards as shardlib
+from headstart.data.remote import RemoteRoot
 from headstart.errors import ConfigError, DataError
 from headstart.presets import Preset
 
@@ -45,7 +46,7 @@ class StreamSplit:
     `keep` (optional) restricts the split to the samples of these names (the `.path` member, e.g.
     "coat/img_1.png": a per-class subset); `counts` then holds each shard's number of kept samples."""
 
-    root: str
+    root: str | RemoteRoot  # a RemoteRoot: a DVC-tracked version streamed from its remote
     split: str
     classes: tuple[str, ...]
     preset: Preset
@@ -67,7 +68,7 @@ class StreamSplit:
 
 
 def open_split(
-    root: str, split: str, preset: Preset, seed: int, workers: int,
+    root: shardlib.Root, split: str, preset: Preset, seed: int, workers: int,
     keep: frozenset[str] | None = None, shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
 ) -> StreamSplit:
     """The `split` of the sharded dataset at `root`, ready to stream; `keep`: only the samples of these names."""
@@ -85,11 +86,12 @@ def open_split(
         counts = tuple(per_shard[s.file] for s in entries)
     if workers < 0:
         raise ConfigError(f"loader_workers={workers}: use 0 (read in the main process) or more")
-    return StreamSplit(root=str(root), split=split, classes=index.classes, preset=preset, shards=entries,
+    return StreamSplit(root=root if isinstance(root, RemoteRoot) else str(root), split=split,
+                       classes=index.classes, preset=preset, shards=entries,
                        counts=counts, seed=seed, workers=workers, shuffle_buffer=shuffle_buffer, keep=keep)
 
 
-def _names_by_shard(root: str, split: str) -> Iterator[tuple[str, str]]:
+def _names_by_shard(root: str | RemoteRoot, split: str) -> Iterator[tuple[str, str]]:
     index = shardlib.read_index(root)
     for entry in index.splits[split].shards:
         for sample in shardlib.iter_shard(root, entry, len(index.classes)):
@@ -335,7 +337,8 @@ def scoring_batches(
 
 
 def predict_batches(
-    root: str, split: str, preset: Preset, batch_size: int, workers: int, device: torch.device | None = None,
+    root: shardlib.Root, split: str, preset: Preset, batch_size: int, workers: int,
+    device: torch.device | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """A whole split for prediction, in batches of at most `batch_size`: (uint8 NHWC, int64 labels,
     int64 positions in the split's index order). Memory: a few batches, whatever the split's size."""

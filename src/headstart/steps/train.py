@@ -222,7 +222,7 @@ def load_for_training(
         return load_split(data_dir, split, preset, classes, per_class, cfg.seed, cache_dir=cache)
     keep = None if per_class is None else frozenset(str(p) for p, _ in items or [])
     workers = cfg.loader_workers if cfg.loader_workers is not None else default_loader_workers()
-    return stream.open_split(str(data_dir), split, preset, cfg.seed, workers, keep, cfg.shuffle_buffer)
+    return stream.open_split(data_dir, split, preset, cfg.seed, workers, keep, cfg.shuffle_buffer)
 
 
 def default_loader_workers() -> int:

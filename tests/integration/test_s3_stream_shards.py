@@ -1,0 +1,110 @@
+"""Reading straight from S3 (issue 16, item 5): a packed dataset `dvc push`ed to moto is read back from the
+DVC remote's content-addressed objects (headstart.data.remote) with no `dvc pull` and no local cache:
+the index and every sample equal the local shards', and a short training streams from it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from headstart.data import remote, shards, stream
+from headstart.errors import ConfigError, DataError
+from headstart.presets import Preset
+from headstart.steps import train
+
+from ..conftest import make_imagefolder
+from ..steps.test_train import _cfg
+from .conftest import fresh_bucket
+
+pytestmark = pytest.mark.integration
+BIN = Path(sys.executable).parent
+
+
+def _run(cmd: list[str], cwd: Path) -> None:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{BIN}:{os.environ['PATH']}"}
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, f"{' '.join(cmd)}:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}"
+
+
+def _samples(root: shards.Root, split: str) -> list[shards.Sample]:
+    index = shards.read_index(root)
+    return [s for info in index.splits[split].shards for s in shards.iter_shard(root, info, len(index.classes))]
+
+
+@pytest.fixture(scope="module")
+def pushed(tmp_path_factory: pytest.TempPathFactory, moto: str):
+    """A packed dataset added and pushed from a repository, then its folder and DVC cache deleted."""
+    tmp = tmp_path_factory.mktemp("remote-shards")
+    with pytest.MonkeyPatch.context() as mp:
+        bucket = fresh_bucket(moto, mp, "stream")
+        packed = tmp / "packed"
+        shards.pack(make_imagefolder(tmp / "data", per_class={"train": 6, "val": 2, "test": 2}, size=16), packed,
+                    target_shard_bytes=2048)
+        repo = tmp / "repo"
+        repo.mkdir()
+        _run(["git", "init", "-q"], repo)
+        _run(["dvc", "init", "-q"], repo)
+        shutil.copytree(packed, repo / "shards")
+        _run(["dvc", "add", "shards"], repo)
+        _run(["dvc", "remote", "add", "-d", "store", f"s3://{bucket}/dvcstore"], repo)
+        _run(["dvc", "remote", "modify", "store", "endpointurl", moto], repo)
+        _run(["dvc", "push"], repo)
+        shutil.rmtree(repo / "shards")  # nothing local: the data lives only in the remote
+        shutil.rmtree(repo / ".dvc" / "cache")
+        yield packed, repo, bucket, dict(os.environ)
+
+
+@pytest.fixture
+def env(pushed, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(os, "environ", dict(pushed[3]))  # the moto credentials and endpoint of the push
+    return pushed[:3]
+
+
+def test_index_and_every_sample_stream_from_the_dvc_remote_without_a_pull(env):
+    packed, repo, bucket = env
+    root = remote.open_remote(repo / "shards")
+    assert shards.is_sharded(root) and shards.read_index(root) == shards.read_index(packed)
+    assert all(url.startswith(f"s3://{bucket}/dvcstore/files/md5/") for url in root.objects.values())
+    assert len(root.objects) == 1 + sum(len(s.shards) for s in shards.read_index(packed).splits.values())
+    for split in ("train", "val", "test"):
+        assert _samples(root, split) == _samples(packed, split)  # keys, names, labels, bytes, shard
+    for info in shards.read_index(root).splits["train"].shards:
+        shards.verify_shard(root, info)
+    assert not (repo / "shards").exists() and not (repo / ".dvc" / "cache").exists()
+    assert remote.open_remote(repo / "shards.dvc").objects == root.objects  # the .dvc file itself works too
+
+
+def test_training_streams_from_the_dvc_remote(env, tmp_path: Path):
+    packed, repo, _ = env
+    root = remote.open_remote(repo / "shards")
+    split = stream.open_split(root, "train", Preset(16, 1, (0.5,), (0.5,)), seed=1, workers=1, shuffle_buffer=4)
+    seen = sum(len(y) for _, y in stream.epoch_batches(split, 0, 4, 0, 1, steps=0))
+    assert seen == shards.read_index(packed).splits["train"].count
+    cfg = _cfg(data_loading="stream", loader_workers=1, image_size=16, epochs=1, max_steps=2, batch_size=4)
+    result = train.run(cfg, root, tmp_path / "out")
+    assert result.epochs_run == 1 and (tmp_path / "out" / "model").is_dir()
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["first_step_seconds"] > 0
+
+
+def test_a_missing_shard_object_and_an_unpushed_version_are_named(env, tmp_path: Path):
+    packed, repo, _ = env
+    root = remote.open_remote(repo / "shards")
+    info = shards.read_index(root).splits["train"].shards[0]
+    gone = remote.RemoteRoot(root.label, {k: v for k, v in root.objects.items() if k != info.file})
+    with pytest.raises(DataError, match=rf"{info.file}: shard listed in index.json is missing"):
+        list(shards.iter_shard(gone, info, 3))
+    unpushed = tmp_path / "other.dvc"
+    unpushed.write_text("outs:\n- md5: 0123456789abcdef0123456789abcdef.dir\n  hash: md5\n  path: other\n")
+    with pytest.raises(DataError, match="dvc push other.dvc"):
+        remote.open_remote(unpushed, f"s3://{env[2]}/dvcstore")
+    with pytest.raises(DataError, match="not inside a DVC repository"):
+        remote.open_remote(unpushed)
+    del os.environ["AWS_ENDPOINT_URL_S3"]
+    with pytest.raises(ConfigError, match="export AWS_ENDPOINT_URL_S3="):
+        remote.open_remote(repo / "shards")
