@@ -65,14 +65,16 @@ def scoring_device() -> Any:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def test_listing(data_dir: Path, classes: tuple[str, ...]) -> tuple[list[str], np.ndarray, np.ndarray | None]:
+def test_listing(
+    data_dir: Path, classes: tuple[str, ...], cache_dir: Path | None = None,
+) -> tuple[list[str], np.ndarray, np.ndarray | None]:
     """Names and labels of the test split in load order, without decoding an image: a packed split lists the
     rows its ImageFolder would (class by class, "test/<class>/<file>"), as load_split returns them, and for
     it also each row's position in the index (the order the stream delivers)."""
     if is_sharded(data_dir):
         from headstart.data import shards
 
-        items = shards.split_items(data_dir, "test")
+        items = shards.split_items(data_dir, "test", cache_dir)  # remembered per shard sha256 in the cache
         rows = _folder_order(items)
         names = [f"test/{items[i][0]}" for i in rows]
         return names, np.array([items[i][1] for i in rows], dtype=np.int64), rows
@@ -114,7 +116,8 @@ def predict_folder(
     kind = predictions.device_kind(device.type)
     store = cfg.prediction_store if cfg else None
     sharded = is_sharded(data_dir)
-    listed = test_listing(data_dir, card.classes) if store or sharded else None  # a packed split is always listed
+    # a packed split is always listed
+    listed = test_listing(data_dir, card.classes, cache_dir) if store or sharded else None
     names, labels, rows = listed or ([], np.empty(0, np.int64), None)
     key = None
     if store:

@@ -212,7 +212,8 @@ def load_for_training(
     items = None
     mode = cfg.data_loading
     if sharded and mode != "memory":
-        items = [(PurePosixPath(name), label) for name, label in shards.split_items(data_dir, split)]
+        cache = Path(cfg.tensor_cache_dir) if cfg.tensor_cache_dir else None  # names remembered per shard sha256
+        items = [(PurePosixPath(name), label) for name, label in shards.split_items(data_dir, split, cache)]
         if per_class is not None:
             items = per_class_subset(items, per_class, cfg.seed)
         decoded = len(items) * preset.image_size**2 * preset.channels
