@@ -149,6 +149,11 @@ def train(
     nproc: Annotated[int, typer.Option(
         "--nproc", min=1, help="Train with N processes (DDP: one per GPU, or gloo on CPU) by re-launching "
         "this command under torchrun --standalone. batch_size stays the global batch.")] = 1,
+    from_dvc_remote: Annotated[bool, typer.Option(
+        "--from-dvc-remote", help="Read --data, a packed folder tracked by DVC in this checkout (its <data>.dvc), "
+        "straight from the repository's default DVC remote, streaming the shards: no dvc pull, and the folder "
+        "need not be here. S3 credentials and endpoint from the environment (AWS_ENDPOINT_URL_S3). Implies "
+        "train.shared.data_loading=stream.")] = False,
 ) -> None:
     """Train one candidate with the shared engine; settings from train.shared + train.<role>."""
     import subprocess
@@ -165,6 +170,7 @@ def train(
         distributed.per_rank_batch(cfg.batch_size, nproc)  # a config error here, not in every rank
         args = ["train", role, "--data", str(data), "--params", str(params)]
         args += [*(["--out", str(out)] if out else []), *[a for o in overrides or [] for a in ("--set", o)]]
+        args += ["--from-dvc-remote"] if from_dvc_remote else []
         rc = subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone",
                               f"--nproc-per-node={nproc}", "-m", "headstart.cli", *args])
         if rc:
@@ -173,8 +179,14 @@ def train(
                           "checkpoint.")
             raise SystemExit(rc)
         return
+    root: Any = data
+    if from_dvc_remote:
+        from headstart.data.remote import open_remote
+
+        root = open_remote(data)
+        cfg = cfg.model_copy(update={"data_loading": "stream"})  # the memory path reads files on disk
     try:
-        result = step.run(cfg, data, out or Path("outputs") / role, _tracking(p))
+        result = step.run(cfg, root, out or Path("outputs") / role, _tracking(p))
         main = distributed.is_main()
     finally:
         distributed.shutdown()

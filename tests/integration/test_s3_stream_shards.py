@@ -24,6 +24,7 @@ from .conftest import fresh_bucket
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(cmd: list[str], cwd: Path) -> None:
@@ -108,3 +109,23 @@ def test_a_missing_shard_object_and_an_unpushed_version_are_named(env, tmp_path:
     del os.environ["AWS_ENDPOINT_URL_S3"]
     with pytest.raises(ConfigError, match="export AWS_ENDPOINT_URL_S3="):
         remote.open_remote(repo / "shards")
+
+
+def test_headstart_train_from_dvc_remote_through_the_cli(env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from typer.testing import CliRunner
+
+    from headstart.cli import app
+
+    _, repo, _ = env
+    monkeypatch.chdir(tmp_path)
+    sets = ["train.scratch.backbone=small_cnn", "train.scratch.weights=none", "train.scratch.channels=1",
+            "train.shared.image_size=16", "train.shared.epochs=1", "train.shared.max_steps=2",
+            "train.shared.batch_size=4", "train.shared.loader_workers=0", "train.shared.checkpoint_dir=null",
+            "train.shared.tensor_cache_dir=null", "train.shared.images_per_class=null",
+            "train.shared.val_images_per_class=null", f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+            f"tracking.artifact_root={tmp_path}/art"]
+    res = CliRunner().invoke(app, ["train", "scratch", "--data", str(repo / "shards"), "--from-dvc-remote",
+                                   "--out", str(tmp_path / "out"), "--params", str(ROOT / "params.yaml"),
+                                   *[a for s in sets for a in ("--set", s)]], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "out" / "model").is_dir() and not (repo / "shards").exists()
