@@ -129,3 +129,10 @@ def test_headstart_train_from_dvc_remote_through_the_cli(env, tmp_path: Path, mo
                                    *[a for s in sets for a in ("--set", s)]], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     assert (tmp_path / "out" / "model").is_dir() and not (repo / "shards").exists()
+
+
+def test_a_dvc_file_of_a_single_file_is_refused(tmp_path: Path):
+    dvc_file = tmp_path / "model.dvc"
+    dvc_file.write_text("outs:\n- md5: 0123456789abcdef0123456789abcdef\n  size: 3\n  hash: md5\n  path: model\n")
+    with pytest.raises(DataError, match="tracks a file .*, not a folder"):
+        remote.open_remote(dvc_file, "s3://bucket/store")
