@@ -466,7 +466,7 @@ def bench_default(args: argparse.Namespace) -> dict[str, Any]:
 
 # ---- plot and main ---------------------------------------------------------------------------------------
 
-def plot(result: dict[str, Any]) -> None:
+def plot(result: dict[str, Any], path: Path = PLOT) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -502,7 +502,7 @@ def plot(result: dict[str, Any]) -> None:
         axes[2].set_title(f"DVC to moto_server, {dvc['images']} images (s)")
         axes[2].legend()
     fig.tight_layout()
-    fig.savefig(PLOT, dpi=110)
+    fig.savefig(path, dpi=110)
 
 
 def main() -> None:
@@ -562,7 +562,7 @@ def main() -> None:
         args.out.write_text(json.dumps(result, indent=2) + "\n")  # after every part: a partial run is kept
     result["seconds"] = round(time.perf_counter() - started, 1)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    plot(result)
+    plot(result, args.out.with_suffix(".png"))
     print(json.dumps({k: v for k, v in result.items() if k in parts}, indent=2))
 
 
