@@ -21,7 +21,7 @@ from headstart.presets import Preset
 from headstart.steps import train
 
 from ..conftest import make_imagefolder
-from .test_train import _DiesAfterSaving, _Killed, _cfg, _engine
+from .test_train import _cfg, _DiesAfterSaving, _engine, _Killed
 
 PRESET = Preset(32, 1, (0.5,), (0.5,))
 
