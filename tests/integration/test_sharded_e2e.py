@@ -25,7 +25,7 @@ from tests.integration.test_cli import _run
 from tests.integration.test_dvc_repro import STAGES, _ran, _repro, tiny_params
 from tests.pipeline.test_local_e2e import ARGS, TINY, outputs
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.scale]  # make test-scale (CI runs it after make test)
 ROOT = Path(__file__).resolve().parents[2]
 DVC = str(Path(sys.executable).parent / "dvc")
 SHARD_BYTES = 16 * 1024  # ~4 samples a shard at 28 px: every split gets several shards
