@@ -21,10 +21,12 @@ rest of that epoch; next epoch's permutation deals the shards anew.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -70,8 +72,12 @@ class StreamSplit:
 def open_split(
     root: shardlib.Root, split: str, preset: Preset, seed: int, workers: int,
     keep: frozenset[str] | None = None, shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
+    cache_dir: Path | None = None,
 ) -> StreamSplit:
-    """The `split` of the sharded dataset at `root`, ready to stream; `keep`: only the samples of these names."""
+    """The `split` of the sharded dataset at `root`, ready to stream; `keep`: only the samples of these names.
+
+    With `keep`, each shard's kept count comes from the split's listing (shards.split_items, remembered in
+    `cache_dir` per shard sha256), so a warm run counts without reading a shard."""
     index = shardlib.read_index(root)
     if split not in index.splits:
         raise DataError(f"{root}/index.json: no split {split!r} (has {', '.join(index.splits)})")
@@ -79,23 +85,14 @@ def open_split(
     if keep is None:
         counts = tuple(s.count for s in entries)
     else:
-        per_shard = {s.file: 0 for s in entries}
-        for name, shard_file in _names_by_shard(root, split):
-            if name in keep:
-                per_shard[shard_file] += 1
-        counts = tuple(per_shard[s.file] for s in entries)
+        names = [name for name, _ in shardlib.split_items(root, split, cache_dir)]  # index order, shard by shard
+        starts = list(itertools.accumulate((s.count for s in entries), initial=0))
+        counts = tuple(sum(name in keep for name in names[a:b]) for a, b in itertools.pairwise(starts))
     if workers < 0:
         raise ConfigError(f"loader_workers={workers}: use 0 (read in the main process) or more")
     return StreamSplit(root=root if isinstance(root, RemoteRoot) else str(root), split=split,
                        classes=index.classes, preset=preset, shards=entries,
                        counts=counts, seed=seed, workers=workers, shuffle_buffer=shuffle_buffer, keep=keep)
-
-
-def _names_by_shard(root: str | RemoteRoot, split: str) -> Iterator[tuple[str, str]]:
-    index = shardlib.read_index(root)
-    for entry in index.splits[split].shards:
-        for sample in shardlib.iter_shard(root, entry, len(index.classes)):
-            yield sample.name, entry.file
 
 
 def fingerprint(data: StreamSplit) -> str:

@@ -211,19 +211,18 @@ def load_for_training(
                           f"Pack it first (headstart data pack --data {data_dir} --out <folder>) or use memory/auto.")
     items = None
     mode = cfg.data_loading
+    cache = Path(cfg.tensor_cache_dir) if cfg.tensor_cache_dir else None  # decoded splits; shard listings by sha256
     if sharded and mode != "memory":
-        cache = Path(cfg.tensor_cache_dir) if cfg.tensor_cache_dir else None  # names remembered per shard sha256
         items = [(PurePosixPath(name), label) for name, label in shards.split_items(data_dir, split, cache)]
         if per_class is not None:
             items = per_class_subset(items, per_class, cfg.seed)
         decoded = len(items) * preset.image_size**2 * preset.channels
         mode = "stream" if mode == "stream" or decoded > CACHE_MAX_BYTES else "memory"
     if mode != "stream":
-        cache = Path(cfg.tensor_cache_dir) if cfg.tensor_cache_dir else None
         return load_split(data_dir, split, preset, classes, per_class, cfg.seed, cache_dir=cache)
     keep = None if per_class is None else frozenset(str(p) for p, _ in items or [])
     workers = cfg.loader_workers if cfg.loader_workers is not None else default_loader_workers()
-    return stream.open_split(data_dir, split, preset, cfg.seed, workers, keep, cfg.shuffle_buffer)
+    return stream.open_split(data_dir, split, preset, cfg.seed, workers, keep, cfg.shuffle_buffer, cache)
 
 
 def default_loader_workers() -> int:
