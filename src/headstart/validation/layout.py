@@ -1,15 +1,19 @@
 """Walk the ImageFolder tree without trusting it: names, symlinks, stray files, splits.
 
 Runs before anything is opened, so a file with a hostile name or a link out of the data folder
-is reported and never read. Unsafe entries are left out of the manifest.
+is reported and never read; a link to a file in the DVC cache of the repository holding the data
+folder (DVC's cache.type symlink) stays inside what DVC checked out, so it is read. Unsafe entries are left out of the manifest.
 """
 
 from __future__ import annotations
 
+import configparser
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from headstart.data.names import shown, unsafe_reason
 from headstart.errors import DataError
 from headstart.validation.findings import Finding
 
@@ -37,30 +41,6 @@ class Layout:
     class_dirs: dict[str, list[str]] = field(default_factory=dict)
 
 
-def shown(name: str) -> str:
-    """A printable form of a name: control characters and undecodable bytes escaped."""
-    return "".join(
-        c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode() for c in name
-    )
-
-
-def unsafe_reason(name: str) -> str | None:
-    """Why a file or folder name is unsafe, or None. Names come from the OS, so no '/'."""
-    if name.isprintable() and ".." not in name and "\\" not in name and name == name.strip():
-        return None  # the common case, decided in one pass
-    if ".." in name:
-        return "name contains '..' (path traversal)"
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        return "name contains control characters"
-    if "\\" in name:
-        return "name contains a backslash"
-    if any(0xDC80 <= ord(c) <= 0xDCFF for c in name):
-        return "name is not valid UTF-8"
-    if name != name.strip():
-        return "name starts or ends with whitespace"
-    return "name contains non-printable characters"
-
-
 def scan_layout(root: Path, splits: tuple[str, ...], extensions: frozenset[str]) -> Layout:
     """Three levels, split/class/file; anything else is a finding."""
     if not root.exists():
@@ -70,9 +50,10 @@ def scan_layout(root: Path, splits: tuple[str, ...], extensions: frozenset[str])
     if not root.is_dir():
         raise DataError(f"{root}: expected a folder laid out as <split>/<class>/<image>")
     real_root = Path(os.path.realpath(root))
+    inside = (real_root, *dvc_cache(root))
     root_str = str(root)
     layout = Layout()
-    for split_entry in _entries(root, real_root, "", layout):
+    for split_entry in _entries(root, inside, "", layout):
         rel = split_entry.name
         if not split_entry.is_dir():
             layout.findings.append(Finding("stray_files", "file outside any split/class folder", rel))
@@ -84,13 +65,13 @@ def scan_layout(root: Path, splits: tuple[str, ...], extensions: frozenset[str])
             continue
         layout.split_dirs.append(split_entry.name)
         classes = layout.class_dirs.setdefault(split_entry.name, [])
-        for class_entry in _entries(Path(split_entry.path), real_root, rel + "/", layout):
+        for class_entry in _entries(Path(split_entry.path), inside, rel + "/", layout):
             crel = f"{rel}/{class_entry.name}"
             if not class_entry.is_dir():
                 layout.findings.append(Finding("stray_files", "file outside any class folder", crel))
                 continue
             classes.append(class_entry.name)
-            for item in _entries(Path(class_entry.path), real_root, crel + "/", layout):
+            for item in _entries(Path(class_entry.path), inside, crel + "/", layout):
                 irel = f"{crel}/{item.name}"
                 if item.is_dir():
                     layout.findings.append(
@@ -108,8 +89,25 @@ def scan_layout(root: Path, splits: tuple[str, ...], extensions: frozenset[str])
     return layout
 
 
-def _entries(folder: Path, real_root: Path, prefix: str, layout: Layout) -> list[os.DirEntry[str]]:
-    """Safe children of a folder, sorted; unsafe names and escaping links become findings."""
+def dvc_cache(root: Path) -> tuple[Path, ...]:
+    """The resolved cache folder of the DVC repository holding `root` (the nearest folder above it with a
+    .dvc/), or nothing: with DVC's cache.type symlink a checked-out file is a link into it. Its place is
+    .dvc/cache, or [cache] dir in .dvc/config or .dvc/config.local (relative to .dvc/, as DVC reads it)."""
+    for repo in Path(os.path.abspath(root)).parents:
+        dot = repo / ".dvc"
+        if not dot.is_dir():
+            continue
+        config = configparser.ConfigParser(interpolation=None)
+        with contextlib.suppress(configparser.Error, UnicodeDecodeError):
+            config.read([dot / "config", dot / "config.local"], encoding="utf-8")
+        where = dot / os.path.expanduser(config.get("cache", "dir", fallback="cache"))
+        return (Path(os.path.realpath(where)),) if where.is_dir() else ()
+    return ()
+
+
+def _entries(folder: Path, inside: tuple[Path, ...], prefix: str, layout: Layout) -> list[os.DirEntry[str]]:
+    """Safe children of a folder, sorted; unsafe names and links that leave `inside[0]` (the data folder)
+    become findings, except a link to a file in the DVC cache (`inside[1:]`)."""
     try:
         with os.scandir(folder) as it:
             children = sorted(it, key=lambda e: e.name)
@@ -127,7 +125,9 @@ def _entries(folder: Path, real_root: Path, prefix: str, layout: Layout) -> list
             if not target.exists():
                 layout.findings.append(Finding("symlinks", "dangling symlink", rel))
                 continue
-            if not target.is_relative_to(real_root):
+            if not target.is_relative_to(inside[0]) and not (
+                target.is_file() and any(target.is_relative_to(cache) for cache in inside[1:])
+            ):
                 layout.findings.append(Finding("symlinks", "symlink points outside the data folder", rel))
                 continue
         safe.append(child)
