@@ -8,7 +8,8 @@ with the pipeline step, so the dataset comes in and the outputs go out as bundle
 Master pod) writes the outputs and the MLflow run.
 `create`, `wait`, `logs` and `delete` drive the job with the `kubernetes` client; `launch` runs them so
 that the job is deleted on every way out of the launcher (success, failure, timeout, exception, SIGTERM),
-and the job names the launcher pod as its owner, so the cluster deletes it even after a SIGKILL.
+and the job names the launcher pod as its owner, so the cluster deletes it even after a SIGKILL. Every API
+call has a timeout, and a transient error (5xx, reset, timeout) is tried again, never read as the job's end.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ DISTRIBUTED_LABEL = "headstart.io/distributed-training"
 
 # Downward-API variables the pipeline sets on the launcher task (components/train_distributed.py).
 POD_NAME_ENV, POD_UID_ENV, POD_NAMESPACE_ENV = "POD_NAME", "POD_UID", "POD_NAMESPACE"
-REQUEST_TIMEOUT_S = 30  # one Kubernetes API call during clean-up; the kubernetes client has no default
+REQUEST_TIMEOUT = (10, 30)  # (connect, read) s, every API call: the client has no default and ignores a float
+API_ATTEMPTS, RETRY_BASE_S, RETRY_MAX_S = 5, 1.0, 30.0  # a call meeting transient errors: 5 tries, 1+2+4+8 s apart
 
 
 class TrainingJobFailed(HeadstartError):
@@ -207,18 +209,71 @@ def api_client() -> Any:
     return client.ApiClient()
 
 
+def _transient(exc: BaseException) -> bool:
+    """An error worth another try: the API server busy or restarting (429, 5xx, e.g. "etcdserver: leader
+    changed"), or the connection reset, refused or timed out."""
+    from kubernetes.client.rest import ApiException
+    from urllib3.exceptions import HTTPError
+
+    if isinstance(exc, ApiException):
+        return exc.status in (0, None, 429) or exc.status >= 500
+    return isinstance(exc, (HTTPError, OSError))
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for an API error: the status and the server's message, not the whole response."""
+    status = getattr(exc, "status", None)
+    if status is None:
+        return f"the Kubernetes API did not answer ({type(exc).__name__}: {exc})"
+    try:
+        why = json.loads(exc.body or "{}").get("message")  # type: ignore[attr-defined]
+    except (ValueError, AttributeError):
+        why = None
+    return f"the Kubernetes API answered {status} ({why or getattr(exc, 'reason', '')})"
+
+
+def _retry(call: Callable[[], Any], sleep: Callable[[float], None] = time.sleep,
+           attempts: int = API_ATTEMPTS) -> Any:
+    """`call()`, tried again after a transient error with exponential backoff (1, 2, 4, 8 s), `attempts`
+    times in all; other errors, and the last transient one, go on."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except Exception as exc:
+            if attempt == attempts or not _transient(exc):
+                raise
+            sleep(min(RETRY_MAX_S, RETRY_BASE_S * 2 ** (attempt - 1)))
+    raise AssertionError("unreachable")
+
+
 def create(job: dict[str, Any], api: Any) -> dict[str, Any]:
     from kubernetes import client
+    from kubernetes.client.rest import ApiException
 
-    return client.CustomObjectsApi(api).create_namespaced_custom_object(
-        GROUP, VERSION, job["metadata"]["namespace"], PLURAL, job)
+    custom, ns, name = client.CustomObjectsApi(api), job["metadata"]["namespace"], job["metadata"]["name"]
+    tries = 0
+
+    def call() -> dict[str, Any]:
+        nonlocal tries
+        tries += 1
+        try:
+            return custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, job,
+                                                          _request_timeout=REQUEST_TIMEOUT)
+        except ApiException as exc:
+            if exc.status == 409 and tries > 1:  # an earlier try got through before its answer was lost
+                return custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name,
+                                                           _request_timeout=REQUEST_TIMEOUT)
+            raise
+
+    return _retry(call)
 
 
 def state(name: str, namespace: str, api: Any) -> tuple[str, str]:
     """("Succeeded" | "Failed" | the latest condition | "Pending", its message)."""
     from kubernetes import client
 
-    job = client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    job = client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
+                                                                    _request_timeout=REQUEST_TIMEOUT)
     conditions = [c for c in (job.get("status") or {}).get("conditions") or [] if c.get("status") == "True"]
     for final in ("Failed", "Succeeded"):
         for c in conditions:
@@ -228,17 +283,30 @@ def state(name: str, namespace: str, api: Any) -> tuple[str, str]:
 
 
 def wait(name: str, namespace: str, api: Any, timeout_s: float, poll_s: float = 15.0) -> str:
-    """Poll the job's conditions until Succeeded; raise TrainingJobFailed on Failed or timeout."""
+    """Poll the job's conditions until Succeeded; raise TrainingJobFailed on Failed or timeout.
+
+    A poll that meets a transient API error (a 5xx, a reset or a timed-out connection) says nothing about
+    the job: the next one comes sooner (1, 2, 4 s... up to `poll_s`) and the job keeps running until it
+    ends or `timeout_s` passes, so a blip of the API server never costs the training run."""
     deadline = time.monotonic() + timeout_s
+    failures, current, message = 0, "Pending", ""
     while True:
-        current, message = state(name, namespace, api)
+        try:
+            current, message = state(name, namespace, api)
+            failures = 0
+        except Exception as exc:
+            if not _transient(exc):
+                raise
+            failures += 1
+            current, message = "unknown", _describe(exc)
         if current == "Succeeded":
             return message
         if current == "Failed":
             raise TrainingJobFailed(f"PyTorchJob {namespace}/{name} failed: {message}")
         if time.monotonic() >= deadline:
-            raise TrainingJobFailed(f"PyTorchJob {namespace}/{name} still {current} after {timeout_s:.0f}s")
-        time.sleep(poll_s)
+            last = f"; last poll: {message}" if failures else ""
+            raise TrainingJobFailed(f"PyTorchJob {namespace}/{name} still {current} after {timeout_s:.0f}s{last}")
+        time.sleep(min(poll_s, RETRY_BASE_S * 2 ** (failures - 1)) if failures else poll_s)
 
 
 def logs(name: str, namespace: str, api: Any, tail_lines: int = 200) -> dict[str, str]:
@@ -246,9 +314,11 @@ def logs(name: str, namespace: str, api: Any, tail_lines: int = 200) -> dict[str
     from kubernetes import client
 
     core = client.CoreV1Api(api)
-    pods = core.list_namespaced_pod(namespace, label_selector=f"{JOB_NAME_LABEL}={name}").items
-    return {p.metadata.name: core.read_namespaced_pod_log(p.metadata.name, namespace, container=CONTAINER,
-                                                         tail_lines=tail_lines) for p in pods}
+    pods = _retry(lambda: core.list_namespaced_pod(namespace, label_selector=f"{JOB_NAME_LABEL}={name}",
+                                                   _request_timeout=REQUEST_TIMEOUT).items)
+    return {p.metadata.name: _retry(lambda p=p: core.read_namespaced_pod_log(
+        p.metadata.name, namespace, container=CONTAINER, tail_lines=tail_lines, _request_timeout=REQUEST_TIMEOUT))
+        for p in pods}
 
 
 def delete(name: str, namespace: str, api: Any) -> bool:
@@ -257,9 +327,9 @@ def delete(name: str, namespace: str, api: Any) -> bool:
     from kubernetes.client.rest import ApiException
 
     try:
-        client.CustomObjectsApi(api).delete_namespaced_custom_object(
+        _retry(lambda: client.CustomObjectsApi(api).delete_namespaced_custom_object(
             GROUP, VERSION, namespace, PLURAL, name, body=client.V1DeleteOptions(propagation_policy="Background"),
-            _request_timeout=REQUEST_TIMEOUT_S)
+            _request_timeout=REQUEST_TIMEOUT))
     except ApiException as exc:
         if exc.status == 404:
             return False
@@ -285,7 +355,7 @@ def owner_reference(env: Mapping[str, str], namespace: str, api: Any) -> dict[st
 
         try:
             pod = client.CoreV1Api(api).read_namespaced_pod(env["HOSTNAME"], pod_ns,
-                                                            _request_timeout=REQUEST_TIMEOUT_S)
+                                                            _request_timeout=REQUEST_TIMEOUT)
             name, uid = pod.metadata.name, pod.metadata.uid
         except Exception as exc:  # noqa: BLE001 - any failure: run without, and say so
             print(f"warning: could not read this pod ({env['HOSTNAME']}) for the owner reference: {exc}")
@@ -325,7 +395,9 @@ def launch(req: JobRequest, settings: PipelineSettings, api: Any, timeout_s: flo
 
     Failed, timed out, an exception, or SIGTERM (a cancelled run): the pods' logs are printed (not after
     SIGTERM: the grace period is short) and the job is deleted before the error goes on, so no GPU node is
-    left training for nobody. Returns the Succeeded condition's message.
+    left training for nobody. A transient API error is not one of these: every call is tried again
+    (`_retry`, `wait`), so a leader election of the API server does not delete a job hours into training.
+    Returns the Succeeded condition's message.
     """
     job = manifest(req, settings, owner)
     where = f"{req.namespace}/{req.name}"

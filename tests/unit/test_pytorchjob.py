@@ -4,6 +4,7 @@ placement; and create / wait / logs against a small fake Kubernetes API on 127.0
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -147,14 +148,15 @@ def test_bundle_round_trip_and_refuses_paths_outside_the_target(tmp_path: Path):
 
 
 class FakeKube(BaseHTTPRequestHandler):
-    """PyTorchJobs (created, then conditions advance one step per GET; "Error" answers 500; deleted), pods
-    and logs."""
+    """PyTorchJobs (created, then conditions advance one step per GET; "Error" answers 500, "Reset" drops the
+    connection, "Hang" answers nothing until the test ends; deleted), pods and logs."""
 
     jobs: dict[str, dict[str, Any]] = {}
     script: dict[str, list[tuple[str, str]]] = {}
     seen: list[str] = []
     deleted: list[tuple[str, Any]] = []
     undeletable: set[str] = set()
+    released = threading.Event()
 
     def _send(self, code: int, body: Any, content_type: str = "application/json") -> None:
         data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
@@ -182,6 +184,11 @@ class FakeKube(BaseHTTPRequestHandler):
             kind, message = steps.pop(0) if len(steps) > 1 else steps[0]
             if kind == "Error":
                 return self._send(500, {"kind": "Status", "code": 500, "message": message})
+            if kind in ("Reset", "Hang"):
+                if kind == "Hang":
+                    self.released.wait(30)
+                self.close_connection = True
+                return self.connection.shutdown(socket.SHUT_RDWR)
             job = {**self.jobs[name], "status": {"conditions": [
                 {"type": "Created", "status": "True"}, {"type": kind, "status": "True", "message": message}]}}
             return self._send(200, job)
@@ -217,10 +224,13 @@ class FakeKube(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def kube() -> Iterator[Any]:
+def kube(monkeypatch) -> Iterator[Any]:
     from kubernetes import client
 
+    monkeypatch.setattr(pytorchjob, "RETRY_BASE_S", 0.001, raising=False)  # the backoff's waits, shortened
+
     FakeKube.jobs, FakeKube.script, FakeKube.seen, FakeKube.deleted, FakeKube.undeletable = {}, {}, [], [], set()
+    FakeKube.released = threading.Event()
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeKube)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
@@ -228,6 +238,7 @@ def kube() -> Iterator[Any]:
     cfg.host = f"http://127.0.0.1:{server.server_address[1]}"
     with client.ApiClient(cfg) as api:
         yield api
+    FakeKube.released.set()
     server.shutdown()
     server.server_close()
 
@@ -290,13 +301,79 @@ def test_item13_pytorchjob_is_deleted_when_it_fails_and_its_logs_are_printed_fir
     assert any(s.endswith("/log?container=pytorch&tailLines=200") for s in reads[:-1])  # logs before delete
 
 
-def test_item13_pytorchjob_is_deleted_when_waiting_raises(kube):
+def test_item13_pytorchjob_is_deleted_when_the_api_stays_down_until_the_timeout(kube):
+    with pytest.raises(pytorchjob.TrainingJobFailed, match=r"still unknown after 0s; last poll: .*etcd unavailable"):
+        _launch(kube, "broken", [("Running", ""), ("Error", "etcd unavailable")], timeout_s=0.2)
+    assert _deleted_with_its_pods("broken")
+
+
+def _polls_and_deletes(name: str) -> list[str]:
+    return [s.split(" ")[0] for s in FakeKube.seen if s.split("?")[0].endswith(f"/pytorchjobs/{name}")]
+
+
+@pytest.mark.parametrize("blip", [["Error"], ["Reset"] * 5])  # urllib3 itself tries a reset GET 4 times
+def test_a_transient_api_error_while_waiting_does_not_delete_the_running_job(kube, blip: list[str]):
+    """A 500 (etcdserver: leader changed) or a dropped connection says nothing about the job: keep polling."""
+    steps = [("Running", ""), *((b, "etcdserver: leader changed") for b in blip), ("Running", ""),
+             ("Succeeded", "PyTorchJob succeeded")]
+    printed = _launch(kube, "blip", steps)
+    assert "created PyTorchJob kubeflow-user/blip: 3 node(s) x 4 GPU(s)" in printed
+    calls = _polls_and_deletes("blip")
+    assert calls[-1] == "DELETE" and calls.count("DELETE") == 1  # only once it had succeeded
+    assert calls[:-1] == ["GET"] * (len(calls) - 1) and len(calls) >= 5
+
+
+def test_a_hung_api_connection_times_out_and_is_tried_again(kube, monkeypatch):
+    monkeypatch.setattr(pytorchjob, "REQUEST_TIMEOUT", (0.3, 0.3), raising=False)
+    result: list[Any] = []
+    worker = threading.Thread(target=lambda: result.append(_launch(
+        kube, "hung", [("Running", ""), ("Hang", ""), ("Succeeded", "PyTorchJob succeeded")], timeout_s=20)),
+        daemon=True)
+    worker.start()
+    worker.join(15)
+    assert not worker.is_alive(), "launch still blocked on a connection that never answers"
+    assert result and _deleted_with_its_pods("hung")  # returned normally, then cleaned up
+
+
+def test_every_kubernetes_api_call_has_a_request_timeout(kube, monkeypatch):
+    timeouts: list[tuple[str, Any]] = []
+    call_api = kube.call_api
+
+    def recording(path: str, method: str, *args: Any, **kw: Any) -> Any:
+        timeouts.append((f"{method} {path}", kw.get("_request_timeout")))
+        return call_api(path, method, *args, **kw)
+
+    monkeypatch.setattr(kube, "call_api", recording)
+    _launch(kube, "timed", [("Running", ""), ("Succeeded", "")])
+    env = {"KUBERNETES_SERVICE_HOST": "10.0.0.1", "HOSTNAME": "launcher", "POD_NAMESPACE": "kubeflow-user"}
+    pytorchjob.owner_reference(env, "kubeflow-user", kube)
+    methods = {call.split(" ")[0] for call, _ in timeouts}
+    assert methods == {"POST", "GET", "DELETE"} and len(timeouts) >= 7  # create, polls, pods, 2 logs, delete
+    assert [call for call, t in timeouts if not t] == []
+    assert {t for _, t in timeouts} == {pytorchjob.REQUEST_TIMEOUT}
+
+
+def test_a_transient_api_error_is_tried_again_with_backoff_a_bounded_number_of_times():
     from kubernetes.client.rest import ApiException
 
-    with pytest.raises(ApiException) as info:
-        _launch(kube, "broken", [("Running", ""), ("Error", "etcd unavailable")])
-    assert info.value.status == 500
-    assert _deleted_with_its_pods("broken")
+    calls: list[int] = []
+    waits: list[float] = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise ApiException(status=503, reason="etcdserver: leader changed")
+        return "ok"
+
+    assert pytorchjob._retry(flaky, waits.append) == "ok" and waits == [1.0, 2.0]
+    waits.clear()
+    with pytest.raises(ApiException) as info:  # bounded: the last error goes on
+        pytorchjob._retry(lambda: (_ for _ in ()).throw(ApiException(status=500)), waits.append)
+    assert info.value.status == 500 and waits == [1.0, 2.0, 4.0, 8.0]
+    waits.clear()
+    with pytest.raises(ApiException):  # a 403 is not transient: no second try
+        pytorchjob._retry(lambda: (_ for _ in ()).throw(ApiException(status=403)), waits.append)
+    assert waits == []
 
 
 def test_item13_pytorchjob_is_deleted_on_success_too(kube):
