@@ -250,3 +250,97 @@ def test_on_a_gpu_evaluate_scores_in_bf16_keeps_that_entry_and_the_serving_check
     assert check.expected_labels(tmp_path / "gpu", "finetune", cands["finetune"], sample, paths) == recomputed
     gpu = np.load(tmp_path / "gpu" / "predictions.npz")["pred_finetune"]
     print(f"bf16 vs fp32 label disagreements: {int((gpu != cpu).sum())}/{len(cpu)}")
+
+
+# --- the store is not trusted blindly: library versions in the key, entries signed ------------------------------
+
+def _entry_of(root: Path, out: Path, name: str) -> Path:
+    key = json.loads((out / "metrics.json").read_text())["models"][name]["prediction_key"]
+    return Path(predictions.entry_uri(str(root / "store"), predictions.PredictionKey(**key)))
+
+
+def test_a_planted_entry_with_the_right_key_but_forged_labels_is_not_used_and_is_scored_again(
+        setup, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
+    """Whoever can write the store plants the labels that win: here, the true labels for the fine-tuned model."""
+    root, data, cands, cfg, scored = setup
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "the pipeline's secret")
+    first = evaluate.run(cfg, data, cands, root / "e1")
+    entry = _entry_of(root, root / "e1", "finetune")
+    with np.load(entry) as stored:
+        forged = dict(stored)
+    forged["labels"] = np.load(root / "e1" / "predictions.npz")["y_true"].astype(np.int32)
+    assert not np.array_equal(forged["labels"], np.load(root / "e1" / "predictions.npz")["pred_finetune"])
+    np.savez(entry, **forged)
+    scored.clear()
+    second = evaluate.run(cfg, data, cands, root / "e2")
+    assert scored == [12]
+    assert _how(root / "e2") == {"finetune": "scored", "scratch": "reused from the store"}
+    assert second.models["finetune"]["accuracy"] == first.models["finetune"]["accuracy"] < 1.0
+    assert any("fails its integrity check" in r.getMessage() and entry.name in r.getMessage()
+               for r in caplog.records if r.levelname == "WARNING")
+    scored.clear()
+    evaluate.run(cfg, data, cands, root / "e3")  # the forged entry was overwritten with a signed one
+    assert scored == []
+
+
+def test_an_entry_signed_under_another_secret_is_scored_again(setup, monkeypatch: pytest.MonkeyPatch):
+    root, data, cands, cfg, scored = setup
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "someone else's")
+    evaluate.run(cfg, data, cands, root / "e1")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "the pipeline's secret")
+    scored.clear()
+    evaluate.run(cfg, data, cands, root / "e2")
+    assert scored == [12, 12]
+
+
+def test_an_entry_written_under_another_pillow_version_is_a_miss(setup, monkeypatch: pytest.MonkeyPatch):
+    """Same model bytes, same image bytes: an older decoder may give other pixels, so other labels."""
+    import PIL
+
+    root, data, cands, cfg, scored = setup
+    with monkeypatch.context() as m:
+        m.setattr(PIL, "__version__", "9.0.0")
+        evaluate.run(cfg, data, cands, root / "e1")
+    scored.clear()
+    evaluate.run(cfg, data, cands, root / "e2")
+    assert scored == [12, 12] and set(_how(root / "e2").values()) == {"scored"}
+
+
+def test_the_key_holds_the_torch_and_headstart_code_versions(monkeypatch: pytest.MonkeyPatch):
+    key = predictions.PredictionKey(model="m", data="d", tta="none", device=predictions.CPU_FP32)
+    before = key.digest()
+    monkeypatch.setattr(torch, "__version__", "1.0.0")
+    assert key.digest() != before
+    monkeypatch.undo()
+    monkeypatch.setattr(predictions, "_code_digest", lambda: "another prediction path")
+    assert key.digest() != before
+
+
+def test_without_the_secret_a_local_store_is_checked_and_used_an_s3_store_is_not_used(
+        setup, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
+    """`make run` on SQLite has no MLflow password: the local store (the user's own disk) still works, and a
+    tampered entry there is still caught; a shared s3:// store, where a planted entry could not be told from
+    ours, is neither read nor written."""
+    root, data, cands, cfg, scored = setup
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    evaluate.run(cfg, data, cands, root / "e1")
+    scored.clear()
+    evaluate.run(cfg, data, cands, root / "e2")
+    assert scored == []
+    entry = _entry_of(root, root / "e1", "scratch")
+    with np.load(entry) as stored:
+        altered = dict(stored)
+    altered["labels"] = (altered["labels"] + 1) % len(CLASSES)
+    np.savez(entry, **altered)
+    evaluate.run(cfg, data, cands, root / "e3")
+    assert scored == [12]
+
+    def no_access(*_args, **_kwargs):
+        raise AssertionError("an unsigned s3:// store must not be touched")
+
+    for name in ("exists", "read_bytes", "upload"):
+        monkeypatch.setattr(predictions.storage, name, no_access)
+    key = predictions.PredictionKey(model="m", data="d", tta="none", device=predictions.CPU_FP32)
+    assert predictions.load("s3://shared-bucket/predictions", key, 3, 2) is None
+    assert predictions.save("s3://shared-bucket/predictions", key, np.array([0, 1, 1])) is None
+    assert sum("MLFLOW_TRACKING_PASSWORD is not set" in r.getMessage() for r in caplog.records) == 2
