@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -192,18 +193,37 @@ def engine() -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def writable_for_image(folder: Path, created: bool) -> None:
-    """The containers write their outputs into `folder` (bind-mounted) as uid 10001, not as this user.
+def give_to_image(*folders: Path) -> None:
+    """Let the image's user, and no other, write `folders` (the pipeline root and workspace, bind-mounted).
 
-    A folder this run created is opened to every user with the sticky bit (as /tmp is); a folder that was
-    already there is left as it is and must already allow it."""
-    st = folder.stat()
-    if st.st_uid == IMAGE_USER_UID or st.st_mode & 0o002:
-        return
-    if created:
-        folder.chmod(0o1777)
-        return
-    raise ConfigError(
-        f"{folder}: the components run as uid {IMAGE_USER_UID} (the image's user) and must be able to write "
-        f"here; choose a new folder for --root, or allow it: chmod 1777 {folder}"
-    )
+    The containers write their outputs there as uid 10001, and the run reads back what it finds: checkpoints
+    that training resumes from, kfp.local's cache entries (.kfp_cache) that stand for a task's outputs. A folder
+    every user may write (chmod 1777) would let anyone on the machine plant them. So each folder goes to
+    10001:10001, mode 0755 (only root may give it away), and nothing in it may belong to a third user."""
+    if os.geteuid() != 0:
+        raise ConfigError(
+            f"{folders[0]}: the components run as uid {IMAGE_USER_UID} (the image's user) and write their outputs "
+            "here; only root can give the folder to that user without letting every user write it. Run the "
+            "docker runner as root (sudo), or use --runner subprocess"
+        )
+    for folder in folders:
+        if not stat.S_ISDIR(_owned(folder).st_mode):
+            raise ConfigError(f"{folder}: not a folder (a symbolic link?); remove it, or choose a new --root")
+    for folder in folders:  # the root first: then no other user can swap the workspace for a link
+        os.chown(folder, IMAGE_USER_UID, IMAGE_USER_UID)
+        folder.chmod(0o755)
+    for folder in folders:  # after the chmod: no other user can add an entry while this looks
+        for path in folder.rglob("*"):
+            if stat.S_ISDIR((st := _owned(path)).st_mode) and st.st_mode & 0o002:
+                raise ConfigError(f"{path}: a folder every user may write; remove it, or choose a new --root")
+
+
+def _owned(path: Path) -> os.stat_result:
+    """Refuse what a third user owns: the run would read it back as its own."""
+    st = os.lstat(path)
+    if st.st_uid not in (0, IMAGE_USER_UID):
+        raise ConfigError(
+            f"{path}: owned by uid {st.st_uid}, neither root nor the image's user ({IMAGE_USER_UID}); another "
+            "user may have put it there for this run to read back. Remove it (after a look), or choose a new --root"
+        )
+    return st

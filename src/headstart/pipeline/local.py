@@ -72,6 +72,8 @@ def run_local(
     runner="docker": each task runs in the component image (`image`, default `default_image()`; training in
     `<image>-cuda`) under kfp.local.DockerRunner, as the image's user, on the host's network (so it reaches
     services on 127.0.0.1 as a pod reaches the cluster's), with only its inputs and the secrets' variables.
+    It runs as root, which gives the pipeline root and workspace to the image's user and to no other
+    (`containers.give_to_image`).
 
     Credentials and MLFLOW_TRACKING_URI come from this process's environment, as the Kubernetes
     secrets provide them on a cluster. The run's workspace (checkpoints) is <root>/workspace while it runs.
@@ -87,17 +89,14 @@ def run_local(
     settings: PipelineSettings = settings_from_params(params).model_copy(update=update)
     pipeline = build(params, settings)
     root = Path(pipeline_root).resolve()
-    created = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
     workspace = root / "workspace"  # kfp.local deletes it after the run, as KFP deletes the run's volume
-    workspace_created = not workspace.exists()
     workspace.mkdir(exist_ok=True)
     if runner == "subprocess":
         return _run(pipeline, root, workspace, local_runner=None, arguments=arguments)
     from headstart.pipeline import containers
 
-    containers.writable_for_image(root, created)
-    containers.writable_for_image(workspace, workspace_created)
+    containers.give_to_image(root, workspace)  # the root first: then nobody else can swap the workspace
     with containers.engine():
         import docker
 
