@@ -7,6 +7,7 @@ Transient faults (dropped connections, timeouts, throttling, 5xx) are retried by
 retry mode with a bounded number of attempts, so a call fails with a StorageError within a bounded time:
 at most `AWS_MAX_ATTEMPTS` (default 6) x (connect + read timeout) plus backoff (under 20 s per retry).
 The timeouts are `HEADSTART_S3_CONNECT_TIMEOUT` (default 10 s) and `HEADSTART_S3_READ_TIMEOUT` (60 s).
+botocore does not retry a body cut off mid-stream: `ObjectStream` resumes it from the byte reached.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import time
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -25,6 +27,7 @@ ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 DEFAULT_ATTEMPTS = 6
 DEFAULT_TIMEOUTS = {"HEADSTART_S3_CONNECT_TIMEOUT": 10.0, "HEADSTART_S3_READ_TIMEOUT": 60.0}
 _MISSING_CODES = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
+RESUME_BACKOFF_S = 0.5  # before the first resumed read of a streamed object; doubles for each next one
 
 
 def is_s3(uri: str | Path) -> bool:
@@ -236,6 +239,72 @@ def read_bytes(uri: str | Path) -> tuple[bytes, dict[str, str]]:
         return buffer.getvalue(), dict(metadata)
     except _s3_errors() as exc:
         raise _error(uri, "download", exc) from exc
+
+
+def _network_errors() -> tuple[type[Exception], ...]:
+    """What a dropped, reset or stalled connection raises while a body streams (botocore wraps urllib3's)."""
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+    from botocore.exceptions import HTTPClientError, IncompleteReadError
+    from urllib3.exceptions import HTTPError
+
+    return (HTTPClientError, BotoConnectionError, IncompleteReadError, HTTPError, OSError)
+
+
+class ObjectStream(io.RawIOBase):
+    """An S3 object read front to back that survives a dropped connection: the read goes on with a
+    `Range: bytes=<reached>-` GET of the same version (IfMatch its ETag), at most `max_attempts() - 1` times
+    per object, `RESUME_BACKOFF_S` doubling between tries. A network failure beyond that is a StorageError
+    naming the object, never a short read the caller would take for a corrupt file."""
+
+    def __init__(self, uri: str, label: str = "") -> None:
+        super().__init__()
+        self.uri, self.label = uri, uri if label in ("", uri) else f"{label} ({uri})"
+        self._bucket, self._key = split_s3(uri)
+        self._client, self._pos, self._resumes = _client(), 0, 0
+        self._etag = ""
+        self._body = self._get()
+
+    def _get(self) -> Any:
+        ranged = {"Range": f"bytes={self._pos}-", "IfMatch": self._etag} if self._pos else {}
+        try:
+            response = self._client.get_object(Bucket=self._bucket, Key=self._key, **ranged)
+        except _s3_errors() as exc:
+            if _code(exc) in {"PreconditionFailed", "412"}:
+                raise StorageError(f"{self.label}: the object was replaced while it was being read (at byte "
+                                   f"{self._pos}); read it again") from exc
+            raise _error(self.label, "read", exc) from exc
+        self._etag = self._etag or response.get("ETag", "")
+        return response["Body"]
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while True:
+            try:
+                chunk = self._body.read(len(buffer))
+                break
+            except _network_errors() as exc:
+                if self._resumes >= max_attempts() - 1:
+                    raise StorageError(
+                        f"{self.label}: the connection failed at byte {self._pos} and {self._resumes} resumed "
+                        f"read(s) failed too ({type(exc).__name__}: {exc}). The object is not at fault: check the "
+                        f"network and the endpoint ({endpoint_url() or 'AWS default'}), then run again") from exc
+                self._body.close()
+                time.sleep(RESUME_BACKOFF_S * 2 ** self._resumes)
+                self._resumes += 1
+                self._body = self._get()
+        buffer[: len(chunk)] = chunk
+        self._pos += len(chunk)
+        return len(chunk)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._body.close()
+        super().close()
+
+    def __repr__(self) -> str:
+        return self.label
 
 
 def delete(uri: str | Path) -> None:
