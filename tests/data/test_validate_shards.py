@@ -151,6 +151,32 @@ def test_sample_with_an_unknown_class_is_refused_naming_it(packed, tmp_path: Pat
     _refused(_run(root, tmp_path), rel, "sample 000000000", "unknown class")
 
 
+def _as_text_pgm(png: bytes) -> bytes:
+    """The same image as an ASCII PGM whose comment lines are any text: the bytes an attacker writes."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("L"))
+    rows = "\n".join(" ".join(map(str, row)) for row in pixels)
+    return f"P2\n# import os; os.system('anything')\n{pixels.shape[1]} {pixels.shape[0]}\n255\n{rows}\n".encode()
+
+
+@pytest.mark.parametrize("path", ["../../escape.pgm", "/tmp/abs.pgm", "circle/a\\b.pgm", "circle/bell\x07.pgm"])
+def test_sample_whose_path_is_not_a_plain_relative_name_is_refused_naming_it(
+        packed, tmp_path: Path, path: str) -> None:
+    """A .path member that would escape the folder it is joined to (its bytes a valid PGM, whose comment lines
+    are any text) fails the shards check, naming the shard and the sample, so nothing trains on it."""
+    _, root = packed
+
+    def craft(name: str, data: bytes) -> bytes | None:
+        if name == "000000000.path":
+            return path.encode()
+        return _as_text_pgm(data) if name == "000000000.png" else data
+
+    rel = _rewrite(root, craft)
+    _refused(_run(root, tmp_path), rel, "sample 000000000", ".path", "not a plain relative path")
+
+
 def test_index_counts_that_disagree_with_the_shards_are_refused(packed, tmp_path: Path) -> None:
     _, root = packed
     index = _index(root)

@@ -30,6 +30,7 @@ from typing import IO, Any
 from tqdm import tqdm
 
 from headstart import storage
+from headstart.data.names import shown, unsafe_path_reason
 from headstart.data.remote import RemoteRoot
 from headstart.errors import DataError
 from headstart.progress import progress_enabled
@@ -150,8 +151,9 @@ def read_index(root: Root) -> ShardIndex:
         raise DataError(f"{where}: malformed index ({type(exc).__name__}: {exc}); re-pack the dataset") from exc
     for name, split in splits.items():
         for info in split.shards:
-            if info.file.startswith("/") or ".." in Path(info.file).parts:
-                raise DataError(f"{where}: split {name!r} lists shard {info.file!r} outside the dataset folder")
+            if reason := unsafe_path_reason(info.file):
+                raise DataError(f"{where}: split {name!r} lists shard {shown(info.file)!r}, not a plain path inside "
+                                f"the dataset folder ({reason}); re-pack the dataset")
     return ShardIndex(classes=classes, splits=splits, target_shard_bytes=target)
 
 
@@ -200,6 +202,10 @@ def _sample(raw: dict[str, Any], shard: str, n_classes: int) -> Sample:
     if not 0 <= label < n_classes:
         raise DataError(f"{shard}: sample {key}: unknown class {label} (the index lists {n_classes} classes)")
     name = raw["path"].decode("utf-8", "replace") if "path" in raw else key
+    for what, value in ((".path", name), ("member", f"{key}.{images[0]}")):
+        if reason := unsafe_path_reason(value):
+            raise DataError(f"{shard}: sample {shown(key)}: {what} {shown(value)!r} is not a plain relative path "
+                            f"({reason}); the shard is crafted or corrupt: re-pack the dataset from its ImageFolder")
     return Sample(key=key, name=name, label=label, data=raw[images[0]], ext=images[0], shard=shard)
 
 
@@ -248,8 +254,9 @@ def _read_items(memo: Path, shard: ShardInfo, n_classes: int) -> list[tuple[str,
         known = [(str(name), int(label)) for name, label in raw]
     except (OSError, ValueError, TypeError):
         return None  # absent or unreadable: read the shard again and rewrite it
-    if len(known) != shard.count or not all(0 <= label < n_classes for _, label in known):
-        return None
+    if len(known) != shard.count or not all(0 <= label < n_classes and unsafe_path_reason(name) is None
+                                            for name, label in known):
+        return None  # read the shard again, which refuses an unsafe name
     return known
 
 
@@ -348,6 +355,9 @@ def _pack_split(
     shards: list[ShardInfo] = []
     writer: _ShardWriter | None = None
     for seq, (name, path, label) in enumerate(items):
+        if reason := unsafe_path_reason(name):
+            raise DataError(f"{shown(str(path))}: {reason}; rename it (headstart validate lists every such name) "
+                            "and pack again")
         if writer is None:
             writer = _ShardWriter(out, f"{split}/{split}-{len(shards):06d}.tar", classes)
         try:

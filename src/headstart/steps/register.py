@@ -161,28 +161,36 @@ def serving_images(data_dir: Path, names: list[str], dest: Path) -> list[Path]:
     """The files of the sampled test images (`names` as evaluation lists them, 'test/<class>/<file>').
 
     An ImageFolder has them on disk; a packed root has them only inside its shards, so their bytes are
-    streamed out of the test shards (stopping once all are found) and written under `dest`."""
+    streamed out of the test shards (stopping once all are found) and written to `dest` as <i><ext>, i the
+    name's position: a name from the data never becomes a file name."""
     from headstart.data import shards
+    from headstart.data.names import shown, unsafe_path_reason
+    from headstart.data.suffixes import IMAGE_SUFFIXES
 
+    for name in names:
+        if reason := unsafe_path_reason(name):
+            raise DataError(f"{data_dir}: the evaluation lists test image {shown(name)!r}, not a plain relative path "
+                            f"({reason}); validate the data and re-run evaluate on it")
     if not shards.is_sharded(data_dir):
         return [data_dir / n for n in names]
     index = shards.read_index(data_dir)
-    wanted = {n: dest / n for n in names}
-    missing = set(wanted)
+    position = {n: i for i, n in enumerate(names)}
+    found: dict[str, Path] = {}
+    dest.mkdir(parents=True, exist_ok=True)
     for split in sorted({n.split("/", 1)[0] for n in names}):
         for info in index.splits[split].shards if split in index.splits else ():
             for sample in shards.iter_shard(data_dir, info, len(index.classes)):
                 name = f"{split}/{sample.name}"
-                if name in missing:
-                    wanted[name].parent.mkdir(parents=True, exist_ok=True)
-                    wanted[name].write_bytes(sample.data)
-                    missing.discard(name)
-            if not missing:
+                if name in position and name not in found:
+                    suffix = f".{sample.ext}" if f".{sample.ext}" in IMAGE_SUFFIXES else ""
+                    found[name] = dest / f"{position[name]}{suffix}"
+                    found[name].write_bytes(sample.data)
+            if len(found) == len(position):
                 break
-    if missing:
-        raise DataError(f"{data_dir}: the evaluation's test images {sorted(missing)[:3]} are not in the packed "
+    if missing := sorted(set(position) - set(found)):
+        raise DataError(f"{data_dir}: the evaluation's test images {missing[:3]} are not in the packed "
                         "dataset's shards; evaluate and register read different data: re-run evaluate on it")
-    return [wanted[n] for n in names]
+    return [found[n] for n in names]
 
 
 def _run_check(cmd: list[str], timeout_s: float, version: str) -> subprocess.CompletedProcess[str]:
