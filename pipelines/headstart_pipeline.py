@@ -11,7 +11,7 @@ from kfp import dsl, kubernetes
 from kfp.dsl import PipelineTask
 from kfp.dsl.graph_component import GraphComponent
 
-from headstart.pipeline.settings import MLFLOW_KEYS, S3_KEYS, PipelineSettings
+from headstart.pipeline.settings import MLFLOW_KEYS, S3_KEYS, PipelineSettings, SecretKeys
 from headstart.pytorchjob import POD_NAME_ENV, POD_NAMESPACE_ENV, POD_UID_ENV
 
 # The downward API gives the PyTorchJob launcher its own pod, which the job names as its owner.
@@ -62,16 +62,19 @@ def defaults(params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _on_cpu(task: PipelineTask, s: PipelineSettings, *secrets: tuple[str, tuple[str, ...]]) -> PipelineTask:
+def _on_cpu(task: PipelineTask, s: PipelineSettings, *secrets: tuple[str, SecretKeys]) -> PipelineTask:
     task.set_cpu_request(s.cpu_request).set_cpu_limit(s.cpu_limit)
     task.set_memory_request(s.memory_request).set_memory_limit(s.memory_limit)
     return _common(task, s, *secrets)
 
 
-def _common(task: PipelineTask, s: PipelineSettings, *secrets: tuple[str, tuple[str, ...]]) -> PipelineTask:
+def _common(task: PipelineTask, s: PipelineSettings, *secrets: tuple[str, SecretKeys]) -> PipelineTask:
     kubernetes.add_pod_label(task, s.pod_label_key, s.pod_label_value)
     for name, keys in secrets:
-        kubernetes.use_secret_as_env(task, secret_name=name, secret_key_to_env={k: k for k in keys})
+        kubernetes.use_secret_as_env(task, secret_name=name, secret_key_to_env={k: k for k in keys.required})
+        if keys.optional:  # a key the secret lacks leaves the variable unset instead of stopping the pod
+            kubernetes.use_secret_as_env(task, secret_name=name, secret_key_to_env={k: k for k in keys.optional},
+                                         optional=True)
     return task
 
 

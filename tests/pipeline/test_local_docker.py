@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from headstart.errors import ConfigError
-from headstart.pipeline.local import run_local
+from headstart.pipeline.local import run_local, secret_env
 from tests.pipeline.conftest import ROOT
 
 IMAGE_UID = 10001  # components/Dockerfile*: USER 10001:10001
@@ -70,3 +70,15 @@ def test_docker_run_by_a_user_other_than_root_is_refused_with_what_to_do(tmp_pat
         _run_docker(root, monkeypatch)
     assert not root.stat().st_mode & 0o002
 
+
+def test_docker_runner_passes_the_s3_endpoint_session_token_region_and_attempts():
+    """What data/remote.py tells people to export (AWS_ENDPOINT_URL_S3), temporary keys' token, the region and
+    the retry bound reach the containers, as the Kubernetes secret gives them to the pods."""
+    environ = {
+        "AWS_ACCESS_KEY_ID": "AKIA-test", "AWS_SECRET_ACCESS_KEY": "s", "AWS_SESSION_TOKEN": "tok",
+        "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9000", "AWS_REGION": "eu-west-1", "AWS_DEFAULT_REGION": "eu-west-1",
+        "AWS_MAX_ATTEMPTS": "3", "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000", "HOME": "/root", "PATH": "/bin",
+    }
+    passed = secret_env(environ)
+    assert passed == {k: v for k, v in environ.items() if k not in ("HOME", "PATH")}
+    assert secret_env({"AWS_SESSION_TOKEN": ""}) == {}  # unset and empty are the same

@@ -169,17 +169,32 @@ def test_secrets_are_env_from_kubernetes_secrets_only(compiled):
         "act-on-decision-2": {"headstart-mlflow"},
         "data-rejected": set(),
     }
-    keys = {"headstart-s3": set(S3_KEYS), "headstart-mlflow": set(MLFLOW_KEYS)}
+    keys = {"headstart-s3": S3_KEYS, "headstart-mlflow": MLFLOW_KEYS}
     for name, secrets in want.items():
         mounted = k8s(spec, platform, tasks(spec)[name]).get("secretAsEnv", [])
         assert {m["secretName"] for m in mounted} == secrets, name
-        for m in mounted:
-            assert {e["envVar"] for e in m["keyToEnv"]} == keys[m["secretName"]]
-            assert all(e["envVar"] == e["secretKey"] for e in m["keyToEnv"])
+        for secret in secrets:  # required keys must be in the secret; optional ones may be missing
+            found = {bool(m.get("optional")): {e["envVar"] for e in m["keyToEnv"]}
+                     for m in mounted if m["secretName"] == secret}
+            assert found == {k: v for k, v in {False: set(keys[secret].required),
+                                               True: set(keys[secret].optional)}.items() if v}, (name, secret)
+        assert all(e["envVar"] == e["secretKey"] for m in mounted for e in m["keyToEnv"])
     for name in want:
         assert k8s(spec, platform, tasks(spec)[name])["podMetadata"]["labels"] == {
             "headstart.io/pipeline": "true"
         }
+
+
+def test_the_docker_runner_passes_exactly_what_the_secrets_give_the_pods(compiled):
+    """One list for both: S3's own endpoint, temporary keys' token, the region and the attempt bound included."""
+    from headstart.pipeline.local import secret_env
+
+    _, spec, platform = compiled
+    steps = [t for t in tasks(spec).values() if "executorLabel" in spec["components"][t["componentRef"]["name"]]]
+    pods = {e["envVar"] for t in steps for m in k8s(spec, platform, t).get("secretAsEnv", []) for e in m["keyToEnv"]}
+    assert {"AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_MAX_ATTEMPTS"} <= pods
+    environ = dict.fromkeys(pods | {"HOME", "PATH", "AWS_PROFILE", "DOCKER_HOST"}, "set")
+    assert set(secret_env(environ)) == pods
 
 
 def test_no_secret_value_or_credential_parameter_in_the_spec(tmp_path, monkeypatch):

@@ -54,7 +54,7 @@ def secret_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     """The variables the Kubernetes secrets give the pods (S3 and MLflow credentials), from this process's
     environment: all the docker runner passes into a container besides the task's own inputs."""
     environ = os.environ if environ is None else environ
-    return {k: environ[k] for k in (*S3_KEYS, *MLFLOW_KEYS) if environ.get(k)}
+    return {k: environ[k] for k in (*S3_KEYS.names, *MLFLOW_KEYS.names) if environ.get(k)}
 
 
 def run_local(

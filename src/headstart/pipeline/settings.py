@@ -7,12 +7,13 @@ infra/terraform) and from `headstart pipeline compile` options; everything has a
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from headstart.config import section
 from headstart.errors import ConfigError
+from headstart.storage import DEFAULT_TIMEOUTS
 
 Cpu = Annotated[str, Field(pattern=r"^([0-9]*[.])?[0-9]+m?$", description="cores, or millicores like 500m")]
 Memory = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?([EPTGMK]i?)?$", description="bytes, e.g. 16Gi")]
@@ -87,8 +88,29 @@ class PipelineSettings(BaseModel):
         return patch
 
 
-S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL")
-MLFLOW_KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+class SecretKeys(NamedTuple):
+    """The keys of one Kubernetes secret, each given to the pods as the variable of the same name.
+
+    Every secret holds the required ones (infra/k8s/secrets); an optional one reaches the pod when the secret has
+    it. The same names are all the docker runner passes from its environment into a container
+    (headstart.pipeline.local.secret_env), so a local run sees what a pod sees."""
+
+    required: tuple[str, ...]
+    optional: tuple[str, ...] = ()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (*self.required, *self.optional)
+
+
+S3_KEYS = SecretKeys(
+    ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"),
+    # temporary keys' token, the S3-only endpoint data/remote.py asks for, the region, and headstart.storage's
+    # bounds on a call (attempts, timeouts)
+    ("AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_MAX_ATTEMPTS",
+     *DEFAULT_TIMEOUTS),
+)
+MLFLOW_KEYS = SecretKeys(("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"))
 
 
 def settings_from_params(params: dict[str, Any], **overrides: Any) -> PipelineSettings:
