@@ -26,8 +26,10 @@ Nothing is half done, although MLflow has no transactions:
   move leaves the champion fully registered; whoever next takes the registry lock (or starts a
   registration) finishes the bookkeeping from the intent, so a re-run repairs it.
 - Moves happen under the registry lock (headstart.registry_lock: a lease with a compare-and-set on
-  unique names, renewed while held); the lease is checked right before the alias move.
-Every MLflow call retries transient failures with backoff and then raises RegistryError naming what
+  unique names, renewed while held). An alias write (write_alias) is never re-sent without the lease:
+  each attempt is one request, sent only after the lease check, with no MLflow client-side retries and a
+  timeout inside the lease's margin; the alias read back afterwards says whether it landed.
+Every other MLflow call retries transient failures with backoff and then raises RegistryError naming what
 failed; `stage()` marks each step so tests can stop the server right before any one of them.
 """
 
@@ -63,6 +65,7 @@ PENDING, COMPLETE = "pending", "complete"
 _PERMANENT = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "NOT_FOUND",
               "PERMISSION_DENIED", "UNAUTHENTICATED", "BAD_REQUEST"}
 _NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}
+COMMIT_TIMEOUT_S = 10.0  # an alias write's timeout when no lease is held (under one: its margin)
 T = TypeVar("T")
 _stage_hook: Callable[[str], None] | None = None
 _configured: set[tuple[str, str]] = set()  # (uri, experiment) that tracking.configure has set up here
@@ -340,18 +343,82 @@ def move_champion(tracking: TrackingConfig, version: str, action: str, reason: s
              "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     stage("promotion_intent")
     set_version_tags(tracking, version, {PROMOTION_TAG: json.dumps(entry)})
-    _check_lease(name)
     stage("champion_alias")
-    retry(f"setting alias {CHAMPION} -> v{version}", lambda: c.set_registered_model_alias(name, CHAMPION, version))
+    write_alias(c, name, CHAMPION, version)
     _finish_move(tracking, entry, (items, seqs))
     return old
 
 
-def _check_lease(model: str) -> None:
-    """Right before a commit: the registry lock this process holds for `model`, if any, is still ours."""
+def _check_lease(model: str) -> float:
+    """Right before a commit request: the registry lock this process holds for `model`, if any, is still
+    ours. Returns how long that request may wait for its answer (the lease's margin)."""
     held = _leases.get(model)
-    if held:
-        held[-1].check()
+    if not held:
+        return COMMIT_TIMEOUT_S
+    held[-1].check()
+    return held[-1].margin or COMMIT_TIMEOUT_S
+
+
+def write_alias(c: Any, name: str, alias: str, version: str | None, attempts: int = 4) -> None:
+    """Point `alias` at `version` (None: remove it), re-checking the lease before each attempt.
+
+    Each attempt is one request with no client-side retries and a timeout inside the lease's margin:
+    MLflow's own retries (7, 120 s each) would re-send it minutes later, after the lease ran out and another
+    run promoted, silently undoing that promotion. After each attempt, answered or not, the alias is read
+    back: an unanswered request may have landed, and a retry is sent only if it did not."""
+    from mlflow.exceptions import MlflowException
+
+    what = f"setting alias {alias} -> v{version}" if version else f"removing alias {alias}"
+    for attempt in range(1, attempts + 1):
+        timeout = _check_lease(name)
+        failure: BaseException | None = None
+        try:
+            _alias_request(c, name, alias, version, timeout)
+        except (MlflowException, OSError) as exc:
+            code = getattr(exc, "error_code", None)
+            if code in _PERMANENT and not (version is None and code in _NOT_FOUND):  # removing: read back
+                raise RegistryError(f"MLflow: {what} failed: {getattr(exc, 'message', exc)}") from exc
+            failure = exc
+        now = _alias_target(c, name, alias)
+        if now == version:
+            return
+        if failure is None:
+            raise RegistryError(f"{name}: alias {alias} reads v{now} right after {what}: another run moved it "
+                                "meanwhile, so this run's registry lock was not respected. Check `headstart status`.")
+        if attempt == attempts:
+            message = getattr(failure, "message", None) or str(failure)
+            raise RegistryError(f"MLflow: {what} failed after {attempts} attempts: {_short(message)}. "
+                                f"{_hint()}") from failure
+        time.sleep(0.5 * 2 ** (attempt - 1))
+
+
+def _alias_request(c: Any, name: str, alias: str, version: str | None, timeout: float) -> None:
+    """One request to set or delete the alias: no client-side retries, at most `timeout` per socket wait."""
+    store = c._get_registry_client().store
+    if not hasattr(store, "get_host_creds"):  # a database in this process: no network, nothing re-sent
+        if version is None:
+            c.delete_registered_model_alias(name, alias)
+        else:
+            c.set_registered_model_alias(name, alias, version)
+        return
+    from mlflow.utils.rest_utils import http_request, verify_rest_response
+
+    endpoint = "/api/2.0/mlflow/registered-models/alias"
+    body = {"name": name, "alias": alias, **({"version": str(version)} if version is not None else {})}
+    response = http_request(store.get_host_creds(), endpoint, "POST" if version is not None else "DELETE",
+                            max_retries=0, timeout=timeout, json=body)
+    verify_rest_response(response, endpoint)
+
+
+def _alias_target(c: Any, name: str, alias: str) -> str | None:
+    """The version `alias` points at now (None: no such alias); a read, retried as usual."""
+    try:
+        mv = retry(f"reading alias {alias} of {name!r}", lambda: c.get_model_version_by_alias(name, alias))
+    except RegistryError as exc:
+        if error_code(exc) in _NOT_FOUND:
+            return None
+        raise
+    return str(mv.version)
 
 
 def _finish_move(tracking: TrackingConfig, entry: dict[str, Any],
@@ -396,13 +463,7 @@ def _last(tracking: TrackingConfig) -> dict[str, Any] | None:
 
 def set_previous(tracking: TrackingConfig, version: str | None) -> None:
     """Point `previous-champion` at `version`, or remove the alias when there is none."""
-    c = client(tracking)
-    name = tracking.registered_model
-    if version is None:
-        with contextlib.suppress(Exception):
-            c.delete_registered_model_alias(name, PREVIOUS)
-        return
-    retry(f"setting alias {PREVIOUS} -> v{version}", lambda: c.set_registered_model_alias(name, PREVIOUS, version))
+    write_alias(client(tracking), tracking.registered_model, PREVIOUS, version)
 
 
 @contextlib.contextmanager

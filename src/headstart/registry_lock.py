@@ -26,7 +26,10 @@ The holder acts only while now < expires - margin (a lease that ran out stays lo
 renewal gets through), and waiters break only once now > expires + CLOCK_SKEW_S: hosts' clocks must
 agree within CLOCK_SKEW_S (NTP does far better), and a request sent after check() must reach the server
 within the margin (ttl/6; 10 s at the default ttl of 60 s). MLflow offers no fencing token, so this
-timing assumption is the one a lease needs; everything else rests on unique-name creation.
+timing assumption is the one a lease needs; everything else rests on unique-name creation. It holds only
+if nothing re-sends a commit later: MLflow's client retries each request for minutes by itself, so an
+alias write goes out once, with no client-side retries and a timeout of the margin, the lease checked
+before each attempt and the alias read back after it (headstart.registry.write_alias).
 
 Basic auth: breaking a lock never touches the other user's object, so a lock left by a person's crashed
 `headstart promote` is taken over by the pipeline's user once it expires. Each user needs READ on the
@@ -120,8 +123,14 @@ class Lease:
     _mutex: threading.Lock = field(default_factory=threading.Lock)
     _thread: threading.Thread | None = None
 
+    @property
+    def margin(self) -> float:
+        """How long before the lease ends the holder stops acting: a request sent after check() must land
+        within it, so it is also the most a commit request may wait for its answer."""
+        return _margin(self.ttl)
+
     def check(self) -> None:
-        """Raise unless the lease is still ours with time to spare: call it right before a commit."""
+        """Raise unless the lease is still ours with time to spare: call it right before each commit request."""
         with self._mutex:
             if self.lost is None and time.time() >= self.valid_until:
                 self.lost = f"its lease ran out at {time.ctime(self.valid_until)} (renewals failed)"

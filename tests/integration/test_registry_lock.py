@@ -18,6 +18,7 @@ from headstart import registry
 from headstart.config import TrackingConfig
 
 from .conftest import AuthServer
+from .faultproxy import FaultProxy
 
 pytestmark = pytest.mark.integration
 TTL = 2.0  # renewed every TTL/3 while held
@@ -139,3 +140,112 @@ def test_item7_a_holder_that_lost_its_lease_cannot_move_the_champion(tmp_path: P
         proc.kill()
     assert "refused: lost the registry lock" in out, out
     assert registry.champion(tracking).version == "2"
+
+
+# ---- the commit in a brown-out: MLflow's own retries must not re-send the alias move later -------------
+
+_HOLDER = """\
+import sys
+from headstart import registry
+from headstart.config import TrackingConfig
+from headstart.errors import RegistryError
+
+def at_commit(stage):
+    if stage == "champion_alias":  # the parent starts the brown-out now, then lets the move go
+        print("commit", flush=True)
+        sys.stdin.readline()
+
+t = TrackingConfig(tracking_uri={uri!r}, registered_model={model!r})
+registry._stage_hook = at_commit
+with registry.lock(t, owner="browned-out-host:1:a", ttl={ttl}):
+    try:
+        registry.move_champion(t, "1", "promote", "sent in a brown-out")
+        print("moved", flush=True)
+    except RegistryError as exc:
+        print("refused:", exc, flush=True)
+"""
+
+
+def _holder_at_commit(server: AuthServer, proxy: FaultProxy, model: str, ttl: float) -> subprocess.Popen:
+    """A run that promotes v1 of `model` through `proxy`, stopped right before its alias move (it printed
+    "commit" and waits for a line on stdin). MLflow's client retries are left at their defaults, except a
+    backoff factor of 1 (2 s, 4 s, 8 s...) so that the old code's late re-send comes within seconds."""
+    env = {**os.environ, **server.env("pipeline"), "HEADSTART_NO_PROGRESS": "1",
+           "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+        env.pop(var, None)
+    code = _HOLDER.format(uri=proxy.url, model=model, ttl=ttl)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env=env)
+    assert proc.stdout.readline().strip() == "commit"
+    return proc
+
+
+def _outcome(proc: subprocess.Popen, timeout: float) -> str | None:
+    """The holder's last line ("moved" or "refused: ..."), or None if it has not finished within `timeout`."""
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
+    return out.strip().splitlines()[-1] if out.strip() else ""
+
+
+def _model_with_versions(server: AuthServer, model: str, monkeypatch: pytest.MonkeyPatch) -> TrackingConfig:
+    _login(server, "pipeline", monkeypatch)
+    tracking = TrackingConfig(tracking_uri=server.url, registered_model=model)
+    c = registry.client(tracking)
+    c.create_registered_model(model)
+    for _ in range(2):
+        c.create_model_version(model, f"s3://bucket/{model}/model", tags={registry.REGISTRATION_TAG: "complete"})
+    return tracking
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def test_an_alias_move_stuck_in_a_brown_out_never_lands_after_another_run_promoted(
+        pg_auth_mlflow: AuthServer, monkeypatch: pytest.MonkeyPatch):
+    """The holder's alias move meets 503s until its lease has run out and a second run has taken the lock
+    and promoted v2. MLflow's client used to re-send the move by itself once the server answered again,
+    undoing v2's promotion; now each attempt is one request, and none is sent without the lease."""
+    tracking = _model_with_versions(pg_auth_mlflow, "brownout7", monkeypatch)
+    with FaultProxy(_port(pg_auth_mlflow.url)) as proxy:
+        holder = _holder_at_commit(pg_auth_mlflow, proxy, "brownout7", ttl=3.0)
+        try:
+            proxy.set_default("http503")  # the brown-out: every request of the holder, renewals too
+            proxy.cut()
+            holder.stdin.write("go\n")
+            holder.stdin.flush()
+            with registry.lock(tracking, timeout=30):  # direct to the server: taken once the lease expired
+                registry.move_champion(tracking, "2", "promote", "the live holder's move")
+            proxy.set_default("relay")  # the server answers the first run again
+            outcome = _outcome(holder, timeout=60)
+        finally:
+            holder.kill()
+    assert outcome is not None and outcome.startswith("refused: lost the registry lock"), outcome
+    assert registry.champion(tracking).version == "2"
+
+
+def test_a_hung_alias_request_is_abandoned_within_the_lease_margin_and_resent_only_after_reading_back(
+        pg_auth_mlflow: AuthServer, monkeypatch: pytest.MonkeyPatch):
+    """The alias move's request is blackholed: the holder gives up on it within the lease's margin (ttl/6),
+    reads the alias back, re-checks its lease and sends it again, all well inside its lease. MLflow's
+    client used to wait 120 s for an answer (MLFLOW_HTTP_REQUEST_TIMEOUT) and then re-send it by itself."""
+    ttl = 12.0  # renewals every 4 s: the blackholed connection is the alias move's, not a renewal's
+    tracking = _model_with_versions(pg_auth_mlflow, "hung7", monkeypatch)
+    with FaultProxy(_port(pg_auth_mlflow.url)) as proxy:
+        holder = _holder_at_commit(pg_auth_mlflow, proxy, "hung7", ttl=ttl)
+        try:
+            proxy.cut()  # the alias request opens a new connection: the blackholed one
+            proxy.fail_next("hang")
+            started = time.monotonic()
+            holder.stdin.write("go\n")
+            holder.stdin.flush()
+            outcome = _outcome(holder, timeout=ttl)
+            took = time.monotonic() - started
+        finally:
+            holder.kill()
+    assert outcome == "moved", f"the holder had not finished its move {ttl:.0f} s after sending it: {outcome}"
+    assert proxy.seen["hang"] == 1 and took < ttl
+    assert registry.champion(tracking).version == "1"
