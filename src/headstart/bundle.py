@@ -91,6 +91,15 @@ def put_folder(folder: Path, uri: str) -> int:
     return len(files)
 
 
+def _inside(dest: Path, rel: str, source: str) -> Path:
+    """`dest / rel`, refused unless it resolves inside `dest` (an object key holding '..', or a leading '/')."""
+    target = (dest / rel).resolve()
+    if not target.is_relative_to(dest.resolve()) or target == dest.resolve():
+        raise StorageError(f"{source}: its key would be written to {target}, outside {dest}; nothing was "
+                           "downloaded. Remove that object from the staged folder, or stage the folder again")
+    return target
+
+
 def get_folder(uri: str, dest: Path) -> Path:
     """Copy the folder `uri` (s3:// or a path) to `dest`, every object under its prefix, concurrently."""
     if not storage.is_s3(uri):
@@ -107,10 +116,11 @@ def get_folder(uri: str, dest: Path) -> Path:
                 for item in page.get("Contents", []) if not item["Key"].endswith("/")]
         if not keys:
             raise StorageError(f"{uri}: nothing staged there (no objects under the prefix)")
-        for key in keys:
-            (dest / key[len(prefix):]).parent.mkdir(parents=True, exist_ok=True)
+        targets = {key: _inside(dest, key[len(prefix):], f"s3://{bucket}/{key}") for key in keys}
+        for target in targets.values():
+            target.parent.mkdir(parents=True, exist_ok=True)
         with _transfer_manager(client) as manager:
-            futures = [manager.download(bucket, key, str(dest / key[len(prefix):])) for key in keys]
+            futures = [manager.download(bucket, key, str(target)) for key, target in targets.items()]
             for future in futures:
                 future.result()
     except storage._s3_errors() as exc:  # noqa: SLF001
