@@ -1,14 +1,13 @@
 """Walk the ImageFolder tree without trusting it: names, symlinks, stray files, splits.
 
 Runs before anything is opened, so a file with a hostile name or a link out of the data folder
-is reported and never read; a link to a file in the DVC cache of the repository holding the data
-folder (DVC's cache.type symlink) stays inside what DVC checked out, so it is read. Unsafe entries are left out of the manifest.
+is reported and never read; unsafe entries are left out of the manifest. A link to a file in the
+DVC cache of the repository holding the data folder (DVC's cache.type symlink) is what DVC checked
+out, so it is read.
 """
 
 from __future__ import annotations
 
-import configparser
-import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,15 +91,17 @@ def scan_layout(root: Path, splits: tuple[str, ...], extensions: frozenset[str])
 def dvc_cache(root: Path) -> tuple[Path, ...]:
     """The resolved cache folder of the DVC repository holding `root` (the nearest folder above it with a
     .dvc/), or nothing: with DVC's cache.type symlink a checked-out file is a link into it. Its place is
-    .dvc/cache, or [cache] dir in .dvc/config or .dvc/config.local (relative to .dvc/, as DVC reads it)."""
+    .dvc/cache or cache.dir, read by DVC's own config reader (repository, local, global and system)."""
+    from dvc.config import Config, ConfigError
+
     for repo in Path(os.path.abspath(root)).parents:
         dot = repo / ".dvc"
         if not dot.is_dir():
             continue
-        config = configparser.ConfigParser(interpolation=None)
-        with contextlib.suppress(configparser.Error, UnicodeDecodeError):
-            config.read([dot / "config", dot / "config.local"], encoding="utf-8")
-        where = dot / os.path.expanduser(config.get("cache", "dir", fallback="cache"))
+        try:
+            where = Path(Config(dvc_dir=str(dot))["cache"].get("dir") or dot / "cache")
+        except ConfigError:
+            return ()  # an unreadable config: no cache is trusted, so its links stay findings
         return (Path(os.path.realpath(where)),) if where.is_dir() else ()
     return ()
 
