@@ -78,20 +78,19 @@ def _common(task: PipelineTask, s: PipelineSettings, *secrets: tuple[str, Secret
     return task
 
 
-def _on_gpu(task: PipelineTask, s: PipelineSettings) -> PipelineTask:
-    """GPU pool: accelerator, resources, toleration for its taint, its label, retries for spot nodes."""
-    _gpu_pool(task, s)
-    task.set_retry(
-        num_retries=s.train_retries,
+def _retry(task: PipelineTask, s: PipelineSettings, retries: int) -> PipelineTask:
+    return task.set_retry(
+        num_retries=retries,
         backoff_duration=s.retry_backoff,
         backoff_factor=s.retry_backoff_factor,
         backoff_max_duration=s.retry_backoff_max,
     )
-    return _common(task, s, (s.s3_secret, S3_KEYS), (s.mlflow_secret, MLFLOW_KEYS))
 
 
-def _gpu_pool(task: PipelineTask, s: PipelineSettings) -> PipelineTask:
-    """One GPU, the training pod's CPU and memory, and the pool's toleration and node label."""
+def _on_gpu(task: PipelineTask, s: PipelineSettings) -> PipelineTask:
+    """One GPU of the pool (training and GPU evaluation): the training pod's CPU and memory, the pool's
+    toleration and node label, both secrets, and retries, since a spot node may be taken away mid-task."""
+    _retry(task, s, s.train_retries)
     task.set_accelerator_type(s.accelerator_type).set_accelerator_limit(s.accelerator_limit)
     task.set_cpu_request(s.train_cpu_request).set_cpu_limit(s.train_cpu_limit)
     task.set_memory_request(s.train_memory_request).set_memory_limit(s.train_memory_limit)
@@ -105,7 +104,7 @@ def _gpu_pool(task: PipelineTask, s: PipelineSettings) -> PipelineTask:
     kubernetes.add_node_selector(
         task, label_key=s.gpu_node_selector_key, label_value=s.gpu_node_selector_value
     )
-    return task
+    return _common(task, s, (s.s3_secret, S3_KEYS), (s.mlflow_secret, MLFLOW_KEYS))
 
 
 def build(params: dict[str, Any], s: PipelineSettings) -> GraphComponent:
@@ -204,12 +203,7 @@ def build(params: dict[str, Any], s: PipelineSettings) -> GraphComponent:
         )
         _on_cpu(fetched, s, s3).set_caching_options(True).set_display_name("fetch-data")
         for task in (resolved, fetched):
-            task.set_retry(
-                num_retries=s.fetch_retries,
-                backoff_duration=s.retry_backoff,
-                backoff_factor=s.retry_backoff_factor,
-                backoff_max_duration=s.retry_backoff_max,
-            )
+            _retry(task, s, s.fetch_retries)
         dataset = fetched.outputs["dataset"]
         checked = validate_op(dataset=dataset, params_json=params_json, overrides=overrides)
         _on_cpu(checked, s, mlflow).set_caching_options(True).set_display_name("validate-data")
@@ -254,10 +248,9 @@ def build(params: dict[str, Any], s: PipelineSettings) -> GraphComponent:
                 with dsl.If(evaluate_gpu == False, name="evaluate-on-cpu"):  # noqa: E712 - a KFP condition
                     on_cpu = evaluate_op(**scoring)
                     _on_cpu(on_cpu, s, s3, mlflow).set_caching_options(False).set_display_name("evaluate")
-                with dsl.Else(name="evaluate-on-gpu"):  # CUDA image, one GPU of the pool; no retries (MLflow run)
+                with dsl.Else(name="evaluate-on-gpu"):  # CUDA image, one GPU of the pool
                     on_gpu = evaluate_gpu_op(**scoring)
-                    _common(_gpu_pool(on_gpu, s), s, s3, mlflow).set_caching_options(False).set_display_name(
-                        "evaluate")
+                    _on_gpu(on_gpu, s).set_caching_options(False).set_display_name("evaluate")
                 evaluation = dsl.OneOf(on_cpu.outputs["evaluation"], on_gpu.outputs["evaluation"])
             gated = register_op(
                 dataset=dataset,

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from headstart.config import load_params
-from headstart.pipeline.settings import MLFLOW_KEYS, S3_KEYS
+from headstart.pipeline.settings import MLFLOW_KEYS, S3_KEYS, settings_from_params
 from tests.pipeline.conftest import ROOT, load_spec
 
 TRAIN = ("train-candidate", "train-candidate-2")
@@ -227,8 +227,18 @@ def test_retry_policy(compiled):
         assert policy["backoffDuration"] == "60s" and policy["backoffFactor"] == 2.0
         assert policy["backoffMaxDuration"] == "3600s"
     assert t["fetch-data"]["retryPolicy"]["maxRetryCount"] == 2
-    for name in ("register-and-gate", "act-on-decision", "act-on-decision-2", "evaluate-candidates", EVALUATE_GPU):
+    for name in ("register-and-gate", "act-on-decision", "act-on-decision-2", "evaluate-candidates"):
         assert "retryPolicy" not in t[name], f"{name} must not repeat registry writes"
+
+
+def test_gpu_evaluation_retries_as_training_does(compiled):
+    """Both run on the GPU pool, whose spot nodes may be taken away mid-task: a preempted evaluation is re-run."""
+    _, spec, _ = compiled
+    t = tasks(spec)
+    assert "accelerator" in container(spec, t[EVALUATE_GPU])["resources"]
+    assert t[EVALUATE_GPU].get("retryPolicy") == t["train-candidate"]["retryPolicy"]
+    retries = settings_from_params(load_params(ROOT / "params.yaml")).train_retries
+    assert retries > 0 and t[EVALUATE_GPU]["retryPolicy"]["maxRetryCount"] == retries
 
 
 def test_caching_on_for_fetch_validate_train_off_for_registry_steps(compiled):
