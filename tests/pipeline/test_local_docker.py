@@ -82,3 +82,13 @@ def test_docker_runner_passes_the_s3_endpoint_session_token_region_and_attempts(
     passed = secret_env(environ)
     assert passed == {k: v for k, v in environ.items() if k not in ("HOME", "PATH")}
     assert secret_env({"AWS_SESSION_TOKEN": ""}) == {}  # unset and empty are the same
+
+
+def test_a_task_whose_function_name_is_a_path_logs_under_a_plain_name():
+    """The container's command names its log file (<run>/logs/NN-FUNCTION-ATTEMPT.log): no way out of logs/."""
+    from headstart.pipeline.containers import _function
+
+    assert _function(["sh", "-c", "python -m kfp.dsl.executor_main --function_to_execute train_candidate"]) == (
+        "train_candidate")
+    for name in ("../../etc/cron.d/x", "/tmp/x", "a/b"):
+        assert _function(["python", "--function_to_execute", name]) == "?"

@@ -64,12 +64,13 @@ class ImageMissing(ConfigError):
 
 
 def _function(command: list[str]) -> str:
-    """The component's Python function: kfp's lightweight components pass `--function_to_execute NAME`."""
+    """The component's Python function: kfp's lightweight components pass `--function_to_execute NAME`.
+
+    It names the task's log file, so anything but a Python name (a path, say) reads as "?"."""
     text = " ".join(command)
     marker = "--function_to_execute"
-    if marker not in text:
-        return "?"
-    return text.split(marker, 1)[1].split()[0].strip("'\"")
+    name = text.split(marker, 1)[1].split()[0].strip("'\"") if marker in text else ""
+    return name if name.isidentifier() else "?"
 
 
 def local_image(client: Any, image: str) -> str:
