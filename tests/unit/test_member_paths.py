@@ -103,3 +103,20 @@ def test_a_shard_listing_cached_with_an_unsafe_name_is_read_again(tmp_path: Path
     poisoned[0][0] = ESCAPE
     memo.write_text(json.dumps(poisoned))
     assert shards.split_items(root, "test", cache) == listed
+
+
+def test_a_shard_sha256_that_is_not_hex_never_names_a_cache_file(tmp_path: Path) -> None:
+    """The index's sha256 names the shard's listing in the cache (shard-items/<sha256>.json)."""
+    folder = make_imagefolder(tmp_path / "folder", per_class={"train": 1, "test": 1}, size=16)
+    root, cache = tmp_path / "work" / "shards", tmp_path / "work" / "cache"
+    shards.pack(folder, root)
+    index = json.loads((root / shards.INDEX).read_text())
+    index["splits"]["test"]["shards"][0]["sha256"] = "../../escape"
+    (root / shards.INDEX).write_text(json.dumps(index))
+    try:
+        shards.split_items(root, "test", cache)
+        refused = None
+    except DataError as exc:
+        refused = str(exc)
+    assert not (tmp_path / "work" / "escape.json").exists()  # cache/shard-items/../../escape.json
+    assert refused is not None and "not 64 lowercase hex digits" in refused

@@ -154,6 +154,9 @@ def read_index(root: Root) -> ShardIndex:
             if reason := unsafe_path_reason(info.file):
                 raise DataError(f"{where}: split {name!r} lists shard {shown(info.file)!r}, not a plain path inside "
                                 f"the dataset folder ({reason}); re-pack the dataset")
+            if len(info.sha256) != 64 or info.sha256.strip("0123456789abcdef"):  # it names a cache file
+                raise DataError(f"{where}: shard {info.file} has sha256 {shown(info.sha256)[:80]!r}, not 64 lowercase "
+                                "hex digits; re-pack the dataset")
     return ShardIndex(classes=classes, splits=splits, target_shard_bytes=target)
 
 
