@@ -1,8 +1,12 @@
 """KFP component: train one candidate on several GPU nodes through a Kubeflow PyTorchJob.
 
 The same step as train_candidate (headstart.steps.train, via `headstart train` under torchrun in the
-job's pods); this task only stages the dataset, creates the job, waits for it, prints its pods' logs
-and hands the job's outputs on as its own Model artifact, with the MLflow run id in the metadata.
+job's pods); this task only creates the job, waits for it, prints its pods' logs and hands the job's
+outputs on as its own Model artifact, with the MLflow run id in the metadata.
+
+The dataset is staged once per run by `stage_data`, which both candidates' tasks read (`staged_data`), and
+deleted by `unstage_data` once both are done; a task given no `staged_data` stages its own copy. Each task
+deletes its job's staging folder (its outputs, and its own copy of the data) when it ends.
 """
 
 from kfp import dsl
@@ -31,6 +35,7 @@ def train_distributed(
     model: Output[Model],
     metrics: Output[Metrics],
     learning_curve: Output[HTML],
+    staged_data: str = "",
 ):
     """Create the PyTorchJob, wait for Succeeded (fail the task on Failed or timeout), pass its model on.
 
@@ -63,13 +68,17 @@ def train_distributed(
     ns = namespace or pytorchjob.current_namespace()
     req = pytorchjob.JobRequest(
         name=name, namespace=ns, role=role, params=p, staging_uri=staging,
-        nodes=nodes, gpus_per_node=gpus_per_node, image=job_image,
+        nodes=nodes, gpus_per_node=gpus_per_node, image=job_image, data=staged_data,
     )
-    req = pytorchjob.stage_dataset(Path(dataset.path), req)  # shards as they are, an ImageFolder as a tar.gz
-    api = pytorchjob.api_client()
-    owner = pytorchjob.owner_reference(os.environ, ns, api)
-    pytorchjob.launch(req, settings_from_params(p), api, timeout_s, owner=owner)
-    bundle.get(req.outputs_uri(), Path(model.path))
+    try:
+        if not staged_data:
+            req = pytorchjob.stage_dataset(Path(dataset.path), req)  # shards as they are, an ImageFolder as a tar.gz
+        api = pytorchjob.api_client()
+        owner = pytorchjob.owner_reference(os.environ, ns, api)
+        pytorchjob.launch(req, settings_from_params(p), api, timeout_s, owner=owner)
+        bundle.get(req.outputs_uri(), Path(model.path))
+    finally:
+        pytorchjob.unstage(staging, echo=print)  # this job's folder: its outputs (now the Model), its own data
     result = json.loads((Path(model.path) / "metrics.json").read_text())
     kfp_io.log_metrics(metrics, result)
     kfp_io.write_png_html(
@@ -79,5 +88,29 @@ def train_distributed(
                           pytorchjob=f"{ns}/{name}", world=f"{nodes}x{gpus_per_node}")
 
 
+def stage_data(dataset: Input[Dataset], staging_uri: str) -> str:
+    """Stage the dataset once for both candidates' PyTorchJobs; returns where it is (their `staged_data`)."""
+    from pathlib import Path
+
+    from headstart import pytorchjob
+
+    return pytorchjob.stage(Path(dataset.path), pytorchjob.run_staging(staging_uri, dataset.uri))
+
+
+def unstage_data(staged_data: str):
+    """Delete what `stage_data` staged, once both candidates' jobs have read it."""
+    from headstart import pytorchjob
+
+    pytorchjob.unstage(staged_data)
+
+
 def component(image: str) -> PythonComponent:
     return dsl.component(train_distributed, base_image=image, install_kfp_package=False)
+
+
+def stage_component(image: str) -> PythonComponent:
+    return dsl.component(stage_data, base_image=image, install_kfp_package=False)
+
+
+def unstage_component(image: str) -> PythonComponent:
+    return dsl.component(unstage_data, base_image=image, install_kfp_package=False)

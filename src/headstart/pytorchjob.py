@@ -14,6 +14,7 @@ call has a timeout, and a transient error (5xx, reset, timeout) is tried again, 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 import signal
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from headstart import storage
-from headstart.errors import ConfigError, HeadstartError
+from headstart.errors import ConfigError, HeadstartError, StorageError
 from headstart.pipeline.settings import PipelineSettings
 
 GROUP, VERSION, PLURAL = "kubeflow.org", "v1", "pytorchjobs"
@@ -87,29 +88,66 @@ class JobRequest:
     backoff_limit: int = 3
     service_account: str = ""
     overrides: list[str] = field(default_factory=list)
-    sharded: bool = False  # a packed dataset: staged as its files in <staging>/data/, not as a tar.gz
+    data: str = ""  # the staged dataset (`stage`): a packed one's folder (.../data/) or a .tar.gz; "" = the job's
 
     def data_uri(self) -> str:
-        return f"{self.staging_uri.rstrip('/')}/{'data/' if self.sharded else 'data.tar.gz'}"
+        return self.data or f"{self.staging_uri.rstrip('/')}/data.tar.gz"
+
+    @property
+    def sharded(self) -> bool:
+        """A packed dataset, staged as its files (a folder), not as one tar.gz."""
+        return self.data_uri().endswith("/")
 
     def outputs_uri(self) -> str:
         return f"{self.staging_uri.rstrip('/')}/outputs.tar.gz"
 
 
-def stage_dataset(folder: Path, req: JobRequest) -> JobRequest:
-    """Put the dataset where the job's pods fetch it; returns `req` saying which form it went up in.
+def stage(folder: Path, staging: str) -> str:
+    """Put the dataset under the folder `staging` where a job's pods fetch it, once; returns its URI.
 
     A packed dataset's shards and index are uploaded as they are, concurrently (its shards are the staging
-    format); an ImageFolder, hundreds of thousands of small files, goes up as one .tar.gz bundle."""
+    format); an ImageFolder, hundreds of thousands of small files, goes up as one .tar.gz, whole or absent.
+    Called again with the same dataset (the run's other candidate), it finds the upload there and sends
+    nothing: the .tar.gz exists, or every file is there with its size and the same index (whose sha256s
+    name the shards)."""
     from headstart import bundle
-    from headstart.data.shards import is_sharded
+    from headstart.data.shards import INDEX, is_sharded
 
-    req = replace(req, sharded=is_sharded(folder))
-    if req.sharded:
-        bundle.put_folder(folder, req.data_uri())
-    else:
-        bundle.put(folder, req.data_uri())
-    return req
+    base = staging.rstrip("/")
+    if not is_sharded(folder):
+        if not storage.exists(f"{base}/data.tar.gz"):
+            bundle.put(folder, f"{base}/data.tar.gz")
+        return f"{base}/data.tar.gz"
+    uri = f"{base}/data/"
+    there = storage.sizes(uri) == storage.sizes(folder)
+    if not (there and storage.read_bytes(uri + INDEX)[0] == (folder / INDEX).read_bytes()):
+        bundle.put_folder(folder, uri)
+    return uri
+
+
+def stage_dataset(folder: Path, req: JobRequest) -> JobRequest:
+    """`req` with its dataset staged in its own folder (`stage`)."""
+    return replace(req, data=stage(folder, req.staging_uri))
+
+
+def run_staging(staging_uri: str, source: str) -> str:
+    """The folder that one run's candidates share for the dataset `source` (the pipeline's artifact URI):
+    the same source maps to the same folder, so a rerun with a cached dataset keeps the training tasks' cache
+    keys, and the candidates never upload it twice."""
+    return staging_folder(staging_uri, f"data-{hashlib.sha256(source.encode()).hexdigest()[:16]}")
+
+
+def unstage(staging: str, echo: Callable[[str], None] | None = None) -> int:
+    """Delete a staging folder (a job's outputs and own data) or a dataset `stage` returned (its folder);
+    returns how many objects went. With `echo`, a failure is a warning (it must not hide the real error)."""
+    folder = staging.rstrip("/").rsplit("/", 1)[0] if staging.endswith(("/data/", "/data.tar.gz")) else staging
+    try:
+        return storage.delete_folder(folder)
+    except StorageError as exc:
+        if echo is None:
+            raise
+        echo(f"warning: staged files left behind ({exc}); delete {folder} by hand or with a lifecycle rule")
+        return 0
 
 
 def command(req: JobRequest) -> list[str]:

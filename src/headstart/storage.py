@@ -307,6 +307,52 @@ class ObjectStream(io.RawIOBase):
         return self.label
 
 
+def sizes(folder: str | Path) -> dict[str, int]:
+    """Size of every file under `folder`, by path relative to it ("/"-separated); {} when absent."""
+    if not is_s3(folder):
+        path = _local(folder)
+        return {p.relative_to(path).as_posix(): p.stat().st_size for p in path.rglob("*") if p.is_file()}
+    uri = str(folder)
+    bucket, prefix = split_folder(uri)
+    try:
+        pages = _client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return {item["Key"][len(prefix):]: int(item["Size"]) for page in pages for item in page.get("Contents", [])}
+    except _s3_errors() as exc:
+        raise _error(uri, "list", exc) from exc
+
+
+def delete_folder(folder: str | Path) -> int:
+    """Remove a folder (everything under an s3:// prefix) and return how many files went; absent is 0."""
+    if not is_s3(folder):
+        path = _local(folder)
+        if not path.is_dir():
+            return 0
+        count = sum(1 for p in path.rglob("*") if p.is_file())
+        try:
+            shutil.rmtree(path)
+        except OSError as exc:
+            raise StorageError(f"{folder}: could not delete: {exc}") from exc
+        return count
+    uri = str(folder)
+    bucket, prefix = split_folder(uri)
+    if not prefix:
+        raise StorageError(f"{uri}: refusing to delete a whole bucket; give a folder inside it")
+    count = 0
+    try:
+        client = _client()
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+            if keys:  # a page holds at most 1,000 keys, as many as one delete_objects takes
+                failed = client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True}).get("Errors")
+                if failed:
+                    raise StorageError(f"{uri}: could not delete {len(failed)} object(s), e.g. "
+                                       f"{failed[0].get('Key')}: {failed[0].get('Message')}. {_hint()}")
+                count += len(keys)
+    except _s3_errors() as exc:
+        raise _error(uri, "delete", exc) from exc
+    return count
+
+
 def delete(uri: str | Path) -> None:
     """Remove a file or object; one that is already gone is not an error."""
     if not is_s3(uri):
