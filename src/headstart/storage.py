@@ -273,6 +273,10 @@ class ObjectStream(io.RawIOBase):
                 raise StorageError(f"{self.label}: the object was replaced while it was being read (at byte "
                                    f"{self._pos}); read it again") from exc
             raise _error(self.label, "read", exc) from exc
+        if self._pos and not str(response.get("ContentRange", "")).startswith(f"bytes {self._pos}-"):
+            response["Body"].close()  # a server that ignores Range would send the start again, not the rest
+            raise StorageError(f"{self.label}: the endpoint ignored the Range of a resumed read (Content-Range "
+                               f"{response.get('ContentRange')!r}); read it again over a steadier connection")
         self._etag = self._etag or response.get("ETag", "")
         return response["Body"]
 

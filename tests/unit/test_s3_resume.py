@@ -49,17 +49,18 @@ class Client:
         self.objects, self.failing, self.fail_after = objects, failing, fail_after
         self.error = error or ResponseStreamingError(error=ProtocolError("Connection broken: ConnectionResetError"))
         self.calls: list[tuple[str, str | None, str | None]] = []
-        self.etag = '"v1"'
+        self.etag, self.ranges = '"v1"', True
 
     def get_object(self, Bucket: str, Key: str, Range: str | None = None, IfMatch: str | None = None) -> Any:  # noqa: N803
         self.calls.append((Key, Range, IfMatch))
         if IfMatch is not None and IfMatch != self.etag:
             raise ClientError({"Error": {"Code": "PreconditionFailed", "Message": "At least one of the "
                                          "pre-conditions you specified did not hold"}}, "GetObject")
-        start = int(Range.removeprefix("bytes=").rstrip("-")) if Range else 0
+        data, start = self.objects[Key], int(Range.removeprefix("bytes=").rstrip("-")) if Range else 0
         broken = sum(1 for k, *_ in self.calls if k == Key) <= self.failing
-        return {"Body": Body(self.objects[Key][start:], self.fail_after if broken else None, self.error),
-                "ETag": self.etag}
+        ranged = {"ContentRange": f"bytes {start}-{len(data) - 1}/{len(data)}"} if Range and self.ranges else {}
+        return {"Body": Body(data[start if ranged else 0:], self.fail_after if broken else None, self.error),
+                "ETag": self.etag, **ranged}
 
 
 @pytest.fixture
@@ -129,4 +130,11 @@ def test_an_object_replaced_during_a_resumed_read_is_refused(packed: Path, monke
 
     client.get_object = replaced_after_first  # type: ignore[method-assign]
     with pytest.raises(StorageError, match=rf"{ROOT}/{SHARD}: the object was replaced while it was being read"):
+        _read(ROOT)
+
+
+def test_an_endpoint_that_ignores_range_is_refused_rather_than_read_twice(packed: Path, monkeypatch):
+    client = _serve(packed, monkeypatch, failing=1)
+    client.ranges = False  # answers a ranged GET with the whole object again
+    with pytest.raises(StorageError, match=rf"{ROOT}/{SHARD}: the endpoint ignored the Range of a resumed read"):
         _read(ROOT)
