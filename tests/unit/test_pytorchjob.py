@@ -19,8 +19,11 @@ import yaml
 
 from headstart import bundle, pytorchjob
 from headstart.config import load_params
+from headstart.data import shards
 from headstart.errors import StorageError
 from headstart.pipeline.settings import settings_from_params
+
+from ..conftest import make_imagefolder
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "tests" / "data" / "schemas" / "kubeflow.org_pytorchjobs.yaml"
@@ -485,3 +488,17 @@ def test_item13_the_launcher_component_refuses_empty_staging_before_creating_any
             namespace="kubeflow-user", timeout_s=5, model=Art(tmp_path / "m"), metrics=Art(tmp_path / "x"),
             learning_curve=Art(tmp_path / "c"))
     assert FakeKube.seen == []
+
+
+def test_staging_twice_sends_the_dataset_once_and_a_partial_upload_again(tmp_path: Path, monkeypatch):
+    packed = tmp_path / "packed"
+    shards.pack(make_imagefolder(tmp_path / "data", per_class={"train": 2, "val": 1, "test": 1}, size=16), packed)
+    sent: list[str] = []
+    put_folder = bundle.put_folder
+    monkeypatch.setattr(bundle, "put_folder", lambda folder, uri: (sent.append(uri), put_folder(folder, uri))[1])
+    staging = str(tmp_path / "staging" / "data-1")
+    uri = pytorchjob.stage(packed, staging)
+    assert pytorchjob.stage(packed, staging) == uri and sent == [uri]  # the run's second candidate: nothing sent
+    (Path(uri) / "test" / "test-000000.tar").unlink()  # an upload cut short
+    assert pytorchjob.stage(packed, staging) == uri and sent == [uri, uri]
+    assert pytorchjob.unstage(uri) == len(list(packed.rglob("*.*"))) and not Path(staging).exists()
