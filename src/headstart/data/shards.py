@@ -95,21 +95,14 @@ def _join(root: Root, rel: str) -> str:
 
 @contextlib.contextmanager
 def _open(root: Root, rel: str) -> Iterator[IO[bytes]]:
-    """A readable stream of one file under `root`: streamed from S3 (boto3's body), never downloaded whole."""
+    """A readable stream of one file under `root`: streamed from S3, never downloaded whole."""
     uri = root.url(rel) if isinstance(root, RemoteRoot) else _join(root, rel)
     if not storage.is_s3(uri):
         with open(uri, "rb") as fh:
             yield fh
         return
-    bucket, key = storage.split_s3(uri)
-    try:
-        body = storage._client().get_object(Bucket=bucket, Key=key)["Body"]  # noqa: SLF001 - the shared client
-    except storage._s3_errors() as exc:  # noqa: SLF001
-        raise storage._error(_join(root, rel), "read", exc) from exc  # noqa: SLF001
-    try:
+    with storage.ObjectStream(uri, _join(root, rel)) as body:  # resumes a dropped connection from the byte reached
         yield body
-    finally:
-        body.close()
 
 
 def is_sharded(root: Root) -> bool:
