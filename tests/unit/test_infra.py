@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
+from headstart.pipeline.settings import MLFLOW_KEYS, S3_KEYS
+
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
 OVERLAYS = ("gke", "eks", "onprem")
@@ -26,10 +28,8 @@ TF_EFFECTS = {
     "PREFER_NO_SCHEDULE": "PreferNoSchedule",
     "NO_EXECUTE": "NoExecute",
 }
-PIPELINE_SECRETS = {
-    "headstart-s3": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"},
-    "headstart-mlflow": {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"},
-}
+# the template holds each secret's required keys, the list the pipeline mounts and the docker runner passes
+PIPELINE_SECRETS = {"headstart-s3": set(S3_KEYS.required), "headstart-mlflow": set(MLFLOW_KEYS.required)}
 
 
 # --- Terraform ---------------------------------------------------------------------
