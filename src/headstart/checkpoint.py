@@ -18,7 +18,12 @@ metadata and is checked on restore, so a corrupted or truncated object is detect
 Each configuration (its fingerprint: the training config and the content of the data it loads) has its
 own folder, `<location>/<fingerprint>/`. The two newest checkpoints of that folder are kept; restore takes
 the newest valid one and falls back to the one before. Another configuration's checkpoints are never
-pruned or overwritten, so switching configurations back and forth resumes each where it stopped.
+pruned or overwritten while it trains, so switching configurations back and forth resumes each where it stopped.
+Once a run has succeeded and its model is recorded (`finish`), its folder keeps only its final checkpoint (a
+forced re-run on the same data resumes it and trains nothing) and a `finished-<time>-<fingerprint>` marker
+beside the folders; only the KEEP_FINISHED most recently finished fingerprints are kept, older finished ones
+are deleted, so a weekly run on new data does not add a folder every week. Unfinished folders (a run in
+progress, or one killed for good) are never touched.
 
 Loaded with `torch.load(weights_only=True)` only, so a tampered file cannot run code. A checkpoint
 that is refused (unsafe pickle content) or unreadable (torn, corrupt) is skipped with a warning naming it
@@ -33,6 +38,7 @@ and broadcasts its bytes, so every rank loads the very same checkpoint and only 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -41,6 +47,7 @@ import os
 import pickle
 import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +59,10 @@ from headstart.errors import StorageError
 from headstart.trainstate import EpochStats, FitResult, PartialEpoch
 
 KEEP = 2
+KEEP_FINISHED = 2  # finished fingerprints kept per location: this data version's run and the one before
 SHA_KEY = "sha256"
 _NAME = re.compile(r"^epoch-(\d{4,})(?:-step-(\d{8,}))?\.pt$")
+_FINISHED = re.compile(r"^finished-(\d{20})-([A-Za-z0-9][A-Za-z0-9._-]*)$")
 _FOLDER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 log = logging.getLogger(__name__)
 
@@ -66,6 +75,7 @@ class Checkpointer:
     def __init__(self, location: str | Path, fingerprint: str) -> None:
         if not _FOLDER.match(fingerprint):
             raise ValueError(f"checkpoint fingerprint {fingerprint!r}: use letters, digits, '.', '_' or '-' only")
+        self.root = str(location)
         self.location = storage.join(location, fingerprint) if storage.is_s3(location) else Path(location) / fingerprint
         self.fingerprint = fingerprint
         self.resumed_epoch: int | None = None
@@ -125,6 +135,40 @@ class Checkpointer:
                 raise StorageError(f"{folder / name}: cannot write checkpoint ({exc})") from exc
         for old in self._names()[KEEP:]:
             storage.delete(self.uri(old))
+
+    def finish(self) -> None:
+        """Call once the run succeeded and its model is recorded (rank 0 only): keep this folder's final
+        checkpoint, mark it finished, and delete the folders of finished fingerprints past the KEEP_FINISHED newest.
+        Best effort: the run has succeeded, so a store that fails now is logged, and pruned at the next finish."""
+        try:
+            self._finish()
+        except StorageError as exc:
+            log.warning("checkpoints in %s not pruned (%s); the next finished run prunes them", self.root, exc)
+
+    def _finish(self) -> None:
+        for old in self._names()[1:]:
+            storage.delete(self.uri(old))
+        with tempfile.TemporaryDirectory(prefix="headstart-ckpt-") as tmp:
+            marker = Path(tmp) / f"finished-{time.time_ns():020d}-{self.fingerprint}"
+            marker.touch()
+            storage.upload(marker, storage.join(self.root, marker.name))
+        finished = sorted(((m[1], m[2], n) for n in storage.list_names(self.root, "finished-")
+                           if (m := _FINISHED.match(n))), reverse=True)
+        kept: set[str] = set()
+        for _, fingerprint, name in finished:
+            if fingerprint in kept or len(kept) < KEEP_FINISHED:
+                if fingerprint in kept:  # an older marker of a fingerprint finished again
+                    storage.delete(storage.join(self.root, name))
+                kept.add(fingerprint)
+                continue
+            folder = storage.join(self.root, fingerprint)
+            for old in storage.list_names(folder):
+                storage.delete(storage.join(folder, old))
+            if not storage.is_s3(folder):
+                with contextlib.suppress(OSError):
+                    Path(folder).rmdir()
+            storage.delete(storage.join(self.root, name))  # last: a crash midway prunes it again next time
+            log.info("checkpoints of finished run %s deleted (%d newer finished runs kept)", folder, KEEP_FINISHED)
 
     def restore(
         self, model: nn.Module, opt: Any, sched: Any, gen: torch.Generator, scaler: Any = None

@@ -150,3 +150,20 @@ def test_a_fingerprint_that_is_not_a_folder_name_is_refused(tmp_path: Path):
 
     with pytest.raises(ValueError, match="fingerprint '../x'"):
         Checkpointer(tmp_path, "../x")
+
+
+def test_finishing_keeps_the_final_checkpoint_and_prunes_older_finished_runs_never_one_in_progress(tmp_path: Path):
+    in_progress = Checkpointer(tmp_path, "wip")
+    trainer = Trainer()
+    for _ in range(3):
+        trainer.epoch(in_progress)
+    for name in ("a", "b", "c"):
+        ckpt, trainer = Checkpointer(tmp_path, name), Trainer()
+        for _ in range(3):
+            trainer.epoch(ckpt)
+        ckpt.finish()
+    left = {p.name: sorted(c.name for c in p.iterdir()) for p in tmp_path.iterdir() if p.is_dir()}
+    assert left == {"wip": ["epoch-0002.pt", "epoch-0003.pt"], "b": ["epoch-0003.pt"], "c": ["epoch-0003.pt"]}
+    assert sorted(n.rsplit("-", 1)[1] for n in (p.name for p in tmp_path.glob("finished-*"))) == ["b", "c"]
+    resumed = Trainer().restore(Checkpointer(tmp_path, "b"))  # a forced re-run of b: nothing left to train
+    assert resumed is not None and resumed.resumed_from == 3
