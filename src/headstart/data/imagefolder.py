@@ -8,6 +8,7 @@ import math
 import os
 import sqlite3
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -22,6 +23,7 @@ from headstart.presets import Preset
 from headstart.progress import progress_enabled
 
 CACHE_MAX_BYTES = 2 << 30  # larger decoded splits are not cached (they should stream through workers)
+STALE_TMP_SECONDS = 3600  # a cache temporary this old was left by a killed write: removed at the next write
 
 
 @dataclass(frozen=True)
@@ -79,19 +81,21 @@ def per_class_subset(items: list[tuple[Path, int]], per_class: int | None, seed:
 def load_split(
     data_dir: Path, split: str, preset: Preset, classes: tuple[str, ...],
     per_class: int | None = None, seed: int = 0,
-    cache_dir: Path | None = None, cache_max_bytes: int = CACHE_MAX_BYTES,
+    cache_dir: Path | None = None, cache_max_bytes: int = CACHE_MAX_BYTES, cache_budget_bytes: int | None = None,
 ) -> Split:
     """Decode a (sub)split once into memory; small images make this far cheaper than per-epoch decoding.
 
     With `cache_dir`, the decoded uint8 array is also kept there as an .npy file keyed by a hash of the
     files' bytes, their paths and labels, and the preset's decode settings: a later run on the same
     content reads it back instead of decoding (any changed file, label or preset is a new key). Splits
-    whose array would exceed `cache_max_bytes` are not cached.
+    whose array would exceed `cache_max_bytes` are not cached. With `cache_budget_bytes`, a write then
+    deletes the least recently used arrays until the folder's arrays fit it (`prune_cache`).
     """
     from headstart.data import shards
 
     if shards.is_sharded(data_dir):
-        return _load_packed(data_dir, split, preset, classes, per_class, seed, cache_dir, cache_max_bytes)
+        return _load_packed(data_dir, split, preset, classes, per_class, seed, cache_dir, cache_max_bytes,
+                            cache_budget_bytes)
     items = per_class_subset(list_split(data_dir, split, classes), per_class, seed)
     labels = torch.tensor([c for _, c in items], dtype=torch.int64)
     rel = tuple(str(p.relative_to(data_dir)) for p, _ in items)
@@ -108,13 +112,13 @@ def load_split(
     ):
         arrays[i] = preset.decode(path)
     if cache_file is not None:
-        _write_cached(cache_file, arrays)
+        _write_cached(cache_file, arrays, cache_budget_bytes)
     return Split(x=torch.from_numpy(arrays), y=labels, paths=rel, classes=classes)
 
 
 def _load_packed(
     root: Path, split: str, preset: Preset, classes: tuple[str, ...], per_class: int | None, seed: int,
-    cache_dir: Path | None, cache_max_bytes: int,
+    cache_dir: Path | None, cache_max_bytes: int, cache_budget_bytes: int | None = None,
 ) -> Split:
     """`load_split` of a packed dataset: the same subset rule (on the file names), the same rows in the same
     order as its ImageFolder gives, decoded from the shards; the cache key comes from the index's shard
@@ -163,7 +167,7 @@ def _load_packed(
         raise DataError(f"{root}: split {split!r}: {len(rows)} listed samples not found in its shards (first: "
                         f"{next(iter(rows))}); the shards differ from index.json: re-fetch or re-pack")
     if cache_file is not None:
-        _write_cached(cache_file, arrays)
+        _write_cached(cache_file, arrays, cache_budget_bytes)
     return Split(x=torch.from_numpy(arrays), y=labels, paths=rel, classes=classes)
 
 
@@ -221,10 +225,14 @@ def _read_cached(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
         arr = np.load(path, allow_pickle=False)
     except (OSError, ValueError):
         return None  # absent or unreadable: decode again and rewrite it
-    return arr if arr.shape == shape and arr.dtype == np.uint8 else None
+    if arr.shape != shape or arr.dtype != np.uint8:
+        return None
+    with contextlib.suppress(OSError):
+        os.utime(path)  # used now: the mtime orders the LRU pruning (atime is often not kept: noatime, relatime)
+    return arr
 
 
-def _write_cached(path: Path, arrays: np.ndarray) -> None:
+def _write_cached(path: Path, arrays: np.ndarray, budget_bytes: int | None = None) -> None:
     """Atomic (write then rename), and best effort: a read-only or full disk only loses the cache."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -234,3 +242,33 @@ def _write_cached(path: Path, arrays: np.ndarray) -> None:
     except OSError:
         with contextlib.suppress(OSError, UnboundLocalError):
             os.unlink(tmp.name)
+    if budget_bytes is not None:
+        prune_cache(path.parent, budget_bytes, keep=path)
+
+
+def prune_cache(folder: Path, budget_bytes: int, keep: Path | None = None) -> None:
+    """Delete the least recently used decoded arrays (`*.npy`, by mtime: a hit touches its file) until those
+    left fit `budget_bytes`, never `keep` (the one just written), and every temporary older than
+    STALE_TMP_SECONDS (a killed write's; a live writer's is younger). Best effort: another process may be
+    pruning the same folder."""
+    now, arrays = time.time(), []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return  # no cache folder (it could not be created): nothing to prune
+    for entry in entries:
+        with contextlib.suppress(OSError):
+            st = entry.stat(follow_symlinks=False)
+            if entry.name.endswith(".tmp") and now - st.st_mtime > STALE_TMP_SECONDS:
+                os.unlink(entry.path)
+            elif entry.name.endswith(".npy") and entry.is_file(follow_symlinks=False):
+                arrays.append((st.st_mtime_ns, st.st_size, entry.path))
+    total = sum(size for _, size, _ in arrays)
+    for _, size, name in sorted(arrays):
+        if total <= budget_bytes:
+            break
+        if keep is not None and name == str(keep):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+            total -= size

@@ -65,6 +65,7 @@ class TrainConfig(Frozen):
     checkpoint_dir: str | None
     checkpoint_every_steps: int = Field(ge=0)  # also mid-epoch, every N optimizer steps; 0 = epoch ends only
     tensor_cache_dir: str | None  # decoded uint8 splits keyed by content hash
+    tensor_cache_budget_gib: float = Field(gt=0)  # the least recently used decoded splits go past this
     max_steps: int = Field(ge=0)  # end after this many optimizer steps; 0 = no limit
     data_loading: Literal["auto", "memory", "stream"]  # stream: shards through loader workers (packed data only)
     loader_workers: int | None = Field(ge=0)  # stream readers; None: the pod's CPUs minus one, at most 8
@@ -86,7 +87,8 @@ class TrainConfig(Frozen):
         """Ties checkpoints to this config and to the content of the data it trains on (`data_key`, from
         `data_fingerprint`), so a resume never mixes runs: one changed image is a new fingerprint and a
         fresh training, while a forced re-run on the same data resumes (a finished run: trains nothing)."""
-        how = {"checkpoint_dir", "checkpoint_every_steps", "threads", "tensor_cache_dir", "tta"}  # not the training
+        how = {"checkpoint_dir", "checkpoint_every_steps", "threads", "tensor_cache_dir", "tensor_cache_budget_gib",
+               "tta"}  # not the training
         stamp = json.dumps(self.model_dump(exclude=how), sort_keys=True) + data_key
         return hashlib.sha256(stamp.encode()).hexdigest()[:16]
 
@@ -196,6 +198,8 @@ def run(
             mlflow.log_artifact(str(out_dir / "history.json"))
     summary = _summary(cfg, out_dir, run_id, result, first_step)
     (out_dir / "metrics.json").write_text(json.dumps(asdict(summary), indent=2, sort_keys=True) + "\n")
+    if ckpt is not None:
+        ckpt.finish()  # succeeded and recorded: only the final checkpoint stays, older finished runs go
     return summary
 
 
@@ -219,7 +223,8 @@ def load_for_training(
         decoded = len(items) * preset.image_size**2 * preset.channels
         mode = "stream" if mode == "stream" or decoded > CACHE_MAX_BYTES else "memory"
     if mode != "stream":
-        return load_split(data_dir, split, preset, classes, per_class, cfg.seed, cache_dir=cache)
+        return load_split(data_dir, split, preset, classes, per_class, cfg.seed, cache_dir=cache,
+                          cache_budget_bytes=int(cfg.tensor_cache_budget_gib * 2**30))
     keep = None if per_class is None else frozenset(str(p) for p, _ in items or [])
     workers = cfg.loader_workers if cfg.loader_workers is not None else default_loader_workers()
     return stream.open_split(data_dir, split, preset, cfg.seed, workers, keep, cfg.shuffle_buffer, cache)
