@@ -97,11 +97,13 @@ def stage_data(dataset: Input[Dataset], staging_uri: str) -> str:
     return pytorchjob.stage(Path(dataset.path), pytorchjob.run_staging(staging_uri, dataset.uri))
 
 
-def unstage_data(staged_data: str):
-    """Delete what `stage_data` staged, once both candidates' jobs have read it."""
+def unstage_data(staged_data: str = ""):
+    """Delete what `stage_data` staged, once both candidates' jobs have read it; "" (stage_data never ran or
+    failed: the default lets this task run after a failed upstream) leaves nothing to do."""
     from headstart import pytorchjob
 
-    pytorchjob.unstage(staged_data)
+    if staged_data:
+        pytorchjob.unstage(staged_data)
 
 
 def component(image: str) -> PythonComponent:

@@ -327,6 +327,8 @@ def sizes(folder: str | Path) -> dict[str, int]:
 
 def delete_folder(folder: str | Path) -> int:
     """Remove a folder (everything under an s3:// prefix) and return how many files went; absent is 0."""
+    if str(folder).strip() in ("", ".", FILE_SCHEME):
+        raise StorageError(f"{folder!r}: no folder named; refusing to delete the working directory")
     if not is_s3(folder):
         path = _local(folder)
         if not path.is_dir():

@@ -109,6 +109,7 @@ def test_a_run_stages_its_dataset_once_and_leaves_nothing_behind(moto: str, tmp_
     assert _keys(bucket) and all(k.startswith("staging/data-") for k in _keys(bucket))  # outputs gone already
     components.unstage_data(staged_data=staged)
     assert _keys(bucket) == []
+    components.unstage_data(staged_data="")  # stage_data failed: nothing to do, and never the working directory
 
 
 def test_a_candidate_that_stages_its_own_copy_deletes_it_and_its_outputs(moto: str, tmp_path: Path, monkeypatch,

@@ -502,3 +502,6 @@ def test_staging_twice_sends_the_dataset_once_and_a_partial_upload_again(tmp_pat
     (Path(uri) / "test" / "test-000000.tar").unlink()  # an upload cut short
     assert pytorchjob.stage(packed, staging) == uri and sent == [uri, uri]
     assert pytorchjob.unstage(uri) == len(list(packed.rglob("*.*"))) and not Path(staging).exists()
+    for nothing in ("", "."):
+        with pytest.raises(StorageError, match="refusing to delete the working directory"):
+            pytorchjob.unstage(nothing)
