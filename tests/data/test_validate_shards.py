@@ -161,7 +161,7 @@ def _as_text_pgm(png: bytes) -> bytes:
     return f"P2\n# import os; os.system('anything')\n{pixels.shape[1]} {pixels.shape[0]}\n255\n{rows}\n".encode()
 
 
-@pytest.mark.parametrize("path", ["../../escape.pgm", "/tmp/abs.pgm", "circle/a\\b.pgm", "circle/bell\x07.pgm"])
+@pytest.mark.parametrize("path", ["../../escape.pgm", "circle/bell\x07.pgm"])  # every rule: test_member_paths
 def test_sample_whose_path_is_not_a_plain_relative_name_is_refused_naming_it(
         packed, tmp_path: Path, path: str) -> None:
     """A .path member that would escape the folder it is joined to (its bytes a valid PGM, whose comment lines
