@@ -24,7 +24,6 @@ class EvaluateConfig(Frozen):
     bootstrap_samples: int = 2000
     seed: int = 0
     batch_size: int = 256
-    include_champion: bool = True
     tensor_cache_dir: str | None = ".headstart/cache/tensors"  # decoded test split, reused across runs
     prediction_store: str | None = ".headstart/cache/predictions"  # folder or s3:// URI; None: score every time
     data_loading: Literal["auto", "memory", "stream"] = "auto"  # auto: stream a packed split past 2 GiB decoded
@@ -32,7 +31,12 @@ class EvaluateConfig(Frozen):
 
 
 def config_from_params(params: dict[str, Any]) -> EvaluateConfig:
-    return build(EvaluateConfig, section(params, "evaluate"), "evaluate")
+    data = section(params, "evaluate")
+    if "include_champion" in data:  # removed: with false, register refused every run once a champion existed
+        raise ConfigError("evaluate.include_champion (params.yaml or --set) no longer exists: evaluate always "
+                          "scores the current champion, since register gates the candidate against it. "
+                          "Delete the key.")
+    return build(EvaluateConfig, data, "evaluate")
 
 
 @dataclass
@@ -223,7 +227,7 @@ def run(
         y_true, paths, classes, scored[name], tta[name] = s.y_true, s.paths, classes_, s, card.tta
     assert y_true is not None
     champion_version, champion_classes = None, None
-    if cfg.include_champion and tracking is not None:
+    if tracking is not None:  # the champion is always scored: register's gate compares against it
         from headstart import registry
 
         found = registry.champion_model_dir(tracking, out_dir / "champion_model")
