@@ -120,6 +120,7 @@ def build(params: dict[str, Any], s: PipelineSettings) -> GraphComponent:
     )
     train_op, evaluate_op, evaluate_gpu_op = train.component(gpu), evaluate.component(cpu), evaluate.component(gpu)
     distributed_op = train_distributed.component(cpu)
+    stage_op, unstage_op = train_distributed.stage_component(cpu), train_distributed.unstage_component(cpu)
     register_op, promote_op = register.component(cpu), promote.component(cpu)
     params_json = json.dumps(params, sort_keys=True)
     s3, mlflow = (s.s3_secret, S3_KEYS), (s.mlflow_secret, MLFLOW_KEYS)
@@ -209,33 +210,46 @@ def build(params: dict[str, Any], s: PipelineSettings) -> GraphComponent:
         _on_cpu(checked, s, mlflow).set_caching_options(True).set_display_name("validate-data")
 
         with dsl.If(checked.outputs["Output"] == True, name="data-valid"):  # noqa: E712 - a KFP condition
-            trained = {}
+            trained, knobs = {}, {}
             for role, lr_head, lr_backbone, role_weights in (
                 ("finetune", finetune_lr_head, finetune_lr_backbone, weights),
                 ("scratch", scratch_lr_head, scratch_lr_backbone, ""),
             ):
-                knobs = dict(
+                knobs[role] = dict(
                     role=role, dataset=dataset, params_json=params_json, overrides=overrides, backbone=backbone,
                     weights=role_weights, image_size=image_size, epochs=epochs, images_per_class=images_per_class,
                     lr_head=lr_head, lr_backbone=lr_backbone,
                 )
-                if not s.multi_node_training:
-                    task = train_op(**knobs, checkpoint_root=checkpoint_root)
+            if not s.multi_node_training:
+                for role in knobs:
+                    task = train_op(**knobs[role], checkpoint_root=checkpoint_root)
                     _on_gpu(task, s).set_caching_options(True).set_display_name(f"train-{role}")
                     trained[role] = task.outputs["model"]
-                    continue
-                with dsl.If(distributed_nodes > 1, name=f"{role}-multi-node"):
-                    job = distributed_op(
-                        **knobs, nodes=distributed_nodes, gpus_per_node=gpus_per_node, staging_uri=staging_uri,
-                        job_image=gpu, namespace="", timeout_s=s.distributed_timeout_s,
-                    )
-                    _on_cpu(job, s, s3, mlflow).set_caching_options(True).set_display_name(f"train-{role}-job")
-                    for env, path in OWNER_FIELDS:  # the PyTorchJob names this pod as its owner
-                        kubernetes.use_field_path_as_env(job, env, path)
-                with dsl.Else(name=f"{role}-in-pod"):
-                    task = train_op(**knobs, checkpoint_root=checkpoint_root)
-                    _on_gpu(task, s).set_caching_options(True).set_display_name(f"train-{role}")
-                trained[role] = dsl.OneOf(job.outputs["model"], task.outputs["model"])
+            else:
+                jobs, tasks = {}, {}
+                # one group for both roles: the dataset is staged once per run for both PyTorchJobs and deleted
+                # after both (a task may not read outputs of a sibling dsl.If group)
+                with dsl.If(distributed_nodes > 1, name="multi-node"):
+                    staged = stage_op(dataset=dataset, staging_uri=staging_uri)
+                    _on_cpu(staged, s, s3).set_caching_options(False).set_display_name("stage-data")
+                    for role in knobs:
+                        job = distributed_op(
+                            **knobs[role], nodes=distributed_nodes, gpus_per_node=gpus_per_node,
+                            staging_uri=staging_uri, staged_data=staged.output, job_image=gpu, namespace="",
+                            timeout_s=s.distributed_timeout_s,
+                        )
+                        _on_cpu(job, s, s3, mlflow).set_caching_options(True).set_display_name(f"train-{role}-job")
+                        for env, path in OWNER_FIELDS:  # the PyTorchJob names this pod as its owner
+                            kubernetes.use_field_path_as_env(job, env, path)
+                        jobs[role] = job
+                    unstaged = unstage_op(staged_data=staged.output).after(*jobs.values()).ignore_upstream_failure()
+                    _on_cpu(unstaged, s, s3).set_caching_options(False).set_display_name("unstage-data")
+                with dsl.Else(name="in-pod"):
+                    for role in knobs:
+                        tasks[role] = train_op(**knobs[role], checkpoint_root=checkpoint_root)
+                        _on_gpu(tasks[role], s).set_caching_options(True).set_display_name(f"train-{role}")
+                for role in knobs:
+                    trained[role] = dsl.OneOf(jobs[role].outputs["model"], tasks[role].outputs["model"])
             scoring = dict(
                 dataset=dataset, finetune=trained["finetune"], scratch=trained["scratch"], params_json=params_json,
                 overrides=overrides, registered_model=registered_model,

@@ -50,7 +50,8 @@ def guards(spec: dict[str, Any]) -> dict[str, list[str]]:
 
     def walk(dag_tasks: dict[str, Any], outer: list[str]) -> None:
         for name, task in dag_tasks.items():
-            here = outer + ([task["triggerPolicy"]["condition"]] if "triggerPolicy" in task else [])
+            condition = task.get("triggerPolicy", {}).get("condition")
+            here = outer + ([condition] if condition else [])
             found[name] = here
             sub = comps[task["componentRef"]["name"]].get("dag")
             if sub:
@@ -142,11 +143,18 @@ def test_training_runs_in_parallel_after_validation(compiled):
         assert guards(spec)[name] == [valid, f"!({multi})"], name
     for name in ("train-distributed", "train-distributed-2"):
         assert guards(spec)[name] == [valid, multi], name
-    # evaluation (its CPU/GPU If/Else group) waits for both candidates' If/Else groups, whichever branch ran
+    # a multi-node run stages the dataset once for both jobs and deletes it after both, whether they succeeded
+    assert guards(spec)["stage-data"] == guards(spec)["unstage-data"] == [valid, multi]
+    for name in ("train-distributed", "train-distributed-2"):
+        staged = t[name]["inputs"]["parameters"]["staged_data"]["taskOutputParameter"]
+        assert staged["producerTask"] == "stage-data", name
+    assert set(t["unstage-data"]["dependentTasks"]) >= {"stage-data", "train-distributed", "train-distributed-2"}
+    assert t["unstage-data"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    # evaluation (its CPU/GPU If/Else group) waits for the candidates' If/Else group, whichever branch ran
     on_cpu = "inputs.parameter_values['pipelinechannel--evaluate_gpu'] == false"
     scoring = t["register-and-gate"]["inputs"]["artifacts"]["evaluation"]["taskOutputArtifact"]["producerTask"]
     branches = {n for n in t[scoring]["dependentTasks"] if n.startswith("condition-branches")}
-    assert len(branches) == 2
+    assert len(branches) == 1
     assert guards(spec)["evaluate-candidates"] == [valid, on_cpu]
     assert guards(spec)[EVALUATE_GPU] == [valid, f"!({on_cpu})"]
     assert guards(spec)["register-and-gate"] == [valid]
