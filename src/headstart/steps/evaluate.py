@@ -25,6 +25,7 @@ class EvaluateConfig(Frozen):
     seed: int = 0
     batch_size: int = 256
     tensor_cache_dir: str | None = ".headstart/cache/tensors"  # decoded test split, reused across runs
+    tensor_cache_budget_gib: float = 8  # that folder's size; past it the least recently used arrays are deleted
     prediction_store: str | None = ".headstart/cache/predictions"  # folder or s3:// URI; None: score every time
     data_loading: Literal["auto", "memory", "stream"] = "auto"  # auto: stream a packed split past 2 GiB decoded
     loader_workers: int | None = None  # streaming readers; None: one per CPU the pod may use, less one, at most 8
@@ -143,7 +144,8 @@ def predict_folder(
         y_pred = _predict_streaming(model, card, data_dir, batch_size, rows, cfg)
         y_true, paths = labels, names
     else:
-        test = load_split(data_dir, "test", preset, card.classes, cache_dir=cache_dir)
+        test = load_split(data_dir, "test", preset, card.classes, cache_dir=cache_dir,
+                          cache_budget_bytes=int(cfg.tensor_cache_budget_gib * 2**30))
         y_pred = predict_logits(model, preset, test.x, batch_size, tta=card.tta).argmax(1).numpy()
         y_true, paths = test.y.numpy(), list(test.paths)
         if (store or sharded) and (paths != names or not np.array_equal(y_true, labels)):
