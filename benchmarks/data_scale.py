@@ -280,7 +280,7 @@ def bench_evaluate(args: argparse.Namespace, data: dict[str, dict[str, Any]]) ->
         # the same model as both candidates: what is measured is the streamed test split, not the models
         cmd = [str(BIN / "headstart"), "evaluate", "--data", str(data[label]["shards"]), "--finetune", str(model),
                "--scratch", str(model), "--out", str(runs / "evaluation"), "--params", str(REPO / "params.yaml"),
-               "--set", "evaluate.include_champion=false", "--set", "evaluate.prediction_store=null",
+               "--set", "evaluate.prediction_store=null",
                "--set", "evaluate.tensor_cache_dir=null", "--set", f"evaluate.data_loading={args.loading}",
                "--set", f"evaluate.bootstrap_samples={args.bootstrap}"]
         row = measured(cmd, runs, _env(MLFLOW_TRACKING_URI=f"sqlite:///{runs}/mlflow.db"))
