@@ -67,4 +67,4 @@ def test_two_pods_train_together_and_node_0_hands_the_outputs_back(tmp_path: Pat
     assert list(runs["run_id"]) == [metrics["run_id"]]
     assert runs.iloc[0]["params.world_size"] == "2"
     checkpoints = sorted(p.name for p in (tmp_path / "ckpt" / "scratch").glob("*/*.pt"))  # <fingerprint>/
-    assert checkpoints == ["epoch-0001.pt", "epoch-0002.pt"]
+    assert checkpoints == ["epoch-0002.pt"]  # a finished run keeps only its final checkpoint
