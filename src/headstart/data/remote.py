@@ -16,6 +16,7 @@ Credentials and the endpoint come from the environment, as for every other S3 re
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,8 +48,15 @@ class RemoteRoot:
         return self.label
 
 
+_MD5 = re.compile(r"[0-9a-f]{32}(\.dir)?")
+
+
 def object_url(remote: str, md5: str, dvc3: bool = True) -> str:
-    """Where DVC keeps the object of hash `md5` (a `.dir` listing keeps its suffix)."""
+    """Where DVC keeps the object of hash `md5` (a `.dir` listing keeps its suffix). The hash comes from a
+    listing anyone who can push may write, so it must be one: '../..' would name any file or key."""
+    if not _MD5.fullmatch(md5):
+        raise DataError(f"{md5!r}: not a DVC md5 (32 hex digits, '.dir' for a folder listing); the .dvc file or "
+                        "the folder listing on the remote is corrupt or crafted")
     parts = ("files", "md5", md5[:2], md5[2:]) if dvc3 else (md5[:2], md5[2:])
     return storage.join(remote, *parts) if storage.is_s3(remote) else str(Path(remote).joinpath(*parts))
 
@@ -77,7 +85,7 @@ def open_remote(data: Path, remote: str = "") -> RemoteRoot:
     try:
         entries = json.loads(raw.decode("utf-8"))
         objects = {str(e["relpath"]): object_url(url, str(e["md5"]), dvc3) for e in entries}
-    except (UnicodeDecodeError, ValueError, TypeError, KeyError) as exc:
+    except (UnicodeDecodeError, ValueError, TypeError, KeyError, DataError) as exc:
         raise DataError(f"{listing_url}: not a DVC folder listing ({type(exc).__name__}: {exc})") from exc
     label = f"{dvc_file}@{url}"
     if INDEX not in objects:
