@@ -151,3 +151,35 @@ def test_item14_bad_rev_or_repo_names_the_run_parameter(git_repo, tmp_path):
         fetch.resolve_rev(str(repo), "no-such-branch")
     with pytest.raises(StorageError, match=r"data_repo=.*could not list its branches and tags"):
         fetch.resolve_rev(str(tmp_path / "not-a-repo"), "main")
+
+
+def test_a_pinned_listing_with_a_name_that_leaves_the_folder_is_refused_and_writes_nothing(dvc_repo, tmp_path):
+    """A .dir listing is data: whoever can push and commit may put '../../x.png' in it."""
+    import hashlib
+    import json
+    import shutil
+
+    source, remote, _ = dvc_repo
+    repo = tmp_path / "repo"
+    shutil.copytree(source, repo)  # the module's repository stays as it was
+    pin = (repo / "data.dvc").read_text()
+    md5 = next(line.split(":", 1)[1].strip() for line in pin.splitlines() if "md5:" in line)
+    listing = json.loads((remote / "files" / "md5" / md5[:2] / md5[2:]).read_text())
+    listing[0]["relpath"] = "../../escaped.png"
+    raw = json.dumps(listing).encode()
+    crafted = hashlib.md5(raw).hexdigest() + ".dir"
+    store = tmp_path / "remote"
+    shutil.copytree(remote, store)
+    (store / "files" / "md5" / crafted[:2]).mkdir(exist_ok=True)
+    (store / "files" / "md5" / crafted[:2] / crafted[2:]).write_bytes(raw)
+    (repo / "data.dvc").write_text(pin.replace(md5, crafted))
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    subprocess.run(["git", "-C", str(repo), "commit", "-qam", "crafted"], env=env, check=True)
+    rev = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    out = tmp_path / "fetched" / "ds"
+    with pytest.raises(DataError, match=r"data/\.\. in the pinned listing leaves the dataset folder"):
+        fetch.run(fetch.FetchConfig(repo=str(repo), rev=rev, remote=str(store)), out)
+    assert not out.exists()
+    assert not [p for p in tmp_path.rglob("escaped.png")]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from headstart.config import Frozen, build, section
+from headstart.data.names import unsafe_path_reason
 from headstart.data.pin import parse_pin, pinned_md5
 from headstart.errors import DataError, StorageError
 
@@ -93,6 +94,20 @@ def _dvc_config(remote: str) -> dict[str, Any] | None:
     return {"core": {"remote": REMOTE_NAME}, "remote": {REMOTE_NAME: {"url": remote}}}
 
 
+def _check_names(fs: Any, path: str, where: str) -> None:
+    """The pinned listing is data whoever may push wrote: a name in it that would leave the dataset folder is
+    refused before anything is written (DVC's own copy recursed without end on '../..')."""
+    prefix, folders = path.rstrip("/") + "/", [path]
+    while folders:  # breadth first, by hand: fsspec's own walk recursed into '..' without end
+        for entry in fs.ls(folders.pop(), detail=True):
+            relpath = entry["name"].removeprefix(prefix)
+            if reason := unsafe_path_reason(relpath):
+                raise DataError(f"{where}: {path}/{relpath} in the pinned listing leaves the dataset folder "
+                                f"({reason}); the .dir object on the remote is corrupt or crafted")
+            if entry["type"] == "directory":
+                folders.append(entry["name"])
+
+
 def _from_repo(cfg: FetchConfig, out_dir: Path) -> FetchResult:
     from dvc.api import DVCFileSystem
     from dvc.exceptions import DvcException
@@ -108,6 +123,7 @@ def _from_repo(cfg: FetchConfig, out_dir: Path) -> FetchResult:
                 f"pins the dataset with {pin}"
             )
         md5 = parse_pin(fs.read_text(pin), f"{where}:{pin}")
+        _check_names(fs, cfg.path, where)
         fs.get(cfg.path, str(out_dir), recursive=True, **({"batch_size": cfg.jobs} if cfg.jobs else {}))
         rev = fs.repo.get_rev()
     except (DvcException, SCMError, OSError) as exc:
