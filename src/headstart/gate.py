@@ -5,11 +5,27 @@ often noise, and a scheduled pipeline that promotes noise churns production. So 
 comparison is paired on the same images (McNemar, bootstrap CI of the difference) and a check
 that needs a gain passes only when the CI's lower bound clears the margin. Every check is run
 and recorded, failed or not, so a rejection explains itself. Registry writes happen elsewhere.
+
+Why the error is controlled over a schedule, not per run: a weekly pipeline makes 52 decisions a
+year, and 52 tests at 5% each would promote an equal model at least once most years. The gate
+spends a false-promotion budget (`false_promotion_budget`, 10%) over a window of `horizon_runs`
+runs (alpha-spending with a union bound, the Bonferroni form of Lan & DeMets' spending): each run
+that compares against a champion tests `no_regression` at budget / horizon / candidates. The union
+bound needs no independence, and the runs are far from independent (the same test split is reused
+and the models make alike errors), so P(any false promotion in a window) <= budget holds as is.
+Dividing by the candidates (finetune and scratch) pays for picking the winner on the same test
+split: P(the winner passes) <= P(either passes), which removes the winner's curse. Confidence
+sequences or e-values would let evidence accumulate across runs, but the runs reuse one test split
+(their evidence is not independent), so the simple bound is the honest one. The cost: a real gain
+must be larger to pass in one run (about +1.1 points at 10,000 images with 13% disagreement).
+A person's promotion (`headstart promote --reason`) opens a new window. The window's state is
+plain data here (`ScheduleState`); the registry keeps it beside the champion.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -17,24 +33,30 @@ from pydantic import Field
 
 from headstart import stats
 from headstart.config import Frozen
-from headstart.errors import DataError
+from headstart.errors import DataError, RegistryError
 
 ACCURACY_FLOOR = "accuracy_floor"
 MACRO_F1_FLOOR = "macro_f1_floor"
 BEATS_BASELINE = "beats_baseline"
 NO_REGRESSION = "no_regression"
 CLASS_RECALL = "class_recall"
+NEGATIVE_FLIPS = "negative_flips"
 LABEL_SET = "label_set"
-CHECK_NAMES = (ACCURACY_FLOOR, MACRO_F1_FLOOR, BEATS_BASELINE, LABEL_SET, NO_REGRESSION, CLASS_RECALL)
+CHECK_NAMES = (ACCURACY_FLOOR, MACRO_F1_FLOOR, BEATS_BASELINE, LABEL_SET, NO_REGRESSION, CLASS_RECALL,
+               NEGATIVE_FLIPS)
 SUMMARY_MAX = 250
+SCHEDULE_TAG = "headstart.gate_schedule"  # the registered-model tag that holds a ScheduleState as JSON
+FLIP_ROWS_SHOWN = 20  # per-class flip rows in decision.md, worst first: 1,000 classes stay readable
 
 
 class GateThresholds(Frozen):
     """The `gate` section of params.yaml.
 
-    `max_regression` defaults to 0: the candidate must beat the champion with `ci_level`
-    confidence (CI lower bound > 0). With 0.01, the benchmark shows equal models are promoted
-    almost every time (benchmarks/gate_simulation.py), i.e. the pipeline would churn.
+    `max_regression` defaults to 0: the candidate must beat the champion, tested one-sided at
+    `alpha_per_run` (false_promotion_budget / horizon_runs / 2). With 0.01, the benchmark shows equal
+    models are promoted almost every time (benchmarks/gate_simulation.py), i.e. the pipeline would churn.
+    `max_negative_flip_rate` refuses a candidate when the evidence (one-sided Wilson at `alpha`) says it
+    breaks more than that share of the images the champion got right; None turns the check off.
     """
 
     min_accuracy: float = Field(0.80, ge=0.0, le=1.0)
@@ -46,6 +68,96 @@ class GateThresholds(Frozen):
     bootstrap_samples: int = Field(2000, ge=100)
     alpha: float = Field(0.05, gt=0.0, lt=1.0)
     seed: int = Field(0, ge=0)
+    max_negative_flip_rate: float | None = Field(0.07, ge=0.0, le=1.0)
+    horizon_runs: int = Field(52, ge=1)
+    false_promotion_budget: float = Field(0.10, gt=0.0, lt=1.0)
+
+
+def alpha_per_run(th: GateThresholds, candidates_compared: int = 2) -> float:
+    """The level each judged candidate is tested at: the window's budget split evenly over its runs
+    and over the candidates the winner was chosen from (Bonferroni: no winner's curse)."""
+    if candidates_compared < 1:
+        raise ValueError(f"candidates_compared must be at least 1, got {candidates_compared}")
+    return th.false_promotion_budget / th.horizon_runs / candidates_compared
+
+
+@dataclass(frozen=True)
+class ScheduleState:
+    """Where this registered model stands in its false-promotion window; kept in the registry (SCHEDULE_TAG).
+
+    `alpha_spent` sums the per-candidate test levels of the window's judged runs; the window's bound on
+    a false promotion is that sum times the candidates compared (<= false_promotion_budget).
+    `reset_reason` says why the current window opened, when it was not the first.
+    """
+
+    window_runs: int = 0
+    horizon_runs: int = 52
+    alpha_spent: float = 0.0
+    window: int = 1
+    reset_reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | None, model: str) -> ScheduleState:
+        """A missing tag is a fresh window; anything unreadable is refused: guessing could hand out the budget twice."""
+        if text is None or not text.strip():
+            return cls()
+        try:
+            raw = json.loads(text)
+        except ValueError as exc:
+            raise _corrupt(model, text, f"not JSON ({exc})") from None
+        names = [f.name for f in fields(cls)]
+        if not isinstance(raw, dict) or sorted(raw) != sorted(names):
+            raise _corrupt(model, text, f"expected an object with the keys {names}")
+
+        def whole(key: str, least: int) -> int:
+            v = raw[key]
+            if isinstance(v, bool) or not isinstance(v, int) or v < least:
+                raise _corrupt(model, text, f"{key} must be a whole number >= {least}, got {v!r}")
+            return v
+
+        spent = raw["alpha_spent"]
+        if isinstance(spent, bool) or not isinstance(spent, int | float) or not 0 <= spent <= 1:
+            raise _corrupt(model, text, f"alpha_spent must be a number in [0, 1], got {spent!r}")
+        reason = raw["reset_reason"]
+        if reason is not None and not isinstance(reason, str):
+            raise _corrupt(model, text, f"reset_reason must be text or null, got {reason!r}")
+        state = cls(whole("window_runs", 0), whole("horizon_runs", 1), float(spent), whole("window", 1), reason)
+        if state.window_runs > state.horizon_runs:
+            raise _corrupt(model, text, f"window_runs {state.window_runs} exceeds horizon_runs {state.horizon_runs}")
+        return state
+
+    def after_run(self, alpha_run: float, horizon_runs: int) -> ScheduleState:
+        """Count one judged run. A used-up window, or a changed horizon, opens a new window first: the
+        bound is per window, so a window must not mix two horizons."""
+        s = self
+        if s.window_runs == 0:
+            s = replace(s, horizon_runs=horizon_runs)
+        elif s.window_runs >= s.horizon_runs:
+            s = s._next(f"window {s.window} used up ({s.window_runs} runs)", horizon_runs)
+        elif s.horizon_runs != horizon_runs:
+            s = s._next(f"horizon changed from {s.horizon_runs} to {horizon_runs} runs", horizon_runs)
+        return replace(s, window_runs=s.window_runs + 1, alpha_spent=s.alpha_spent + alpha_run)
+
+    def reset(self, reason: str, horizon_runs: int) -> ScheduleState:
+        """A person took the decision (a manual promotion): a fresh budget from here, and why."""
+        return self._next(reason, horizon_runs)
+
+    def _next(self, reason: str, horizon_runs: int) -> ScheduleState:
+        return ScheduleState(0, horizon_runs, 0.0, self.window + 1, reason)
+
+
+def _corrupt(model: str, text: str, why: str) -> RegistryError:
+    return RegistryError(
+        f"registered model {model!r}: its gate schedule (tag {SCHEDULE_TAG!r}) is unreadable: {why}; value "
+        f"{text[:120]!r}. Nothing was promoted. A person resets it with `headstart promote --version <N> "
+        f"--reason ...` (or deletes the tag, which starts a fresh window)."
+    )
 
 
 @dataclass(frozen=True)
@@ -145,6 +257,11 @@ class Decision:
     notes: tuple[str, ...] = ()
     thresholds: dict[str, Any] = field(default_factory=dict)
     label_change: dict[str, list[str]] | None = None  # champion's and candidate's classes, added, removed
+    flips: dict[str, Any] | None = None  # against a comparable champion: NFR, PFR, NFI, per class
+    alpha_run: float | None = None  # no_regression's level this run; None when nothing was compared
+    schedule_before: ScheduleState = field(default_factory=ScheduleState)
+    schedule_after: ScheduleState = field(default_factory=ScheduleState)
+    candidates_compared: int = 2
 
     def check(self, name: str) -> Check:
         return next(c for c in self.checks if c.name == name)
@@ -166,6 +283,9 @@ class Decision:
             "reasons": list(self.reasons),
             "notes": list(self.notes),
             "thresholds": {k: _plain(v) for k, v in self.thresholds.items()},
+            "flips": self.flips,
+            "schedule": {"before": self.schedule_before.to_dict(), "after": self.schedule_after.to_dict(),
+                         "alpha_run": self.alpha_run, "candidates_compared": self.candidates_compared},
             "summary": self.summary_reason(),
         }
 
@@ -193,11 +313,26 @@ class Decision:
                 f"| {c.name} | {result} | {_fmt(c.value)} | {_fmt(c.threshold)} | {ci} "
                 f"| {p} | {c.detail.replace('|', '/')} |"
             )
+        lines += ["", self._schedule_line()]
+        if self.flips:
+            lines += ["", *_flips_markdown(self.flips, self.champion_version)]
         if self.reasons:
             lines += ["", "### Why it was rejected", ""] + [f"- {r}" for r in self.reasons]
         if self.notes:
             lines += ["", "### Notes", ""] + [f"- {n}" for n in self.notes]
         return "\n".join(lines) + "\n"
+
+    def _schedule_line(self) -> str:
+        s, budget = self.schedule_after, self.thresholds.get("false_promotion_budget")
+        where = f"run {s.window_runs} of {s.horizon_runs} in window {s.window}"
+        where += f" (opened: {s.reset_reason})" if s.reset_reason else ""
+        if self.alpha_run is None:
+            return f"Schedule: nothing compared, no false-promotion budget spent; {where} so far."
+        return (
+            f"Schedule: {where}; this run's false-promotion level {self.alpha_run:.2g} per candidate "
+            f"(x{self.candidates_compared} candidates); budget {budget} per {s.horizon_runs} runs, "
+            f"{s.alpha_spent * self.candidates_compared:.3g} spent."
+        )
 
     def summary_reason(self) -> str:
         """At most 250 characters, for the `decision_reason` tag on the registered version."""
@@ -226,6 +361,37 @@ def _fmt(v: float | None) -> str:
     return "" if v is None or np.isnan(v) else f"{v:.4f}"
 
 
+def _rate(v: float | None, ci: list[float | None]) -> str:
+    if v is None:
+        return "n/a"
+    return f"{v:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]"
+
+
+def _flips_markdown(f: dict[str, Any], champion_version: str | None) -> list[str]:
+    """Overall rates, then the classes that lose most, worst first: the first rows say what breaks."""
+    rows = sorted(f["per_class"], key=lambda r: (-(r["nfr"] or 0.0), r["class"]))
+    lines = [
+        f"### Flips against the champion v{champion_version}",
+        "",
+        f"{f['negative_flips']} of {f['n']} images newly wrong, {f['positive_flips']} newly right. "
+        "NFR (share of all images the champion got right and the candidate gets wrong) "
+        f"{_rate(f['nfr'], f['nfr_ci'])}; "
+        f"PFR {_rate(f['pfr'], f['pfr_ci'])}; NFI (new errors over the candidate's errors) "
+        f"{_rate(f['nfi'], f['nfi_ci'])}.",
+        "",
+        "| class | images | negative flips | NFR | positive flips | PFR |",
+        "|---|---:|---:|---|---:|---|",
+    ]
+    for r in rows[:FLIP_ROWS_SHOWN]:
+        lines.append(
+            f"| {r['class']} | {r['support']} | {r['negative_flips']} | {_rate(r['nfr'], r['nfr_ci'])} "
+            f"| {r['positive_flips']} | {_rate(r['pfr'], r['pfr_ci'])} |"
+        )
+    if len(rows) > FLIP_ROWS_SHOWN:
+        lines.append(f"\n{len(rows) - FLIP_ROWS_SHOWN} more classes in decision.json.")
+    return lines
+
+
 def _short(c: Check) -> str:
     """The check's name and deciding numbers in a few characters, for the summary tag."""
     if c.name in (ACCURACY_FLOOR, MACRO_F1_FLOOR):
@@ -236,6 +402,8 @@ def _short(c: Check) -> str:
         return f"{c.name} changed ({c.subject}); promote explicitly if intended"
     if c.name in (BEATS_BASELINE, NO_REGRESSION):
         return f"{c.name} diff {c.value:+.4f} CI low {c.ci_low:+.4f}<={c.threshold:+.4f}"
+    if c.name == NEGATIVE_FLIPS:
+        return f"{c.name} NFR {c.value:.4f} low {c.ci_low:.4f}>{c.threshold:.4f}"
     return f"{c.name}: {c.detail[:80]}"  # a check added after decide(), e.g. the serving check
 
 
@@ -284,6 +452,67 @@ def _paired(
         f"{'>' if passed else '<='} {bound:+.4f}; McNemar {mc.b01} won / {mc.b10} lost, p={mc.p_value:.3g}"
     )
     return Check(name, passed, True, ci.diff, bound, ci.low, ci.high, mc.p_value, detail)
+
+
+def _no_regression(cand: ModelEval, champ: ModelEval, th: GateThresholds, alpha_run: float) -> Check:
+    """Passes when a one-sided score test at `alpha_run` says acc(cand) - acc(champ) > -max_regression.
+
+    Analytic, not the bootstrap: at levels near 0.001 a 2,000-sample bootstrap has a few draws in
+    the tail. The interval recorded has `alpha_run` in each tail; its lower end is the bound tested."""
+    gained = int(np.count_nonzero(cand.correct & ~champ.correct))
+    lost = int(np.count_nonzero(champ.correct & ~cand.correct))
+    n = cand.correct.size
+    diff, bound = (gained - lost) / n, -th.max_regression
+    p = stats.paired_gain_pvalue(gained, lost, n, th.max_regression)
+    low, high = stats.paired_gain_interval(gained, lost, n, alpha_run)
+    passed = bool(p < alpha_run)
+    detail = (
+        f"{cand.label} {cand.accuracy:.4f} vs {champ.label} {champ.accuracy:.4f}: diff {diff:+.4f} "
+        f"({gained} won / {lost} lost); one-sided score test of diff > {bound:+.4f} at level {alpha_run:.2g} "
+        f"(budget {th.false_promotion_budget} / {th.horizon_runs} runs / candidates): p={p:.3g}, "
+        f"{1 - 2 * alpha_run:.2%} CI [{low:+.4f}, {high:+.4f}], lower bound {'>' if passed else '<='} {bound:+.4f}"
+    )
+    return Check(NO_REGRESSION, passed, True, diff, bound, low, high, p, detail)
+
+
+def _flips(cand: ModelEval, champ: ModelEval, th: GateThresholds) -> tuple[dict[str, Any], stats.FlipRates]:
+    """The flips as the record shows them: plain numbers, every class (decision.md shows the worst)."""
+    f = stats.flip_rates(cand.y_true, cand.correct, champ.correct, len(cand.class_names), th.ci_level)
+
+    def rate(k: int, n: int) -> tuple[float | None, list[float | None]]:
+        v, ci = f.rate(k, n)
+        return _plain(v), [_plain(x) for x in ci]
+
+    nfr, nfr_ci = rate(f.negative, f.n)
+    pfr, pfr_ci = rate(f.positive, f.n)
+    nfi, nfi_ci = rate(f.negative, f.candidate_errors)
+    per_class = []
+    for k, name in enumerate(cand.class_names):
+        support, neg, pos = int(f.support[k]), int(f.negative_per_class[k]), int(f.positive_per_class[k])
+        c_nfr, c_nfr_ci = rate(neg, support)
+        c_pfr, c_pfr_ci = rate(pos, support)
+        per_class.append({"class": name, "support": support, "nfr": c_nfr, "nfr_ci": c_nfr_ci, "pfr": c_pfr,
+                          "pfr_ci": c_pfr_ci, "negative_flips": neg, "positive_flips": pos})
+    record = {"nfr": nfr, "nfr_ci": nfr_ci, "pfr": pfr, "pfr_ci": pfr_ci, "nfi": nfi, "nfi_ci": nfi_ci,
+              "negative_flips": f.negative, "positive_flips": f.positive, "n": f.n, "ci_level": th.ci_level,
+              "per_class": per_class}
+    return record, f
+
+
+def _negative_flips(f: stats.FlipRates, champ: ModelEval, th: GateThresholds) -> Check:
+    """Refuse only where the evidence says the NFR is above the limit: its one-sided Wilson lower bound
+    at `alpha`. A veto can only block promotions, so it spends none of the false-promotion budget."""
+    low, high = stats.wilson_interval(f.negative, f.n, 1 - 2 * th.alpha)
+    limit = th.max_negative_flip_rate
+    numbers = (
+        f"{f.negative} of {f.n} images that {champ.label} got right are now wrong: NFR {f.nfr:.4f}, one-sided "
+        f"{1 - th.alpha:.0%} lower bound {low:.4f}; {f.positive} newly right (PFR {f.pfr:.4f})"
+    )
+    if limit is None:
+        return Check(NEGATIVE_FLIPS, True, False, f.nfr, None, low, high, detail=f"off: {numbers}")
+    passed = bool(low <= limit)
+    detail = f"{numbers}; lower bound {'<=' if passed else '>'} max_negative_flip_rate {limit:.4f}"
+    return Check(NEGATIVE_FLIPS, passed, True, f.nfr, limit, low, high, detail=detail)
 
 
 def _class_recall(cand: ModelEval, champ: ModelEval, th: GateThresholds) -> Check:
@@ -358,14 +587,21 @@ def decide(
     baseline: ModelEval,
     champion: ModelEval | IncomparableChampion | None,
     thresholds: GateThresholds,
+    schedule: ScheduleState | None = None,
+    candidates_compared: int = 2,
 ) -> Decision:
     """Decide whether `candidate` (the winner) replaces `champion`.
 
     `baseline` is always the from-scratch model. When the candidate *is* the baseline (scratch
     won), nothing is claimed for pre-training and the baseline check does not apply. A champion
     trained on other classes fails the `label_set` check: no promotion without a person's say.
+    `schedule` is the registry's window state (None: a fresh one); the decision carries it before
+    and after this run. Only a run compared against a champion spends budget and counts.
+    `candidates_compared`: how many candidates the winner was chosen from on this test split.
     """
     th = thresholds
+    before = schedule if schedule is not None else ScheduleState()
+    after, alpha_run, flips = before, None, None
     _same_test_set(candidate, baseline)
     if isinstance(champion, ModelEval):
         _same_test_set(candidate, champion)
@@ -404,19 +640,23 @@ def decide(
     label_check, label_change = _label_set(candidate, champion)
     checks.append(label_check)
     if champion is None:
-        for name in (NO_REGRESSION, CLASS_RECALL):
+        for name in (NO_REGRESSION, CLASS_RECALL, NEGATIVE_FLIPS):
             checks.append(Check(name, True, False, detail="no champion yet"))
         notes.append("No champion yet: first run, so only the floor and baseline checks apply.")
     elif isinstance(champion, IncomparableChampion):
-        for name in (NO_REGRESSION, CLASS_RECALL):
+        for name in (NO_REGRESSION, CLASS_RECALL, NEGATIVE_FLIPS):
             checks.append(Check(name, True, False, detail=f"{champion.label} was trained on other classes"))
         notes.append(
             f"The label set changed since {champion.label} ({label_check.subject}): its predictions cannot be "
             "compared on this test split. Promote with `headstart promote --version N --reason ...` if intended."
         )
     else:
-        checks.append(_paired(NO_REGRESSION, candidate, champion, 0.0 - th.max_regression, th, 2))
+        alpha_run = alpha_per_run(th, candidates_compared)
+        after = before.after_run(alpha_run, th.horizon_runs)
+        checks.append(_no_regression(candidate, champion, th, alpha_run))
         checks.append(_class_recall(candidate, champion, th))
+        flips, rates = _flips(candidate, champion, th)
+        checks.append(_negative_flips(rates, champion, th))
     failed = [c for c in checks if c.applies and not c.passed]
     return Decision(
         promote=not failed,
@@ -433,4 +673,9 @@ def decide(
         notes=tuple(notes),
         thresholds=th.model_dump(),
         label_change=label_change,
+        flips=flips,
+        alpha_run=alpha_run,
+        schedule_before=before,
+        schedule_after=after,
+        candidates_compared=candidates_compared,
     )

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats as sps
+from scipy.optimize import brentq
 
 Seed = int | Sequence[int]
 
@@ -156,6 +157,19 @@ def holm(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
     return out
 
 
+def _tango_z(lost: int, gained: int, n: int, d: float) -> float:
+    """Tango's score statistic for "drop = d". With a restricted variance of 0 (no discordant pairs at d = 0)
+    it is +-inf, or 0 when the data sit exactly on d: no evidence either way."""
+    b_coef = -(lost + gained) + d * (2 * n - lost + gained)
+    c_coef = -gained * d * (1 - d)
+    p_gain = (-b_coef + np.sqrt(b_coef * b_coef - 8 * n * c_coef)) / (4 * n)
+    var = n * (2 * p_gain + d * (1 - d))
+    num = lost - gained - n * d
+    if var <= 0:
+        return 0.0 if num == 0 else float(np.copysign(np.inf, num))
+    return float(num / np.sqrt(var))
+
+
 def paired_drop_pvalue(lost: int, gained: int, n: int, margin: float) -> float:
     """One-sided p-value for "paired proportion dropped by more than `margin`" (Tango's score test).
 
@@ -166,15 +180,47 @@ def paired_drop_pvalue(lost: int, gained: int, n: int, margin: float) -> float:
     """
     if n <= 0:
         return float("nan")
-    d = margin
-    b_coef = -(lost + gained) + d * (2 * n - lost + gained)
-    c_coef = -gained * d * (1 - d)
-    p_gain = (-b_coef + np.sqrt(b_coef * b_coef - 8 * n * c_coef)) / (4 * n)
-    var = n * (2 * p_gain + d * (1 - d))
-    num = lost - gained - n * d
-    if var <= 0:
-        return 1.0 if num <= 0 else 0.0
-    return float(sps.norm.sf(num / np.sqrt(var)))
+    if lost == gained == 0 and margin == 0:
+        return 1.0
+    return float(sps.norm.sf(_tango_z(lost, gained, n, margin)))
+
+
+def paired_gain_pvalue(gained: int, lost: int, n: int, margin: float) -> float:
+    """One-sided p-value for "the candidate is better than the reference minus `margin`" (Tango's score test).
+
+    The mirror of `paired_drop_pvalue`: H0: acc_cand - acc_ref <= -margin; H1: it is above. Why a
+    score test and not the bootstrap: the gate runs it at levels near 0.001, where 2,000 bootstrap
+    samples put a handful of draws in the tail; the score test is analytic, and at margin 0 it is
+    McNemar's test. No discordant pairs at margin 0 is no evidence at all: p = 1.
+    """
+    if n <= 0:
+        return float("nan")
+    if lost == gained == 0 and margin == 0:
+        return 1.0
+    return float(sps.norm.cdf(_tango_z(lost, gained, n, margin)))
+
+
+def _gain_lower_bound(gained: int, lost: int, n: int, alpha: float) -> float:
+    """Smallest -margin the one-sided test at `alpha` still rejects, i.e. the inverted score test."""
+    drop_hat = (lost - gained) / n
+    if drop_hat >= 1.0:
+        return -1.0
+    z_alpha = float(sps.norm.isf(alpha))
+    hi = 1.0 - 1e-12
+    if _tango_z(lost, gained, n, hi) + z_alpha >= 0:
+        return -1.0
+    return -float(brentq(lambda d: _tango_z(lost, gained, n, d) + z_alpha, drop_hat, hi, xtol=1e-10))
+
+
+def paired_gain_interval(gained: int, lost: int, n: int, alpha: float) -> tuple[float, float]:
+    """Score interval for acc_cand - acc_ref with `alpha` in each tail (Tango 1998, inverted).
+
+    Its lower end is exactly the bound `paired_gain_pvalue` tests: lower > -margin iff p < alpha
+    (up to the root finder's 1e-10), so a record's interval and its verdict never disagree.
+    """
+    if n <= 0:
+        return float("nan"), float("nan")
+    return _gain_lower_bound(gained, lost, n, alpha), -_gain_lower_bound(lost, gained, n, alpha)
 
 
 def class_recall_drops(
@@ -217,4 +263,64 @@ def class_recall_drops(
         p_value=p,
         p_adjusted=holm(p),
         margin=margin,
+    )
+
+
+@dataclass(frozen=True)
+class FlipRates:
+    """Flips of a candidate against a reference on the same images (Yan et al., CVPR 2021).
+
+    A negative flip: the reference right, the candidate wrong; a positive flip the reverse. NFR and PFR
+    are shares of *all* images (of the class's images, per class); NFI is negative flips over the
+    candidate's errors: how many of its mistakes are new. Intervals are Wilson at `level`.
+    """
+
+    n: int
+    negative: int
+    positive: int
+    candidate_errors: int
+    level: float
+    support: np.ndarray  # per class
+    negative_per_class: np.ndarray
+    positive_per_class: np.ndarray
+
+    def rate(self, k: int, n: int) -> tuple[float, tuple[float, float]]:
+        """The share k/n and its Wilson interval at `level`; NaN without images."""
+        return (k / n if n else float("nan")), wilson_interval(k, n, self.level)
+
+    @property
+    def nfr(self) -> float:
+        return self.negative / self.n
+
+    @property
+    def pfr(self) -> float:
+        return self.positive / self.n
+
+    @property
+    def nfi(self) -> float:
+        return self.negative / self.candidate_errors if self.candidate_errors else float("nan")
+
+
+def flip_rates(
+    y_true: np.ndarray,
+    candidate_correct: np.ndarray,
+    reference_correct: np.ndarray,
+    n_classes: int,
+    level: float = 0.95,
+) -> FlipRates:
+    """Count negative and positive flips overall and per class: what a swap would break and fix."""
+    y = np.asarray(y_true).ravel()
+    cand, ref = _as_bool_pair(candidate_correct, reference_correct)
+    if y.shape != cand.shape:
+        raise ValueError(f"labels and correctness differ in length: {y.size} vs {cand.size}")
+    neg, pos = ref & ~cand, cand & ~ref
+    return FlipRates(
+        n=int(y.size),
+        negative=int(neg.sum()),
+        positive=int(pos.sum()),
+        candidate_errors=int((~cand).sum()),
+        level=level,
+        support=np.bincount(y, minlength=n_classes)[:n_classes],
+        negative_per_class=np.bincount(y[neg], minlength=n_classes)[:n_classes],
+        positive_per_class=np.bincount(y[pos], minlength=n_classes)[:n_classes],
     )
