@@ -454,22 +454,29 @@ def _paired(
     return Check(name, passed, True, ci.diff, bound, ci.low, ci.high, mc.p_value, detail)
 
 
-def _no_regression(cand: ModelEval, champ: ModelEval, th: GateThresholds, alpha_run: float) -> Check:
-    """Passes when a one-sided score test at `alpha_run` says acc(cand) - acc(champ) > -max_regression.
+def _no_regression(cand: ModelEval, champ: ModelEval, th: GateThresholds, alpha_run: float, candidates: int) -> Check:
+    """Passes when a one-sided test at `alpha_run` says acc(cand) - acc(champ) > -max_regression.
 
-    Analytic, not the bootstrap: at levels near 0.001 a 2,000-sample bootstrap has a few draws in
-    the tail. The interval recorded has `alpha_run` in each tail; its lower end is the bound tested."""
+    Analytic, not the bootstrap: at levels near 0.001 a 2,000-sample bootstrap has a few draws in the
+    tail. At max_regression 0 the test is McNemar's exact one (it keeps its level with few discordant
+    images); with a margin, Tango's score test. The interval recorded has `alpha_run` in each tail and
+    is the inverted test: its lower end is the bound the verdict rests on."""
     gained = int(np.count_nonzero(cand.correct & ~champ.correct))
     lost = int(np.count_nonzero(champ.correct & ~cand.correct))
     n = cand.correct.size
-    diff, bound = (gained - lost) / n, -th.max_regression
-    p = stats.paired_gain_pvalue(gained, lost, n, th.max_regression)
-    low, high = stats.paired_gain_interval(gained, lost, n, alpha_run)
+    diff, bound = (gained - lost) / n, 0.0 - th.max_regression
+    if th.max_regression == 0:
+        test = "exact McNemar test"
+        p, low, high = stats.mcnemar_gain(gained, lost, n, alpha_run)
+    else:
+        test = "Tango score test"
+        p = stats.paired_gain_pvalue(gained, lost, n, th.max_regression)
+        low, high = stats.paired_gain_interval(gained, lost, n, alpha_run)
     passed = bool(p < alpha_run)
     detail = (
         f"{cand.label} {cand.accuracy:.4f} vs {champ.label} {champ.accuracy:.4f}: diff {diff:+.4f} "
-        f"({gained} won / {lost} lost); one-sided score test of diff > {bound:+.4f} at level {alpha_run:.2g} "
-        f"(budget {th.false_promotion_budget} / {th.horizon_runs} runs / candidates): p={p:.3g}, "
+        f"({gained} won / {lost} lost); one-sided {test} of diff > {bound:+.4f} at level {alpha_run:.2g} "
+        f"(budget {th.false_promotion_budget} / {th.horizon_runs} runs / {candidates} candidates): p={p:.3g}, "
         f"{1 - 2 * alpha_run:.2%} CI [{low:+.4f}, {high:+.4f}], lower bound {'>' if passed else '<='} {bound:+.4f}"
     )
     return Check(NO_REGRESSION, passed, True, diff, bound, low, high, p, detail)
@@ -653,7 +660,7 @@ def decide(
     else:
         alpha_run = alpha_per_run(th, candidates_compared)
         after = before.after_run(alpha_run, th.horizon_runs)
-        checks.append(_no_regression(candidate, champion, th, alpha_run))
+        checks.append(_no_regression(candidate, champion, th, alpha_run, candidates_compared))
         checks.append(_class_recall(candidate, champion, th))
         flips, rates = _flips(candidate, champion, th)
         checks.append(_negative_flips(rates, champion, th))

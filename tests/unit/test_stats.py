@@ -134,3 +134,85 @@ def test_class_recall_drops_flags_only_the_dropped_class() -> None:
     np.testing.assert_allclose(res.drop[:4], [0.15, 0.02, 0.0, 0.0])
     assert res.p_adjusted[0] < 1e-6 and (res.p_adjusted[1:4] > 0.5).all()
     assert np.isnan(res.p_value[4]) and res.support[4] == 0
+
+
+def test_gain_test_at_margin_zero_is_mcnemars_score_test() -> None:
+    from scipy.stats import norm
+
+    assert stats.paired_gain_pvalue(750, 550, 10_000, 0.0) == pytest.approx(norm.sf(200 / np.sqrt(1300)), rel=1e-9)
+    assert stats.paired_gain_pvalue(550, 750, 10_000, 0.0) == pytest.approx(norm.cdf(200 / np.sqrt(1300)), rel=1e-9)
+    assert stats.paired_gain_pvalue(0, 0, 3000, 0.0) == 1.0  # identical models: no evidence at all
+    assert stats.paired_gain_pvalue(0, 0, 3000, 0.01) < 1e-6  # but clearly not 1 point worse
+
+
+@pytest.mark.parametrize(("gained", "lost", "n", "margin"), [(30, 10, 200, 0.05), (3, 12, 1000, 0.02)])
+def test_gain_test_mirrors_the_drop_test(gained: int, lost: int, n: int, margin: float) -> None:
+    """H0 'gain <= -margin' is the complement of H1 'drop > margin': the two p-values add up to 1."""
+    assert stats.paired_gain_pvalue(gained, lost, n, margin) == pytest.approx(
+        1 - stats.paired_drop_pvalue(lost, gained, n, margin), abs=1e-12)
+
+
+@pytest.mark.parametrize(("gained", "lost"), [(700, 580), (20, 5), (0, 30), (300, 0), (0, 0)])
+def test_gain_interval_is_the_inverted_test(gained: int, lost: int) -> None:
+    """The lower end sits exactly where the one-sided test at alpha turns: the record and the verdict agree."""
+    n, alpha = 3000, 0.1 / 52 / 2
+    low, high = stats.paired_gain_interval(gained, lost, n, alpha)
+    assert low <= (gained - lost) / n <= high
+    assert stats.paired_gain_pvalue(gained, lost, n, -low - 1e-6) > alpha > stats.paired_gain_pvalue(
+        gained, lost, n, -low + 1e-6)
+    assert (low, high) == pytest.approx((-stats.paired_gain_interval(lost, gained, n, alpha)[1],
+                                          -stats.paired_gain_interval(lost, gained, n, alpha)[0]))
+
+
+@pytest.mark.parametrize("d", [20, 60, 400, 1300])
+def test_exact_mcnemar_gain_keeps_its_level_near_one_in_a_thousand(d: int) -> None:
+    """Equal models, d discordant images: the exact rejection probability stays at or under the schedule's
+    level (the normal approximation gives 1.34x at d = 20), and the interval's sign agrees with the test."""
+    from scipy.stats import binom
+
+    alpha = 0.1 / 52 / 2
+    results = [stats.mcnemar_gain(g, d - g, 10_000, alpha) for g in range(d + 1)]
+    rejected = np.array([p < alpha for p, _, _ in results])
+    assert rejected.tolist() == [low > 0 for _, low, _ in results]
+    level = binom.pmf(np.arange(d + 1), d, 0.5)[rejected].sum()
+    assert 0.2 * alpha < level <= alpha
+
+
+def test_exact_mcnemar_gain_hand_computed() -> None:
+    # 10 won, 3 lost: p = P(X >= 10 | Bin(13, 1/2)) = (286 + 78 + 13 + 1) / 2**13.
+    p, low, high = stats.mcnemar_gain(10, 3, 100, 0.05)
+    assert p == pytest.approx(378 / 8192, rel=1e-12)
+    from scipy.stats import beta
+
+    assert low == pytest.approx(0.13 * (2 * beta.ppf(0.05, 10, 4) - 1), rel=1e-12)
+    assert high == pytest.approx(0.13 * (2 * beta.ppf(0.95, 11, 3) - 1), rel=1e-12)
+    assert low < 7 / 100 < high
+    assert stats.mcnemar_gain(0, 0, 100, 0.05) == (1.0, 0.0, 0.0)
+    assert stats.mcnemar_gain(5, 0, 100, 0.05)[2] == pytest.approx(0.05)  # all won: the upper end is d / n
+
+
+def test_flip_rates_hand_computed() -> None:
+    # 10 images, 3 classes. Reference right / candidate right per image:
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 2, 2, 2])
+    ref = np.array([1, 1, 1, 0, 1, 1, 0, 1, 0, 0], bool)
+    cand = np.array([1, 0, 0, 1, 1, 1, 1, 0, 0, 1], bool)
+    f = stats.flip_rates(y, cand, ref, n_classes=4, level=0.9)
+    # negative flips (ref right, cand wrong): images 1, 2 (class 0), 7 (class 2); positive: 3 (c0), 6 (c1), 9 (c2).
+    assert (f.n, f.negative, f.positive, f.candidate_errors) == (10, 3, 3, 4)
+    assert (f.nfr, f.pfr, f.nfi) == (0.3, 0.3, 0.75)
+    assert f.support.tolist() == [4, 3, 3, 0]
+    assert f.negative_per_class.tolist() == [2, 0, 1, 0] and f.positive_per_class.tolist() == [1, 1, 1, 0]
+    z = 1.6448536269514722  # two-sided 90%
+    p, n = 0.3, 10
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    rate, ci = f.rate(f.negative, f.n)
+    assert rate == 0.3 and ci == pytest.approx((centre - half, centre + half), rel=1e-9)
+    rate, ci = f.rate(0, 0)
+    assert np.isnan(rate) and all(np.isnan(ci))
+    none = stats.flip_rates(y, cand, cand, n_classes=3)
+    assert (none.negative, none.positive, none.nfr) == (0, 0, 0.0)
+    perfect = stats.flip_rates(y, np.ones(10, bool), ref, n_classes=3)
+    assert perfect.candidate_errors == 0 and np.isnan(perfect.nfi)
+    with pytest.raises(ValueError, match="length"):
+        stats.flip_rates(y[:5], cand, ref, n_classes=3)
