@@ -1,7 +1,9 @@
 """The champion's lifecycle beyond the gate: manual override, rollback, and status.
 
 Every alias move goes through the registry lock and is appended to the champion history with
-who did it and why.
+who did it and why. A person's move (override, rollback) also opens a fresh window of the gate's
+schedule, recording the reason: the gate's error budget covers the runs it judged on its own since the
+last time a person took the decision.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ def override(tracking: TrackingConfig, version: str, reason: str) -> str | None:
         previous = registry.move_champion(tracking, version, "override", reason)
         registry.set_version_tags(tracking, version,
                                   {"override_by": registry.current_user(), "override_reason": reason})
+        registry.reset_schedule(tracking, f"manual promotion of v{version} by {registry.current_user()}: {reason}")
     return previous
 
 
@@ -49,6 +52,8 @@ def rollback(tracking: TrackingConfig, reason: str = "rollback") -> tuple[str, s
         registry.move_champion(tracking, target, "rollback", reason, rollback=below)
         registry.set_version_tags(tracking, current.version, {"rolled_back_by": registry.current_user(),
                                                               "rolled_back_reason": reason})
+        registry.reset_schedule(tracking, f"rollback from v{current.version} to v{target} by "
+                                          f"{registry.current_user()}: {reason}")
     return current.version, target
 
 
@@ -62,7 +67,7 @@ def status(tracking: TrackingConfig, rejected_limit: int = 5) -> dict[str, Any]:
     c = registry.client(tracking)
     name = tracking.registered_model
     info: dict[str, Any] = {"model": name, "tracking_uri": uri, "registered": False, "champion": None,
-                            "history": [], "rejected": []}
+                            "history": [], "rejected": [], "gate_schedule": None}
     try:
         registry.retry(f"reading {name!r} at {uri}", lambda: c.get_registered_model(name))
     except RegistryError as exc:
@@ -76,7 +81,8 @@ def status(tracking: TrackingConfig, rejected_limit: int = 5) -> dict[str, Any]:
     for mv in sorted(versions, key=lambda v: int(v.version), reverse=True):
         if mv.tags.get("decision") == "rejected" and len(rejected) < rejected_limit:
             rejected.append({"version": str(mv.version), "reason": mv.tags.get("decision_reason", "")})
-    info.update(registered=True, history=registry.history(tracking), rejected=rejected)
+    info.update(registered=True, history=registry.history(tracking), rejected=rejected,
+                gate_schedule=_schedule(tracking))
     if champ is not None:
         info["champion"] = {
             "version": champ.version,
@@ -86,3 +92,16 @@ def status(tracking: TrackingConfig, rejected_limit: int = 5) -> dict[str, Any]:
             "decision_reason": champ.tags.get("decision_reason") or champ.tags.get("override_reason"),
         }
     return info
+
+
+def _schedule(tracking: TrackingConfig) -> dict[str, Any]:
+    """The gate's schedule state for status; a corrupt one is shown with its error, not raised."""
+    from dataclasses import asdict
+
+    from headstart.gate import ScheduleState
+
+    text = registry.schedule_text(tracking)  # a failing server raises here
+    try:
+        return asdict(ScheduleState.from_json(text, tracking.registered_model))
+    except RegistryError as exc:
+        return {"error": str(exc)}

@@ -52,6 +52,7 @@ from typing import Any, TypeVar
 from headstart import registry_lock
 from headstart.config import TrackingConfig
 from headstart.errors import RegistryError
+from headstart.gate import SCHEDULE_TAG, ScheduleState  # the window state, as JSON on the registered model
 
 CHAMPION = "champion"
 PREVIOUS = "previous-champion"
@@ -62,6 +63,7 @@ REASON_CHARS = 1000  # an entry stays far below the 5000-character tag column
 REGISTRATION_TAG = "headstart.registration"  # "pending" at creation, "complete" once fully recorded
 PROMOTION_TAG = "headstart.promotion"  # JSON: the history entry of the move to this version (the intent)
 PENDING, COMPLETE = "pending", "complete"
+COUNTED_TAG = "headstart.gate_counted"  # on a version: its judged run is counted in the schedule (counted once)
 _PERMANENT = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "NOT_FOUND",
               "PERMISSION_DENIED", "UNAUTHENTICATED", "BAD_REQUEST"}
 _NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}
@@ -347,6 +349,68 @@ def move_champion(tracking: TrackingConfig, version: str, action: str, reason: s
     write_alias(c, name, CHAMPION, version)
     _finish_move(tracking, entry, (items, seqs))
     return old
+
+
+def read_schedule(tracking: TrackingConfig) -> ScheduleState:
+    """The gate's schedule state (headstart.gate.ScheduleState), kept beside the champion so it survives a
+    restarted pipeline and is shared by every pipeline on this model; fresh before the first judged run.
+    A corrupt tag raises RegistryError naming the model and how to reset it; a failing server raises too."""
+    return ScheduleState.from_json(schedule_text(tracking), tracking.registered_model)
+
+
+def schedule_text(tracking: TrackingConfig) -> str | None:
+    """The schedule tag as stored (None: none yet); only a failing server raises."""
+    c = client(tracking)
+    try:
+        rm = retry("reading the gate schedule", lambda: c.get_registered_model(tracking.registered_model))
+    except RegistryError as exc:
+        if error_code(exc) in _NOT_FOUND:
+            return None
+        raise
+    return rm.tags.get(SCHEDULE_TAG)
+
+
+def write_schedule(tracking: TrackingConfig, state: ScheduleState) -> None:
+    """Write the schedule state. Only under lock(): two pipelines counting at once must each see the
+    other's count, so each re-reads and writes it while holding the lock."""
+    model = tracking.registered_model
+    if not _leases.get(model):
+        raise RegistryError(f"{model}: the gate schedule ({SCHEDULE_TAG}) is written only under the registry lock")
+    _check_lease(model)
+    c = client(tracking)
+    stage("gate_schedule")
+    retry("recording the gate schedule", lambda: c.set_registered_model_tag(model, SCHEDULE_TAG, state.to_json()))
+
+
+def count_run(tracking: TrackingConfig, version: str, alpha_run: float, horizon_runs: int) -> ScheduleState:
+    """Count version's judged run in the schedule (call under lock()); returns the state now recorded.
+
+    Counted once per version, so a re-run of promote does not spend the budget twice. The schedule is
+    written before the version's mark: a run that dies between the two is counted again by its re-run,
+    which spends more of the budget, never less."""
+    c, name = client(tracking), tracking.registered_model
+    mv = retry(f"reading {name} v{version}", lambda: c.get_model_version(name, version))
+    state = read_schedule(tracking)
+    if COUNTED_TAG in mv.tags:
+        return state
+    state = state.after_run(alpha_run, horizon_runs)
+    write_schedule(tracking, state)
+    set_version_tags(tracking, version, {COUNTED_TAG: json.dumps({"window": state.window,
+                                                                  "run": state.window_runs})})
+    return state
+
+
+def reset_schedule(tracking: TrackingConfig, reason: str) -> ScheduleState:
+    """A person moved the champion (call under lock()): open a fresh window, recording why. A corrupt state is
+    replaced, since this is how a person resets it."""
+    text = schedule_text(tracking)  # a failing server raises here
+    try:
+        state = ScheduleState.from_json(text, tracking.registered_model)
+    except RegistryError:  # the tag's content is corrupt: this reset replaces it
+        state = ScheduleState()
+    state = state.reset(reason[:REASON_CHARS], state.horizon_runs)
+    write_schedule(tracking, state)
+    return state
 
 
 def _check_lease(model: str) -> float:

@@ -118,3 +118,50 @@ def test_item5_rollback_after_an_override_returns_to_the_state_before_it(trackin
     with pytest.raises(RegistryError, match="no previous champion"):
         lifecycle.rollback(tracking)
     assert registry.champion(tracking).version == "1"
+
+
+def _judged(tmp_path: Path, version: str, compared: str, verdict: str, alpha: float = 0.001,
+            horizon: int = 52) -> Path:
+    """A decision record of a run judged against a champion: it spent `alpha` of the gate's budget."""
+    f = _decision(tmp_path, version, compared, verdict)
+    record = json.loads(f.read_text())
+    record.update(schedule={"alpha_run": alpha, "before": None, "after": {"horizon_runs": horizon}},
+                  thresholds={"horizon_runs": horizon})
+    f.write_text(json.dumps(record))
+    return f
+
+
+def test_judged_runs_count_once_each_promoted_or_rejected(tracking: TrackingConfig, tmp_path: Path):
+    assert promote.run(_decision(tmp_path, "1", None), tracking).schedule is None  # first run: nothing compared
+    assert registry.read_schedule(tracking).window_runs == 0
+    rejected = promote.run(_judged(tmp_path, "2", "1", "rejected"), tracking)
+    assert not rejected.promoted and rejected.schedule["window_runs"] == 1  # a rejection spent its alpha too
+    assert promote.run(_judged(tmp_path, "2", "1", "rejected"), tracking).schedule["window_runs"] == 1  # re-run
+    promoted = promote.run(_judged(tmp_path, "3", "1", "promoted"), tracking)
+    assert promoted.promoted and promoted.schedule["window_runs"] == 2
+    assert promote.run(_judged(tmp_path, "3", "1", "promoted"), tracking).schedule["window_runs"] == 2
+    state = registry.read_schedule(tracking)
+    assert (state.window, state.window_runs, state.horizon_runs) == (1, 2, 52)
+    assert state.alpha_spent == pytest.approx(0.002)
+    assert lifecycle.status(tracking)["gate_schedule"]["window_runs"] == 2
+
+
+def test_a_persons_override_or_rollback_opens_a_fresh_window_saying_why(tracking: TrackingConfig, tmp_path: Path):
+    promote.run(_decision(tmp_path, "1", None), tracking)
+    promote.run(_judged(tmp_path, "2", "1", "promoted"), tracking)
+    assert registry.read_schedule(tracking).window_runs == 1
+    lifecycle.override(tracking, "3", "hotfix approved")
+    state = registry.read_schedule(tracking)
+    assert (state.window_runs, state.alpha_spent) == (0, 0.0) and state.window == 2
+    assert state.reset_reason == f"manual promotion of v3 by {registry.current_user()}: hotfix approved"
+    promote.run(_judged(tmp_path, "1", "3", "rejected"), tracking)
+    assert registry.read_schedule(tracking).window_runs == 1
+    lifecycle.rollback(tracking, "v3 misbehaves")
+    state = registry.read_schedule(tracking)
+    assert state.window_runs == 0 and state.window == 3
+    assert state.reset_reason == f"rollback from v3 to v2 by {registry.current_user()}: v3 misbehaves"
+
+
+def test_the_schedule_is_written_only_under_the_lock(tracking: TrackingConfig):
+    with pytest.raises(RegistryError, match="only under the registry lock"):
+        registry.write_schedule(tracking, registry.read_schedule(tracking).after_run(0.001, 52))
