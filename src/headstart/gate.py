@@ -465,12 +465,12 @@ def _no_regression(cand: ModelEval, champ: ModelEval, th: GateThresholds, alpha_
     lost = int(np.count_nonzero(champ.correct & ~cand.correct))
     n = cand.correct.size
     diff, bound = (gained - lost) / n, 0.0 - th.max_regression
+    p = stats.paired_gain_pvalue(gained, lost, n, th.max_regression)
     if th.max_regression == 0:
         test = "exact McNemar test"
-        p, low, high = stats.mcnemar_gain(gained, lost, n, alpha_run)
+        _, low, high = stats.mcnemar_gain(gained, lost, n, alpha_run)
     else:
         test = "Tango score test"
-        p = stats.paired_gain_pvalue(gained, lost, n, th.max_regression)
         low, high = stats.paired_gain_interval(gained, lost, n, alpha_run)
     passed = bool(p < alpha_run)
     detail = (

@@ -136,11 +136,11 @@ def test_class_recall_drops_flags_only_the_dropped_class() -> None:
     assert np.isnan(res.p_value[4]) and res.support[4] == 0
 
 
-def test_gain_test_at_margin_zero_is_mcnemars_score_test() -> None:
-    from scipy.stats import norm
+def test_gain_test_at_margin_zero_is_mcnemars_exact_test() -> None:
+    from scipy.stats import binom
 
-    assert stats.paired_gain_pvalue(750, 550, 10_000, 0.0) == pytest.approx(norm.sf(200 / np.sqrt(1300)), rel=1e-9)
-    assert stats.paired_gain_pvalue(550, 750, 10_000, 0.0) == pytest.approx(norm.cdf(200 / np.sqrt(1300)), rel=1e-9)
+    assert stats.paired_gain_pvalue(750, 550, 10_000, 0.0) == pytest.approx(binom.sf(749, 1300, 0.5), rel=1e-9)
+    assert stats.paired_gain_pvalue(550, 750, 10_000, 0.0) == pytest.approx(binom.sf(549, 1300, 0.5), rel=1e-9)
     assert stats.paired_gain_pvalue(0, 0, 3000, 0.0) == 1.0  # identical models: no evidence at all
     assert stats.paired_gain_pvalue(0, 0, 3000, 0.01) < 1e-6  # but clearly not 1 point worse
 
