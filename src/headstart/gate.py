@@ -306,7 +306,7 @@ class Decision:
         ]
         for c in self.checks:
             result = "n/a" if not c.applies else ("pass" if c.passed else "**FAIL**")
-            sign = "" if c.name in (ACCURACY_FLOOR, MACRO_F1_FLOOR) else "+"
+            sign = "" if c.name in (ACCURACY_FLOOR, MACRO_F1_FLOOR, NEGATIVE_FLIPS) else "+"
             ci = "" if c.ci_low is None else f"[{c.ci_low:{sign}.4f}, {c.ci_high:{sign}.4f}]"
             p = "" if c.p_value is None else f"{c.p_value:.3g}"
             lines.append(

@@ -376,6 +376,7 @@ def test_negative_flip_check_refuses_an_otherwise_better_candidate_and_records_i
     assert not off.check(gate.NEGATIVE_FLIPS).applies and off.promote
     assert not strict.promote and [r.split()[0] for r in strict.reasons] == [gate.NEGATIVE_FLIPS]
     assert strict.summary_reason() == f"rejected: negative_flips NFR 0.0250 low {low:.4f}>0.0150"
+    assert f"| negative_flips | **FAIL** | 0.0250 | 0.0150 | [{low:.4f}, {high:.4f}] |" in strict.to_markdown()
     assert strict.flips == off.flips == ok.flips
     f = strict.flips
     assert (f["negative_flips"], f["positive_flips"], f["n"]) == (75, 375, 3000)
