@@ -20,7 +20,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +37,9 @@ from headstart.presets import Preset
 from headstart.progress import progress_enabled
 from headstart.runtime import tune_allocator
 from headstart.trainstate import EpochStats, FitResult, PartialEpoch  # EpochStats, FitResult: also imported from here
+
+if TYPE_CHECKING:
+    from headstart.congruent import Teacher
 
 TTA_MODES = ("none", "flip")
 
@@ -226,6 +229,7 @@ def fit(
     on_epoch: Callable[[EpochStats], None] | None = None,
     checkpointer: Checkpointer | None = None,
     label: str = "train",
+    teacher: Teacher | None = None,
 ) -> FitResult:
     """Train with AdamW, warm-up + cosine (`optimizer`), label smoothing and early stopping; keep the best weights.
 
@@ -235,6 +239,9 @@ def fit(
     `train` and `val` are decoded splits in memory, or streamed ones (`StreamSplit`): then DataLoader
     workers read and decode the shards, batches are copied to the device as they come, and under DDP each
     rank reads its own shards (headstart.data.stream). Everything else is the same code.
+
+    `teacher` (positive-congruent training, headstart.congruent): the champion's logits per training
+    sample; its focal distillation term is added to the loss. Decoded splits only.
     """
     start_time = time.perf_counter()
     tune_allocator()
@@ -251,6 +258,8 @@ def fit(
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     streaming = isinstance(train, StreamSplit)
+    if teacher is not None and streaming:
+        raise ValueError("positive-congruent training needs the training split decoded in memory")
     n_train = len(train) if streaming else len(train.x)
     steps_per_epoch = math.ceil(n_train / cfg.batch_size)  # the same for every world size
     opt, sched = optimizer(head_params, backbone_params, cfg, steps_per_epoch)
@@ -274,6 +283,7 @@ def fit(
     bad_epochs = _epochs_since_best(result)
     if not streaming:
         x_train, y_train = train.x.to(device), train.y.to(device)
+    teacher_logits = teacher.logits.to(device) if teacher is not None else None
     ddp: nn.Module = model
     ddp_trainable: bool | None = None
     for epoch in range(first_epoch, cfg.epochs + 1):
@@ -303,14 +313,14 @@ def fit(
         elif not streaming:
             perm = torch.randperm(n_train, generator=gen)
         if streaming:
-            batches = stream.epoch_batches(train, epoch, cfg.batch_size // world, rank, world, steps_per_epoch,
-                                           first_step, device)
+            batches = ((x, y, None) for x, y in stream.epoch_batches(
+                train, epoch, cfg.batch_size // world, rank, world, steps_per_epoch, first_step, device))
         else:
             batches = _memory_batches(x_train, y_train, perm, cfg.batch_size, rank, world, first_step, device)
         bar = tqdm(range(first_step, steps_per_epoch), desc=f"{label} epoch {epoch}/{cfg.epochs}", unit="batch",
                    initial=first_step, total=steps_per_epoch,
                    disable=not (progress_enabled() and rank == 0), leave=False)
-        for step, (xb_raw, yb) in zip(bar, batches, strict=False):
+        for step, (xb_raw, yb, rows) in zip(bar, batches, strict=False):
             if _budget_spent(sched, cfg):
                 break
             xb = preset.normalize(xb_raw)
@@ -329,6 +339,8 @@ def fit(
             with _autocast(device):
                 logits = ddp(xb)
                 loss = loss_fn(logits.float(), yb)
+                if teacher is not None and teacher_logits is not None:
+                    loss = loss + teacher.loss(logits.float(), teacher_logits[rows], yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -380,14 +392,14 @@ def fit(
 def _memory_batches(
     x: torch.Tensor, y: torch.Tensor, perm: torch.Tensor, batch_size: int, rank: int, world: int,
     first_step: int, device: torch.device,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """A decoded split's batches from `first_step` on: the permutation padded for the world size, each
-    rank taking rows rank::world of every global batch."""
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """A decoded split's batches from `first_step` on, with their rows in the split: the permutation padded
+    for the world size, each rank taking rows rank::world of every global batch."""
     order = distributed.pad_for_world(perm.to(device), world)
     for start in range(first_step * batch_size, len(order), batch_size):
         batch = order[start : start + batch_size]
         idx = batch if world == 1 else batch[torch.arange(rank, len(batch), world, device=device)]
-        yield x[idx], y[idx]
+        yield x[idx], y[idx], idx
 
 
 def _budget_spent(sched: torch.optim.lr_scheduler.LambdaLR, cfg: EngineConfig) -> bool:

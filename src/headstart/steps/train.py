@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 from tqdm import tqdm
 
-from headstart import distributed, modelio, plots, storage
+from headstart import congruent, distributed, modelio, plots, storage
 from headstart.checkpoint import Checkpointer
 from headstart.config import Frozen, TrackingConfig, build, section
 from headstart.data import shards, stream
@@ -70,6 +70,11 @@ class TrainConfig(Frozen):
     data_loading: Literal["auto", "memory", "stream"]  # stream: shards through loader workers (packed data only)
     loader_workers: int | None = Field(ge=0)  # stream readers; None: the pod's CPUs minus one, at most 8
     shuffle_buffer: int = Field(ge=1)
+    congruent: bool  # positive-congruent training: focal distillation from the champion (headstart.congruent)
+    congruent_weight: float = Field(ge=0)  # the distillation term's weight against the cross-entropy
+    congruent_alpha: float = Field(ge=0)  # every image's share of it...
+    congruent_beta: float = Field(ge=0)  # ...plus this on the images the champion gets right
+    congruent_temperature: float = Field(gt=0)
     threads: int | None = None  # how, not what: torch's own choice unless a benchmark pins it
 
     @model_validator(mode="after")
@@ -135,12 +140,17 @@ class TrainResult:
     resumed_from: int | None
     resumed_at: str | None = None
     first_step_seconds: float | None = None  # from the step's start (data loading included) to its first update
+    congruent: str | None = None  # positive-congruent training: the champion distilled from, or why none
 
 
 def run(
-    cfg: TrainConfig, data_dir: Path, out_dir: Path, tracking: TrackingConfig | None = None
+    cfg: TrainConfig, data_dir: Path, out_dir: Path, tracking: TrackingConfig | None = None,
+    champion_dir: Path | None = None,
 ) -> TrainResult:
-    """Train on `data_dir` (ImageFolder) and write the best model to `out_dir`."""
+    """Train on `data_dir` (ImageFolder) and write the best model to `out_dir`.
+
+    With `cfg.congruent`, the candidate distils from the champion: `champion_dir` (a model folder), else
+    the registry's champion (downloaded through `tracking`); with neither, it trains as without."""
     import torch
 
     from headstart.models import build_model, count_params, head_and_backbone_params
@@ -156,12 +166,16 @@ def run(
     train = load_for_training(cfg, data_dir, "train", preset, classes, cfg.images_per_class)
     val = load_for_training(cfg, data_dir, "val", preset, classes, cfg.val_images_per_class)
     head, backbone = head_and_backbone_params(built)
+    teacher, congruent_note = _teacher(cfg, data_dir, train, preset, classes, tracking, champion_dir)
+    if main and congruent_note:
+        tqdm.write(f"{cfg.role}: positive-congruent training: {congruent_note}", file=sys.stderr)
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
     tracking = tracking if main else None
     ckpt = None
     if cfg.checkpoint_dir:
-        ckpt = Checkpointer(storage.join(cfg.checkpoint_dir, cfg.role), cfg.fingerprint(data_fingerprint(train, val)))
+        data_key = data_fingerprint(train, val) + (f"|teacher:{teacher[1]}" if teacher else "")
+        ckpt = Checkpointer(storage.join(cfg.checkpoint_dir, cfg.role), cfg.fingerprint(data_key))
 
     def log_epoch(stats: EpochStats) -> None:
         if main:
@@ -176,10 +190,11 @@ def run(
 
     with _tracking_run(tracking, cfg, len(train.y) if isinstance(train, Split) else len(train),
                        count_params(built.model)) as run_id:
-        result = fit(built.model, head, backbone, preset, train, val, cfg.engine(), log_epoch, ckpt, cfg.role)
+        result = fit(built.model, head, backbone, preset, train, val, cfg.engine(), log_epoch, ckpt, cfg.role,
+                     teacher[0] if teacher else None)
         first_step = None if result.first_step_unix is None else result.first_step_unix - started
         if not main:
-            return _summary(cfg, out_dir, None, result, first_step)
+            return _summary(cfg, out_dir, None, result, first_step, congruent_note)
         history = [asdict(h) for h in result.history]
         curve = plots.learning_curve(history, out_dir / "learning_curve.png", f"{cfg.role}: {cfg.backbone}")
         metrics = {"best_val_accuracy": result.best_val_accuracy, "train_seconds": result.seconds,
@@ -196,7 +211,7 @@ def run(
             mlflow.log_metrics(metrics)
             mlflow.log_artifact(str(curve))
             mlflow.log_artifact(str(out_dir / "history.json"))
-    summary = _summary(cfg, out_dir, run_id, result, first_step)
+    summary = _summary(cfg, out_dir, run_id, result, first_step, congruent_note)
     (out_dir / "metrics.json").write_text(json.dumps(asdict(summary), indent=2, sort_keys=True) + "\n")
     if ckpt is not None:
         ckpt.finish()  # succeeded and recorded: only the final checkpoint stays, older finished runs go
@@ -237,14 +252,54 @@ def default_loader_workers() -> int:
     return max(1, min(8, runtime.cpu_count() - 1))
 
 
+def _teacher(
+    cfg: TrainConfig, data_dir: Path, train: Split | stream.StreamSplit, preset: Preset, classes: tuple[str, ...],
+    tracking: TrackingConfig | None, champion_dir: Path | None,
+) -> tuple[tuple[congruent.Teacher, str] | None, str | None]:
+    """((the champion's logits, its model digest for the checkpoint fingerprint) or None, a note for people).
+
+    Every rank computes the same logits itself (each downloads the champion): nothing to broadcast."""
+    import tempfile
+
+    from headstart import predictions, registry
+
+    if not cfg.congruent:
+        return None, None
+    if isinstance(train, stream.StreamSplit):
+        raise ConfigError("train.congruent: positive-congruent training needs the training split decoded in memory; "
+                          "set train.shared.data_loading=memory (or congruent: false) for this streamed split")
+    with tempfile.TemporaryDirectory(prefix="headstart-champion-") as tmp:
+        source = f"champion {champion_dir}"
+        if champion_dir is None and tracking is not None:
+            found = registry.champion_model_dir(tracking, Path(tmp) / "champion")
+            if found is not None:
+                champion_dir, source = found[0], f"champion v{found[1]} of {tracking.registered_model}"
+        if champion_dir is None:
+            where = f"in {tracking.registered_model}" if tracking is not None else "given (no tracking)"
+            return None, f"no champion {where} yet: trained without distillation"
+
+        def reload(champion_preset: Preset) -> Split:
+            got = load_for_training(cfg.model_copy(update={"data_loading": "memory"}), data_dir, "train",
+                                    champion_preset, classes, cfg.images_per_class)
+            assert isinstance(got, Split)
+            return got
+
+        made = congruent.teacher(champion_dir, source, train, classes, reload, cfg.congruent_weight,
+                                 cfg.congruent_alpha, cfg.congruent_beta, cfg.congruent_temperature)
+        if isinstance(made, str):
+            return None, made
+        return (made, predictions.model_digest(champion_dir)), f"distilling from {source}"
+
+
 def _summary(
     cfg: TrainConfig, out_dir: Path, run_id: str | None, result: FitResult, first_step: float | None = None,
+    congruent_note: str | None = None,
 ) -> TrainResult:
     return TrainResult(
         role=cfg.role, model_dir=str(out_dir / "model"), run_id=run_id, best_epoch=result.best_epoch,
         best_val_accuracy=result.best_val_accuracy, seconds=result.seconds,
         epochs_run=len(result.history), resumed_from=result.resumed_from, resumed_at=result.resumed_at,
-        first_step_seconds=first_step,
+        first_step_seconds=first_step, congruent=congruent_note,
     )
 
 

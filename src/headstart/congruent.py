@@ -1,0 +1,90 @@
+"""Positive-congruent training: focal distillation from the champion (Yan et al., CVPR 2021).
+
+A retrain that only changes its seed still gets wrong ~5% of the images the champion got right (negative
+flips). Focal distillation pulls the candidate toward the champion's outputs, above all where the champion
+is right:
+
+    loss = CE(student, y)
+           + weight * mean_i[(alpha + beta * 1[champion right on i]) * T^2 * KL(p_T(champion) || p_T(student))]
+
+KL of temperature-softened outputs (the paper's FD-KL) rather than logit L2 (FD-LM): it is invariant to a
+shift of the logits and on the same scale as the cross-entropy it is added to, whereas the L2 depends on
+how large the champion's logits happen to be (label smoothing, a different backbone). T^2 keeps the
+gradient's size independent of T (Hinton et al. 2015).
+
+The champion's logits are computed once per run, on the un-augmented training images decoded with the
+champion's own preset (and its TTA), before the first step; the engine then indexes them per batch.
+They are deterministic, so a resumed run recomputes exactly the same ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from headstart import modelio
+from headstart.data.imagefolder import Split
+from headstart.engine import device_for_training, predict_logits
+from headstart.errors import DataError
+from headstart.presets import Preset
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """The champion's logits on the training split, row i for training sample i, and the loss's knobs."""
+
+    logits: torch.Tensor  # (n_train, classes) float32
+    weight: float
+    alpha: float
+    beta: float
+    temperature: float
+    source: str  # which champion, for people: "champion v3 (<folder>)"
+
+    def loss(self, student: torch.Tensor, teacher_rows: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The term added to a batch's cross-entropy; `teacher_rows`: this batch's rows of `logits`."""
+        return self.weight * focal_distillation(student, teacher_rows, y, self.alpha, self.beta, self.temperature)
+
+
+def focal_weights(teacher_logits: torch.Tensor, y: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
+    """alpha + beta where the champion's prediction is right, alpha elsewhere: keep above all what worked."""
+    return alpha + beta * (teacher_logits.argmax(1) == y).to(teacher_logits.dtype)
+
+
+def focal_distillation(
+    student: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor, alpha: float, beta: float, temperature: float,
+) -> torch.Tensor:
+    """The batch mean of focal weight x T^2 x KL(champion || student) at temperature T."""
+    t = temperature
+    kl = F.kl_div(F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1), reduction="none",
+                  log_target=True).sum(1)
+    return (focal_weights(teacher, y, alpha, beta) * kl).mean() * t * t
+
+
+def teacher(
+    champion_dir: Path, source: str, train: Split, classes: tuple[str, ...], reload: Callable[[Preset], Split],
+    weight: float, alpha: float, beta: float, temperature: float, batch_size: int = 256,
+) -> Teacher | str:
+    """The champion's logits on `train`, or why there are none (a message: the option then does nothing).
+
+    A champion trained on other classes has no logits to distil (the gate finds it not comparable too):
+    training goes on without it rather than blocking the run that adds a class. When the champion's preset
+    decodes differently from the candidate's (size, channels), `reload(preset)` decodes the same samples
+    again with the champion's, and their order is checked."""
+    card = modelio.load_card(champion_dir)
+    if tuple(card.classes) != tuple(classes):
+        return (f"{source} was trained on other classes ({', '.join(card.classes)}; this run: "
+                f"{', '.join(classes)}): nothing to distil, training without positive-congruent distillation")
+    images = train
+    if (card.preset.image_size, card.preset.channels) != (train.x.shape[1], train.x.shape[3]):
+        images = reload(card.preset)
+        if images.paths != train.paths:
+            raise DataError(f"{source}: the training split decoded at the champion's preset lists other samples "
+                            f"than at the candidate's ({len(images.paths)} vs {len(train.paths)}); re-run")
+    model, card = modelio.load(champion_dir)
+    model.to(device_for_training())
+    logits = predict_logits(model, card.preset, images.x, batch_size, tta=card.tta)
+    return Teacher(logits=logits, weight=weight, alpha=alpha, beta=beta, temperature=temperature, source=source)
