@@ -18,7 +18,7 @@ from ..conftest import make_imagefolder
 from .test_prediction_store import _model
 
 LENIENT = GateThresholds(min_accuracy=0.0, min_gain_over_baseline=None, max_regression=1.0,
-                         max_class_recall_drop=0.99)
+                         max_class_recall_drop=0.99, max_negative_flip_rate=None)
 
 
 def test_register_on_a_packed_root_serving_checks_images_read_from_the_shards(
