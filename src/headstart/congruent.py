@@ -14,19 +14,24 @@ gradient's size independent of T (Hinton et al. 2015).
 
 The champion's logits are computed once per run, on the un-augmented training images decoded with the
 champion's own preset (and its TTA), before the first step; the engine then indexes them per batch.
+A decoded split: one pass over its tensor. A streamed split: one scoring pass through the loader
+workers into a memory-mapped .npy, a row per sample position, so memory stays flat whatever its size.
 They are deterministic, so a resumed run recomputes exactly the same ones.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from headstart import modelio
+from headstart.data import stream
 from headstart.data.imagefolder import Split
 from headstart.engine import device_for_training, predict_logits
 from headstart.errors import DataError
@@ -37,7 +42,7 @@ from headstart.presets import Preset
 class Teacher:
     """The champion's logits on the training split, row i for training sample i, and the loss's knobs."""
 
-    logits: torch.Tensor  # (n_train, classes) float32
+    logits: torch.Tensor  # (n_train, classes) float32; a streamed split: (its samples, classes), memory-mapped
     weight: float
     alpha: float
     beta: float
@@ -65,19 +70,26 @@ def focal_distillation(
 
 
 def teacher(
-    champion_dir: Path, source: str, train: Split, classes: tuple[str, ...], reload: Callable[[Preset], Split],
-    weight: float, alpha: float, beta: float, temperature: float, batch_size: int = 256,
+    champion_dir: Path, source: str, train: Split | stream.StreamSplit, classes: tuple[str, ...],
+    reload: Callable[[Preset], Split], weight: float, alpha: float, beta: float, temperature: float,
+    workdir: Path | None = None, batch_size: int = 256,
 ) -> Teacher | str:
     """The champion's logits on `train`, or why there are none (a message: the option then does nothing).
 
     A champion trained on other classes has no logits to distil (the gate finds it not comparable too):
     training goes on without it rather than blocking the run that adds a class. When the champion's preset
     decodes differently from the candidate's (size, channels), `reload(preset)` decodes the same samples
-    again with the champion's, and their order is checked."""
+    again with the champion's, and their order is checked. A streamed split's logits go to a .npy in
+    `workdir` (required then), mapped into memory."""
     card = modelio.load_card(champion_dir)
     if tuple(card.classes) != tuple(classes):
         return (f"{source} was trained on other classes ({', '.join(card.classes)}; this run: "
                 f"{', '.join(classes)}): nothing to distil, training without positive-congruent distillation")
+    if isinstance(train, stream.StreamSplit):
+        if workdir is None:
+            raise ValueError("a streamed split's champion logits need a workdir for their memory-mapped file")
+        logits = _streamed_logits(champion_dir, train, workdir / "champion_logits.npy", batch_size)
+        return Teacher(logits=logits, weight=weight, alpha=alpha, beta=beta, temperature=temperature, source=source)
     images = train
     if (card.preset.image_size, card.preset.channels) != (train.x.shape[1], train.x.shape[3]):
         images = reload(card.preset)
@@ -88,3 +100,18 @@ def teacher(
     model.to(device_for_training())
     logits = predict_logits(model, card.preset, images.x, batch_size, tta=card.tta)
     return Teacher(logits=logits, weight=weight, alpha=alpha, beta=beta, temperature=temperature, source=source)
+
+
+def _streamed_logits(champion_dir: Path, train: stream.StreamSplit, path: Path, batch_size: int) -> torch.Tensor:
+    """One scoring pass over the streamed split, decoded with the champion's preset; row = sample position."""
+    model, card = modelio.load(champion_dir)
+    device = device_for_training()
+    model.to(device)
+    rows = sum(entry.count for entry in train.shards)  # positions run over the whole split, kept or not
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, len(card.classes)))
+    for x, _, pos in stream.scoring_batches(dataclasses.replace(train, preset=card.preset), batch_size,
+                                            device=device):
+        out[pos.numpy()] = predict_logits(model, card.preset, x, batch_size, tta=card.tta).numpy()
+    out.flush()
+    return torch.from_numpy(out)

@@ -241,7 +241,7 @@ def fit(
     rank reads its own shards (headstart.data.stream). Everything else is the same code.
 
     `teacher` (positive-congruent training, headstart.congruent): the champion's logits per training
-    sample; its focal distillation term is added to the loss. Decoded splits only.
+    sample (a streamed split: by the sample's position); its focal distillation term is added to the loss.
     """
     start_time = time.perf_counter()
     tune_allocator()
@@ -258,8 +258,6 @@ def fit(
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     streaming = isinstance(train, StreamSplit)
-    if teacher is not None and streaming:
-        raise ValueError("positive-congruent training needs the training split decoded in memory")
     n_train = len(train) if streaming else len(train.x)
     steps_per_epoch = math.ceil(n_train / cfg.batch_size)  # the same for every world size
     opt, sched = optimizer(head_params, backbone_params, cfg, steps_per_epoch)
@@ -283,7 +281,9 @@ def fit(
     bad_epochs = _epochs_since_best(result)
     if not streaming:
         x_train, y_train = train.x.to(device), train.y.to(device)
-    teacher_logits = teacher.logits.to(device) if teacher is not None else None
+    teacher_logits = None  # rows per training sample; a streamed split's stay where they are (a memory map)
+    if teacher is not None:
+        teacher_logits = teacher.logits if streaming else teacher.logits.to(device)
     ddp: nn.Module = model
     ddp_trainable: bool | None = None
     for epoch in range(first_epoch, cfg.epochs + 1):
@@ -313,8 +313,8 @@ def fit(
         elif not streaming:
             perm = torch.randperm(n_train, generator=gen)
         if streaming:
-            batches = ((x, y, None) for x, y in stream.epoch_batches(
-                train, epoch, cfg.batch_size // world, rank, world, steps_per_epoch, first_step, device))
+            batches = stream.epoch_batches(train, epoch, cfg.batch_size // world, rank, world, steps_per_epoch,
+                                           first_step, device, positions=True)
         else:
             batches = _memory_batches(x_train, y_train, perm, cfg.batch_size, rank, world, first_step, device)
         bar = tqdm(range(first_step, steps_per_epoch), desc=f"{label} epoch {epoch}/{cfg.epochs}", unit="batch",
@@ -340,7 +340,8 @@ def fit(
                 logits = ddp(xb)
                 loss = loss_fn(logits.float(), yb)
                 if teacher is not None and teacher_logits is not None:
-                    loss = loss + teacher.loss(logits.float(), teacher_logits[rows], yb)
+                    rows_logits = teacher_logits[rows.to(teacher_logits.device)].to(device, non_blocking=True)
+                    loss = loss + teacher.loss(logits.float(), rows_logits, yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -167,3 +167,53 @@ def test_the_checkpoint_fingerprint_changes_with_the_champion(
     again = train.run(cfg, tiny_imagefolder, tmp_path / "c", champion_dir=champion)
     assert len([p for p in (tmp_path / "ckpt" / "finetune").iterdir() if p.is_dir()]) == 2
     assert again.resumed_from == 1  # the same champion: the finished run is found
+
+
+def test_a_streamed_split_distils_from_memory_mapped_logits_equal_to_the_decoded_ones(
+    tiny_imagefolder: Path, tmp_path: Path, champion: Path,
+):
+    """Streaming: one scoring pass into a .npy, a row per sample position, the same logits as in memory;
+    and a run killed mid-epoch resumes bit-identical."""
+    from headstart.data import shards, stream
+
+    shards.pack(tiny_imagefolder, tmp_path / "shards", target_shard_bytes=4096)  # several shards per split
+    data = tmp_path / "shards"
+    classes = list_classes(data)
+    preset = Preset(32, 1, (0.5,), (0.5,))
+    decoded = load_split(data, "train", preset, classes)
+    position_row = [decoded.paths.index(f"train/{name}") for name, _ in shards.split_items(data, "train")]
+    in_memory = congruent.teacher(champion, "c", decoded, classes, lambda p: load_split(data, "train", p, classes),
+                                  1.0, 1.0, 5.0, 2.0)
+
+    def streamed_teacher(folder: Path) -> tuple[stream.StreamSplit, congruent.Teacher]:
+        split = stream.open_split(str(data), "train", preset, seed=3, workers=2, shuffle_buffer=8)
+        made = congruent.teacher(champion, "c", split, classes, lambda p: load_split(data, "train", p, classes),
+                                 1.0, 1.0, 5.0, 2.0, workdir=folder)
+        assert isinstance(made, congruent.Teacher)
+        return split, made
+
+    split, streamed = streamed_teacher(tmp_path / "t0")
+    assert isinstance(in_memory, congruent.Teacher) and (tmp_path / "t0" / "champion_logits.npy").is_file()
+    assert torch.allclose(streamed.logits, in_memory.logits[position_row], atol=1e-5)
+
+    cfg = dataclasses.replace(_cfg().engine(), epochs=2, batch_size=8, patience=10, seed=3, checkpoint_every_steps=2)
+
+    def attempt(folder: str, checkpointer: Checkpointer | None):
+        torch.manual_seed(0)
+        built = build_model("small_cnn", None, len(classes), in_channels=1)
+        head, backbone = head_and_backbone_params(built)
+        split, made = streamed_teacher(tmp_path / folder)
+        val = load_split(data, "val", preset, classes)
+        return fit(built.model, head, backbone, preset, split, val, cfg, checkpointer=checkpointer, teacher=made)
+
+    full = attempt("t1", None)
+    with pytest.raises(_Killed):
+        attempt("t2", _DiesAfterSaving(tmp_path / "c", (2, 3)))
+    resumed = attempt("t3", Checkpointer(tmp_path / "c", "fp"))
+    assert resumed.resumed_at == "epoch 2, step 3 of 5"
+    assert [h.train_loss for h in resumed.history] == [h.train_loss for h in full.history]
+    for key, value in full.best_state.items():
+        assert torch.equal(value, resumed.best_state[key]), key
+    step = train.run(_cfg(congruent=True, data_loading="stream", loader_workers=0, epochs=1), data,
+                     tmp_path / "step", champion_dir=champion)  # its temporary .npy is gone, the map is not
+    assert step.congruent == f"distilling from champion {champion}" and step.epochs_run == 1

@@ -245,9 +245,10 @@ def _pass(data: StreamSplit, epoch: int, rank: int, world: int, skip: int,
 
 def epoch_batches(
     data: StreamSplit, epoch: int, batch_size: int, rank: int, world: int, steps: int,
-    skip_steps: int = 0, device: torch.device | None = None,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """This rank's batches of `epoch` from step `skip_steps` on: uint8 NHWC and int64 labels on `device`.
+    skip_steps: int = 0, device: torch.device | None = None, positions: bool = False,
+) -> Iterator[tuple[torch.Tensor, ...]]:
+    """This rank's batches of `epoch` from step `skip_steps` on: uint8 NHWC and int64 labels on `device`
+    (`positions`: and the samples' positions in the split, on the CPU, as `scoring_batches` gives them).
 
     One process: the split once, in batches of `batch_size` (the last one short). Under DDP
     (`world` > 1): exactly `steps` batches of `batch_size` samples per rank (`batch_size` is the per-rank
@@ -260,17 +261,16 @@ def epoch_batches(
     total = steps * batch_size if world > 1 else len(data)
     skip = start % per_pass
 
-    def chunks() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def chunks() -> Iterator[tuple[torch.Tensor, ...]]:
         nonlocal skip
         while True:
-            for x, y, _ in _pass(data, epoch, rank, world, skip):
-                yield x, y
+            yield from _pass(data, epoch, rank, world, skip)
             skip = 0
             if world == 1:
                 return
 
-    for xb, yb in _rebatch(chunks(), batch_size, total - start):
-        yield _to(xb, device), _to(yb, device)
+    for xb, yb, pos in _rebatch(chunks(), batch_size, total - start):
+        yield (_to(xb, device), _to(yb, device), pos) if positions else (_to(xb, device), _to(yb, device))
 
 
 def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:

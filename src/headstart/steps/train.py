@@ -258,16 +258,14 @@ def _teacher(
 ) -> tuple[tuple[congruent.Teacher, str] | None, str | None]:
     """((the champion's logits, its model digest for the checkpoint fingerprint) or None, a note for people).
 
-    Every rank computes the same logits itself (each downloads the champion): nothing to broadcast."""
+    Every rank computes the same logits itself (each downloads the champion): nothing to broadcast. A streamed
+    split's go to a memory-mapped file in a temporary folder, deleted on return while the map stays open."""
     import tempfile
 
     from headstart import predictions, registry
 
     if not cfg.congruent:
         return None, None
-    if isinstance(train, stream.StreamSplit):
-        raise ConfigError("train.congruent: positive-congruent training needs the training split decoded in memory; "
-                          "set train.shared.data_loading=memory (or congruent: false) for this streamed split")
     with tempfile.TemporaryDirectory(prefix="headstart-champion-") as tmp:
         source = f"champion {champion_dir}"
         if champion_dir is None and tracking is not None:
@@ -285,7 +283,7 @@ def _teacher(
             return got
 
         made = congruent.teacher(champion_dir, source, train, classes, reload, cfg.congruent_weight,
-                                 cfg.congruent_alpha, cfg.congruent_beta, cfg.congruent_temperature)
+                                 cfg.congruent_alpha, cfg.congruent_beta, cfg.congruent_temperature, Path(tmp))
         if isinstance(made, str):
             return None, made
         return (made, predictions.model_digest(champion_dir)), f"distilling from {source}"
