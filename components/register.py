@@ -3,7 +3,7 @@
 from typing import NamedTuple
 
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Input, Markdown, Model, Output
+from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 from kfp.dsl.python_component import PythonComponent
 
 
@@ -21,8 +21,10 @@ def register_and_gate(
     registered_model: str,
     decision_files: Output[Artifact],
     decision_record: Output[Markdown],
+    gate_metrics: Output[Metrics],
 ) -> NamedTuple("Outputs", decision=str, version=str, winner=str):
-    """Register a new model version and decide; the champion alias is left to the promote task."""
+    """Register a new model version and decide; the champion alias is left to the promote task. The
+    gate's numbers (accuracy, NFR/PFR/NFI with intervals, alpha_run and the window) go to `gate_metrics`."""
     from pathlib import Path
     from typing import NamedTuple
 
@@ -52,6 +54,7 @@ def register_and_gate(
     )
     kfp_io.record_lineage(kfp_io.tracking(p), result.version, dict(dataset.metadata))
     kfp_io.copy_text(decision_record.path, Path(decision_files.path) / "decision.md")
+    kfp_io.log_metrics(gate_metrics, register.gate_numbers(result.decision))  # accuracy, flips, schedule
     outputs = NamedTuple("Outputs", decision=str, version=str, winner=str)  # noqa: UP014 - KFP's form
     return outputs(result.decision["decision"], result.version, result.winner)
 

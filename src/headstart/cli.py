@@ -274,7 +274,10 @@ def promote(
     params: ParamsOpt = Path("params.yaml"),
     overrides: SetOpt = None,
 ) -> None:
-    """Manual override: move `champion` to a version even if its gate failed; records who and why."""
+    """Manual override: move `champion` to a version even if its gate failed; records who and why.
+
+    It also opens a fresh window of the gate's false-promotion budget (the schedule `status` shows), and is
+    how a person resets a corrupt schedule: promoting the current champion again keeps it and resets it."""
     from headstart import lifecycle
 
     tracking = _tracking(_params(params, overrides))
@@ -302,7 +305,8 @@ def status(
     overrides: SetOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
-    """Show the champion, its metrics and data version, the promotion history and recent rejections."""
+    """Show the champion, its metrics and data version, the promotion history, recent rejections and the gate's
+    schedule (runs used of the horizon, false-promotion level spent, last reset)."""
     from headstart import lifecycle
     from headstart.summary import render_status
 

@@ -70,6 +70,8 @@ def render(outputs: Path, tracking: TrackingConfig) -> Group:
         ci = "" if c.get("ci_low") is None else f"{c['ci_low']:.3f}..{c['ci_high']:.3f}"
         gate.add_row(c["name"], Text(status, style=style), _num(c.get("value")), _num(c.get("threshold")), ci,
                      _num(c.get("p_value"), "{:.3g}"))
+    flips = _flips_table(dec.get("flips"))
+    schedule = _schedule_line(dec.get("schedule"), dec.get("thresholds") or {})
     verdict = (Text(f"PROMOTED: {reg['model_name']} v{reg['version']} now has alias @champion", style="bold green")
                if reg["promoted"] else
                Text(f"NOT PROMOTED: {reg['model_name']} v{reg['version']} registered, tagged rejected; "
@@ -78,7 +80,44 @@ def render(outputs: Path, tracking: TrackingConfig) -> Group:
                  + (f", alias {reg['alias']}" if reg.get("alias") else "")
                  + (f" (previous champion v{reg['previous_champion']})" if reg.get("previous_champion") else "")),
             Text(f"Open the MLflow UI: {ui_command(tracking)}")]
-    return Group(cands, *[Text(x) for x in lines], gate, verdict, *tail)
+    return Group(cands, *[Text(x) for x in lines], gate, *([flips] if flips else []),
+                 *([Text(schedule)] if schedule else []), verdict, *tail)
+
+
+def _ci(value: Any, ci: list[float] | None) -> str:
+    return _num(value) + ("" if not ci or ci[0] is None else f" ({ci[0]:.4f}..{ci[1]:.4f})")
+
+
+def _flips_table(flips: dict[str, Any] | None, worst: int = 5) -> Table | None:
+    """NFR, PFR and NFI against the champion with their intervals, then the classes with the highest NFR."""
+    if not flips:
+        return None
+    table = Table(title="Flips against the champion", title_justify="left")
+    for col in ("", "NFR (broken)", "PFR (fixed)", "NFI", "negative flips", "positive flips"):
+        table.add_column(col, justify="left" if not col else "right")
+    table.add_row(f"all {flips['n']} images", _ci(flips["nfr"], flips.get("nfr_ci")),
+                  _ci(flips["pfr"], flips.get("pfr_ci")), _ci(flips.get("nfi"), flips.get("nfi_ci")),
+                  str(flips["negative_flips"]), str(flips["positive_flips"]))
+    per_class = sorted(flips.get("per_class") or [], key=lambda c: -(c.get("nfr") or 0.0))
+    for c in per_class[:worst]:
+        table.add_row(f"class {c['class']} (n={c['support']})", _ci(c["nfr"], c.get("nfr_ci")),
+                      _ci(c["pfr"], c.get("pfr_ci")), "", str(c["negative_flips"]), str(c["positive_flips"]))
+    return table
+
+
+def _schedule_line(schedule: dict[str, Any] | None, thresholds: dict[str, Any]) -> str | None:
+    """Where this run stands in the gate's window of runs, as counted (under the lock when it was)."""
+    if not schedule:
+        return None
+    state = schedule.get("recorded") or schedule.get("after") or {}
+    budget = thresholds.get("false_promotion_budget")
+    if schedule.get("alpha_run") is None:
+        return (f"Gate schedule: not counted (nothing compared against a champion); window {state.get('window')}, "
+                f"{state.get('window_runs')} of {state.get('horizon_runs')} runs used")
+    spent = state.get("alpha_spent", 0.0) * schedule.get("candidates_compared", 1)  # the window's bound so far
+    return (f"Gate schedule: run {state.get('window_runs')} of {state.get('horizon_runs')} in window "
+            f"{state.get('window')}; this run's false-promotion level {schedule['alpha_run']:.2g} per candidate, "
+            f"{spent:.3g} of the budget" + (f" {budget:g}" if budget is not None else "") + " spent")
 
 
 def render_status(info: dict[str, Any]) -> Group:
@@ -98,4 +137,15 @@ def render_status(info: dict[str, Any]) -> Group:
     rej.add_column("version"), rej.add_column("reason")
     for r in info["rejected"]:
         rej.add_row(f"v{r['version']}", r["reason"])
-    return Group(head, hist, rej)
+    return Group(head, hist, rej, status_schedule(info.get("gate_schedule")))
+
+
+def status_schedule(state: dict[str, Any] | None) -> Text:
+    """The gate's window: runs used of the horizon, error budget spent, and the last reset."""
+    if state is None:
+        return Text("Gate schedule: none yet (no run judged against a champion)")
+    if "error" in state:
+        return Text(f"Gate schedule: {state['error']}", style="bold red")
+    reset = f"; last reset: {state['reset_reason']}" if state.get("reset_reason") else ""
+    return Text(f"Gate schedule: window {state['window']}, {state['window_runs']} of {state['horizon_runs']} runs "
+                f"used, false-promotion level spent {state['alpha_spent']:.4g} per candidate{reset}")

@@ -5,6 +5,10 @@ is created in one request with all its tags and marked pending; the serving chec
 follow, then the version is marked complete, the last write before promotion moves the champion alias.
 A run that fails before that leaves the champion unchanged and at most a pending version, which nothing
 uses; the next run registers a new version.
+
+The gate's schedule state (headstart.gate.ScheduleState) is read from the registry before anything is
+registered, so a corrupt one stops the run with nothing written; the run is counted in it later, under
+the registry lock, by headstart.steps.promote.
 """
 
 from __future__ import annotations
@@ -79,9 +83,34 @@ def _git_head() -> str | None:
         return None
 
 
+def gate_numbers(record: dict[str, Any]) -> dict[str, float]:
+    """The decision record's numbers, flat, for MLflow and the KFP Metrics: accuracy, macro-F1, the flips
+    against the champion with their intervals, and the schedule (alpha_run, the run's place in its window)."""
+    checks = {c["name"]: c for c in record.get("checks", [])}
+    out: dict[str, Any] = {"test_accuracy": (checks.get("accuracy_floor") or {}).get("value"),
+                           "test_macro_f1": (checks.get("macro_f1_floor") or {}).get("value")}
+    flips = record.get("flips") or {}
+    for key in ("nfr", "pfr", "nfi"):
+        out[key] = flips.get(key)
+        low, high = flips.get(f"{key}_ci") or (None, None)
+        out[f"{key}_ci_low"], out[f"{key}_ci_high"] = low, high
+    out["negative_flips"], out["positive_flips"] = flips.get("negative_flips"), flips.get("positive_flips")
+    schedule = record.get("schedule") or {}
+    out["alpha_run"] = schedule.get("alpha_run")
+    after = schedule.get("recorded") or schedule.get("after") or {}
+    if schedule.get("alpha_run") is not None:
+        out.update({"gate_window": after.get("window"), "gate_window_runs": after.get("window_runs"),
+                    "gate_horizon_runs": after.get("horizon_runs"), "gate_alpha_spent": after.get("alpha_spent")})
+    return {k: float(v) for k, v in out.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
 def _log_model(tracking: TrackingConfig, model_dir: Path, card_run: str | None, sample: list[Path],
-               data_dir: Path, data_tags: dict[str, str]) -> tuple[str, str]:
-    """Log the winner as a pyfunc (code + safetensors, no pickle); returns (model URI, run id)."""
+               data_dir: Path, data_tags: dict[str, str], numbers: dict[str, float]) -> tuple[str, str]:
+    """Log the winner as a pyfunc (code + safetensors, no pickle); returns (model URI, run id).
+
+    The gate's numbers are logged as metrics of the logged model (MLflow 3's LoggedModel, which the
+    registered version's source points at) and so also of its run: MLflow's registry keeps tags on a
+    version, not metrics."""
     import mlflow
     import pandas as pd
 
@@ -105,6 +134,8 @@ def _log_model(tracking: TrackingConfig, model_dir: Path, card_run: str | None, 
             )
             frame = pd.DataFrame({"dataset": [str(data_dir)], **{k: [v] for k, v in data_tags.items()}})
             mlflow.log_input(mlflow.data.from_pandas(frame, source=str(data_dir), name="imagefolder"), context="test")
+            if numbers:
+                mlflow.log_metrics(numbers, model_id=info.model_id)
             return info.model_uri, active.info.run_id
 
     if card_run and not _run_exists(card_run):
@@ -264,9 +295,10 @@ def run(cfg: RegisterConfig, thresholds: GateThresholds, data_dir: Path, candida
             f"the champion changed since evaluation (evaluated v{evaluated_champion}, now "
             f"v{current.version if current else None}); re-run evaluate so the gate compares against it"
         )
+    schedule = registry.read_schedule(tracking)  # corrupt: RegistryError before anything is registered
     champ = champion_for_gate(eval_dir, evaluated_champion)
     winner, _ = choose_winner(finetune, scratch)
-    decision = decide(winner, scratch, champ, thresholds)
+    decision = decide(winner, scratch, champ, thresholds, schedule=schedule)
     card = modelio.load_card(candidates[winner.name])
     preds = np.load(eval_dir / "predictions.npz")
     sample = serving_sample(preds["y_true"], cfg.serving_check_images)
@@ -284,7 +316,8 @@ def run(cfg: RegisterConfig, thresholds: GateThresholds, data_dir: Path, candida
                for m in ("accuracy", "macro_f1")},
             "params.arch": card.arch, "params.image_size": str(card.preset.image_size)}
     model_uri, run_id = _log_model(tracking, candidates[winner.name], card.run_id, paths, data_dir,
-                                   {k: v for k, v in data_tags.items() if k.startswith("data")})
+                                   {k: v for k, v in data_tags.items() if k.startswith("data")},
+                                   gate_numbers(decision.to_dict()))
     version = registry.create_version(tracking, model_uri, tags)
     try:
         failure = serving_check(tracking, version, paths, expected, cfg.serving_check_timeout_s)
@@ -307,6 +340,9 @@ def run(cfg: RegisterConfig, thresholds: GateThresholds, data_dir: Path, candida
         previous, promoted = outcome.previous_champion, outcome.promoted
         if outcome.promoted != decision.promote:  # the champion moved while this run was gated
             record.update(decision="rejected", summary=outcome.reason)
+        if outcome.schedule is not None:  # as counted under the lock: another pipeline may have counted too
+            record["schedule"] = {**record["schedule"], "recorded": outcome.schedule}
+        if outcome.promoted != decision.promote or outcome.schedule is not None:
             (out_dir / "decision.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     result = RegisterResult(model_name=tracking.registered_model, version=version, winner=winner.name,
                             promoted=promoted, alias=registry.CHAMPION if promoted else None,
