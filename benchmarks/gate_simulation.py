@@ -12,7 +12,8 @@ Writes benchmarks/results/gate_simulation.json and gate_simulation.png (with --q
 gate_simulation_quick.*, so a smoke run never overwrites the quoted results); prints a markdown table.
 
 `--schedule` simulates a year of weekly runs instead (see `schedule_main`): one fixed test split per
-simulated year, reused every week, and three gates side by side. Writes gate_schedule.{json,png}.
+simulated year, reused every week, and three gates side by side. Writes gate_schedule.{json,png}
+(gate_schedule_quick.* with --quick; a suffix _rho<R> when --rho is not 0.8).
 """
 
 from __future__ import annotations
@@ -497,8 +498,9 @@ def schedule_run(args: argparse.Namespace) -> dict:
 def _pct(r: dict | None, ci: bool = False) -> str:
     if r is None:
         return "—"
-    text = f"{r['rate']:.1%}" if r["rate"] >= 0.01 or r["rate"] == 0 else f"{r['rate']:.2%}"
-    return text + (f" [{r['ci95'][0]:.1%}, {r['ci95'][1]:.1%}]" if ci else "")
+    digits = 1 if r["rate"] >= 0.01 or r["rate"] == 0 else 2
+    text = f"{r['rate']:.{digits}%}"
+    return text + (f" [{r['ci95'][0]:.{digits}%}, {r['ci95'][1]:.{digits}%}]" if ci else "")
 
 
 def schedule_markdown(result: dict) -> str:
@@ -610,7 +612,7 @@ def schedule_main(args: argparse.Namespace) -> dict:
         seconds=round(time.perf_counter() - t0, 1), load_average=os.getloadavg(),
     )
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = "gate_schedule_quick" if args.quick else "gate_schedule"
+    stem = "gate_schedule" + ("_quick" if args.quick else "") + ("" if args.rho == 0.8 else f"_rho{args.rho:g}")
     (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     schedule_plot(result, RESULTS / f"{stem}.png")
     print(schedule_markdown(result))
