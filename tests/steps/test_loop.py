@@ -24,7 +24,7 @@ from ..conftest import CLASSES, make_imagefolder
 ROOT = Path(__file__).resolve().parents[2]
 
 LENIENT = GateThresholds(min_accuracy=0.0, min_gain_over_baseline=None, max_regression=1.0,
-                         max_class_recall_drop=0.99)
+                         max_class_recall_drop=0.99, max_negative_flip_rate=None)
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +114,17 @@ def test_second_promotion_keeps_previous_champion_alias(loop):
     assert str(previous.version) == before.version
     history = registry.history(tracking)
     assert [h["version"] for h in history][-1] == result.version
+    # judged against a champion: flips recorded, the run counted under the lock, the numbers in MLflow
+    record = json.loads((root / "decision-second" / "decision.json").read_text())
+    flips = record["flips"]
+    assert flips["n"] == 18 and flips["nfr"] == flips["negative_flips"] / 18 and record["schedule"]["alpha_run"] > 0
+    assert record["schedule"]["recorded"] == json.loads(client.get_registered_model(
+        tracking.registered_model).tags[registry.SCHEDULE_TAG])
+    mv = client.get_model_version(tracking.registered_model, result.version)
+    numbers = {m.key: m.value for m in client.get_logged_model(mv.source.removeprefix("models:/")).metrics}
+    assert numbers["nfr"] == pytest.approx(flips["nfr"]) and numbers["pfr"] == pytest.approx(flips["pfr"])
+    assert numbers["alpha_run"] == pytest.approx(record["schedule"]["alpha_run"])
+    assert numbers["test_accuracy"] == pytest.approx(record["checks"][0]["value"]) and "test_macro_f1" in numbers
 
 
 def test_register_refuses_a_stale_evaluation(loop):
