@@ -23,10 +23,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cfg(**kw) -> train.TrainConfig:
-    """params.yaml's finetune recipe on small_cnn, shrunk to the tiny dataset (32 px, 2 epochs, batch 16)."""
+    """params.yaml's finetune recipe on small_cnn, shrunk to the tiny dataset (32 px, 2 epochs, batch 16);
+    plain training unless a test turns `congruent` on."""
     base = dict(backbone="small_cnn", weights="none", channels=1, image_size=32, epochs=2, patience=3, tta="none",
                 images_per_class=None, val_images_per_class=None, checkpoint_dir=None, tensor_cache_dir=None,
-                batch_size=16)
+                batch_size=16, congruent=False)
     return train.config_from_params(load_params(ROOT / "params.yaml"), "finetune", **{**base, **kw})
 
 
