@@ -269,7 +269,12 @@ def _teacher(
     with tempfile.TemporaryDirectory(prefix="headstart-champion-") as tmp:
         source = f"champion {champion_dir}"
         if champion_dir is None and tracking is not None:
+            # rank 0 first, the others after it: two ranks opening a new SQLite store raced its migration
+            if not distributed.is_main():
+                distributed.barrier()
             found = registry.champion_model_dir(tracking, Path(tmp) / "champion")
+            if distributed.is_main():
+                distributed.barrier()
             if found is not None:
                 champion_dir, source = found[0], f"champion v{found[1]} of {tracking.registered_model}"
         if champion_dir is None:
