@@ -18,6 +18,7 @@ from headstart.models import build_model, head_and_backbone_params
 from headstart.presets import Preset
 from headstart.steps import train
 from tests.conftest import make_imagefolder
+from tests.helpers import DiesAfterSaving, Killed
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -106,23 +107,6 @@ def test_a_champion_trained_on_other_classes_is_skipped_with_a_message(tmp_path:
     assert _weights(pc) == _weights(plain)
 
 
-class _Killed(Exception):
-    pass
-
-
-class _DiesAfterSaving(Checkpointer):
-    """Writes its checkpoint, then kills the run: the state on disk is exactly that checkpoint."""
-
-    def __init__(self, location: Path, at: tuple[int, int]) -> None:
-        super().__init__(location, "fp")
-        self.at = at
-
-    def save(self, *args, partial=None, **kw) -> None:
-        super().save(*args, partial=partial, **kw)
-        if partial is not None and (partial.epoch, partial.step) == self.at:
-            raise _Killed
-
-
 def test_a_congruent_run_resumed_mid_epoch_ends_bit_identical(tiny_imagefolder: Path, tmp_path: Path, champion: Path):
     cfg = dataclasses.replace(_cfg().engine(), epochs=3, batch_size=8, patience=10, seed=3, checkpoint_every_steps=2,
                               probe_epochs=1)
@@ -144,8 +128,8 @@ def test_a_congruent_run_resumed_mid_epoch_ends_bit_identical(tiny_imagefolder: 
     model, head, backbone, preset, tr, va, teacher = setup()
     full = fit(model, head, backbone, preset, tr, va, cfg, teacher=teacher)
     model, head, backbone, preset, tr, va, teacher = setup()
-    with pytest.raises(_Killed):  # epoch 2, step 3 of 5
-        fit(model, head, backbone, preset, tr, va, cfg, checkpointer=_DiesAfterSaving(tmp_path / "c", (2, 3)),
+    with pytest.raises(Killed):  # epoch 2, step 3 of 5
+        fit(model, head, backbone, preset, tr, va, cfg, checkpointer=DiesAfterSaving(tmp_path / "c", (2, 3)),
             teacher=teacher)
     model, head, backbone, preset, tr, va, teacher = setup()
     resumed = fit(model, head, backbone, preset, tr, va, cfg, checkpointer=Checkpointer(tmp_path / "c", "fp"),
@@ -208,8 +192,8 @@ def test_a_streamed_split_distils_from_memory_mapped_logits_equal_to_the_decoded
         return fit(built.model, head, backbone, preset, split, val, cfg, checkpointer=checkpointer, teacher=made)
 
     full = attempt("t1", None)
-    with pytest.raises(_Killed):
-        attempt("t2", _DiesAfterSaving(tmp_path / "c", (2, 3)))
+    with pytest.raises(Killed):
+        attempt("t2", DiesAfterSaving(tmp_path / "c", (2, 3)))
     resumed = attempt("t3", Checkpointer(tmp_path / "c", "fp"))
     assert resumed.resumed_at == "epoch 2, step 3 of 5"
     assert [h.train_loss for h in resumed.history] == [h.train_loss for h in full.history]

@@ -19,9 +19,10 @@ from headstart.errors import ConfigError
 from headstart.models import build_model, head_and_backbone_params
 from headstart.presets import Preset
 from headstart.steps import train
+from tests.helpers import DiesAfterSaving, Killed
 
 from ..conftest import make_imagefolder
-from .test_train import _cfg, _DiesAfterSaving, _engine, _Killed
+from .test_train import _cfg, _engine
 
 PRESET = Preset(32, 1, (0.5,), (0.5,))
 
@@ -88,8 +89,8 @@ def test_mid_epoch_resume_on_shards_is_bit_identical_on_cpu(packed: Path, tmp_pa
     full = fit(model, head, backbone, PRESET, tr, va, cfg)
 
     model, head, backbone, tr, va = _setup(packed, workers=2)
-    with pytest.raises(_Killed):  # global step 8 = epoch 2, step 3 of 5
-        fit(model, head, backbone, PRESET, tr, va, cfg, checkpointer=_DiesAfterSaving(tmp_path / "c", (2, 3)))
+    with pytest.raises(Killed):  # global step 8 = epoch 2, step 3 of 5
+        fit(model, head, backbone, PRESET, tr, va, cfg, checkpointer=DiesAfterSaving(tmp_path / "c", (2, 3)))
     model, head, backbone, tr, va = _setup(packed, workers=1)  # another worker count: the checkpoint's wins
     resumed = fit(model, head, backbone, PRESET, tr, va, cfg, checkpointer=Checkpointer(tmp_path / "c", "fp"))
     assert resumed.resumed_at == "epoch 2, step 3 of 5"

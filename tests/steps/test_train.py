@@ -16,6 +16,7 @@ from headstart.engine import EngineConfig, fit, predict_logits
 from headstart.models import build_model, head_and_backbone_params
 from headstart.presets import Preset
 from headstart.steps import train
+from tests.helpers import DiesAfterSaving, Killed
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -101,23 +102,6 @@ def test_interrupted_training_resumes_to_the_same_weights(tiny_imagefolder: Path
         assert torch.equal(value, resumed.best_state[key]), key
 
 
-class _Killed(Exception):
-    pass
-
-
-class _DiesAfterSaving(Checkpointer):
-    """Writes its checkpoint, then kills the run: the state on disk is exactly that checkpoint."""
-
-    def __init__(self, location: Path, at: tuple[int, int]) -> None:
-        super().__init__(location, "fp")
-        self.at = at
-
-    def save(self, *args, partial=None, **kw) -> None:
-        super().save(*args, partial=partial, **kw)
-        if partial is not None and (partial.epoch, partial.step) == self.at:
-            raise _Killed
-
-
 def test_mid_epoch_checkpoint_resumes_inside_the_epoch_to_identical_results(tiny_imagefolder: Path, tmp_path: Path):
     # 36 train images, batch 8: 5 steps per epoch, the last one short; a checkpoint every 2 steps
     cfg = _engine(epochs=3, batch_size=8, patience=10, seed=3, checkpoint_every_steps=2, probe_epochs=1)
@@ -125,8 +109,8 @@ def test_mid_epoch_checkpoint_resumes_inside_the_epoch_to_identical_results(tiny
     full = fit(model, head, backbone, preset, tr, va, cfg)
 
     model, head, backbone, preset, tr, va = _setup(tiny_imagefolder)
-    with pytest.raises(_Killed):  # global step 8 = epoch 2, step 3 of 5
-        fit(model, head, backbone, preset, tr, va, cfg, checkpointer=_DiesAfterSaving(tmp_path / "c", (2, 3)))
+    with pytest.raises(Killed):  # global step 8 = epoch 2, step 3 of 5
+        fit(model, head, backbone, preset, tr, va, cfg, checkpointer=DiesAfterSaving(tmp_path / "c", (2, 3)))
     assert sorted(p.name for p in (tmp_path / "c" / "fp").glob("*.pt")) == ["epoch-0002-step-00000001.pt",
                                                                        "epoch-0002-step-00000003.pt"]
     model, head, backbone, preset, tr, va = _setup(tiny_imagefolder)
@@ -145,8 +129,8 @@ def test_mid_epoch_checkpoint_resumes_inside_the_epoch_to_identical_results(tiny
 def test_a_torn_mid_epoch_checkpoint_falls_back_to_the_one_before(tiny_imagefolder: Path, tmp_path: Path):
     cfg = _engine(epochs=2, batch_size=8, patience=10, checkpoint_every_steps=2)
     model, head, backbone, preset, tr, va = _setup(tiny_imagefolder)
-    with pytest.raises(_Killed):
-        fit(model, head, backbone, preset, tr, va, cfg, checkpointer=_DiesAfterSaving(tmp_path / "c", (2, 3)))
+    with pytest.raises(Killed):
+        fit(model, head, backbone, preset, tr, va, cfg, checkpointer=DiesAfterSaving(tmp_path / "c", (2, 3)))
     newest = tmp_path / "c" / "fp" / "epoch-0002-step-00000003.pt"
     newest.write_bytes(newest.read_bytes()[:200])
     model, head, backbone, preset, tr, va = _setup(tiny_imagefolder)
@@ -218,13 +202,13 @@ def _params(**sections: dict) -> dict:
     return params
 
 
-class _KilledAfterEpoch3(Checkpointer):
+class KilledAfterEpoch3(Checkpointer):
     """The train step's checkpointer, killed right after it saved epoch 3."""
 
     def save(self, model, opt, sched, gen, result, *args, partial=None, **kw) -> None:
         super().save(model, opt, sched, gen, result, *args, partial=partial, **kw)
         if partial is None and result.history[-1].epoch == 3:
-            raise _Killed
+            raise Killed
 
 
 def test_item2_a_new_config_resumes_after_another_filled_the_checkpoint_folder(
@@ -236,8 +220,8 @@ def test_item2_a_new_config_resumes_after_another_filled_the_checkpoint_folder(
     assert train.run(a_cfg, tiny_imagefolder, tmp_path / "a").epochs_run == 5
     b_cfg = _cfg(epochs=4, patience=4, lr_head=0.01, checkpoint_dir=ckpt)
     with monkeypatch.context() as m:
-        m.setattr(train, "Checkpointer", _KilledAfterEpoch3)
-        with pytest.raises(_Killed):
+        m.setattr(train, "Checkpointer", KilledAfterEpoch3)
+        with pytest.raises(Killed):
             train.run(b_cfg, tiny_imagefolder, tmp_path / "b")
     b = train.run(b_cfg, tiny_imagefolder, tmp_path / "b")
     assert b.resumed_from == 3 and b.epochs_run == 4
