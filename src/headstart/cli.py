@@ -39,10 +39,10 @@ DataOpt = Annotated[Path, typer.Option("--data", help="Dataset root: an ImageFol
                                       "or a packed dataset (index.json + shards, headstart data pack).")]
 
 
-def _params(params: Path, overrides: list[str] | None) -> dict[str, Any]:
+def _params(params: Path, overrides: list[str] | None, full: bool = False) -> dict[str, Any]:
     from headstart.config import load_params
 
-    return load_params(params, overrides)
+    return load_params(params, overrides, full=full)
 
 
 def _tracking(p: dict[str, Any]):
@@ -329,6 +329,7 @@ def run_all(
     overrides: SetOpt = None,
 ) -> None:
     """Run the whole loop in-process (what `dvc repro` runs stage by stage), then print the summary."""
+    _params(params, overrides, full=True)  # every section's values now: a bad gate threshold before training
     ctx_params = {"params": params, "overrides": overrides}
     validate(data=data, out=outputs / "validation", track=True, **ctx_params)
     for role in ("finetune", "scratch"):
@@ -350,22 +351,29 @@ def _quiet_library_warnings() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: user errors print one clear line and exit non-zero, without a traceback."""
+    """Entry point: a user's mistake prints one clear line and exits non-zero, without a traceback."""
     _quiet_library_warnings()
     try:
         app(args=argv, standalone_mode=False)
     except HeadstartError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except typer.Abort:
         sys.exit(130)
-    except Exception as exc:  # click usage errors
-        import click
+    except typer.TyperException as exc:  # click's errors: typer bundles its own click (typer._click)
+        sys.exit(_usage_error(exc))
 
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+
+def _usage_error(exc: typer.TyperException) -> int:
+    """`Error: <what>` and the command's --help hint, not click's usage block; exit 2 for a usage error."""
+    ctx = getattr(exc, "ctx", None)
+    if type(exc).__name__ == "NoArgsIsHelpError":  # `headstart` alone: its message is the help (exit 2, as click)
+        exc.show()  # type: ignore[attr-defined]
+        return exc.exit_code
+    typer.echo(f"Error: {exc.format_message()}", err=True)
+    if ctx is not None:
+        typer.echo(f"Try '{ctx.command_path} --help' for help.", err=True)
+    return exc.exit_code
 
 
 if __name__ == "__main__":

@@ -6,13 +6,17 @@ validates, so a bad value is reported with the parameter's dotted name.
 
 from __future__ import annotations
 
+import ast
+import difflib
+import importlib
 import os
 from collections.abc import Mapping
+from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from headstart.errors import ConfigError
 
@@ -43,6 +47,13 @@ class TrackingConfig(Frozen):
         return self.tracking_uri
 
 
+class DataConfig(Frozen):
+    """The `data` section: the dataset folder (fetch's default path) and the importer's val split."""
+
+    dir: str = "data"
+    val_per_class: int = Field(500, ge=1)
+
+
 def tracking_from_params(params: dict[str, Any]) -> TrackingConfig:
     """The `tracking` section, with MLFLOW_TRACKING_URI from the environment taking precedence."""
     data = section(params, "tracking")
@@ -51,8 +62,10 @@ def tracking_from_params(params: dict[str, Any]) -> TrackingConfig:
     return build(TrackingConfig, data, "tracking")
 
 
-def load_params(path: Path | str = DEFAULT_PARAMS, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Read params.yaml and apply `a.b.c=value` overrides (values parsed as YAML)."""
+def load_params(path: Path | str = DEFAULT_PARAMS, overrides: list[str] | None = None, *,
+                full: bool = False) -> dict[str, Any]:
+    """Read params.yaml, apply `a.b.c=value` overrides (values parsed as YAML) and check the result with
+    `check_params`, so a typo anywhere stops every command, not only the one that reads its section."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found. Run from the project root or pass --params.")
@@ -64,6 +77,7 @@ def load_params(path: Path | str = DEFAULT_PARAMS, overrides: list[str] | None =
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     for item in overrides or []:
         apply_override(params, item)
+    check_params(params, overrides, str(path), full=full)
     return params
 
 
@@ -95,6 +109,16 @@ def section(params: dict[str, Any], dotted: str) -> dict[str, Any]:
     return dict(node) if isinstance(node, dict) else {}
 
 
+class InvalidParams(ConfigError):
+    """Bad parameters; `problems` pairs each dotted name with what is wrong, for `check_params` to attribute."""
+
+    def __init__(self, problems: list[tuple[str, str]], source: str = "params.yaml") -> None:
+        self.problems = problems
+        lines = [f"{name}: {what}" for name, what in problems]
+        super().__init__(f"invalid parameter {lines[0]}" if len(lines) == 1 else
+                         f"{len(lines)} invalid parameters in {source}:\n  " + "\n  ".join(lines))
+
+
 def build(model: type[M], data: dict[str, Any], where: str, origins: Mapping[str, str] | None = None) -> M:
     """Validate one section, naming the dotted parameter on error.
 
@@ -104,12 +128,131 @@ def build(model: type[M], data: dict[str, Any], where: str, origins: Mapping[str
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        lines = []
+        problems = []
         for err in exc.errors():
             head = (origins or {}).get(str(err["loc"][0]), where) if err["loc"] else where
             loc = ".".join(str(p) for p in (head, *err["loc"]) if p != "")
             if err["type"] == "missing":
-                lines.append(f"  {loc}: missing; params.yaml is where every knob is set")
+                problems.append((loc, "missing; params.yaml is where every knob is set"))
             else:
-                lines.append(f"  {loc}: {err['msg']} (got {err.get('input')!r})")
-        raise ConfigError("invalid parameters in params.yaml:\n" + "\n".join(lines)) from None
+                problems.append((loc, f"{err['msg']} (got {err.get('input')!r})"))
+        raise InvalidParams(problems) from None
+
+
+# Where each section's keys are declared. The check reads these classes' source rather than importing them:
+# importing the training step costs seconds (torch), and `status` should not pay that to spot a typo.
+SECTIONS = {
+    "data": "headstart.config:DataConfig",
+    "tracking": "headstart.config:TrackingConfig",
+    "fetch": "headstart.steps.fetch:FetchConfig",
+    "validate": "headstart.validation.config:ValidateConfig",
+    "train.shared": "headstart.steps.train:TrainConfig",
+    "train.finetune": "headstart.steps.train:TrainConfig",
+    "train.scratch": "headstart.steps.train:TrainConfig",
+    "evaluate": "headstart.steps.evaluate:EvaluateConfig",
+    "gate": "headstart.gate:GateThresholds",
+    "register": "headstart.steps.register:RegisterConfig",
+    "pipeline": "headstart.pipeline.settings:PipelineSettings",
+}
+NOT_KNOBS = {"train": {"role"}}  # fields a section's class has but params.yaml does not set
+OPEN = "*"  # in a schema: a class that ignores keys it does not know (extra != "forbid")
+
+
+def class_keys(ref: str) -> dict[str, Any]:
+    """The keys of the pydantic class `module:Class`, read from its source: {name: None, or a nested class's
+    keys}, with OPEN when the class does not forbid unknown keys. tests/unit/test_check_params.py holds this
+    to the imported classes' model_fields."""
+    module, name = ref.split(":")
+    return _class_keys(module, name)
+
+
+@cache
+def _class_keys(module: str, name: str) -> dict[str, Any]:
+    spec = Path(__file__).parent.joinpath(*module.split(".")[1:]).with_suffix(".py")
+    classes = {n.name: n for n in ast.walk(ast.parse(spec.read_text())) if isinstance(n, ast.ClassDef)}
+
+    def keys(node: ast.ClassDef) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        extra = "forbid" if any(getattr(b, "id", "") == "Frozen" for b in node.bases) else None
+        for base in node.bases:
+            if getattr(base, "id", "") in classes:
+                out.update(keys(classes[base.id]))
+        for stmt in node.body:
+            if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+                nested = getattr(stmt.annotation, "id", "")
+                out[stmt.target.id] = keys(classes[nested]) if nested in classes else None
+            elif isinstance(stmt, ast.Assign) and any(getattr(t, "id", "") == "model_config" for t in stmt.targets):
+                extra = next((k.value.value for k in getattr(stmt.value, "keywords", [])
+                              if k.arg == "extra" and isinstance(k.value, ast.Constant)), extra)
+        if extra != "forbid":
+            out[OPEN] = None
+        return out
+
+    return keys(classes[name])
+
+
+def _schema() -> dict[str, Any]:
+    """params.yaml's shape: sections (nested dicts) down to each class's keys; `seed` is a top-level value."""
+    tree: dict[str, Any] = {"seed": None}
+    for dotted, ref in SECTIONS.items():
+        *parents, leaf = dotted.split(".")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = {k: v for k, v in class_keys(ref).items() if k not in NOT_KNOBS.get(dotted.split(".")[0], ())}
+    return tree
+
+
+def _unknown(node: Any, schema: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    if not isinstance(node, dict):
+        return [(prefix.rstrip("."), f"expected a section of keys, got {node!r}")]
+    problems = []
+    for key, value in node.items():
+        if key in schema:
+            if isinstance(schema[key], dict):
+                problems += _unknown(value, schema[key], f"{prefix}{key}.")
+        elif OPEN not in schema:
+            known = [k for k in schema if k != OPEN]
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"; did you mean {prefix}{close[0]}?" if close else f"; known: {', '.join(known)}"
+            problems.append((f"{prefix}{key}", f"unknown {'key' if prefix else 'section'}{hint}"))
+    return problems
+
+
+def _values(params: dict[str, Any], name: str) -> None:
+    """Build section `name`'s config as its step will, importing its class only now."""
+    if name == "train":
+        from headstart.steps.train import config_from_params
+
+        for role in ("finetune", "scratch"):
+            config_from_params(params, role)  # type: ignore[arg-type]
+    elif name in SECTIONS:
+        module, cls = SECTIONS[name].split(":")
+        build(getattr(importlib.import_module(module), cls), section(params, name), name)
+
+
+def check_params(params: dict[str, Any], overrides: list[str] | None = None, source: str = "params.yaml", *,
+                 full: bool = False, set_label: str = "--set") -> None:
+    """Reject an unknown section or key anywhere (with "did you mean"), and a bad value in every section an
+    override touches (`full`: in every section), naming where each came from: `set_label` or `source`.
+
+    Every command calls it, so `validate --set train.shared.epoch=2` fails at once instead of being ignored,
+    and `run` (full) finds a bad gate threshold before training. Keys are checked from the classes' source,
+    in milliseconds; values by importing the section's class, only where asked."""
+    given = {item.split("=", 1)[0].strip(): item for item in overrides or []}
+    problems = _unknown(params, _schema())
+    for name in [] if problems else sorted(set(params) if full else {key.split(".")[0] for key in given}):
+        try:
+            _values(params, name)
+        except InvalidParams as exc:
+            problems += exc.problems
+        except ConfigError as exc:
+            problems.append((name, str(exc)))
+
+    def origin(name: str) -> str:
+        items = [item for key, item in given.items() if key == name or key.startswith(f"{name}.")
+                 or name.startswith(f"{key}.")]
+        return f"{set_label} {items[0]}" if items else source
+
+    if problems:
+        raise InvalidParams([(name, f"{what} (from {origin(name)})") for name, what in problems], source)

@@ -90,8 +90,10 @@ def compile_cmd(
     overrides: SetOpt = None,
 ) -> None:
     """Compile the pipeline to YAML (commit pipelines/headstart_pipeline.yaml; upload it in the KFP UI)."""
+    from headstart.config import load_params
     from headstart.pipeline.spec import compile as compile_spec
 
+    load_params(params, overrides, full=True)  # every section: the pods read them after the GPUs have started
     extra: dict[str, Any] = {"image_registry": registry, "image_tag": tag}
     if not workspace:
         extra["workspace_size"] = ""
