@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from headstart.config import TrackingConfig, apply_override, tracking_from_params
+from headstart.config import TrackingConfig, apply_override, check_params, tracking_from_params
 
 
 class MetricsLike(Protocol):
@@ -37,12 +37,15 @@ def _set(params: dict[str, Any], dotted: str, value: Any) -> None:
 def params(
     params_json: str, overrides: list[str] | None = None, knobs: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """params.yaml as compiled in, then the run's parameters (`knobs`), then `key=value` overrides."""
+    """params.yaml as compiled in, then the run's parameters (`knobs`), then `key=value` overrides, checked:
+    a typo in `overrides` fails the first task (validate), before the training pods start."""
     merged: dict[str, Any] = json.loads(params_json)
     for key, value in (knobs or {}).items():
         _set(merged, key, value)
     for item in overrides or []:
         apply_override(merged, str(item))
+    check_params(merged, [str(o) for o in overrides or []], "the pipeline's compiled params.yaml",
+                 set_label="the run's overrides parameter")
     return merged
 
 
