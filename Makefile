@@ -9,7 +9,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: help setup data postgres images run repro summary test test-faults test-scale test-containers test-fast lint lint-infra bench bench-data bench-containers compile clean
+.PHONY: help setup data postgres chromium images run repro summary test test-faults test-scale test-containers test-fast lint lint-infra bench bench-data bench-containers compile clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -47,6 +47,15 @@ postgres:  ## install PostgreSQL (Debian package) for the tests' throw-away clus
 	  echo "apt-get could not install postgresql; the PostgreSQL tests will fail (tests/integration/servers.py)"; \
 	fi
 
+chromium:  ## install Chromium (Debian package) for the tests that render the reports in a real browser
+	@if ! command -v chromium >/dev/null && command -v apt-get >/dev/null; then \
+	  echo "installing the Debian package chromium"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  ($(SUDO) apt-get update -q >/dev/null && \
+	   $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null) || \
+	  echo "apt-get could not install chromium; the browser tests will fail (tests/helpers.py)"; \
+	fi
+
 # podman on this kind of machine needs runc, cgroupfs and lower ulimits (tools/containers.conf); a system's own
 # /etc/containers/containers.conf is left alone
 export CONTAINERS_CONF ?= $(CURDIR)/tools/containers.conf
@@ -67,7 +76,7 @@ repro: run
 summary: setup  ## print the last run's summary table again
 	headstart summary
 
-test: data postgres  ## the test suite, slow tests included (the fault sweep is make test-faults)
+test: data postgres chromium  ## the test suite, slow tests included (the fault sweep is make test-faults)
 	$(BIN)/python -m pytest -q -m "not faults and not containers and not scale" $(PYTEST_ARGS)
 
 test-scale: data postgres  ## a packed (sharded) dataset through the whole loop: CLI, dvc repro, kfp.local (~4.5 min; CI)

@@ -22,3 +22,50 @@ class DiesAfterSaving(Checkpointer):
         super().save(*args, partial=partial, **kw)
         if partial is not None and (partial.epoch, partial.step) == self.at:
             raise Killed
+
+
+# A page opened in headless Chromium: after `load`, this marks on <body> every <img> the browser could not
+# decode (by its alt text) and every relative link whose target is missing is checked in Python on the DOM.
+_PROBE = ("<script>window.addEventListener('load',()=>{const bad=[...document.images]"
+          ".filter(i=>!i.complete||i.naturalWidth===0).map(i=>i.alt||i.src.slice(0,60));"
+          "document.body.setAttribute('data-images',String(document.images.length));"
+          "document.body.setAttribute('data-broken-images',JSON.stringify(bad));});</script>")
+
+
+def chromium() -> str:
+    """Debian's chromium (installed by `make chromium`, which `make test` runs)."""
+    import shutil
+
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not found:
+        raise RuntimeError("chromium is not installed: run `make chromium` (Debian package chromium)")
+    return found
+
+
+def browser_dom(page: Path, tmp: Path) -> str:
+    """The DOM Chromium built from `page` (a copy beside it with the probe script, so relative links and
+    images resolve as they would for the original), as --dump-dom prints it."""
+    import subprocess
+
+    html = page.read_text()
+    probe = page.with_name(f".probe-{page.name}")
+    probe.write_text(html.replace("</body>", _PROBE + "</body>") if "</body>" in html else html + _PROBE)
+    try:
+        out = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                              f"--user-data-dir={tmp / 'chromium-profile'}", "--virtual-time-budget=5000",
+                              "--dump-dom", probe.resolve().as_uri()],
+                             capture_output=True, text=True, timeout=120, check=True).stdout
+    finally:
+        probe.unlink()
+    return out
+
+
+def screenshot(page: Path, out: Path, tmp: Path, width: int = 1280, height: int = 2400) -> Path:
+    """A PNG of `page` as headless Chromium draws it (docs/ screenshots)."""
+    import subprocess
+
+    subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars",
+                    f"--user-data-dir={tmp / 'chromium-profile'}", f"--window-size={width},{height}",
+                    "--virtual-time-budget=5000", f"--screenshot={out.resolve()}", page.resolve().as_uri()],
+                   capture_output=True, text=True, timeout=120, check=True)
+    return out
