@@ -11,7 +11,8 @@ not changed. An entry is keyed by everything the answer depends on:
   a check that must compare like with like (the serving check) finds the entry made its way.
 
 The store is a local folder or an `s3://bucket/prefix` URI (headstart.storage). One entry is one
-`<key digest>.npz` file holding the labels (int32, one per image) and the key it was written for; it is
+`<key digest>.npz` file holding the labels (int32, one per image), each label's confidence (the top softmax
+probability, float32: the report's calibration section) and the key it was written for; it is
 written atomically (a temporary file renamed locally; an S3 object appears only once uploaded), and an
 entry that is unreadable, truncated or holds another key or shape is ignored and recomputed. The store
 is a cache: a failure to read or write it is logged and the run goes on.
@@ -54,7 +55,7 @@ import numpy as np
 from headstart import storage
 from headstart.errors import StorageError
 
-FORMAT = 2  # 2: the library versions and the HMAC
+FORMAT = 3  # 2: the library versions and the HMAC; 3: confidences beside the labels
 SECRET_VAR = "MLFLOW_TRACKING_PASSWORD"  # noqa: S105 - the variable's name, not its value
 CPU_FP32 = "cpu/fp32"
 CUDA_BF16 = "cuda/bf16"
@@ -111,8 +112,9 @@ def _mac_key(store: str) -> bytes | None:
     return None if storage.is_s3(store) else b""
 
 
-def _mac(mac_key: bytes, stamp: str, labels: np.ndarray) -> str:
-    body = stamp.encode() + b"|" + np.ascontiguousarray(labels, dtype="<i4").tobytes()
+def _mac(mac_key: bytes, stamp: str, labels: np.ndarray, confidence: np.ndarray) -> str:
+    body = (stamp.encode() + b"|" + np.ascontiguousarray(labels, dtype="<i4").tobytes() + b"|"
+            + np.ascontiguousarray(confidence, dtype="<f4").tobytes())
     return hmac.new(mac_key, body, hashlib.sha256).hexdigest()
 
 
@@ -172,6 +174,12 @@ def entry_uri(store: str, key: PredictionKey) -> str:
 
 def load(store: str, key: PredictionKey, n: int, n_classes: int) -> np.ndarray | None:
     """The stored labels for `key` (int64, shape (n,)), or None when absent or unusable."""
+    entry = load_scored(store, key, n, n_classes)
+    return None if entry is None else entry[0]
+
+
+def load_scored(store: str, key: PredictionKey, n: int, n_classes: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The stored labels (int64) and confidences (float32) for `key`, or None when absent or unusable."""
     mac_key = _mac_key(store)
     if mac_key is None:
         _unsigned(store)
@@ -183,6 +191,7 @@ def load(store: str, key: PredictionKey, n: int, n_classes: int) -> np.ndarray |
         raw, _ = storage.read_bytes(uri)
         with np.load(io.BytesIO(raw), allow_pickle=False) as entry:
             stored_key, labels, mac = str(entry["key"]), entry["labels"], str(entry["mac"]) if "mac" in entry else ""
+            conf = entry["confidence"]
     except (StorageError, OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         log.warning("prediction store: %s is unreadable (%s); scoring again", uri, exc)
         return None
@@ -194,20 +203,26 @@ def load(store: str, key: PredictionKey, n: int, n_classes: int) -> np.ndarray |
         log.warning("prediction store: %s holds %s labels of shape %s, expected (%d,) in [0, %d); scoring again",
                     uri, labels.dtype, labels.shape, n, n_classes)
         return None
-    if not hmac.compare_digest(mac, _mac(mac_key, stamp, labels)):
+    if conf.shape != (n,) or conf.dtype != np.float32:
+        log.warning("prediction store: %s holds confidences %s %s, expected float32 (%d,); scoring again",
+                    uri, conf.dtype, conf.shape, n)
+        return None
+    if not hmac.compare_digest(mac, _mac(mac_key, stamp, labels, conf)):
         log.warning("prediction store: %s fails its integrity check (HMAC under %s): written without this "
                     "pipeline's secret, or altered since; NOT used, scoring again", uri, SECRET_VAR)
         return None
-    return labels.astype(np.int64)
+    return labels.astype(np.int64), conf
 
 
-def save(store: str, key: PredictionKey, labels: np.ndarray) -> str | None:
-    """Keep `labels` under `key`; the entry's URI, or None when the store could not be written."""
+def save(store: str, key: PredictionKey, labels: np.ndarray, confidence: np.ndarray) -> str | None:
+    """Keep `labels` and their `confidence` under `key`; the entry's URI, or None when the store could not be
+    written."""
     mac_key = _mac_key(store)
     if mac_key is None:
         _unsigned(store)
         return None
     uri, stamp, labels = entry_uri(store, key), key.stamp(), np.asarray(labels, dtype=np.int32)
+    confidence = np.asarray(confidence, dtype=np.float32)
     tmp_name = None
     try:
         folder = None if storage.is_s3(store) else Path(store)
@@ -215,7 +230,8 @@ def save(store: str, key: PredictionKey, labels: np.ndarray) -> str | None:
             folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, suffix=".npz.tmp", delete=False) as tmp:
             tmp_name = tmp.name
-            np.savez(tmp, labels=labels, key=np.array(stamp), mac=np.array(_mac(mac_key, stamp, labels)))
+            np.savez(tmp, labels=labels, confidence=confidence, key=np.array(stamp),
+                     mac=np.array(_mac(mac_key, stamp, labels, confidence)))
         if folder is None:
             storage.upload(Path(tmp_name), uri)
         else:

@@ -341,3 +341,57 @@ def flip_rates(
         negative_per_class=np.bincount(y[neg], minlength=n_classes)[:n_classes],
         positive_per_class=np.bincount(y[pos], minlength=n_classes)[:n_classes],
     )
+
+
+def per_class_prf(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict[str, np.ndarray]:
+    """Precision, recall, F1 and support of each class; NaN where a ratio has no denominator."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    tp = np.bincount(y_true[y_true == y_pred], minlength=n_classes)[:n_classes].astype(float)
+    support = np.bincount(y_true, minlength=n_classes)[:n_classes]
+    predicted = np.bincount(y_pred, minlength=n_classes)[:n_classes]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(predicted > 0, tp / np.maximum(predicted, 1), np.nan)
+        recall = np.where(support > 0, tp / np.maximum(support, 1), np.nan)
+        f1 = np.where(support + predicted > 0, 2 * tp / np.maximum(support + predicted, 1), np.nan)
+    return {"precision": precision, "recall": recall, "f1": f1, "support": support}
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
+    """ECE over `bins` equal-width confidence bins: the image-weighted mean |accuracy - confidence|
+    (Guo et al., 2017). How far a served `confidence` can be read as a probability of being right."""
+    conf, ok = np.asarray(confidence, dtype=float).ravel(), np.asarray(correct, dtype=bool).ravel()
+    if conf.size == 0:
+        return float("nan")
+    counts, acc, mean_conf = reliability(conf, ok, bins)
+    seen = counts > 0
+    return float(np.sum(counts[seen] * np.abs(acc[seen] - mean_conf[seen])) / conf.size)
+
+
+def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> tuple[np.ndarray, ...]:
+    """Per equal-width confidence bin (right-closed, the first also holds 0): images, accuracy and mean
+    confidence (NaN in an empty bin)."""
+    conf, ok = np.asarray(confidence, dtype=float).ravel(), np.asarray(correct, dtype=bool).ravel()
+    which = np.clip(np.ceil(conf * bins).astype(int) - 1, 0, bins - 1)
+    counts = np.bincount(which, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = np.bincount(which, weights=ok.astype(float), minlength=bins) / counts
+        mean_conf = np.bincount(which, weights=conf, minlength=bins) / counts
+    return counts, acc, mean_conf
+
+
+def paired_recall_diff(
+    y_true: np.ndarray, a_correct: np.ndarray, b_correct: np.ndarray, n_classes: int, level: float = 0.95,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per class, recall(a) - recall(b) on the same images and its normal interval from the discordant
+    pairs: var = (g + l - (g - l)^2 / n) / n^2 with g, l the images only a, only b got right. Analytic,
+    so 1,000 classes cost one bincount (a per-class bootstrap would not fit in a report)."""
+    y = np.asarray(y_true).ravel()
+    a, b = _as_bool_pair(a_correct, b_correct)
+    n = np.bincount(y, minlength=n_classes)[:n_classes].astype(float)
+    gained = np.bincount(y[a & ~b], minlength=n_classes)[:n_classes].astype(float)
+    lost = np.bincount(y[b & ~a], minlength=n_classes)[:n_classes].astype(float)
+    z = float(sps.norm.ppf(0.5 + level / 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        diff = np.where(n > 0, (gained - lost) / np.maximum(n, 1), np.nan)
+        half = z * np.sqrt(np.maximum(gained + lost - (gained - lost) ** 2 / np.maximum(n, 1), 0)) / np.maximum(n, 1)
+    return diff, diff - half, diff + half
