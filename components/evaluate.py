@@ -32,16 +32,13 @@ def evaluate_candidates(
     out = Path(evaluation.path)
     models = {"finetune": Path(finetune.path) / "model", "scratch": Path(scratch.path) / "model"}
     result = evaluate.run(evaluate.config_from_params(p), Path(dataset.path), models, out, kfp_io.tracking(p))
-    kfp_io.log_metrics(finetune_metrics, kfp_io.model_metrics(result.models["finetune"]))
-    kfp_io.log_metrics(scratch_metrics, kfp_io.model_metrics(result.models["scratch"]))
-    kfp_io.log_metrics(champion_metrics, kfp_io.model_metrics(result.models.get("champion", {})))
+    for name, metrics, confusion in (("finetune", finetune_metrics, finetune_confusion),
+                                     ("scratch", scratch_metrics, scratch_confusion),
+                                     ("champion", champion_metrics, champion_confusion)):
+        kfp_io.log_model_metrics(metrics, result.models, name, result.champion_version)
+        kfp_io.log_confusion(confusion, out, name)
     kfp_io.log_metrics(comparison, result.comparison)
-    kfp_io.log_confusion(finetune_confusion, out, "finetune")
-    kfp_io.log_confusion(scratch_confusion, out, "scratch")
-    kfp_io.log_confusion(champion_confusion, out, "champion")
-    kfp_io.write_markdown_html(
-        report.path, out / "report.md", "Evaluation", sorted(out.glob("confusion_*.png"))
-    )
+    kfp_io.copy_text(report.path, out / "report.html")  # headstart.report's page, the same as local and MLflow
     return result.champion_version or ""
 
 

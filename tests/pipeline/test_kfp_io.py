@@ -28,6 +28,7 @@ class Recorder:
     def __init__(self) -> None:
         self.metrics: dict[str, float] = {}
         self.confusion: tuple[list[str], list[list[int]]] | None = None
+        self.metadata: dict[str, object] = {}
 
     def log_metric(self, key: str, value: float) -> None:
         self.metrics[key] = value
@@ -109,7 +110,8 @@ def test_log_metrics_keeps_numbers_only():
 
 
 def test_model_metrics_flatten_per_class_recall():
-    flat = kfp_io.model_metrics({"accuracy": 0.9, "per_class_recall": {"cat": 0.8}, "n_test": 10})
+    flat = kfp_io.model_metrics({"accuracy": 0.9, "n_test": 10, "per_class": {
+        "cat": {"precision": 0.7, "recall": 0.8, "f1": 0.75, "support": 5}}})
     assert flat == {"accuracy": 0.9, "n_test": 10, "recall.cat": 0.8}
 
 
@@ -142,15 +144,3 @@ def test_confusion_matrix_from_predictions(tmp_path):
     assert kfp_io.log_confusion(rec, tmp_path, "finetune")
     assert rec.confusion == (["a", "b", "c"], [[1, 1, 0], [0, 1, 0], [0, 0, 1]])
     assert not kfp_io.log_confusion(Recorder(), tmp_path, "champion")
-
-
-def test_html_is_self_contained(tmp_path):
-    png = tmp_path / "confusion_finetune.png"
-    png.write_bytes(b"\x89PNG fake")
-    md = tmp_path / "report.md"
-    md.write_text("# Evaluation\n\n| model | accuracy |\n|---|---:|\n| finetune | 0.9 |\n")
-    out = tmp_path / "report.html"
-    kfp_io.write_markdown_html(str(out), md, "Evaluation", [png])
-    text = out.read_text()
-    assert "<table>" in text and "data:image/png;base64," in text and "<h1>Evaluation</h1>" in text
-    assert "http://" not in text and "https://" not in text

@@ -5,6 +5,7 @@ serving check compares served labels with labels made on the serving device and 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -70,9 +71,10 @@ def test_a_second_evaluate_of_unchanged_models_scores_nothing(setup):
         assert second.models[name]["accuracy"] == first.models[name]["accuracy"]
         assert second.models[name]["predicted_on"] == "cpu/fp32"
     a, b = np.load(root / "e1" / "predictions.npz"), np.load(root / "e2" / "predictions.npz")
-    for k in ("y_true", "paths", "pred_finetune", "pred_scratch"):
-        np.testing.assert_array_equal(a[k], b[k])
-    assert "- scratch: reused from the store (cpu/fp32)" in (root / "e2" / "report.md").read_text()
+    for k in ("y_true", "paths", "pred_finetune", "pred_scratch", "conf_finetune", "conf_scratch"):
+        np.testing.assert_array_equal(a[k], b[k])  # the confidences come back from the store too
+    assert re.search(r"<td>scratch</td>(<td>[^<]*</td>)+<td>reused from the store</td>",
+                     (root / "e2" / "report.html").read_text())
 
 
 def test_a_changed_test_image_scores_every_model_again(setup):
@@ -171,7 +173,8 @@ def test_the_champion_is_reused_from_the_store_and_new_candidates_are_scored(set
     assert result.champion_version == "1"
     assert scored == [12, 12]  # the two new candidates; the champion (v1's bytes) came from the store
     assert _how(root / "e2")["champion"] == "reused from the store"
-    assert "- champion v1: reused from the store (cpu/fp32)" in (root / "e2" / "report.md").read_text()
+    assert re.search(r"<td>champion v1</td>(<td>[^<]*</td>)+<td>reused from the store</td>",
+                     (root / "e2" / "report.html").read_text())
     winner = reg.winner
     np.testing.assert_array_equal(np.load(root / "e2" / "predictions.npz")["pred_champion"],
                                   np.load(root / "e1" / "predictions.npz")[f"pred_{winner}"])
@@ -342,5 +345,5 @@ def test_without_the_secret_a_local_store_is_checked_and_used_an_s3_store_is_not
         monkeypatch.setattr(predictions.storage, name, no_access)
     key = predictions.PredictionKey(model="m", data="d", tta="none", device=predictions.CPU_FP32)
     assert predictions.load("s3://shared-bucket/predictions", key, 3, 2) is None
-    assert predictions.save("s3://shared-bucket/predictions", key, np.array([0, 1, 1])) is None
+    assert predictions.save("s3://shared-bucket/predictions", key, np.array([0, 1, 1]), np.ones(3)) is None
     assert sum("MLFLOW_TRACKING_PASSWORD is not set" in r.getMessage() for r in caplog.records) == 2

@@ -19,11 +19,20 @@ from headstart.config import TrackingConfig, apply_override, check_params, track
 
 
 class MetricsLike(Protocol):
+    metadata: dict[str, Any]
+
     def log_metric(self, metric: str, value: float) -> None: ...
 
 
 class ConfusionLike(Protocol):
+    metadata: dict[str, Any]
+
     def log_confusion_matrix(self, categories: list[str], matrix: list[list[int]]) -> None: ...
+
+
+CONFUSION_FULL_MAX = 50  # classes; past it a ClassificationMetrics artifact carries only the most confused
+CONFUSION_TOP = 20  # ... this many classes (at 1,000 the full matrix is ~11 MB, past gRPC's 4 MB default)
+NO_CHAMPION = "no champion yet"
 
 
 def _set(params: dict[str, Any], dotted: str, value: Any) -> None:
@@ -145,10 +154,31 @@ def log_metrics(artifact: MetricsLike, values: dict[str, Any]) -> None:
 
 
 def model_metrics(summary: dict[str, Any]) -> dict[str, float]:
-    """evaluate's per-model summary, flattened: accuracy, macro_f1, n_test, recall.<class>."""
-    flat = {k: v for k, v in summary.items() if k != "per_class_recall"}
-    flat.update({f"recall.{cls}": r for cls, r in summary.get("per_class_recall", {}).items()})
+    """evaluate's per-model summary, flattened: accuracy, macro_f1, ece, n_test, recall.<class>."""
+    flat = {k: v for k, v in summary.items() if k != "per_class"}
+    flat.update({f"recall.{cls}": m["recall"] for cls, m in summary.get("per_class", {}).items()})
     return flat
+
+
+def log_model_metrics(artifact: MetricsLike, models: dict[str, Any], name: str,
+                      champion_version: str | None = None) -> None:
+    """One model's metrics; for a model that was not scored, a note saying why instead of an empty artifact
+    (a Metrics artifact holds numbers for the UI's table, so the text goes in its metadata)."""
+    if name in models:
+        log_metrics(artifact, model_metrics(models[name]))
+    elif name == "champion" and champion_version:
+        artifact.metadata["note"] = f"champion v{champion_version} was trained on other classes and not scored"
+    else:
+        artifact.metadata["note"] = NO_CHAMPION if name == "champion" else f"{name} was not evaluated"
+
+
+def confused_classes(matrix: np.ndarray, k: int = CONFUSION_TOP) -> np.ndarray:
+    """The `k` classes with the most off-diagonal mass (errors as the true class plus as the prediction), in
+    class order: the part of a large matrix worth showing."""
+    off = matrix.astype(np.int64, copy=True)
+    np.fill_diagonal(off, 0)
+    mass = off.sum(axis=0) + off.sum(axis=1)
+    return np.sort(np.argsort(-mass, kind="stable")[:k])
 
 
 def validation_metrics(report: dict[str, Any]) -> dict[str, float]:
@@ -165,14 +195,24 @@ def validation_metrics(report: dict[str, Any]) -> dict[str, float]:
 
 
 def log_confusion(artifact: ConfusionLike, eval_dir: Path, name: str) -> bool:
-    """Recompute `name`'s confusion matrix from predictions.npz; False when that model was not evaluated."""
+    """Recompute `name`'s confusion matrix from predictions.npz; False, with a note, when that model was not
+    evaluated. Past CONFUSION_FULL_MAX classes only the CONFUSION_TOP most confused classes go to the metadata
+    store (the metadata says so); the full matrix stays in the evaluation's confusion_<name>.npz."""
     from headstart.steps.evaluate import confusion
 
     data = np.load(eval_dir / "predictions.npz")
+    meta = json.loads((eval_dir / "metrics.json").read_text())
     if f"pred_{name}" not in data:
+        log_model_metrics(artifact, {}, name, meta.get("champion_version"))
         return False
-    classes = list(json.loads((eval_dir / "metrics.json").read_text())["classes"])
+    classes = list(meta["classes"])
     matrix = confusion(data["y_true"], data[f"pred_{name}"], len(classes))
+    if len(classes) > CONFUSION_FULL_MAX:
+        keep = confused_classes(matrix)
+        artifact.metadata["note"] = (
+            f"the {len(keep)} most confused of {len(classes)} classes (by errors as true or predicted class); "
+            f"the full matrix: confusion_{name}.npz in the evaluation artifact")
+        matrix, classes = matrix[np.ix_(keep, keep)], [classes[i] for i in keep]
     artifact.log_confusion_matrix(classes, matrix.astype(int).tolist())
     return True
 
@@ -196,18 +236,6 @@ def page(title: str, body: str) -> str:
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{style}</style></head><body>{body}</body></html>\n"
     )
-
-
-def markdown_html(markdown: str, title: str, images: list[Path] | None = None) -> str:
-    from markdown_it import MarkdownIt
-
-    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
-    body += "".join(_img(p, p.stem.replace("_", " ")) for p in images or [] if p.is_file())
-    return page(title, body)
-
-
-def write_markdown_html(out: str, markdown_file: Path, title: str, images: list[Path] | None = None) -> None:
-    Path(out).write_text(markdown_html(markdown_file.read_text(), title, images))
 
 
 def write_png_html(out: str, png: Path, title: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from headstart import modelio, plots, predictions, stats
+from headstart import examples, modelio, plots, predictions, report, stats
 from headstart.config import Frozen, TrackingConfig, build, section
 from headstart.data.imagefolder import CACHE_MAX_BYTES, list_split, load_split
 from headstart.data.shards import is_sharded
@@ -56,6 +57,7 @@ class Scored:
 
     y_true: np.ndarray
     y_pred: np.ndarray
+    conf: np.ndarray  # top softmax probability per image (float32): the report's calibration
     paths: list[str]
     key: predictions.PredictionKey | None  # None: the store is off and nothing was fingerprinted
     device: str  # predictions.CPU_FP32 or CUDA_BF16
@@ -132,21 +134,21 @@ def predict_folder(
             fingerprints[card.classes] = predictions.split_fingerprint(data_dir, "test", card.classes, digests)
         key = predictions.PredictionKey(model=predictions.model_digest(model_dir), data=fingerprints[card.classes],
                                         tta=card.tta, device=kind)
-        stored = predictions.load(store, key, len(labels), len(card.classes))
+        stored = predictions.load_scored(store, key, len(labels), len(card.classes))
         if stored is not None:
-            return Scored(labels, stored, names, key, kind, reused=True)
+            return Scored(labels, *stored, names, key, kind, reused=True)
     started = time.time()
     model, card = modelio.load(model_dir)
     model.to(device)
     preset = card.preset
     if _streams(cfg, data_dir, len(labels), preset.image_size, preset.channels):
         assert rows is not None  # a packed split
-        y_pred = _predict_streaming(model, card, data_dir, batch_size, rows, cfg)
+        y_pred, conf = _predict_streaming(model, card, data_dir, batch_size, rows, cfg)
         y_true, paths = labels, names
     else:
         test = load_split(data_dir, "test", preset, card.classes, cache_dir=cache_dir,
                           cache_budget_bytes=int(cfg.tensor_cache_budget_gib * 2**30))
-        y_pred = predict_logits(model, preset, test.x, batch_size, tta=card.tta).argmax(1).numpy()
+        y_pred, conf = _top(predict_logits(model, preset, test.x, batch_size, tta=card.tta))
         y_true, paths = test.y.numpy(), list(test.paths)
         if (store or sharded) and (paths != names or not np.array_equal(y_true, labels)):
             raise DataError(f"{data_dir}: the test split's listing ({len(labels)} samples) and what was loaded "
@@ -155,14 +157,20 @@ def predict_folder(
     if device.type == "cuda":
         torch.cuda.empty_cache()
     if store and key is not None:
-        predictions.save(store, key, y_pred)
-    return Scored(y_true, y_pred.astype(np.int64), paths, key, kind, seconds=time.time() - started)
+        predictions.save(store, key, y_pred, conf)
+    return Scored(y_true, y_pred.astype(np.int64), conf, paths, key, kind, seconds=time.time() - started)
+
+
+def _top(logits: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted label and its softmax probability (float32) per row of logits."""
+    conf, label = logits.softmax(1).max(1)
+    return label.numpy(), conf.numpy().astype(np.float32)
 
 
 def _predict_streaming(model: Any, card: modelio.ModelCard, data_dir: Path, batch_size: int, rows: np.ndarray,
-                       cfg: EvaluateConfig | None) -> np.ndarray:
+                       cfg: EvaluateConfig | None) -> tuple[np.ndarray, np.ndarray]:
     """Score a packed split batch by batch as the readers deliver it, returned in the order of `rows` (index
-    positions); memory: a label per image."""
+    positions); memory: a label and a confidence per image."""
     from tqdm import tqdm
 
     from headstart.data.stream import predict_batches
@@ -172,15 +180,16 @@ def _predict_streaming(model: Any, card: modelio.ModelCard, data_dir: Path, batc
     workers = cfg.loader_workers if cfg and cfg.loader_workers is not None else default_loader_workers()
     device = next(model.parameters()).device
     by_position = np.full(n, -1, dtype=np.int64)  # in index order: the stream's positions
+    conf = np.zeros(n, dtype=np.float32)
     with tqdm(total=n, desc="scoring test", unit="img", disable=not progress_enabled(), leave=False) as bar:
         for xb, _, pos in predict_batches(str(data_dir), "test", card.preset, batch_size, workers, device=device):
             logits = predict_logits(model, card.preset, xb, batch_size, tta=card.tta)
-            by_position[pos.numpy()] = logits.argmax(1).numpy()
+            by_position[pos.numpy()], conf[pos.numpy()] = _top(logits)
             bar.update(len(pos))
     if (by_position < 0).any():
         raise DataError(f"{data_dir}: streaming the test split left {int((by_position < 0).sum())} of {n} samples "
                         "unscored; the index and the shards disagree (run headstart validate)")
-    return by_position[rows]
+    return by_position[rows], conf[rows]
 
 
 def provenance(s: Scored) -> dict[str, Any]:
@@ -189,13 +198,17 @@ def provenance(s: Scored) -> dict[str, Any]:
             "scoring_seconds": round(s.seconds, 3), "prediction_key": s.key.to_dict() if s.key else None}
 
 
-def summarise(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict[str, Any]:
+def summarise(y_true: np.ndarray, y_pred: np.ndarray, conf: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """Accuracy, macro-F1, ECE (15 bins) and, per class, precision, recall, F1 and support."""
     n = len(classes)
-    recall = stats.per_class_recall(y_true, y_pred, n)
+    prf = stats.per_class_prf(y_true, y_pred, n)
+    per_class = {c: {k: (int(v[i]) if k == "support" else float(v[i])) for k, v in prf.items()}
+                 for i, c in enumerate(classes)}
     return {
         "accuracy": stats.accuracy(y_true, y_pred),
         "macro_f1": stats.macro_f1(y_true, y_pred, n),
-        "per_class_recall": {c: float(r) for c, r in zip(classes, recall, strict=True)},
+        "ece": stats.expected_calibration_error(conf, y_pred == y_true),
+        "per_class": per_class,
         "n_test": int(len(y_true)),
     }
 
@@ -211,7 +224,8 @@ def run(
     out_dir: Path,
     tracking: TrackingConfig | None = None,
 ) -> EvaluateResult:
-    """Write predictions.npz, metrics.json, confusion PNGs and report.md to `out_dir`."""
+    """Write predictions.npz, metrics.json, confusion PNGs, example thumbnails, the candidates' training
+    histories and report.html to `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     cache = Path(cfg.tensor_cache_dir) if cfg.tensor_cache_dir else None
     fingerprints: dict[tuple[str, ...], str] = {}
@@ -241,7 +255,7 @@ def run(
                 scored["champion"] = predict_folder(champ_dir, data_dir, cfg.batch_size, cache, cfg, fingerprints)
                 tta["champion"] = champ_card.tta
     preds = {name: s.y_pred for name, s in scored.items()}
-    models = {name: {**summarise(y_true, s.y_pred, classes), "tta": tta[name], **provenance(s)}
+    models = {name: {**summarise(y_true, s.y_pred, s.conf, classes), "tta": tta[name], **provenance(s)}
               for name, s in scored.items()}
     files: dict[str, str] = {}
     for name, p in preds.items():
@@ -250,14 +264,19 @@ def run(
         files[f"confusion_{name}"] = str(png)
     comparison = paired_comparison(preds, y_true, cfg)
     np.savez_compressed(out_dir / "predictions.npz", y_true=y_true, paths=np.array(paths),
-                        **{f"pred_{k}": v for k, v in preds.items()})
+                        **{f"pred_{k}": v for k, v in preds.items()},
+                        **{f"conf_{k}": s.conf for k, s in scored.items()})
+    chosen = examples.choose(y_true, preds, {k: s.conf for k, s in scored.items()}, tuple(candidates))
+    examples.write(data_dir, paths, chosen, out_dir / "examples")
+    for name, folder in candidates.items():  # the learning curves: train writes history.json beside model/
+        if (folder.parent / "history.json").is_file():
+            shutil.copyfile(folder.parent / "history.json", out_dir / f"history_{name}.json")
     result = EvaluateResult(models=models, comparison=comparison, champion_version=champion_version,
                             classes=classes, files=files, champion_classes=champion_classes)
     payload = {"models": models, "comparison": comparison, "champion_version": champion_version,
                "classes": classes, "champion_classes": champion_classes, "prediction_store": cfg.prediction_store}
     (out_dir / "metrics.json").write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    (out_dir / "report.md").write_text(report_markdown(result))
-    (out_dir / "report.html").write_text(report_html(result, out_dir))
+    report.write(out_dir, out_dir / "report.html")
     if tracking is not None:
         _log(tracking, result, out_dir)
     return result
@@ -276,35 +295,11 @@ def _log(tracking: TrackingConfig, result: EvaluateResult, out_dir: Path) -> Non
         numeric = {f"diff_{k}": float(v) for k, v in result.comparison.items() if isinstance(v, int | float)}
         if numeric:
             mlflow.log_metrics(numeric)
-        for name in ("metrics.json", "report.md", "report.html", *(Path(f).name for f in result.files.values())):
+        for name in ("metrics.json", "report.html", *(Path(f).name for f in result.files.values())):
             mlflow.log_artifact(str(out_dir / name))
         for png in result.files.values():  # the full confusion matrices, as data (plots.confusion_matrix_png)
             if Path(png).with_suffix(".npz").is_file():
                 mlflow.log_artifact(str(Path(png).with_suffix(".npz")))
-
-
-def report_html(result: EvaluateResult, out_dir: Path) -> str:
-    """Self-contained HTML (inline CSS and images) for the Kubeflow UI's HTML viewer."""
-    import base64
-    import html
-
-    rows = "".join(
-        f"<tr><td>{html.escape(n)}</td><td>{m['accuracy']:.4f}</td><td>{m['macro_f1']:.4f}</td></tr>"
-        for n, m in result.models.items()
-    )
-    imgs = "".join(
-        f'<figure><img alt="{html.escape(k)}" src="data:image/png;base64,'
-        f'{base64.b64encode(Path(f).read_bytes()).decode()}"/><figcaption>{html.escape(k)}</figcaption></figure>'
-        for k, f in result.files.items()
-    )
-    c = result.comparison
-    paired = (f"<p>finetune &minus; scratch: {c['accuracy_diff']:+.4f}, {c['ci_level']:.0%} CI "
-              f"[{c['ci_low']:+.4f}, {c['ci_high']:+.4f}], McNemar p = {c['mcnemar_p']:.3g}</p>") if c else ""
-    return ("<!doctype html><html><head><meta charset='utf-8'><title>Headstart evaluation</title><style>"
-            "body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
-            "padding:4px 10px}figure{display:inline-block;margin:8px}img{max-width:420px}</style></head><body>"
-            f"<h1>Evaluation on the test split</h1><table><tr><th>model</th><th>accuracy</th><th>macro-F1</th>"
-            f"</tr>{rows}</table>{paired}{imgs}</body></html>\n")
 
 
 def paired_comparison(preds: dict[str, np.ndarray], y_true: np.ndarray, cfg: EvaluateConfig) -> dict[str, Any]:
@@ -317,35 +312,6 @@ def paired_comparison(preds: dict[str, np.ndarray], y_true: np.ndarray, cfg: Eva
     return {"pair": "finetune - scratch", "accuracy_diff": ci.diff, "ci_low": ci.low, "ci_high": ci.high,
             "ci_level": ci.level, "mcnemar_p": mc.p_value, "finetune_only_right": mc.b10,
             "scratch_only_right": mc.b01}
-
-
-def _label(name: str, result: EvaluateResult) -> str:
-    return f"champion v{result.champion_version}" if name == "champion" else name
-
-
-def report_markdown(result: EvaluateResult) -> str:
-    lines = ["# Evaluation on the test split", "", "| model | accuracy | macro-F1 | test images |",
-             "|---|---:|---:|---:|"]
-    for name, m in result.models.items():
-        label = f"{name} (v{result.champion_version})" if name == "champion" else name
-        label += " (flip TTA)" if m.get("tta") == "flip" else ""
-        lines.append(f"| {label} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} | {m['n_test']} |")
-    if result.champion_version is not None and "champion" not in result.models:
-        lines += ["", f"Champion v{result.champion_version} was not scored: it was trained on other classes "
-                  f"({', '.join(result.champion_classes or [])}); the gate's `label_set` check names the change."]
-    lines += ["", "Predictions:"] + [f"- {_label(name, result)}: {m['predictions']} ({m['predicted_on']})"
-                                     for name, m in result.models.items() if "predictions" in m]
-    c = result.comparison
-    if c:
-        lines += ["", f"Paired comparison ({c['pair']}): difference {c['accuracy_diff']:+.4f}, "
-                  f"{c['ci_level']:.0%} bootstrap CI [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}], "
-                  f"McNemar exact p = {c['mcnemar_p']:.3g}."]
-    lines += ["", "## Per-class recall", "", "| class | " + " | ".join(result.models) + " |",
-              "|---|" + "---:|" * len(result.models)]
-    for cls in result.classes:
-        row = " | ".join(f"{m['per_class_recall'][cls]:.3f}" for m in result.models.values())
-        lines.append(f"| {cls} | {row} |")
-    return "\n".join(lines) + "\n"
 
 
 def eval_for_gate(out_dir: Path, name: str, version: str | None = None):

@@ -1,0 +1,106 @@
+"""Example errors for the evaluation report: which test images to show, and their thumbnails.
+
+Evaluate chooses and writes them, since it has the data; register and a Kubeflow task may not. The
+choice is a pure function of the predictions, bounded whatever the split's size, and the thumbnails are
+named by their row in predictions.npz: a name from the data never becomes a file name.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+CAP = 120  # thumbnails at most, whatever the number of classes or images
+PER_GROUP = 8  # images per group (a model's confident mistakes, a confused pair, a model's negative flips)
+PAIRS = 4  # most confused pairs shown per model
+SIZE = 64  # thumbnail edge, pixels
+QUALITY = 80  # JPEG quality
+
+
+def choose(y_true: np.ndarray, preds: dict[str, np.ndarray], confs: dict[str, np.ndarray],
+           candidates: tuple[str, ...] = ("finetune", "scratch"), reference: str = "champion",
+           cap: int = CAP) -> dict[str, list[int]]:
+    """Rows to show, by group: `confident/<model>` its most confident mistakes, `pair/<model>/<t>/<p>` a few
+    images of its most confused pairs (class indices), `flips/<model>` images `reference` got right and it
+    gets wrong. Groups are filled in that order until `cap` rows are taken (a row counts once)."""
+    y = np.asarray(y_true)
+    n = int(max([y.max(initial=0)] + [p.max(initial=0) for p in preds.values()])) + 1
+    groups: dict[str, list[int]] = {}
+    for m in preds:
+        wrong = np.flatnonzero(preds[m] != y)
+        groups[f"confident/{m}"] = wrong[np.argsort(-confs[m][wrong], kind="stable")][:PER_GROUP].tolist()
+    for m in preds:
+        off = np.bincount(y * n + preds[m], minlength=n * n).reshape(n, n)
+        np.fill_diagonal(off, 0)
+        for flat in np.argsort(-off.ravel(), kind="stable")[:PAIRS]:
+            t, p = divmod(int(flat), n)
+            if off[t, p]:
+                rows = np.flatnonzero((y == t) & (preds[m] == p))
+                groups[f"pair/{m}/{t}/{p}"] = rows[np.argsort(-confs[m][rows], kind="stable")][:PER_GROUP].tolist()
+    if reference in preds:
+        for m in candidates:
+            if m in preds:
+                rows = np.flatnonzero((preds[reference] == y) & (preds[m] != y))
+                groups[f"flips/{m}"] = rows[np.argsort(-confs[m][rows], kind="stable")][:PER_GROUP].tolist()
+    taken: set[int] = set()
+    chosen: dict[str, list[int]] = {}
+    for name, rows in groups.items():
+        keep = [r for r in rows if r in taken or len(taken) < cap]
+        taken.update(keep)
+        if keep:
+            chosen[name] = keep
+    return chosen
+
+
+def write(data_dir: Path, names: list[str], chosen: dict[str, list[int]], dest: Path) -> Path:
+    """`dest/<row>.jpg` for every chosen row (`names`: predictions.npz's paths) and `dest/index.json` (the
+    groups). A packed split's images are streamed out of its test shards, as the serving check does."""
+    from PIL import Image
+
+    dest.mkdir(parents=True, exist_ok=True)
+    rows = sorted({r for group in chosen.values() for r in group})
+    with tempfile.TemporaryDirectory(dir=dest) as tmp:
+        for row, path in zip(rows, image_files(data_dir, [names[r] for r in rows], Path(tmp)), strict=True):
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+                im.thumbnail((SIZE, SIZE))
+                im.save(dest / f"{row}.jpg", "JPEG", quality=QUALITY)
+    (dest / "index.json").write_text(json.dumps(chosen, indent=1) + "\n")
+    return dest
+
+
+def image_files(data_dir: Path, names: list[str], dest: Path) -> list[Path]:
+    """The files of test images named as evaluation lists them ('test/<class>/<file>'). An ImageFolder has
+    them on disk; a packed root only inside its shards, so their bytes are streamed out of the split's shards
+    (stopping once all are found) into `dest` as <i><ext>, i the name's position."""
+    from headstart.data import shards
+    from headstart.data.names import shown, unsafe_path_reason
+    from headstart.data.suffixes import IMAGE_SUFFIXES
+    from headstart.errors import DataError
+
+    for name in names:
+        if reason := unsafe_path_reason(name):
+            raise DataError(f"{data_dir}: the evaluation lists test image {shown(name)!r}, not a plain relative path "
+                            f"({reason}); validate the data and re-run evaluate on it")
+    if not shards.is_sharded(data_dir):
+        return [data_dir / n for n in names]
+    index = shards.read_index(data_dir)
+    position = {n: i for i, n in enumerate(names)}
+    found: dict[str, Path] = {}
+    for split in sorted({n.split("/", 1)[0] for n in names}):
+        for info in index.splits[split].shards if split in index.splits else ():
+            if len(found) == len(position):
+                break
+            for sample in shards.iter_shard(data_dir, info, len(index.classes)):
+                name = f"{split}/{sample.name}"
+                if name in position and name not in found:
+                    suffix = f".{sample.ext}" if f".{sample.ext}" in IMAGE_SUFFIXES else ""
+                    found[name] = dest / f"{position[name]}{suffix}"
+                    found[name].write_bytes(sample.data)
+    if missing := sorted(set(position) - set(found)):
+        raise DataError(f"{data_dir}: the evaluation's test images {missing[:3]} are not in the packed "
+                        "dataset's shards; re-run evaluate on this data")
+    return [found[n] for n in names]
