@@ -46,7 +46,8 @@ CHECK_NAMES = (ACCURACY_FLOOR, MACRO_F1_FLOOR, BEATS_BASELINE, LABEL_SET, NO_REG
                NEGATIVE_FLIPS)
 SUMMARY_MAX = 250
 SCHEDULE_TAG = "headstart.gate_schedule"  # the registered-model tag that holds a ScheduleState as JSON
-FLIP_ROWS_SHOWN = 20  # per-class flip rows in decision.md, worst first: 1,000 classes stay readable
+FLIP_ROWS_SHOWN = 20  # per-class rows in decision.md above FLIP_ROWS_ALL classes, worst first: 1,000 stay readable
+FLIP_ROWS_ALL = 50
 
 
 class GateThresholds(Frozen):
@@ -368,10 +369,13 @@ def _rate(v: float | None, ci: list[float | None]) -> str:
 
 
 def _flips_markdown(f: dict[str, Any], champion_version: str | None) -> list[str]:
-    """Overall rates, then the classes that lose most, worst first: the first rows say what breaks."""
-    rows = sorted(f["per_class"], key=lambda r: (-(r["nfr"] or 0.0), r["class"]))
+    """Overall rates, then each class against the champion, worst first (the largest recall drop, then the
+    most lost): the first rows say what breaks. Above FLIP_ROWS_ALL classes only the FLIP_ROWS_SHOWN worst."""
+    rows = sorted(f["per_class"], key=lambda r: (_delta(r) if _delta(r) is not None else 0.0,
+                                                 -(r["nfr"] or 0.0), r["class"]))
+    shown = rows if len(rows) <= FLIP_ROWS_ALL else rows[:FLIP_ROWS_SHOWN]
     lines = [
-        f"### Flips against the champion v{champion_version}",
+        f"### Flips against the champion v{champion_version}, per class",
         "",
         f"{f['negative_flips']} of {f['n']} images newly wrong, {f['positive_flips']} newly right. "
         "NFR (share of all images the champion got right and the candidate gets wrong) "
@@ -379,17 +383,28 @@ def _flips_markdown(f: dict[str, Any], champion_version: str | None) -> list[str
         f"PFR {_rate(f['pfr'], f['pfr_ci'])}; NFI (new errors over the candidate's errors) "
         f"{_rate(f['nfi'], f['nfi_ci'])}.",
         "",
-        "| class | images | negative flips | NFR | positive flips | PFR |",
-        "|---|---:|---:|---|---:|---|",
+        "| class | images | recall champion | recall candidate | delta | negative flips | NFR | positive flips | PFR |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---|",
     ]
-    for r in rows[:FLIP_ROWS_SHOWN]:
+    for r in shown:
+        delta = _delta(r)
         lines.append(
-            f"| {r['class']} | {r['support']} | {r['negative_flips']} | {_rate(r['nfr'], r['nfr_ci'])} "
+            f"| {r['class']} | {r['support']} | {_fmt(r.get('recall_champion'))} "
+            f"| {_fmt(r.get('recall_candidate'))} | {'' if delta is None else f'{delta:+.4f}'} "
+            f"| {r['negative_flips']} | {_rate(r['nfr'], r['nfr_ci'])} "
             f"| {r['positive_flips']} | {_rate(r['pfr'], r['pfr_ci'])} |"
         )
-    if len(rows) > FLIP_ROWS_SHOWN:
-        lines.append(f"\n{len(rows) - FLIP_ROWS_SHOWN} more classes in decision.json.")
+    if len(shown) < len(rows):
+        lines.append(f"\nThe {len(shown)} worst of {len(rows)} classes; the other {len(rows) - len(shown)} are in "
+                     "decision.json.")
     return lines
+
+
+def _delta(r: dict[str, Any]) -> float | None:
+    """Candidate recall minus champion recall on one class (None in a record from before recalls were kept)."""
+    if r.get("recall_candidate") is None or r.get("recall_champion") is None:
+        return None
+    return r["recall_candidate"] - r["recall_champion"]
 
 
 def _short(c: Check) -> str:
@@ -498,8 +513,11 @@ def _flips(cand: ModelEval, champ: ModelEval, th: GateThresholds) -> tuple[dict[
         support, neg, pos = int(f.support[k]), int(f.negative_per_class[k]), int(f.positive_per_class[k])
         c_nfr, c_nfr_ci = rate(neg, support)
         c_pfr, c_pfr_ci = rate(pos, support)
+        mask = cand.y_true == k
+        recall = {"recall_candidate": _plain(cand.correct[mask].mean()) if support else None,
+                  "recall_champion": _plain(champ.correct[mask].mean()) if support else None}
         per_class.append({"class": name, "support": support, "nfr": c_nfr, "nfr_ci": c_nfr_ci, "pfr": c_pfr,
-                          "pfr_ci": c_pfr_ci, "negative_flips": neg, "positive_flips": pos})
+                          "pfr_ci": c_pfr_ci, "negative_flips": neg, "positive_flips": pos, **recall})
     record = {"nfr": nfr, "nfr_ci": nfr_ci, "pfr": pfr, "pfr_ci": pfr_ci, "nfi": nfi, "nfi_ci": nfi_ci,
               "negative_flips": f.negative, "positive_flips": f.positive, "n": f.n, "ci_level": th.ci_level,
               "per_class": per_class}

@@ -382,14 +382,19 @@ def test_negative_flip_check_refuses_an_otherwise_better_candidate_and_records_i
     assert (f["negative_flips"], f["positive_flips"], f["n"]) == (75, 375, 3000)
     assert f["nfr"] == pytest.approx(0.025) and f["pfr"] == pytest.approx(0.125)
     assert f["nfi"] == pytest.approx(75 / 300) and f["nfi_ci"] == list(wilson_interval(75, 300, 0.95))
+    mask0 = cand.y_true == 0  # class0's recall, each model's share of its images right
+    cand_recall0, champ_recall0 = cand.correct[mask0].mean(), champion.correct[mask0].mean()
+    assert cand_recall0 - champ_recall0 == pytest.approx((75 - 15) / 600)
     assert f["per_class"][0] == {"class": "class0", "support": 600, "nfr": 15 / 600,
                                  "nfr_ci": list(wilson_interval(15, 600, 0.95)), "pfr": 75 / 600,
                                  "pfr_ci": list(wilson_interval(75, 600, 0.95)), "negative_flips": 15,
-                                 "positive_flips": 75}
+                                 "positive_flips": 75, "recall_candidate": pytest.approx(cand_recall0),
+                                 "recall_champion": pytest.approx(champ_recall0)}
 
 
-def test_flip_table_lists_the_worst_classes_first_and_at_most_20() -> None:
-    k, per = 30, 100
+@pytest.mark.parametrize("k", [30, 60])
+def test_flip_table_lists_the_worst_classes_first_and_only_20_above_50_classes(k: int) -> None:
+    per = 100
     classes = tuple(f"c{i:02d}" for i in range(k))
     y = np.repeat(np.arange(k), per)
     champ_ok = np.ones(y.size, bool)
@@ -404,9 +409,11 @@ def test_flip_table_lists_the_worst_classes_first_and_at_most_20() -> None:
                GateThresholds(min_accuracy=0.5))
     md = d.to_markdown()
     rows = [line[2:5] for line in md.splitlines() if re.match(r"\| c\d\d \|", line)]
-    assert rows == [f"c{i:02d}" for i in range(29, 9, -1)]
-    assert "10 more classes in decision.json." in md
-    assert len(d.flips["per_class"]) == 30 and d.flips["negative_flips"] == sum(range(k))
+    shown = k if k <= 50 else 20
+    assert rows == [f"c{i:02d}" for i in range(k - 1, k - 1 - shown, -1)]
+    assert (f"The 20 worst of {k} classes; the other {k - 20} are in decision.json." in md) == (k > 50)
+    assert f"| c{k - 1} | {per} | 1.0000 | {1 - (k - 1) / per:.4f} | {-(k - 1) / per:+.4f} | {k - 1} |" in md
+    assert len(d.flips["per_class"]) == k and d.flips["negative_flips"] == sum(range(k))
 
 
 def _paired_10k(gain_points: float) -> tuple[ModelEval, ModelEval]:
