@@ -3,7 +3,7 @@
 from typing import NamedTuple
 
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 from kfp.dsl.python_component import PythonComponent
 
 
@@ -22,9 +22,12 @@ def register_and_gate(
     decision_files: Output[Artifact],
     decision_record: Output[Markdown],
     gate_metrics: Output[Metrics],
+    report: Output[HTML],
 ) -> NamedTuple("Outputs", decision=str, version=str, winner=str):
     """Register a new model version and decide; the champion alias is left to the promote task. The
-    gate's numbers (accuracy, NFR/PFR/NFI with intervals, alpha_run and the window) go to `gate_metrics`."""
+    gate's numbers (accuracy, NFR/PFR/NFI with intervals, alpha_run and the window), `gate_passed` (1/0: the
+    promote task then moves the alias) and `version` go to `gate_metrics`; the evaluation report with the
+    decision to `report`."""
     from pathlib import Path
     from typing import NamedTuple
 
@@ -51,10 +54,11 @@ def register_and_gate(
         Path(decision_files.path),
         kfp_io.tracking(p),
         promote=False,
+        data_version=register.lineage_from_metadata(dict(dataset.metadata)),  # a pod has no git nor data.dvc
     )
-    kfp_io.record_lineage(kfp_io.tracking(p), result.version, dict(dataset.metadata))
     kfp_io.copy_text(decision_record.path, Path(decision_files.path) / "decision.md")
-    kfp_io.log_metrics(gate_metrics, register.gate_numbers(result.decision))  # accuracy, flips, schedule
+    kfp_io.copy_text(report.path, Path(decision_files.path) / "report.html")
+    kfp_io.log_metrics(gate_metrics, register.decision_numbers(result.decision))
     outputs = NamedTuple("Outputs", decision=str, version=str, winner=str)  # noqa: UP014 - KFP's form
     return outputs(result.decision["decision"], result.version, result.winner)
 

@@ -307,6 +307,16 @@ def set_version_tags(tracking: TrackingConfig, version: str, tags: dict[str, Any
               lambda k=key, t=text: c.set_model_version_tag(tracking.registered_model, version, k, t[:5000]))
 
 
+def describe(tracking: TrackingConfig, version: str, text: str, model_text: str) -> None:
+    """The version's description (from its decision) and, while it has none, the registered model's: what
+    the MLflow UI shows first. Written before `complete`, so a failure leaves the version pending."""
+    c, name = client(tracking), tracking.registered_model
+    stage("description")
+    retry(f"describing version {version}", lambda: c.update_model_version(name, version, description=text[:5000]))
+    if not retry(f"reading {name!r}", lambda: c.get_registered_model(name)).description:
+        retry(f"describing {name!r}", lambda: c.update_registered_model(name, description=model_text[:5000]))
+
+
 def mark_complete(tracking: TrackingConfig, version: str) -> None:
     """The last write of a registration, before any alias move: the version is fully recorded."""
     stage("complete")

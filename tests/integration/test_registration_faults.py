@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.integration, pytest.mark.faults]  # make test-faults (CI runs it after make test)
 LENIENT = GateThresholds(min_accuracy=0.0, min_gain_over_baseline=None, max_regression=1.0,
                          max_class_recall_drop=0.99, max_negative_flip_rate=None)
-STAGES = ("log_model", "create_version", "serving_check", "decision_record", "complete", "lock", "gate_schedule",
-          "promotion_intent", "champion_alias", "previous_alias", "decision_tag", "history", "unlock")
+STAGES = ("log_model", "create_version", "serving_check", "decision_record", "description", "complete", "lock",
+          "gate_schedule", "promotion_intent", "champion_alias", "previous_alias", "decision_tag", "history", "unlock")
 COMMITTED_AFTER = STAGES.index("champion_alias")  # a stop before any later stage finds the move committed
 MODEL = "faulty"
 

@@ -291,3 +291,82 @@ def test_item6_a_changed_label_set_is_named_and_not_promoted_on_its_own(loop, tm
     evaluate.run(ecfg, data4, cands4, root / "eval-4-again", tracking)
     again = json.loads((root / "eval-4-again" / "metrics.json").read_text())
     assert "champion" in again["models"] and again["champion_classes"] == again["classes"]
+
+
+def test_the_decision_record_names_the_version_the_data_version_and_the_mlflow_run(loop, monkeypatch):
+    """decision.json/.md name what they are about; MLflow gets the descriptions, the report and every model's
+    test numbers as metrics of the logged model."""
+    import mlflow
+
+    root, data, tracking, cands = loop
+    monkeypatch.setenv("HEADSTART_GIT_COMMIT", "c0ffee12")
+    pin = root / "data.dvc"  # `dvc add data` writes it beside the data
+    pin.write_text("outs:\n- md5: 0123abcd.dir\n  path: data\n")
+    try:
+        result = _evaluate_and_register(loop, "named", LENIENT)
+    finally:
+        pin.unlink()
+    out = root / "decision-named"
+    record = json.loads((out / "decision.json").read_text())
+    assert record["candidate"] == {"name": result.winner, "version": result.version}
+    assert record["data_version"] == {"git_commit": "c0ffee12", "data_md5": "0123abcd.dir"}
+    run_id = modelio.load_card(cands[result.winner]).run_id  # the version's model is logged in its training run
+    assert record["mlflow"]["run_id"] == run_id and record["mlflow"]["version"] == result.version
+    assert record["mlflow"]["ui_command"] == f"mlflow ui --backend-store-uri {tracking.resolved_uri()} --port 5000"
+    md = (out / "decision.md").read_text()
+    assert md.startswith(f"# `{tracking.registered_model}` v{result.version}: promoted")
+    assert "git commit `c0ffee12`, data.dvc md5 `0123abcd.dir`" in md and f"run `{run_id}`" in md
+    assert f"{tracking.registered_model} v{result.version}" in (out / "report.html").read_text()
+    c = registry.client(tracking)
+    mv = c.get_model_version(tracking.registered_model, result.version)
+    assert mv.description.startswith(f"v{result.version}: {result.winner}, test accuracy ")
+    assert "gate passed: " in mv.description
+    assert c.get_registered_model(tracking.registered_model).description.startswith("Headstart image classifier: ")
+    assert mv.source.startswith("models:/m-")  # the logged model (a SQL store keeps no model_id on the version)
+    metrics = mlflow.get_logged_model(mv.source.removeprefix("models:/")).metrics
+    logged = {m.key: m.value for m in metrics}
+    evaluated = json.loads((root / "eval-named" / "metrics.json").read_text())["models"]
+    for model in ("finetune", "scratch"):
+        assert logged[f"{model}_test_accuracy"] == pytest.approx(evaluated[model]["accuracy"])
+        assert logged[f"{model}_test_macro_f1"] == pytest.approx(evaluated[model]["macro_f1"])
+    assert {"decision/decision.json", "decision/decision.md", "decision/report.html"} <= {
+        a.path for a in c.list_artifacts(run_id, "decision")}
+
+
+def test_the_kfp_register_task_logs_the_verdict_and_version_and_writes_the_report(loop, monkeypatch):
+    """The component body, as kfp.local runs it: gate_passed/version in its Metrics, the report as its HTML,
+    the data version from the fetch task's Dataset metadata (a pod has no git nor data.dvc)."""
+    from types import SimpleNamespace
+
+    from components.register import register_and_gate
+
+    root, data, tracking, cands = loop
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking.resolved_uri())
+    monkeypatch.delenv("HEADSTART_GIT_COMMIT", raising=False)
+    evaluate.run(evaluate.EvaluateConfig(bootstrap_samples=200), data, cands, root / "eval-kfp", tracking)
+    logged: dict[str, float] = {}
+    kfp = root / "kfp"
+    for name in ("decision_files", "decision_record", "report"):
+        (kfp / name).parent.mkdir(parents=True, exist_ok=True)
+    result = register_and_gate(
+        dataset=SimpleNamespace(path=str(data), metadata={"md5": "feed.dir", "rev": "0a1b2c3", "source": "git"}),
+        finetune=SimpleNamespace(path=str(cands["finetune"].parent)),
+        scratch=SimpleNamespace(path=str(cands["scratch"].parent)),
+        evaluation=SimpleNamespace(path=str(root / "eval-kfp")),
+        params_json=json.dumps(load_params(ROOT / "params.yaml")),
+        overrides=["gate.bootstrap_samples=200", "register.serving_check_images=8",
+                   f"tracking.artifact_root={root / 'art'}"],
+        min_accuracy=0.0, min_gain_over_baseline=-1.0, max_regression=1.0, max_class_recall_drop=0.99,
+        registered_model=tracking.registered_model,
+        decision_files=SimpleNamespace(path=str(kfp / "decision_files")),
+        decision_record=SimpleNamespace(path=str(kfp / "decision_record")),
+        gate_metrics=SimpleNamespace(log_metric=logged.__setitem__),
+        report=SimpleNamespace(path=str(kfp / "report")),
+    )
+    assert result.decision == "promoted" and logged["gate_passed"] == 1.0
+    assert logged["version"] == float(result.version)
+    record = json.loads((kfp / "decision_files" / "decision.json").read_text())
+    assert record["data_version"] == {"git_commit": "0a1b2c3", "data_md5": "feed.dir"}
+    page = (kfp / "report").read_text()
+    assert page.startswith("<!doctype html>") and f"v{result.version}" in page
+    assert (kfp / "decision_record").read_text().startswith(f"# `{tracking.registered_model}` v{result.version}")

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from headstart.config import Frozen, TrackingConfig, build, section
 from headstart.errors import DataError, HeadstartError, RegistryError
 from headstart.gate import Decision, GateThresholds, choose_winner, decide
 from headstart.steps.evaluate import champion_for_gate, eval_for_gate
+from headstart.tracking import git_head
 
 
 class RegisterConfig(Frozen):
@@ -70,17 +71,8 @@ def lineage(data_dir: Path) -> dict[str, str]:
     md5 = pinned_md5(data_dir)
     if md5:
         tags["data.dvc_md5"] = md5
-    tags["git.commit"] = os.environ.get("HEADSTART_GIT_COMMIT") or _git_head() or "unknown"
+    tags["git.commit"] = os.environ.get("HEADSTART_GIT_COMMIT") or git_head() or "unknown"
     return tags
-
-
-def _git_head() -> str | None:
-    """The commit of the working directory (the project checkout), if it is a git repo."""
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def gate_numbers(record: dict[str, Any]) -> dict[str, float]:
@@ -104,9 +96,18 @@ def gate_numbers(record: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in out.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
+def decision_numbers(record: dict[str, Any]) -> dict[str, float]:
+    """gate_numbers plus the verdict (`gate_passed` 1/0) and the version, for the KFP Metrics: Kubeflow's
+    Compare runs lists them. In the pipeline the promote task moves the alias, so this says the gate passed."""
+    extra = {"gate_passed": float(record["decision"] == "promoted")}
+    if str(record.get("version", "")).isdigit():
+        extra["version"] = float(record["version"])
+    return {**gate_numbers(record), **extra}
+
+
 def _log_model(tracking: TrackingConfig, model_dir: Path, card_run: str | None, sample: list[Path],
-               data_dir: Path, data_tags: dict[str, str], numbers: dict[str, float]) -> tuple[str, str]:
-    """Log the winner as a pyfunc (code + safetensors, no pickle); returns (model URI, run id).
+               data_dir: Path, data_tags: dict[str, str], numbers: dict[str, float]) -> tuple[str, str, str]:
+    """Log the winner as a pyfunc (code + safetensors, no pickle); returns (model URI, run id, experiment id).
 
     The gate's numbers are logged as metrics of the logged model (MLflow 3's LoggedModel, which the
     registered version's source points at) and so also of its run: MLflow's registry keeps tags on a
@@ -123,10 +124,8 @@ def _log_model(tracking: TrackingConfig, model_dir: Path, card_run: str | None, 
     signature = mlflow.models.infer_signature(example, classifier.predict(example))
     exp_id = registry.retry("connecting to the tracking server", lambda: trk.configure(tracking))
 
-    def attempt() -> tuple[str, str]:
-        with mlflow.start_run(run_id=card_run) if card_run else mlflow.start_run(
-            experiment_id=exp_id, run_name="register"
-        ) as active:
+    def attempt() -> tuple[str, str, str]:
+        with mlflow.start_run(run_id=card_run) if card_run else trk.start(exp_id, "register") as active:
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=str(MODEL_CODE), artifacts={ARTIFACT_KEY: str(model_dir)},
                 code_paths=[str(Path(headstart.__file__).parent)], signature=signature, input_example=example,
@@ -136,7 +135,7 @@ def _log_model(tracking: TrackingConfig, model_dir: Path, card_run: str | None, 
             mlflow.log_input(mlflow.data.from_pandas(frame, source=str(data_dir), name="imagefolder"), context="test")
             if numbers:
                 mlflow.log_metrics(numbers, model_id=info.model_id)
-            return info.model_uri, active.info.run_id
+            return info.model_uri, active.info.run_id, active.info.experiment_id
 
     if card_run and not _run_exists(card_run):
         raise RegistryError(
@@ -274,14 +273,24 @@ def serving_check(tracking: TrackingConfig, version: str, images: list[Path], ex
     return None
 
 
+def lineage_from_metadata(metadata: dict[str, Any]) -> dict[str, str]:
+    """The data version the KFP fetch task resolved (its Dataset's metadata): a pod has neither git nor data.dvc."""
+    tags = {"data.dvc_md5": str(metadata["md5"])} if metadata.get("md5") else {}
+    if metadata.get("rev"):
+        tags.update({"git.commit": str(metadata["rev"]), "data.source": str(metadata.get("source", ""))})
+    return tags
+
+
 def run(cfg: RegisterConfig, thresholds: GateThresholds, data_dir: Path, candidates: dict[str, Path],
-        eval_dir: Path, out_dir: Path, tracking: TrackingConfig, promote: bool = True) -> RegisterResult:
+        eval_dir: Path, out_dir: Path, tracking: TrackingConfig, promote: bool = True,
+        data_version: dict[str, str] | None = None) -> RegisterResult:
     """Pick the winner, register it, decide, check serving, then promote or record the rejection.
 
     With promote=False the alias is left alone and the caller runs headstart.steps.promote on the
-    decision record (the Kubeflow pipeline does this inside a dsl.If on the decision).
+    decision record (the Kubeflow pipeline does this inside a dsl.If on the decision). `data_version`
+    (lineage tags) replaces what this working copy says (lineage(data_dir)), e.g. in a pod.
     """
-    from headstart import modelio
+    from headstart import decision_record, modelio, report
 
     metrics = json.loads((eval_dir / "metrics.json").read_text())
     evaluated_champion = metrics.get("champion_version")
@@ -307,7 +316,7 @@ def run(cfg: RegisterConfig, thresholds: GateThresholds, data_dir: Path, candida
     from headstart.serving.check import expected_labels  # made on the device and precision serving uses
 
     expected = [card.classes[i] for i in expected_labels(eval_dir, winner.name, candidates[winner.name], sample, paths)]
-    data_tags = lineage(data_dir)
+    data_tags = {**lineage(data_dir), **(data_version or {})}
     tags = {**data_tags, "headstart.winner": winner.name,
             "headstart.finetune_run_id": modelio.load_card(candidates["finetune"]).run_id or "",
             "headstart.scratch_run_id": modelio.load_card(candidates["scratch"]).run_id or "",
@@ -315,22 +324,31 @@ def run(cfg: RegisterConfig, thresholds: GateThresholds, data_dir: Path, candida
             **{f"metric.{k}.{m}": f"{v[m]:.4f}" for k, v in metrics["models"].items()
                for m in ("accuracy", "macro_f1")},
             "params.arch": card.arch, "params.image_size": str(card.preset.image_size)}
-    model_uri, run_id = _log_model(tracking, candidates[winner.name], card.run_id, paths, data_dir,
-                                   {k: v for k, v in data_tags.items() if k.startswith("data")},
-                                   gate_numbers(decision.to_dict()))
+    model_uri, run_id, experiment_id = _log_model(
+        tracking, candidates[winner.name], card.run_id, paths, data_dir,
+        {k: v for k, v in data_tags.items() if k.startswith("data")},
+        {**gate_numbers(decision.to_dict()), **model_numbers(metrics["models"])})
     version = registry.create_version(tracking, model_uri, tags)
     try:
         failure = serving_check(tracking, version, paths, expected, cfg.serving_check_timeout_s)
     except ServingCheckTimeout as exc:  # recorded as a failed check: the version is rejected, not left pending
         failure = str(exc)
     staged.cleanup()
-    decision = _with_serving(decision, failure)
+    decision = replace(_with_serving(decision, failure), candidate_version=version)
     out_dir.mkdir(parents=True, exist_ok=True)
-    record = {**decision.to_dict(), "model_name": tracking.registered_model, "version": version,
-              "winner": winner.name, "champion_version": evaluated_champion}
+    refs = decision_record.mlflow_refs(tracking.resolved_uri(), experiment_id, run_id, tracking.registered_model,
+                                       version)
+    record = decision_record.complete(
+        {**decision.to_dict(), "model_name": tracking.registered_model, "version": version, "winner": winner.name,
+         "champion_version": evaluated_champion}, version, data_tags, refs)
     (out_dir / "decision.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    (out_dir / "decision.md").write_text(decision.to_markdown())
+    (out_dir / "decision.md").write_text(decision_record.to_markdown(decision, record))
+    history = report.version_history(tracking)
+    report.write(eval_dir, out_dir / "report.html", record, history, record["links"])
     _log_decision(tracking, version, run_id, out_dir)
+    registry.describe(tracking, version, decision_record.version_description(record, metrics["models"]),
+                      decision_record.model_description(cfg.description, card.arch, card.preset.image_size,
+                                                         list(card.classes)))
     registry.mark_complete(tracking, version)
     previous, promoted = None, False
     if promote:
@@ -344,6 +362,7 @@ def run(cfg: RegisterConfig, thresholds: GateThresholds, data_dir: Path, candida
             record["schedule"] = {**record["schedule"], "recorded": outcome.schedule}
         if outcome.promoted != decision.promote or outcome.schedule is not None:
             (out_dir / "decision.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+            report.write(eval_dir, out_dir / "report.html", record, history, record["links"])
     result = RegisterResult(model_name=tracking.registered_model, version=version, winner=winner.name,
                             promoted=promoted, alias=registry.CHAMPION if promoted else None,
                             previous_champion=previous, decision=record)
@@ -351,10 +370,15 @@ def run(cfg: RegisterConfig, thresholds: GateThresholds, data_dir: Path, candida
     return result
 
 
+def model_numbers(models: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Every evaluated model's test accuracy and macro-F1 (finetune, scratch, champion) as numbers, for the
+    logged model's metrics (charted by MLflow), beside the `metric.*` text tags on the version."""
+    return {f"{name}_test_{m}": float(v[m]) for name, v in models.items() for m in ("accuracy", "macro_f1")
+            if isinstance(v.get(m), int | float)}
+
+
 def _with_serving(decision: Decision, failure: str | None) -> Decision:
     """Add the serving check to the decision record; a failure rejects the version."""
-    from dataclasses import replace
-
     from headstart.gate import Check
 
     check = Check(name="serving_check", passed=failure is None, applies=True,
@@ -371,7 +395,7 @@ def _log_decision(tracking: TrackingConfig, version: str, run_id: str, out_dir: 
 
     registry.stage("decision_record")
     c = MlflowClient()
-    for name in ("decision.json", "decision.md"):
+    for name in ("decision.json", "decision.md", "report.html"):
         registry.retry(f"logging {name}", lambda n=name: c.log_artifact(run_id, str(out_dir / n), "decision"))
     registry.set_version_tags(tracking, version, {"headstart.decision_record": f"runs:/{run_id}/decision"})
 

@@ -1,0 +1,184 @@
+"""The decision record as people read it: what the pure gate cannot know, added after registration.
+
+headstart.gate decides on predictions alone; the registered version, the data version (git commit and
+data.dvc md5) and the MLflow run and version exist only once register has written them. `complete` adds
+them to the record (decision.json), `to_markdown` renders decision.md from both, ending, after a
+rejection, with what to do next for each failed check and the exact override command.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from headstart.gate import (
+    ACCURACY_FLOOR,
+    BEATS_BASELINE,
+    CLASS_RECALL,
+    LABEL_SET,
+    MACRO_F1_FLOOR,
+    NEGATIVE_FLIPS,
+    NO_REGRESSION,
+    Decision,
+)
+
+SERVING_CHECK = "serving_check"  # added by headstart.steps.register after the gate's own checks
+TRAIN_MORE = ("train more: raise `train.shared.epochs` or `train.shared.images_per_class` (or the learning rates "
+              "`train.finetune.lr_head` / `lr_backbone`) in params.yaml and re-run")
+
+
+def public_uri(uri: str) -> str:
+    """The tracking URI without user name or password, fit for a record anyone may read."""
+    parts = urlsplit(uri)
+    if not parts.netloc or "@" not in parts.netloc:
+        return uri
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+def mlflow_refs(tracking_uri: str, experiment_id: str | None, run_id: str, model: str, version: str) -> dict[str, Any]:
+    """Where the run and the version are in the MLflow UI: links for a tracking server; for a local store,
+    the command that serves its UI and the pages to open there."""
+    uri = public_uri(tracking_uri)
+    run_page = f"#/experiments/{experiment_id}/runs/{run_id}" if experiment_id else None
+    version_page = f"#/models/{quote(model, safe='')}/versions/{version}"
+    refs: dict[str, Any] = {"tracking_uri": uri, "run_id": run_id, "experiment_id": experiment_id,
+                            "model_name": model, "version": version}
+    if uri.startswith(("http://", "https://")):
+        base = uri.rstrip("/")
+        refs.update(version_url=f"{base}/{version_page}", run_url=f"{base}/{run_page}" if run_page else None)
+    else:
+        refs.update(version_url=None, run_url=None,
+                    ui_command=f"mlflow ui --backend-store-uri {uri} --port 5000",
+                    ui_pages=[f"http://127.0.0.1:5000/{p}" for p in (version_page, run_page) if p])
+    return refs
+
+
+def complete(record: dict[str, Any], version: str, data_tags: dict[str, str], mlflow: dict[str, Any]) -> dict[str, Any]:
+    """The gate's record plus the version it is about, the data version and the MLflow references."""
+    links = {"decision_record": f"runs:/{mlflow['run_id']}/decision", "decision_md": "decision.md",
+             "report": "report.html"}
+    if mlflow.get("version_url"):
+        links.update(mlflow_version=mlflow["version_url"], mlflow_run=mlflow["run_url"])
+    return {**record, "candidate": {**record["candidate"], "version": version},
+            "data_version": {"git_commit": data_tags.get("git.commit"), "data_md5": data_tags.get("data.dvc_md5")},
+            "mlflow": mlflow, "links": links}
+
+
+def override_command(version: str) -> str:
+    return f'headstart promote --version {version} --reason "..."'
+
+
+def _fmt(v: Any, spec: str = ".4f") -> str:
+    return "?" if v is None else format(v, spec)
+
+
+def _accuracy(c: dict[str, Any], r: dict[str, Any]) -> str:
+    knob = "gate.min_accuracy" if c["name"] == ACCURACY_FLOOR else "gate.min_macro_f1"
+    return (f"The candidate scored {_fmt(c['value'])}, below `{knob}` {_fmt(c['threshold'])} (params.yaml). "
+            f"If the floor is too strict for this data, lower `{knob}`; otherwise {TRAIN_MORE}.")
+
+
+def _baseline(c: dict[str, Any], r: dict[str, Any]) -> str:
+    return ("Fine-tuning did not beat the scratch baseline by `gate.min_gain_over_baseline` "
+            f"({_fmt(c['threshold'], '+.4f')}): the pre-trained weights are not paying. Check "
+            "`train.finetune.weights`, `lr_backbone` and `probe_epochs`, or set `gate.min_gain_over_baseline: "
+            "null` to stop requiring it.")
+
+
+def _regression(c: dict[str, Any], r: dict[str, Any]) -> str:
+    schedule = r.get("schedule") or {}
+    th = r.get("thresholds") or {}
+    return (f"The gain over the champion, {_fmt(c['value'], '+.4f')} (lower bound {_fmt(c['ci_low'], '+.4f')}), "
+            f"is not proven at this run's level alpha_run {_fmt(schedule.get('alpha_run'), '.2g')}: the gate's "
+            f"false-promotion budget `gate.false_promotion_budget` {th.get('false_promotion_budget')} spread over "
+            f"`gate.horizon_runs` {th.get('horizon_runs')} runs and {schedule.get('candidates_compared')} "
+            "candidates, so one run must show a clear gain. A real but small gain needs more evidence: a larger "
+            f"test split, or a stronger candidate ({TRAIN_MORE}). If you want this model anyway, override.")
+
+
+def _class_recall(c: dict[str, Any], r: dict[str, Any]) -> str:
+    return (f"Class {c.get('subject')!r} lost recall beyond `gate.max_class_recall_drop` {_fmt(c['threshold'])} "
+            "with Holm-corrected evidence. Look at its errors in the evaluation report; add training images of "
+            "that class, or override if the trade is intended.")
+
+
+def _flips(c: dict[str, Any], r: dict[str, Any]) -> str:
+    return (f"The candidate breaks too many images the champion got right: NFR {_fmt(c['value'])}, its lower "
+            f"bound {_fmt(c['ci_low'])} above `gate.max_negative_flip_rate` {_fmt(c['threshold'])}. Keep "
+            "`train.shared.congruent: true` (positive-congruent training) and raise `train.shared.congruent_beta`, "
+            "or raise the limit if these flips are acceptable; the per-class table above shows where they are.")
+
+
+def _label_set(c: dict[str, Any], r: dict[str, Any]) -> str:
+    return (f"The classes changed ({c.get('subject')}). The gate never promotes a label-set change on its own. "
+            "If it is intended, review this version and override; if not, fix the data (or `validate.label_set` "
+            "in params.yaml) and re-run.")
+
+
+def _serving(c: dict[str, Any], r: dict[str, Any]) -> str:
+    return ("The registered model does not serve what was evaluated: fix its packaging (headstart.serving, the "
+            "logged pip requirements) and re-run `headstart register`; if it timed out on a slow machine, raise "
+            "`register.serving_check_timeout_s`. Do not override a failed serving check.")
+
+
+NEXT_STEPS: dict[str, Callable[[dict[str, Any], dict[str, Any]], str]] = {
+    ACCURACY_FLOOR: _accuracy, MACRO_F1_FLOOR: _accuracy, BEATS_BASELINE: _baseline, NO_REGRESSION: _regression,
+    CLASS_RECALL: _class_recall, NEGATIVE_FLIPS: _flips, LABEL_SET: _label_set, SERVING_CHECK: _serving,
+}
+
+
+def next_steps(record: dict[str, Any]) -> list[str]:
+    """One line per failed check, then the override; nothing for a promotion."""
+    if record.get("decision") == "promoted":
+        return []
+    failed = [c for c in record.get("checks", []) if c.get("applies") and not c.get("passed")]
+    lines = [f"**{c['name']}**: " + NEXT_STEPS.get(c["name"], lambda c, r: c["detail"])(c, record) for c in failed]
+    version = (record.get("candidate") or {}).get("version") or record.get("version") or "N"
+    lines.append(f"To promote it anyway, a person overrides the gate (recorded with who and why): "
+                 f"`{override_command(str(version))}`")
+    return lines
+
+
+def to_markdown(decision: Decision, record: dict[str, Any]) -> str:
+    """decision.md: the version and the data version first, the MLflow references, the gate's own record,
+    and after a rejection what to do next."""
+    data, m = record.get("data_version") or {}, record.get("mlflow") or {}
+    name, version = m.get("model_name") or record.get("model_name"), record["candidate"]["version"]
+    lines = [f"# `{name}` v{version}: {record['decision']}", "",
+             f"- Version: `{name}` v{version} ({record['candidate']['name']})",
+             f"- Data version: git commit `{data.get('git_commit')}`, data.dvc md5 `{data.get('data_md5')}`"]
+    if m.get("version_url"):
+        lines += [f"- MLflow: [version v{version}]({m['version_url']}), [run {m['run_id']}]({m['run_url']})"]
+    elif m:
+        pages = ", ".join(m.get("ui_pages") or [])
+        lines += [f"- MLflow: run `{m['run_id']}` in `{m['tracking_uri']}`; see it with `{m['ui_command']}`, "
+                  f"then open {pages}"]
+    lines += ["- Evaluation report: [report.html](report.html)", "", decision.to_markdown()]
+    if steps := next_steps(record):
+        lines += ["### What to do next", "", *[f"- {s}" for s in steps], ""]
+    return "\n".join(lines)
+
+
+def version_description(record: dict[str, Any], models: dict[str, dict[str, float]]) -> str:
+    """One paragraph for the version's page in MLflow: what it is, its numbers against the champion, the verdict."""
+    winner, version = record["candidate"]["name"], record["candidate"]["version"]
+    own = models.get(winner) or {}
+    champ = models.get("champion")
+    against = (f"champion v{record.get('champion_version')} {_fmt(champ.get('accuracy'))}" if champ
+               else "no champion yet")
+    verdict = "gate passed" if record["decision"] == "promoted" else "refused"
+    return (f"v{version}: {winner}, test accuracy {_fmt(own.get('accuracy'))}, macro-F1 {_fmt(own.get('macro_f1'))} "
+            f"({against}); {verdict}: {str(record.get('summary')).split(': ', 1)[-1]}. Decision record: "
+            f"{(record.get('links') or {}).get('decision_record')}")
+
+
+def model_description(what: str, arch: str, image_size: int, classes: list[str]) -> str:
+    """The registered model's description: what it classifies and how a version becomes champion."""
+    shown = ", ".join(classes[:12]) + (f" and {len(classes) - 12} more" if len(classes) > 12 else "")
+    return (f"{what}: {arch} at {image_size} px over {len(classes)} classes ({shown}). Versions are registered "
+            "by the Headstart loop (finetune and scratch trained on the same data, the better one registered) "
+            "and the alias `champion` moves only when the gate passes: accuracy floors, a paired test against "
+            "the scratch baseline and the champion at a false-promotion budget per window of runs, per-class "
+            "recall, negative flips and a serving check (thresholds in params.yaml `gate:`). Each version's "
+            "description says its decision; its tag `headstart.decision_record` points at decision.md.")
