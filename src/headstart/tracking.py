@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from headstart.config import TrackingConfig
 from headstart.errors import RegistryError
+
+LOOP_ENV = "HEADSTART_LOOP_ID"
+LOOP_TAG = "headstart.loop_id"
+STEP_TAG = "headstart.step"
 
 
 def _is_local_store(uri: str) -> bool:
@@ -60,12 +67,63 @@ def configure(tracking: TrackingConfig) -> str:
 
 @contextlib.contextmanager
 def run(tracking: TrackingConfig, name: str, tags: dict[str, str] | None = None) -> Iterator[str]:
-    """Start an MLflow run in the Headstart experiment and yield its id."""
+    """Start an MLflow run in the Headstart experiment, under its loop's parent run, and yield its id."""
+    experiment_id = configure(tracking)
+    with start(experiment_id, name, tags) as active:
+        yield active.info.run_id
+
+
+def start(experiment_id: str, name: str, tags: dict[str, str] | None = None) -> Any:
+    """mlflow.start_run nested under the loop's parent run (see loop_id), so one loop's validate, trainings,
+    evaluate and register are one group in the MLflow UI."""
     import mlflow
 
-    experiment_id = configure(tracking)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags or {}) as active:
-        yield active.info.run_id
+    loop = loop_id()
+    return mlflow.start_run(experiment_id=experiment_id, run_name=name, tags={LOOP_TAG: loop, **(tags or {})},
+                            parent_run_id=_parent_run(experiment_id, loop))
+
+
+def loop_id() -> str:
+    """`HEADSTART_LOOP_ID` when set (the KFP pipeline's job id, or a fresh id per `headstart run`); otherwise
+    the code and data version (git commit, data.dvc md5), so the separate processes of `dvc repro` group
+    together with nothing passed between them."""
+    if env := os.environ.get(LOOP_ENV, "").strip():
+        return re.sub(r"[^A-Za-z0-9._:-]", "-", env)[:200]  # it goes into a search filter
+    from headstart.data.pin import pinned_md5
+
+    commit = os.environ.get("HEADSTART_GIT_COMMIT") or git_head() or "nogit"
+    return f"{commit}-{pinned_md5(Path('data')) or 'nodata'}"
+
+
+def git_head() -> str | None:
+    """The commit of the working directory (the project checkout), if it is a git repo."""
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _parent_run(experiment_id: str, loop: str) -> str:
+    """The loop's parent run, created by whichever step comes first. Two steps creating it at once both
+    search again after creating and keep the oldest; the other deletes its own."""
+    from mlflow import MlflowClient
+
+    c = MlflowClient()
+
+    def oldest() -> str | None:
+        runs = c.search_runs([experiment_id], f"tags.`{LOOP_TAG}` = '{loop}' AND tags.`{STEP_TAG}` = 'loop'",
+                             max_results=50)
+        return min(runs, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id if runs else None
+
+    if found := oldest():
+        return found
+    mine = c.create_run(experiment_id, run_name=f"loop {loop[:19]}", tags={LOOP_TAG: loop, STEP_TAG: "loop"})
+    c.set_terminated(mine.info.run_id)  # a group, not a process: nothing would ever end it
+    kept = oldest() or mine.info.run_id
+    if kept != mine.info.run_id:
+        c.delete_run(mine.info.run_id)
+    return kept
 
 
 def ui_command(tracking: TrackingConfig) -> str:
