@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from headstart.validation.config import ValidateConfig
 
-Status = Literal["pass", "warn", "fail"]
+Status = Literal["pass", "warn", "fail", "n/a"]  # n/a: the check does not apply to this dataset or run
 
 # name -> (group, what it guards). Order is the report's order.
 CHECKS: dict[str, tuple[str, str]] = {
@@ -69,8 +69,10 @@ def assemble(
     numbers: dict[str, dict[str, Any]],
     cfg: ValidateConfig,
     totals: dict[str, int] | None = None,
+    not_applicable: dict[str, str] | None = None,
 ) -> tuple[CheckResult, ...]:
-    """One result per check in CHECKS: severity when anything was found, else pass.
+    """One result per check in CHECKS: severity when anything was found, else pass, or n/a (with the reason
+    from `not_applicable`) for a check with nothing to look at, so a report never says "ok" about it.
 
     `totals` carries counts known to exceed the findings listed (GX lists only the first N).
     """
@@ -87,12 +89,15 @@ def assemble(
         found = [(file, "; ".join(sorted(reasons))) for file, reasons in sorted(by_check[name].items())]
         total = max(len(found), (totals or {}).get(name, 0))
         status: Status = getattr(cfg.severity, name) if found else "pass"
+        why = (not_applicable or {}).get(name)
+        if why and not found:
+            status = "n/a"
         results.append(
             CheckResult(
                 name=name,
                 group=group,
                 status=status,
-                message=_message(found, guards, total),
+                message=f"n/a: {why}" if status == "n/a" else _message(found, guards, total),
                 numbers=numbers.get(name, {}),
                 files=tuple(
                     {"file": file, "reason": reason} for file, reason in found[: cfg.max_listed_files]

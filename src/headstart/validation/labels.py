@@ -31,8 +31,17 @@ def label_checks(
 ) -> tuple[list[Finding], dict[str, dict[str, Any]]]:
     findings: list[Finding] = []
     known = set(labels)
+    if len(labels) < 2:
+        findings.append(Finding("labels", f"{len(labels)} class{'es' if len(labels) != 1 else ''} (label set "
+                                f"from {source}): a classifier needs at least 2 class folders per split"))
+    expects = {"params (validate.label_set)": "params expect",
+               "previous accepted version": "the last accepted version has"}.get(source)
     for split in layout.split_dirs:
-        for name in layout.class_dirs.get(split, []):
+        found = layout.class_dirs.get(split, [])
+        if expects and set(found) != known:  # one line saying why, before the per-folder list (sorted first)
+            findings.append(Finding("labels", f"found {len(found)} class{'es' if len(found) != 1 else ''}; "
+                                    f"{expects} {len(labels)}; set `validate.label_set`", f"{split}/"))
+        for name in found:
             if name not in known:
                 findings.append(
                     Finding(

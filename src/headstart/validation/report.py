@@ -21,7 +21,7 @@ from headstart.validation.result import ValidationResult
 
 THUMBS_PER_CLASS = 4
 THUMB_PX = 56
-COLORS = {"pass": "#1a7f37", "warn": "#9a6700", "fail": "#cf222e"}
+COLORS = {"pass": "#1a7f37", "warn": "#9a6700", "fail": "#cf222e", "n/a": "#6e7781"}
 CSS = """
 body{font-family:system-ui,Segoe UI,Roboto,sans-serif;margin:24px;color:#1f2328;max-width:1200px}
 h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #d0d7de;padding-bottom:4px}
@@ -99,7 +99,7 @@ def _e(value: Any) -> str:
 
 def _check_rows(result: ValidationResult) -> str:
     rows = []
-    order = {"fail": 0, "warn": 1, "pass": 2}
+    order = {"fail": 0, "warn": 1, "pass": 2, "n/a": 3}
     for c in sorted(result.checks, key=lambda c: order[c.status]):  # stable: CHECKS order within a status
         files = "".join(f"<li><code>{_e(f['file'])}</code> {_e(f['reason'])}</li>" for f in c.files)
         more = f"<li class=muted>and {c.n_files - len(c.files)} more</li>" if c.n_files > len(c.files) else ""
