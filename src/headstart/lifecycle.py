@@ -8,7 +8,9 @@ last time a person took the decision.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from headstart import registry
 from headstart.config import TrackingConfig
@@ -62,6 +64,7 @@ def status(tracking: TrackingConfig, rejected_limit: int = 5) -> dict[str, Any]:
 
     `registered` is False when the model does not exist on the server (nothing registered yet); a server
     that cannot be reached, or that fails, raises RegistryError naming the tracking URI instead."""
+    require_store(tracking)
     registry.check_reachable(tracking)
     uri = tracking.resolved_uri()
     c = registry.client(tracking)
@@ -92,6 +95,25 @@ def status(tracking: TrackingConfig, rejected_limit: int = 5) -> dict[str, Any]:
             "decision_reason": champ.tags.get("decision_reason") or champ.tags.get("override_reason"),
         }
     return info
+
+
+def local_store(uri: str) -> Path | None:
+    """The file or folder a local tracking URI names (sqlite:///, file://, a bare path); None for a server."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///").split("?")[0])
+    if uri.startswith("file://"):
+        return Path(urlparse(uri).path)
+    return None if "://" in uri or ":" in uri.split("/")[0] else Path(uri)
+
+
+def require_store(tracking: TrackingConfig) -> None:
+    """A read-only command must not write: MLflow creates a missing sqlite file or folder (and an artifact
+    root) on first touch, so a mistyped path would make a new, empty store and report "not registered"."""
+    path = local_store(tracking.resolved_uri())
+    if path is not None and not path.exists():
+        raise ConfigError(f"tracking.tracking_uri {tracking.resolved_uri()}: no MLflow store at {path}, and a "
+                          "read-only command creates none. Check the path (or MLFLOW_TRACKING_URI), or run the "
+                          "loop first (`make run`).")
 
 
 def _schedule(tracking: TrackingConfig) -> dict[str, Any]:

@@ -57,3 +57,13 @@ def test_a_bad_override_in_a_section_the_command_does_not_read_stops_it_first(tm
     assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr
     assert message in " ".join(res.stderr.split()), res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == [], "it ran before failing"
+
+
+@pytest.mark.parametrize("store", ["sqlite:///{tmp}/typo/mlflw.db", "file://{tmp}/mlrun"], ids=["sqlite", "file"])
+def test_status_on_a_mistyped_local_store_creates_nothing_and_names_it(tmp_path, store):
+    uri = store.format(tmp=tmp_path)
+    res = headstart("status", "--params", str(ROOT / "params.yaml"), "--set", f"tracking.tracking_uri={uri}",
+                    cwd=tmp_path)
+    assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr
+    assert f"tracking.tracking_uri {uri}: no MLflow store at" in " ".join(res.stderr.split()), res.stderr
+    assert list(tmp_path.iterdir()) == []
