@@ -23,35 +23,34 @@ QUALITY = 80  # JPEG quality
 def choose(y_true: np.ndarray, preds: dict[str, np.ndarray], confs: dict[str, np.ndarray],
            candidates: tuple[str, ...] = ("finetune", "scratch"), reference: str = "champion",
            cap: int = CAP) -> dict[str, list[int]]:
-    """Rows to show, by group: `confident/<model>` its most confident mistakes, `pair/<model>/<t>/<p>` a few
-    images of its most confused pairs (class indices), `flips/<model>` images `reference` got right and it
-    gets wrong. Groups are filled in that order until `cap` rows are taken (a row counts once)."""
+    """Rows to show, by group: `confident/<model>` its most confident mistakes, `flips/<model>` images
+    `reference` got right and it gets wrong, `pair/<model>/<t>/<p>` a few images of its most confused pairs
+    (class indices). Groups are filled in that order until `cap` rows are taken; a row shows once."""
     y = np.asarray(y_true)
     n = int(max([y.max(initial=0)] + [p.max(initial=0) for p in preds.values()])) + 1
-    groups: dict[str, list[int]] = {}
+    taken: set[int] = set()
+    chosen: dict[str, list[int]] = {}
+
+    def take(name: str, rows: np.ndarray, model: str) -> None:
+        """The most confident of `rows` not shown yet, PER_GROUP at most, while the cap allows."""
+        keep = [int(r) for r in rows[np.argsort(-confs[model][rows], kind="stable")] if int(r) not in taken]
+        keep = keep[: min(PER_GROUP, cap - len(taken))]
+        taken.update(keep)
+        if keep:
+            chosen[name] = keep
+
     for m in preds:
-        wrong = np.flatnonzero(preds[m] != y)
-        groups[f"confident/{m}"] = wrong[np.argsort(-confs[m][wrong], kind="stable")][:PER_GROUP].tolist()
+        take(f"confident/{m}", np.flatnonzero(preds[m] != y), m)
+    for m in candidates if reference in preds else ():
+        if m in preds:
+            take(f"flips/{m}", np.flatnonzero((preds[reference] == y) & (preds[m] != y)), m)
     for m in preds:
         off = np.bincount(y * n + preds[m], minlength=n * n).reshape(n, n)
         np.fill_diagonal(off, 0)
         for flat in np.argsort(-off.ravel(), kind="stable")[:PAIRS]:
             t, p = divmod(int(flat), n)
             if off[t, p]:
-                rows = np.flatnonzero((y == t) & (preds[m] == p))
-                groups[f"pair/{m}/{t}/{p}"] = rows[np.argsort(-confs[m][rows], kind="stable")][:PER_GROUP].tolist()
-    if reference in preds:
-        for m in candidates:
-            if m in preds:
-                rows = np.flatnonzero((preds[reference] == y) & (preds[m] != y))
-                groups[f"flips/{m}"] = rows[np.argsort(-confs[m][rows], kind="stable")][:PER_GROUP].tolist()
-    taken: set[int] = set()
-    chosen: dict[str, list[int]] = {}
-    for name, rows in groups.items():
-        keep = [r for r in rows if r in taken or len(taken) < cap]
-        taken.update(keep)
-        if keep:
-            chosen[name] = keep
+                take(f"pair/{m}/{t}/{p}", np.flatnonzero((y == t) & (preds[m] == p)), m)
     return chosen
 
 

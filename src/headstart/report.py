@@ -34,6 +34,7 @@ STYLE = (
     ".promoted{color:#176f2c}.refused{color:#b00020}.pending{color:#8a6d00}tr.flagged td{background:#fde2e2}"
     ".neg{color:#b00020}.pos{color:#176f2c}.note{color:#555;font-size:.9em}figure{display:inline-block;margin:4px;"
     "text-align:center;font-size:.75em}figure img{width:64px;height:64px;image-rendering:pixelated}"
+    "td.delta{white-space:nowrap}div.block{display:inline-block;vertical-align:top;margin-right:1.5em}"
     "table.matrix td{font-size:.8em;min-width:2.6em}img.plot{max-width:100%}section{margin-bottom:2em}"
 )
 SORT_JS = (
@@ -148,7 +149,7 @@ def _flagged(ev: Evaluation, cand: str, decision: dict[str, Any] | None) -> set[
 
 def per_class_section(ev: Evaluation, cand: str, base: str | None, decision: dict[str, Any] | None) -> str:
     n = len(ev.classes)
-    others = [m for m in (base, "champion") if m and m in ev.pred]
+    others = [m for m in ("champion", base) if m and m in ev.pred]
     prf = {m: stats.per_class_prf(ev.y, ev.pred[m], n) for m in [cand, *others]}
     deltas = {m: stats.paired_recall_diff(ev.y, ev.correct(cand), ev.correct(m), n) for m in others}
     flagged = _flagged(ev, cand, decision)
@@ -165,7 +166,7 @@ def per_class_section(ev: Evaluation, cand: str, base: str | None, decision: dic
         cells += [f"<td>{_f(prf[m][s][k])}</td>" for m in prf for s in ("precision", "recall", "f1")]
         for d, lo, hi in deltas.values():
             sign = "neg" if hi[k] < 0 else "pos" if lo[k] > 0 else ""
-            cells.append(f'<td class="{sign}" data-v="{_f(d[k], ".6f")}">{_f(d[k], "+.3f")} '
+            cells.append(f'<td class="{sign} delta" data-v="{_f(d[k], ".6f")}">{_f(d[k], "+.3f")} '
                          f"[{_f(lo[k], '+.3f')}, {_f(hi[k], '+.3f')}]</td>")
         rows.append(f'<tr class="class-row{" flagged" if k in flagged else ""}">{"".join(cells)}</tr>')
     note = f"<p class='note'>The {len(shown)} classes with the worst Δ recall of {n}; all are in metrics.json.</p>" \
@@ -214,6 +215,7 @@ def confusion_section(ev: Evaluation) -> str:
     parts = []
     n = len(ev.classes)
     for m in ev.pred:
+        parts.append("<div class='block'>")
         matrix = confusion(ev.y, ev.pred[m], n)
         if n <= TABLE_MATRIX_MAX:
             parts.append(_matrix_table(matrix, ev.classes, ev.label(m)))
@@ -224,7 +226,7 @@ def confusion_section(ev: Evaluation) -> str:
         parts.append("<table class='pairs'><thead><tr><th>true</th><th>predicted</th><th>images</th><th>share of "
                      "true class</th></tr></thead><tbody>" + "".join(
                          f"<tr><td>{_e(t)}</td><td>{_e(p)}</td><td>{c}</td><td>{s:.1%}</td></tr>"
-                         for t, p, c, s in pairs) + "</tbody></table>")
+                         for t, p, c, s in pairs) + "</tbody></table></div>")
     return ("<section id='confusion'><h2>Confusion, row-normalised</h2><p class='note'>Each row: where the true "
             f"class's images went. Full matrices: confusion_*.npz.</p>{''.join(parts)}</section>")
 

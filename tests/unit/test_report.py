@@ -171,11 +171,67 @@ def test_per_class_precision_recall_f1_support_match_the_confusion_matrix():
     np.testing.assert_array_equal(got["support"], [3, 2, 1])
 
 
-def test_at_1000_classes_the_tables_are_top_k_and_the_thumbnails_capped():
+def test_example_errors_are_the_most_confident_mistakes_and_the_negative_flips_each_once_and_capped():
     rng = np.random.default_rng(1)
     y = np.repeat(np.arange(1000), 20)
     preds = {m: np.where(rng.random(y.size) < 0.3, rng.integers(0, 1000, y.size), y)
              for m in ("finetune", "scratch", "champion")}
     confs = {m: rng.random(y.size).astype(np.float32) for m in preds}
     chosen = examples.choose(y, preds, confs)
-    assert len({r for rows in chosen.values() for r in rows}) <= examples.CAP
+    rows = [r for group in chosen.values() for r in group]
+    assert len(rows) == len(set(rows)) <= examples.CAP  # each image once
+    assert sum(map(len, examples.choose(y, preds, confs, cap=30).values())) == 30
+    for m in ("finetune", "scratch"):
+        flips = np.array(chosen[f"flips/{m}"])
+        assert len(flips) == examples.PER_GROUP
+        assert (preds["champion"][flips] == y[flips]).all() and (preds[m][flips] != y[flips]).all()
+    confident = np.array(chosen["confident/finetune"])
+    wrong = preds["finetune"] != y
+    assert (preds["finetune"][confident] != y[confident]).all()
+    assert confs["finetune"][confident].min() >= np.sort(confs["finetune"][wrong])[-examples.PER_GROUP]
+
+
+def test_at_1000_classes_the_page_lists_the_50_worst_classes(tmp_path):
+    rng = np.random.default_rng(2)
+    classes = [f"c{k}" for k in range(1000)]
+    y = np.repeat(np.arange(1000), 5)
+    preds = {m: np.where(rng.random(y.size) < 0.3, (y + 1) % 1000, y) for m in ("finetune", "scratch", "champion")}
+    confs = {m: rng.uniform(0.3, 1, y.size).astype(np.float32) for m in preds}
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "metrics.json").write_text(json.dumps({"models": {m: summarise(y, p, confs[m], classes)
+                                                             for m, p in preds.items()},
+                                                  "classes": classes, "champion_version": "1"}))
+    np.savez(out / "predictions.npz", y_true=y, **{f"pred_{m}": p for m, p in preds.items()},
+             **{f"conf_{m}": c for m, c in confs.items()})
+    text = report.render(out)
+    page = _Page(text)
+    assert len(page.rows) == report.TOP_K and len(page.flip_rows) == report.TOP_K
+    assert "worst Δ recall of 1000" in text and "<table class='matrix'>" not in text
+    assert len(text) < 500_000
+
+
+def test_version_history_reads_each_complete_version_with_its_winners_metrics(tmp_path):
+    from mlflow import MlflowClient
+
+    from headstart import registry
+    from headstart.config import TrackingConfig
+
+    tracking = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "art"),
+                              registered_model="clf")
+    c = registry.client(tracking)
+    assert isinstance(c, MlflowClient)
+    c.create_registered_model("clf")
+    tags = [{"headstart.winner": "finetune", "metric.finetune.accuracy": "0.9000",
+             "metric.finetune.macro_f1": "0.8900", "metric.scratch.accuracy": "0.5",
+             registry.REGISTRATION_TAG: registry.COMPLETE},
+            {"headstart.winner": "scratch", "metric.scratch.accuracy": "0.9100", "metric.scratch.macro_f1": "0.9050",
+             registry.REGISTRATION_TAG: registry.COMPLETE},
+            {"headstart.winner": "scratch", registry.REGISTRATION_TAG: registry.PENDING}]
+    for t in tags:
+        c.create_model_version("clf", source=str(tmp_path / "m"), tags=t)
+    c.set_registered_model_alias("clf", "champion", "1")
+    rows = report.version_history(tracking)
+    assert [(r["version"], r["accuracy"], r["macro_f1"], r["champion"]) for r in rows] == [
+        ("1", 0.9, 0.89, True), ("2", 0.91, 0.905, False)]
+    assert all(isinstance(r["created"], int) and r["created"] > 0 for r in rows)
