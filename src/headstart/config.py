@@ -221,11 +221,10 @@ def _unknown(node: Any, schema: dict[str, Any], prefix: str = "") -> list[tuple[
 
 def _values(params: dict[str, Any], name: str) -> None:
     """Build section `name`'s config as its step will, importing its class only now."""
-    if name == "train":
-        from headstart.steps.train import config_from_params
-
+    if name == "train":  # by name, as every class here: a stage that checks params does not depend on training
+        steps_train = importlib.import_module(SECTIONS["train.shared"].split(":")[0])
         for role in ("finetune", "scratch"):
-            config_from_params(params, role)  # type: ignore[arg-type]
+            steps_train.config_from_params(params, role)
     elif name in SECTIONS:
         module, cls = SECTIONS[name].split(":")
         build(getattr(importlib.import_module(module), cls), section(params, name), name)
