@@ -87,6 +87,12 @@ class Evaluation:
     def correct(self, model: str) -> np.ndarray:
         return self.pred[model] == self.y
 
+    def no_champion(self) -> str:
+        """Why there is nothing to compare with the champion."""
+        if self.champion_version:
+            return f"Champion v{self.champion_version} was trained on other classes and not scored."
+        return "No champion yet."
+
     def label(self, model: str) -> str:
         return f"champion v{self.champion_version}" if model == "champion" else model
 
@@ -172,7 +178,7 @@ def per_class_section(ev: Evaluation, cand: str, base: str | None, decision: dic
     note = f"<p class='note'>The {len(shown)} classes with the worst Δ recall of {n}; all are in metrics.json.</p>" \
         if n > len(shown) else ""
     what = "; ⚑ = a drop the gate's Holm-corrected test finds significant" if flagged else ""
-    missing = "" if "champion" in ev.pred else "<p>No champion yet: nothing to compare against but the baseline.</p>"
+    missing = "" if "champion" in ev.pred else f"<p>{_e(ev.no_champion())} Compared with the baseline only.</p>"
     return (f'<section id="per-class"><h2>Per class: candidate {_e(cand)}</h2>{missing}<p class="note">Sorted by the '
             f"candidate's recall change, worst first (click a column to sort); intervals: normal, from the images "
             f"only one of the two got right{what}.</p>{note}<table class='sortable'><thead><tr>{head}</tr></thead>"
@@ -186,7 +192,7 @@ def flips_section(ev: Evaluation, cand: str, decision: dict[str, Any] | None) ->
         per_class = [{"class": c, "support": int(f.support[k]), "negative_flips": int(f.negative_per_class[k]),
                       "positive_flips": int(f.positive_per_class[k])} for k, c in enumerate(ev.classes)]
     if not per_class:
-        return '<section id="flips"><h2>Flips against the champion</h2><p>No champion yet.</p></section>'
+        return f'<section id="flips"><h2>Flips against the champion</h2><p>{_e(ev.no_champion())}</p></section>'
     worst = sorted(per_class, key=lambda r: (-r["negative_flips"], r["class"]))[:TOP_K]
     rows = "".join(
         f"<tr class='flip-row'><td>{_e(r['class'])}</td><td>{r['support']}</td><td class='neg'>{r['negative_flips']}"
