@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny, learnable ImageFolder generated in tmp_path."""
+"""Shared fixtures: a tiny, learnable ImageFolder generated in tmp_path; and the rule that only tests marked
+`gpu` may skip (a skip anywhere else fails the run, so a test silently not running is noticed)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,31 @@ from PIL import Image
 os.environ.setdefault("HEADSTART_NO_PROGRESS", "1")
 
 CLASSES = ("circle", "square", "stripes")
+
+_SKIPS: dict[str, list[str]] = {"gpu": [], "unexpected": []}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _SKIPS["gpu" if item.get_closest_marker("gpu") else "unexpected"].append(f"{item.nodeid} ({reason})")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _SKIPS["unexpected"] and exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    for kind, title in (("gpu", "skipped for want of a CUDA GPU (marked gpu)"),
+                        ("unexpected", "UNEXPECTED SKIPS: only tests marked gpu may skip; this fails the run")):
+        if _SKIPS[kind]:
+            terminalreporter.section(title, sep="-", bold=kind == "unexpected", red=kind == "unexpected")
+            for line in _SKIPS[kind]:
+                terminalreporter.line(line)
 
 
 def _pattern(cls: int, rng: np.random.Generator, size: int) -> np.ndarray:

@@ -229,6 +229,7 @@ def test_serving_check_takes_cpu_made_evaluation_labels_as_they_are(setup):
                                                                                               int(labels[4])]
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_on_a_gpu_evaluate_scores_in_bf16_keeps_that_entry_and_the_serving_check_uses_cpu_labels(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
