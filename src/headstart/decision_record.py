@@ -3,7 +3,8 @@
 headstart.gate decides on predictions alone; the registered version, the data version (git commit and
 data.dvc md5) and the MLflow run and version exist only once register has written them. `complete` adds
 them to the record (decision.json), `to_markdown` renders decision.md from both, ending, after a
-rejection, with what to do next for each failed check and the exact override command.
+rejection, with what to do next for each failed check and the exact override command; `to_html` makes
+decision.html of it.
 """
 
 from __future__ import annotations
@@ -154,10 +155,26 @@ def to_markdown(decision: Decision, record: dict[str, Any]) -> str:
         pages = ", ".join(m.get("ui_pages") or [])
         lines += [f"- MLflow: run `{m['run_id']}` in `{m['tracking_uri']}`; see it with `{m['ui_command']}`, "
                   f"then open {pages}"]
-    lines += ["- Evaluation report: [report.html](report.html)", "", decision.to_markdown()]
+    lines += ["- Evaluation report: [report.html](report.html); this record as a page: [decision.html](decision.html)",
+              "", decision.to_markdown()]
     if steps := next_steps(record):
         lines += ["### What to do next", "", *[f"- {s}" for s in steps], ""]
     return "\n".join(lines)
+
+
+def to_html(markdown: str, title: str) -> str:
+    """decision.html: decision.md as a page, for MLflow's artifact viewer (which shows .md as plain text) and
+    a browser. Raw HTML in the markdown is escaped, not passed through: class names come from the data."""
+    import html
+
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>" + html.escape(title) + "</title><style>"
+            "body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:70em;padding:0 1em;line-height:1.4}"
+            "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px}"
+            "th{background:#f4f4f4}code{background:#f4f4f4;padding:0 3px}</style></head><body>"
+            + body + "</body></html>\n")
 
 
 def version_description(record: dict[str, Any], models: dict[str, dict[str, float]]) -> str:

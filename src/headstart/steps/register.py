@@ -341,10 +341,8 @@ def run(cfg: RegisterConfig, thresholds: GateThresholds, data_dir: Path, candida
     record = decision_record.complete(
         {**decision.to_dict(), "model_name": tracking.registered_model, "version": version, "winner": winner.name,
          "champion_version": evaluated_champion}, version, data_tags, refs)
-    (out_dir / "decision.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    (out_dir / "decision.md").write_text(decision_record.to_markdown(decision, record))
     history = report.version_history(tracking)
-    report.write(eval_dir, out_dir / "report.html", record, history, record["links"])
+    _write_record(out_dir, eval_dir, decision, record, history)
     _log_decision(tracking, version, run_id, out_dir)
     registry.describe(tracking, version, decision_record.version_description(record, metrics["models"]),
                       decision_record.model_description(cfg.description, card.arch, card.preset.image_size,
@@ -361,13 +359,24 @@ def run(cfg: RegisterConfig, thresholds: GateThresholds, data_dir: Path, candida
         if outcome.schedule is not None:  # as counted under the lock: another pipeline may have counted too
             record["schedule"] = {**record["schedule"], "recorded": outcome.schedule}
         if outcome.promoted != decision.promote or outcome.schedule is not None:
-            (out_dir / "decision.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-            report.write(eval_dir, out_dir / "report.html", record, history, record["links"])
+            _write_record(out_dir, eval_dir, decision, record, history)
     result = RegisterResult(model_name=tracking.registered_model, version=version, winner=winner.name,
                             promoted=promoted, alias=registry.CHAMPION if promoted else None,
                             previous_champion=previous, decision=record)
     (out_dir / "registration.json").write_text(json.dumps(asdict(result), indent=2, sort_keys=True) + "\n")
     return result
+
+
+def _write_record(out_dir: Path, eval_dir: Path, decision: Decision, record: dict[str, Any],
+                  history: list[dict[str, Any]]) -> None:
+    """decision.json, decision.md, decision.html and the evaluation report with the decision, all from `record`."""
+    from headstart import decision_record, report
+
+    (out_dir / "decision.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    markdown = decision_record.to_markdown(decision, record)
+    (out_dir / "decision.md").write_text(markdown)
+    (out_dir / "decision.html").write_text(decision_record.to_html(markdown, f"decision: v{record['version']}"))
+    report.write(eval_dir, out_dir / "report.html", record, history, record["links"])
 
 
 def model_numbers(models: dict[str, dict[str, Any]]) -> dict[str, float]:
@@ -395,7 +404,7 @@ def _log_decision(tracking: TrackingConfig, version: str, run_id: str, out_dir: 
 
     registry.stage("decision_record")
     c = MlflowClient()
-    for name in ("decision.json", "decision.md", "report.html"):
+    for name in ("decision.json", "decision.md", "decision.html", "report.html"):
         registry.retry(f"logging {name}", lambda n=name: c.log_artifact(run_id, str(out_dir / n), "decision"))
     registry.set_version_tags(tracking, version, {"headstart.decision_record": f"runs:/{run_id}/decision"})
 

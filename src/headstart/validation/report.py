@@ -140,8 +140,9 @@ def render_html(result: ValidationResult, chart: str | None, thumbs: dict[str, l
 <h1>Data validation <span class=badge style="background:{color}">{verdict}</span></h1>
 <p>{result.n_images} images, {len(result.labels)} classes (label set from {_e(result.label_source)});
 {len(result.failed)} failed and {len(result.warned)} warned of {len(result.checks)} checks.
-Dataset fingerprint <code>{result.fingerprint[:16]}</code>. The Great Expectations Data Docs for the manifest
-are in <code>data_docs/index.html</code> next to this report.</p>
+Dataset fingerprint <code>{result.fingerprint[:16]}</code>. Every expectation's result is in
+<code>report.json</code>; the Great Expectations Data Docs are written next to this report locally
+(<code>data_docs/index.html</code>), not logged to MLflow.</p>
 <h2>Checks</h2><table><tr><th>status</th><th>group</th><th>check</th><th>result</th></tr>{_check_rows(result)}</table>
 <h2>Class distribution</h2>{chart_html}
 <table><tr><th>class</th>{head}</tr>{count_rows}</table>
