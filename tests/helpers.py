@@ -59,13 +59,3 @@ def browser_dom(page: Path, tmp: Path) -> str:
         probe.unlink()
     return out
 
-
-def screenshot(page: Path, out: Path, tmp: Path, width: int = 1280, height: int = 2400) -> Path:
-    """A PNG of `page` as headless Chromium draws it (docs/ screenshots)."""
-    import subprocess
-
-    subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars",
-                    f"--user-data-dir={tmp / 'chromium-profile'}", f"--window-size={width},{height}",
-                    "--virtual-time-budget=5000", f"--screenshot={out.resolve()}", page.resolve().as_uri()],
-                   capture_output=True, text=True, timeout=120, check=True)
-    return out
