@@ -30,7 +30,7 @@ from pydantic import Field
 
 from headstart import registry
 from headstart.config import Frozen, TrackingConfig, build, section
-from headstart.errors import DataError, HeadstartError, RegistryError
+from headstart.errors import HeadstartError, RegistryError
 from headstart.gate import Decision, GateThresholds, choose_winner, decide
 from headstart.steps.evaluate import champion_for_gate, eval_for_gate
 from headstart.tracking import git_head
@@ -188,39 +188,13 @@ def serving_sample(labels: Sequence[int] | np.ndarray, n: int) -> list[int]:
 
 
 def serving_images(data_dir: Path, names: list[str], dest: Path) -> list[Path]:
-    """The files of the sampled test images (`names` as evaluation lists them, 'test/<class>/<file>').
+    """The files of the sampled test images (`names` as evaluation lists them, 'test/<class>/<file>'): on disk
+    in an ImageFolder; a packed root's streamed out of its test shards into `dest` as <i><ext>, i the name's
+    position (examples.image_files, which the report's thumbnails use too)."""
+    from headstart.examples import image_files
 
-    An ImageFolder has them on disk; a packed root has them only inside its shards, so their bytes are
-    streamed out of the test shards (stopping once all are found) and written to `dest` as <i><ext>, i the
-    name's position: a name from the data never becomes a file name."""
-    from headstart.data import shards
-    from headstart.data.names import shown, unsafe_path_reason
-    from headstart.data.suffixes import IMAGE_SUFFIXES
-
-    for name in names:
-        if reason := unsafe_path_reason(name):
-            raise DataError(f"{data_dir}: the evaluation lists test image {shown(name)!r}, not a plain relative path "
-                            f"({reason}); validate the data and re-run evaluate on it")
-    if not shards.is_sharded(data_dir):
-        return [data_dir / n for n in names]
-    index = shards.read_index(data_dir)
-    position = {n: i for i, n in enumerate(names)}
-    found: dict[str, Path] = {}
     dest.mkdir(parents=True, exist_ok=True)
-    for split in sorted({n.split("/", 1)[0] for n in names}):
-        for info in index.splits[split].shards if split in index.splits else ():
-            for sample in shards.iter_shard(data_dir, info, len(index.classes)):
-                name = f"{split}/{sample.name}"
-                if name in position and name not in found:
-                    suffix = f".{sample.ext}" if f".{sample.ext}" in IMAGE_SUFFIXES else ""
-                    found[name] = dest / f"{position[name]}{suffix}"
-                    found[name].write_bytes(sample.data)
-            if len(found) == len(position):
-                break
-    if missing := sorted(set(position) - set(found)):
-        raise DataError(f"{data_dir}: the evaluation's test images {missing[:3]} are not in the packed "
-                        "dataset's shards; evaluate and register read different data: re-run evaluate on it")
-    return [found[n] for n in names]
+    return image_files(data_dir, names, dest)
 
 
 def _run_check(cmd: list[str], timeout_s: float, version: str) -> subprocess.CompletedProcess[str]:
