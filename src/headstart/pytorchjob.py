@@ -29,6 +29,7 @@ from typing import Any
 from headstart import storage
 from headstart.errors import ConfigError, HeadstartError, StorageError
 from headstart.pipeline.settings import PipelineSettings
+from headstart.tracking import LOOP_ENV
 
 GROUP, VERSION, PLURAL = "kubeflow.org", "v1", "pytorchjobs"
 CONTAINER = "pytorch"  # the operator finds the training container by this name
@@ -89,6 +90,7 @@ class JobRequest:
     service_account: str = ""
     overrides: list[str] = field(default_factory=list)
     data: str = ""  # the staged dataset (`stage`): a packed one's folder (.../data/) or a .tar.gz; "" = the job's
+    loop_id: str = ""  # HEADSTART_LOOP_ID in the pods: rank 0's MLflow run joins the pipeline run's parent run
 
     def data_uri(self) -> str:
         return self.data or f"{self.staging_uri.rstrip('/')}/data.tar.gz"
@@ -185,7 +187,8 @@ def _pod(req: JobRequest, s: PipelineSettings) -> dict[str, Any]:
         "image": req.image or s.cuda_image(),
         "command": command(req),
         "env": [{"name": "HEADSTART_PARAMS", "value": json.dumps(req.params, sort_keys=True)},
-                {"name": "HEADSTART_NO_PROGRESS", "value": "1"}],
+                {"name": "HEADSTART_NO_PROGRESS", "value": "1"},
+                *([{"name": LOOP_ENV, "value": req.loop_id}] if req.loop_id else [])],
         "envFrom": [{"secretRef": {"name": s.s3_secret}}, {"secretRef": {"name": s.mlflow_secret}}],
         "resources": {"requests": requests, "limits": limits},
         "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"},  # noqa: S108 - NCCL needs shared memory

@@ -144,3 +144,14 @@ def test_confusion_matrix_from_predictions(tmp_path):
     assert kfp_io.log_confusion(rec, tmp_path, "finetune")
     assert rec.confusion == (["a", "b", "c"], [[1, 1, 0], [0, 1, 0], [0, 0, 1]])
     assert not kfp_io.log_confusion(Recorder(), tmp_path, "champion")
+
+
+def test_a_resolved_loop_id_becomes_the_tasks_loop_and_an_unresolved_one_is_ignored(monkeypatch: pytest.MonkeyPatch):
+    from headstart import tracking
+
+    monkeypatch.setenv(tracking.LOOP_ENV, "before")  # restored after the test, whatever use_loop sets
+    assert kfp_io.use_loop("{{$.pipeline_job_uuid}}") == ""  # a backend that does not resolve it passes it as is
+    assert kfp_io.use_loop("  ") == ""
+    assert tracking.loop_id() == "before"
+    assert kfp_io.use_loop(" 5f0c2a9e-run ") == "5f0c2a9e-run"
+    assert tracking.loop_id() == "5f0c2a9e-run"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -407,3 +408,26 @@ def test_item13_the_pytorchjob_launcher_knows_its_own_pod(compiled):
         env = k8s(spec, platform, tasks(spec)[name])["fieldPathAsEnv"]
         assert {e["name"]: e["fieldPath"] for e in env} == {
             "POD_NAME": "metadata.name", "POD_UID": "metadata.uid", "POD_NAMESPACE": "metadata.namespace"}
+
+
+def test_every_task_that_opens_mlflow_runs_gets_the_pipeline_runs_id_as_its_loop(compiled):
+    """One parent run per pipeline run: a task that runs a step that tracks in MLflow (or launches the PyTorchJob
+    that does) is given the job id placeholder, which KFP resolves in an input; without it a pod's loop id would
+    be the same for every run of an image."""
+    _, spec, _ = compiled
+    executors = spec["deploymentSpec"]["executors"]
+    steps = set()
+    for name, task in tasks(spec).items():
+        component = spec["components"][task["componentRef"]["name"]]
+        if "dag" in component:
+            continue
+        code = "\n".join(executors[component["executorLabel"]]["container"]["command"])
+        if re.search(r"from headstart\.steps import (validate|train|evaluate|register|promote)\b", code) or (
+                "pytorchjob.launch(" in code):
+            steps.add(name)
+            loop = task["inputs"]["parameters"].get("loop_id", {})
+            assert loop.get("runtimeValue", {}).get("constant") == "{{$.pipeline_job_uuid}}", name
+    assert {"validate-data", *TRAIN, "evaluate-candidates", EVALUATE_GPU, "register-and-gate", "act-on-decision",
+            "act-on-decision-2"} <= steps
+    if settings_from_params(load_params(ROOT / "params.yaml")).multi_node_training:
+        assert {"train-distributed", "train-distributed-2"} <= steps

@@ -505,3 +505,48 @@ def test_staging_twice_sends_the_dataset_once_and_a_partial_upload_again(tmp_pat
     for nothing in ("", "."):
         with pytest.raises(StorageError, match="refusing to delete the working directory"):
             pytorchjob.unstage(nothing)
+
+
+def test_every_pod_of_the_job_gets_the_pipeline_runs_loop_id_from_the_launcher(kube, tmp_path, monkeypatch):
+    """The launcher component hands its loop id to the job, so rank 0's MLflow run joins the pipeline run's group."""
+    import os
+    import sys
+
+    from headstart.tracking import LOOP_ENV
+
+    sys.path.insert(0, str(ROOT))
+    try:
+        from components.train_distributed import train_distributed
+    finally:
+        sys.path.remove(str(ROOT))
+
+    class Art:
+        def __init__(self, path: Path) -> None:
+            self.path, self.metadata = str(path), {}
+
+    class Launched(Exception):
+        pass
+
+    def launch(req, settings, api, timeout_s, owner=None):
+        jobs.append(pytorchjob.manifest(req, settings, owner))
+        raise Launched
+
+    jobs: list[dict[str, Any]] = []
+    monkeypatch.setenv(LOOP_ENV, "before")  # restored after the test
+    monkeypatch.setattr(pytorchjob, "api_client", lambda: kube)
+    monkeypatch.setattr(pytorchjob, "launch", launch)
+    monkeypatch.setattr(pytorchjob, "unstage", lambda *a, **k: 0)
+    with pytest.raises(Launched):
+        train_distributed(
+            role="finetune", dataset=Art(tmp_path), params_json=json.dumps(load_params(ROOT / "params.yaml")),
+            overrides=[], backbone="small_cnn", weights="", image_size=32, epochs=1, images_per_class=0,
+            lr_head=0.01, lr_backbone=0.01, nodes=3, gpus_per_node=1, staging_uri="s3://bucket/staging",
+            job_image="img", namespace="kubeflow-user", timeout_s=5, model=Art(tmp_path / "m"),
+            metrics=Art(tmp_path / "x"), learning_curve=Art(tmp_path / "c"),
+            staged_data="s3://bucket/staging/data.tar.gz", loop_id="run-5f0c")
+    (job,) = jobs
+    for replica in job["spec"]["pytorchReplicaSpecs"].values():
+        env = {e["name"]: e["value"] for e in replica["template"]["spec"]["containers"][0]["env"]}
+        assert env[LOOP_ENV] == "run-5f0c"
+    assert set(job["spec"]["pytorchReplicaSpecs"]) == {"Master", "Worker"}
+    assert os.environ[LOOP_ENV] == "run-5f0c"

@@ -10,12 +10,14 @@ from __future__ import annotations
 import base64
 import html
 import json
+import os
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from headstart.config import TrackingConfig, apply_override, check_params, tracking_from_params
+from headstart.tracking import LOOP_ENV
 
 
 class MetricsLike(Protocol):
@@ -124,25 +126,19 @@ def gate_params(
     return params(params_json, overrides, knobs)
 
 
-def record_lineage(
-    tracking_cfg: TrackingConfig, version: str, dataset_metadata: dict[str, Any]
-) -> dict[str, str]:
-    """Tag the registered version with the dataset version fetch resolved (git commit, data.dvc md5).
-
-    register finds these next to a working copy; in a pod there is neither git nor data.dvc, so
-    the fetch task's artifact metadata is the record. Returns the tags written.
-    """
-    from headstart import registry
-
-    tags = {}
-    if dataset_metadata.get("md5"):
-        tags["data.dvc_md5"] = str(dataset_metadata["md5"])
-    if dataset_metadata.get("rev"):
-        tags["git.commit"] = str(dataset_metadata["rev"])
-        tags["data.source"] = str(dataset_metadata.get("source", ""))
-    if tags:
-        registry.set_version_tags(tracking_cfg, version, tags)
-    return tags
+def use_loop(loop_id: str) -> str:
+    """Group this task's MLflow runs under its pipeline run: `loop_id` (the pipeline passes the job id placeholder,
+    which KFP resolves) becomes HEADSTART_LOOP_ID, the parent-run key of headstart.tracking. A pod has no checkout,
+    so without it every run of an image would share one parent. Returns the id set; "" when none came (the value
+    empty, or still the placeholder: a KFP backend before 2.4 passes it unresolved), with the default left."""
+    loop_id = loop_id.strip()
+    if not loop_id or "{{" in loop_id:
+        if loop_id:
+            print(f"warning: the loop id arrived unresolved ({loop_id}); this task's MLflow runs are grouped by "
+                  "the default loop id instead (KFP backend 2.4 or later resolves it)")
+        return ""
+    os.environ[LOOP_ENV] = loop_id
+    return loop_id
 
 
 def log_metrics(artifact: MetricsLike, values: dict[str, Any]) -> None:
