@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -321,6 +323,28 @@ def status(
         Console().print(render_status(info))
 
 
+@contextlib.contextmanager
+def _one_loop() -> Iterator[str]:
+    """`headstart run`'s steps share one MLflow parent run of their own: a fresh loop id while they run (the
+    default, the code and data version, would put every run of one checkout in one group), unless the caller
+    set HEADSTART_LOOP_ID."""
+    import os
+    import uuid
+
+    from headstart.tracking import LOOP_ENV
+
+    before = os.environ.get(LOOP_ENV)
+    if not (before or "").strip():
+        os.environ[LOOP_ENV] = f"run-{uuid.uuid4().hex[:12]}"
+    try:
+        yield os.environ[LOOP_ENV]
+    finally:
+        if before is None:
+            os.environ.pop(LOOP_ENV, None)
+        else:
+            os.environ[LOOP_ENV] = before
+
+
 @app.command("run")
 def run_all(
     data: DataOpt = Path("data"),
@@ -331,13 +355,14 @@ def run_all(
     """Run the whole loop in-process (what `dvc repro` runs stage by stage), then print the summary."""
     _params(params, overrides, full=True)  # every section's values now: a bad gate threshold before training
     ctx_params = {"params": params, "overrides": overrides}
-    validate(data=data, out=outputs / "validation", track=True, **ctx_params)
-    for role in ("finetune", "scratch"):
-        train(role=role, data=data, out=outputs / role, **ctx_params)
-    evaluate(data=data, finetune=outputs / "finetune/model", scratch=outputs / "scratch/model",
-             out=outputs / "evaluation", **ctx_params)
-    register(data=data, finetune=outputs / "finetune/model", scratch=outputs / "scratch/model",
-             evaluation=outputs / "evaluation", out=outputs / "decision", **ctx_params)
+    with _one_loop():
+        validate(data=data, out=outputs / "validation", track=True, **ctx_params)
+        for role in ("finetune", "scratch"):
+            train(role=role, data=data, out=outputs / role, **ctx_params)
+        evaluate(data=data, finetune=outputs / "finetune/model", scratch=outputs / "scratch/model",
+                 out=outputs / "evaluation", **ctx_params)
+        register(data=data, finetune=outputs / "finetune/model", scratch=outputs / "scratch/model",
+                 evaluation=outputs / "evaluation", out=outputs / "decision", **ctx_params)
     summary(outputs=outputs, params=params, overrides=overrides)
 
 
