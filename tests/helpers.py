@@ -59,3 +59,22 @@ def browser_dom(page: Path, tmp: Path) -> str:
         probe.unlink()
     return out
 
+
+
+def copy_store(src: Path, dst: Path) -> Path:
+    """A copy of the folder `src` that holds a SQLite MLflow store (`mlflow.db`) with its artifacts and whatever
+    else: the store's absolute paths (artifact locations, sources) are rewritten to point into the copy, so a
+    test can register, promote and log in it without touching the template other tests copy."""
+    import shutil
+    import sqlite3
+
+    shutil.copytree(src, dst, dirs_exist_ok=True)
+    old, new = f"{src}/", f"{dst}/"
+    with sqlite3.connect(dst / "mlflow.db") as db:
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        for table in tables:
+            for _, col, kind, *_ in db.execute(f'PRAGMA table_info("{table}")').fetchall():
+                if kind.upper().startswith(("VARCHAR", "TEXT")):
+                    db.execute(f'UPDATE "{table}" SET "{col}" = replace("{col}", ?, ?) WHERE instr("{col}", ?) > 0',
+                               (old, new, old))
+    return dst
