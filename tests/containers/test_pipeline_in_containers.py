@@ -1,4 +1,4 @@
-"""The production form on one machine (issue 15): the compiled pipeline under kfp.local.DockerRunner in the
+"""The production form on one machine: the compiled pipeline under kfp.local.DockerRunner in the
 component images `make images` builds, as the image's user, against `mlflow server` on a throw-away PostgreSQL
 cluster with S3 artifacts (moto) and basic auth, fetching a DVC-tracked dataset from a git repository and an S3
 remote. Run with `make test-containers` (builds or reuses the images first).

@@ -1,4 +1,4 @@
-"""Item 12 of issue 14: the champion is an input of evaluate and register. dvc.yaml's `champion` stage
+"""The champion is an input of evaluate and register. dvc.yaml's `champion` stage
 writes it to a file; a champion moved outside this loop re-runs both, and a no-op repro (or the loop's
 own promotion) re-runs neither."""
 
@@ -48,7 +48,7 @@ def _project(repo: Path) -> None:
     subprocess.run([str(BIN / "dvc"), "init", "-q"], cwd=repo, check=True)
 
 
-def test_item12_a_champion_moved_outside_the_loop_reruns_evaluate_and_register(
+def test_a_champion_moved_outside_the_loop_reruns_evaluate_and_register(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     mlflow = pytest.importorskip("mlflow")
@@ -96,7 +96,7 @@ def test_item12_a_champion_moved_outside_the_loop_reruns_evaluate_and_register(
         assert _changed(repo) == {"evaluate": ["outputs/champion.json"], "register": ["outputs/champion.json"]}
 
 
-def test_item12_champion_reference_rules() -> None:
+def test_champion_reference_rules() -> None:
     none = {"registered_model": MODEL, "champion_version": None}
     promoted = {"model_name": MODEL, "version": "4", "promoted": True, "decision": {"champion_version": "3"}}
     rejected = {"model_name": MODEL, "version": "4", "promoted": False, "decision": {"champion_version": "3"}}

@@ -1,4 +1,4 @@
-"""The gate's schedule state in the registry (issue 23, item 3), against `mlflow server` on PostgreSQL: two
+"""The gate's schedule state in the registry, against `mlflow server` on PostgreSQL: two
 pipelines counting at once under the lock both count, the state outlives a restarted server, a person's
 promotion resets it, and a corrupt state stops registration with nothing registered or promoted."""
 

@@ -1,4 +1,4 @@
-"""Item 1 of issue 14: `make data` (which `make run` and `make test` start with) never deletes a user's own
+"""`make data` (which `make run` and `make test` start with) never deletes a user's own
 dataset. With data/ not matching data.dvc it used to re-import Fashion-MNIST over it."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
-def test_item1_make_data_keeps_a_users_images_and_says_what_to_do(tmp_path: Path) -> None:
+def test_make_data_keeps_a_users_images_and_says_what_to_do(tmp_path: Path) -> None:
     project = tmp_path / "project"
     (project / ".dvc").mkdir(parents=True)
     for name in ("Makefile", "data.dvc", "params.yaml", ".dvc/config"):

@@ -32,13 +32,13 @@ def as_pipeline(pg_auth_mlflow: AuthServer, monkeypatch: pytest.MonkeyPatch) -> 
     return _login(pg_auth_mlflow, "pipeline", monkeypatch)
 
 
-def test_item4_history_outlives_100_promotions_on_postgres(pg_auth_mlflow: AuthServer, tmp_path: Path,
+def test_history_outlives_100_promotions_on_postgres(pg_auth_mlflow: AuthServer, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch):
     """Issue 14, item 4: the history was one JSON tag; PostgreSQL refused it after ~31 moves, and from then
     on every register, promote and rollback failed. (As the admin: a non-admin user's permission checks
     make each request ~3x slower, and test_registry_lock covers the pipeline user.)"""
     server = _login(pg_auth_mlflow, "admin", monkeypatch)
-    tracking = TrackingConfig(tracking_uri=server.url, registered_model="hundred", experiment="item4")
+    tracking = TrackingConfig(tracking_uri=server.url, registered_model="hundred", experiment="history")
     c = registry.client(tracking)
     c.create_registered_model("hundred")
     for _ in range(VERSIONS):
@@ -80,7 +80,7 @@ def _status(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str]:
     return stop.value.code, out.out + out.err
 
 
-def test_item10_status_says_not_registered_on_a_reachable_server(as_pipeline: AuthServer, capsys, monkeypatch):
+def test_status_says_not_registered_on_a_reachable_server(as_pipeline: AuthServer, capsys, monkeypatch):
     """Issue 14, item 10: a model that does not exist on a server that answers is "not registered"."""
     monkeypatch.chdir(Path(__file__).resolve().parents[2])  # the project's params.yaml
     monkeypatch.setenv("MLFLOW_TRACKING_URI", as_pipeline.url)
@@ -92,7 +92,7 @@ def test_item10_status_says_not_registered_on_a_reachable_server(as_pipeline: Au
 
 
 @pytest.mark.timeout(90)
-def test_item10_status_on_a_closed_port_fails_fast_naming_the_server(capsys, monkeypatch):
+def test_status_on_a_closed_port_fails_fast_naming_the_server(capsys, monkeypatch):
     """Issue 14, item 10: no server at the URI is an error that names it, quickly (MLflow's own retries
     used to spend minutes first), never "nothing registered"."""
     for var in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"):

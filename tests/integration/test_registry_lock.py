@@ -1,4 +1,4 @@
-"""The registry lock is a lock (issue 14, item 7): mutual exclusion among processes racing for a stale lock
+"""The registry lock is a lock: mutual exclusion among processes racing for a stale lock
 while one of them holds it past its ttl, a lock left by another user under basic auth is taken over, and
 a holder that lost its lease cannot commit. Against `mlflow server` on PostgreSQL with basic auth."""
 
@@ -60,7 +60,7 @@ def _racer(uri: str, model: str, log: str, barrier) -> None:
             f.write(f"exit {me} {time.time()}\n")
 
 
-def test_item7_racers_for_a_stale_lock_never_overlap_and_a_long_holder_keeps_it(
+def test_racers_for_a_stale_lock_never_overlap_and_a_long_holder_keeps_it(
         pg_auth_mlflow: AuthServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """One racer holds the lock for 2.5x its ttl: renewal keeps it. The old lock was never renewed (others
     broke it after the ttl) and was broken by read-then-delete, which two waiters could both win."""
@@ -81,7 +81,7 @@ def test_item7_racers_for_a_stale_lock_never_overlap_and_a_long_holder_keeps_it(
     assert float(events[1][2]) - float(events[0][2]) >= LONG_HOLD > TTL  # the first one kept it throughout
 
 
-def test_item7_a_lock_left_by_another_user_is_taken_over_by_the_pipeline(
+def test_a_lock_left_by_another_user_is_taken_over_by_the_pipeline(
         pg_auth_mlflow: AuthServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A person's `headstart promote` crashed holding the lock; the pipeline's user may not delete what
     that person created, yet takes the lock once its lease expires, and promotes."""
@@ -110,7 +110,7 @@ def test_item7_a_lock_left_by_another_user_is_taken_over_by_the_pipeline(
     assert registry.champion(tracking).version == "1"
 
 
-def test_item7_a_holder_that_lost_its_lease_cannot_move_the_champion(tmp_path: Path):
+def test_a_holder_that_lost_its_lease_cannot_move_the_champion(tmp_path: Path):
     """A holder frozen past its lease (SIGSTOP: a paused VM, a stalled node) is superseded; when it wakes,
     its alias move refuses instead of overwriting the new holder's work."""
     tracking = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "art"),

@@ -1,5 +1,5 @@
 """The prediction store at an s3:// URI on a real moto server: a second evaluate reuses the entries written
-there, a corrupt object is ignored and replaced (issue 16, item 4), an object planted by another writer of the
+there, a corrupt object is ignored and replaced, an object planted by another writer of the
 bucket is not used, and without the pipeline's MLflow secret the shared store is not used at all."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Reading straight from S3 (issue 16, item 5): a packed dataset `dvc push`ed to moto is read back from the
+"""Reading straight from S3: a packed dataset `dvc push`ed to moto is read back from the
 DVC remote's content-addressed objects (headstart.data.remote) with no `dvc pull` and no local cache:
 the index and every sample equal the local shards', and a short training streams from it."""
 

@@ -1,4 +1,4 @@
-"""Distributed staging (issue 16, item 7): a packed dataset goes to the PyTorchJob's pods as its own files
+"""Distributed staging: a packed dataset goes to the PyTorchJob's pods as its own files
 (index.json and the tar shards, uploaded concurrently), not re-packed into one data.tar.gz; an ImageFolder
 still goes as the bundle. Against moto_server, with the pods' own fetch command."""
 
@@ -43,7 +43,7 @@ def _pod_fetch(req: pytorchjob.JobRequest, dest: Path) -> None:
     assert out.returncode == 0, out.stderr[-2000:]
 
 
-def test_item16_sharded_dataset_is_staged_as_its_shards_not_a_tar_gz(tmp_path, moto, monkeypatch):
+def test_sharded_dataset_is_staged_as_its_shards_not_a_tar_gz(tmp_path, moto, monkeypatch):
     bucket = fresh_bucket(moto, monkeypatch, "staging")
     packed = tmp_path / "shards"
     shards.pack(make_imagefolder(tmp_path / "data", per_class={"train": 6, "val": 2, "test": 2}), packed,
@@ -66,7 +66,7 @@ def test_item16_sharded_dataset_is_staged_as_its_shards_not_a_tar_gz(tmp_path, m
             shards.verify_shard(got, info)
 
 
-def test_item16_imagefolder_is_still_staged_as_one_bundle(tmp_path, moto, monkeypatch):
+def test_imagefolder_is_still_staged_as_one_bundle(tmp_path, moto, monkeypatch):
     bucket = fresh_bucket(moto, monkeypatch, "staging")
     folder = make_imagefolder(tmp_path / "data", per_class={"train": 2, "val": 1, "test": 1})
     req = pytorchjob.stage_dataset(folder, _request(f"s3://{bucket}/staging/job"))

@@ -1,4 +1,4 @@
-"""Item 11 of issue 14: validate creates the experiment through `tracking.configure`, so against a tracking
+"""Validate creates the experiment through `tracking.configure`, so against a tracking
 server its artifacts go to the server's store, not to a file:// path inside the pod that ran first."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 SRC = Path(__file__).resolve().parents[2] / "src" / "headstart"
 
 
-def test_item11_validate_creates_the_experiment_in_the_servers_artifact_store(
+def test_validate_creates_the_experiment_in_the_servers_artifact_store(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     mlflow = pytest.importorskip("mlflow")
@@ -41,7 +41,7 @@ def test_item11_validate_creates_the_experiment_in_the_servers_artifact_store(
         assert load_accepted_from_mlflow(tracking)["fingerprint"] == result.fingerprint
 
 
-def test_item11_one_place_creates_mlflow_experiments() -> None:
+def test_one_place_creates_mlflow_experiments() -> None:
     callers = []
     for path in sorted(SRC.rglob("*.py")):
         text = path.read_text(encoding="utf-8")

@@ -1,4 +1,4 @@
-"""evaluate_gpu (issue 16, item 4): evaluation asks for a GPU of the pool, in the CUDA image, only when the
+"""evaluate_gpu: evaluation asks for a GPU of the pool, in the CUDA image, only when the
 run parameter says so; otherwise it runs on the CPU image without one."""
 
 from __future__ import annotations

@@ -122,7 +122,7 @@ def git_repo(tmp_path) -> tuple[Path, Callable[..., str]]:
     return repo, git
 
 
-def test_item14_resolve_rev_follows_a_branch_to_its_newest_commit(git_repo):
+def test_resolve_rev_follows_a_branch_to_its_newest_commit(git_repo):
     repo, git = git_repo
     first = git("rev-parse", "HEAD")
     assert fetch.resolve_rev(str(repo), "main") == first
@@ -134,7 +134,7 @@ def test_item14_resolve_rev_follows_a_branch_to_its_newest_commit(git_repo):
     assert fetch.resolve_rev(f"file://{repo}", "refs/heads/main") == second
 
 
-def test_item14_tags_and_commits_pass_through_as_commits(git_repo):
+def test_tags_and_commits_pass_through_as_commits(git_repo):
     repo, git = git_repo
     first = git("rev-parse", "HEAD")
     assert fetch.resolve_rev(str(repo), "v1") == first  # an annotated tag: its commit, not the tag object
@@ -145,7 +145,7 @@ def test_item14_tags_and_commits_pass_through_as_commits(git_repo):
     assert fetch.resolve_rev("", "main") == "main"  # the working copy: nothing to resolve
 
 
-def test_item14_bad_rev_or_repo_names_the_run_parameter(git_repo, tmp_path):
+def test_bad_rev_or_repo_names_the_run_parameter(git_repo, tmp_path):
     repo, _ = git_repo
     with pytest.raises(DataError, match=r"data_rev='no-such-branch'.*\(data_repo\) has no branch or tag"):
         fetch.resolve_rev(str(repo), "no-such-branch")

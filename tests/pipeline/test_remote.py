@@ -89,7 +89,7 @@ def test_host_without_scheme_or_not_answering(compiled, monkeypatch, tmp_path):
         submit(f"http://127.0.0.1:{port}", compiled[0])
 
 
-def test_item14_schedule_without_data_repo_is_refused_before_any_request(fake_kfp, compiled):
+def test_schedule_without_data_repo_is_refused_before_any_request(fake_kfp, compiled):
     """The README's example had no data_repo: every scheduled run would have failed at fetch."""
     with pytest.raises(ConfigError, match=r"data_repo is empty: a scheduled run.*--arg data_repo="):
         schedule(fake_kfp.url, "0 0 3 * * 1", compiled[0], arguments={"data_rev": "main"})
@@ -98,7 +98,7 @@ def test_item14_schedule_without_data_repo_is_refused_before_any_request(fake_kf
     assert fake_kfp.requests == []
 
 
-def test_item14_cli_schedule_without_data_repo_exits_with_the_message(fake_kfp, compiled):
+def test_cli_schedule_without_data_repo_exits_with_the_message(fake_kfp, compiled):
     from typer.testing import CliRunner
 
     from headstart.cli import app
@@ -109,7 +109,7 @@ def test_item14_cli_schedule_without_data_repo_exits_with_the_message(fake_kfp, 
     assert "data_repo is empty" in str(result.exception) + result.output
 
 
-def test_item13_multi_node_run_without_an_s3_staging_uri_is_refused(fake_kfp, compiled):
+def test_multi_node_run_without_an_s3_staging_uri_is_refused(fake_kfp, compiled):
     package = compiled[0]
     for args in ({"distributed_nodes": 2}, {"distributed_nodes": 3, "staging_uri": "/tmp/stage"}):
         with pytest.raises(ConfigError, match=r"staging_uri=.*s3:// folder"):

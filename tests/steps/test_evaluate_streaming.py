@@ -1,4 +1,4 @@
-"""Evaluation streams a packed test split (issue 16, item 4): workers decode, the model scores batch by batch,
+"""Evaluation streams a packed test split: workers decode, the model scores batch by batch,
 and only a label per image is kept; the predictions are those of the in-memory path on the same images."""
 
 from __future__ import annotations

@@ -87,7 +87,7 @@ def test_lock_is_exclusive_and_stale_locks_are_broken(tracking: TrackingConfig):
         pass
 
 
-def test_item5_second_rollback_reaches_v1_not_v3_again(tracking: TrackingConfig, tmp_path: Path):
+def test_second_rollback_reaches_v1_not_v3_again(tracking: TrackingConfig, tmp_path: Path):
     """Issue 14, item 5: rollbacks walk back along the promotions; the second one used to re-promote v3."""
     c = registry.client(tracking)
     assert promote.run(_decision(tmp_path, "1", None), tracking).promoted
@@ -107,7 +107,7 @@ def test_item5_second_rollback_reaches_v1_not_v3_again(tracking: TrackingConfig,
         ("rollback", "2", "3"), ("rollback", "1", "2")]
 
 
-def test_item5_rollback_after_an_override_returns_to_the_state_before_it(tracking: TrackingConfig, tmp_path: Path):
+def test_rollback_after_an_override_returns_to_the_state_before_it(tracking: TrackingConfig, tmp_path: Path):
     """Promote 1, 2; roll back to 1; override to 3: rollbacks then go 3 -> 1 (the state the override
     replaced), and stop there: v2 was rolled back already and is not re-promoted."""
     promote.run(_decision(tmp_path, "1", None), tracking)

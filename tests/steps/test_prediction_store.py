@@ -1,4 +1,4 @@
-"""The prediction store (issue 16, item 4): a model's predictions on a test split are computed once and
+"""The prediction store: a model's predictions on a test split are computed once and
 kept, keyed by the model's saved bytes, the test split's content, the TTA mode and the device kind; the
 serving check compares served labels with labels made on the serving device and precision."""
 

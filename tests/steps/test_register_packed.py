@@ -1,4 +1,4 @@
-"""Registration on a packed dataset (issue 16): the serving check's test images live only inside the shards,
+"""Registration on a packed dataset: the serving check's test images live only inside the shards,
 so register streams their bytes out of them instead of opening data_dir/test/<class>/<file>."""
 
 from __future__ import annotations

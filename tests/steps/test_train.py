@@ -211,7 +211,7 @@ class KilledAfterEpoch3(Checkpointer):
             raise Killed
 
 
-def test_item2_a_new_config_resumes_after_another_filled_the_checkpoint_folder(
+def test_a_new_config_resumes_after_another_filled_the_checkpoint_folder(
     tiny_imagefolder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     """A ran more epochs than the folder keeps; B, killed after epoch 3, resumes from epoch 3."""
@@ -228,7 +228,7 @@ def test_item2_a_new_config_resumes_after_another_filled_the_checkpoint_folder(
     assert train.run(a_cfg, tiny_imagefolder, tmp_path / "a2").resumed_from == 5  # A's are still there too
 
 
-def test_item3_one_changed_training_image_retrains_a_forced_rerun_on_the_same_data_resumes(
+def test_one_changed_training_image_retrains_a_forced_rerun_on_the_same_data_resumes(
     tiny_imagefolder: Path, tmp_path: Path
 ):
     """data.dvc stays as it was (the images were edited without `dvc add`): the fingerprint must see the data."""
@@ -261,7 +261,7 @@ def _history(out: Path) -> list[dict]:
     return json.loads((out / "history.json").read_text())
 
 
-def test_item3_the_data_fingerprint_is_the_loaded_content(tiny_imagefolder: Path):
+def test_the_data_fingerprint_is_the_loaded_content(tiny_imagefolder: Path):
     classes = list_classes(tiny_imagefolder)
     preset = Preset(32, 1, (0.5,), (0.5,))
     split = load_split(tiny_imagefolder, "train", preset, classes)
@@ -274,7 +274,7 @@ def test_item3_the_data_fingerprint_is_the_loaded_content(tiny_imagefolder: Path
     assert train.data_fingerprint(dataclasses.replace(split, x=edited)) != key
 
 
-def test_item16_a_bad_shared_key_is_named_as_written_under_train_shared():
+def test_a_bad_shared_key_is_named_as_written_under_train_shared():
     from headstart.errors import ConfigError
 
     with pytest.raises(ConfigError) as err:
@@ -283,7 +283,7 @@ def test_item16_a_bad_shared_key_is_named_as_written_under_train_shared():
     assert "train.finetune.epochs" not in str(err.value)
 
 
-def test_item16_a_bad_role_key_is_named_under_its_role_even_when_shared_sets_it_too():
+def test_a_bad_role_key_is_named_under_its_role_even_when_shared_sets_it_too():
     from headstart.errors import ConfigError
 
     params = _params(shared={"lr_head": 0.01}, scratch={"lr_head": "fast"})
@@ -291,7 +291,7 @@ def test_item16_a_bad_role_key_is_named_under_its_role_even_when_shared_sets_it_
         train.config_from_params(params, "scratch")
 
 
-def test_item16_the_cli_names_the_shared_key_a_set_override_broke(capsys, tmp_path: Path):
+def test_the_cli_names_the_shared_key_a_set_override_broke(capsys, tmp_path: Path):
     from headstart.cli import main
 
     with pytest.raises(SystemExit) as exit_:

@@ -119,7 +119,7 @@ def test_other_files_in_the_folder_are_ignored(tmp_path: Path):
     assert result is not None and result.resumed_from == 1
 
 
-def test_item2_pruning_keeps_another_configs_checkpoints_and_its_own(tmp_path: Path):
+def test_pruning_keeps_another_configs_checkpoints_and_its_own(tmp_path: Path):
     """Config A ran 5 epochs; config B's newer-written but lower-numbered checkpoints must survive A's."""
     a = Trainer()
     for _ in range(5):
@@ -133,7 +133,7 @@ def test_item2_pruning_keeps_another_configs_checkpoints_and_its_own(tmp_path: P
     assert resumed_a is not None and resumed_a.resumed_from == 5
 
 
-def test_item2_two_configs_at_the_same_epoch_do_not_overwrite_each_other(tmp_path: Path):
+def test_two_configs_at_the_same_epoch_do_not_overwrite_each_other(tmp_path: Path):
     a, b = Trainer(), Trainer()
     a.epoch(Checkpointer(tmp_path, "a"))
     b.gen.manual_seed(2)  # other batches: b's weights differ from a's

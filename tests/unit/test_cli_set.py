@@ -1,4 +1,4 @@
-"""Item 17 of issue 14: the README says every command takes `--set`; summary, promote, rollback and status
+"""The README says every command takes `--set`; summary, promote, rollback and status
 did not. They read the tracking section, so `--set tracking.*` must reach them."""
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ COMMANDS = [["data", "import-fashion-mnist"], ["validate"], ["train"], ["evaluat
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
-def test_item17_every_command_in_the_readme_table_takes_set(command: list[str]):
+def test_every_command_in_the_readme_table_takes_set(command: list[str]):
     res = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "200", "NO_COLOR": "1"})
     assert res.exit_code == 0, res.output
     assert "--set" in _plain(res.output) and "--params" in _plain(res.output)
 
 
-def test_item17_status_set_tracking_uri_reaches_that_store(tmp_path, monkeypatch):
+def test_status_set_tracking_uri_reaches_that_store(tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # it would win over --set

@@ -1,4 +1,4 @@
-"""The confusion-matrix picture stays bounded at 1,000 classes and keeps the full matrix as data (issue 16)."""
+"""The confusion-matrix picture stays bounded at 1,000 classes and keeps the full matrix as data."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def _matrix(n: int, seed: int = 0) -> np.ndarray:
     return m
 
 
-def test_item16_the_plot_of_a_thousand_classes_is_bounded_and_names_the_most_confused_pairs(tmp_path: Path):
+def test_the_plot_of_a_thousand_classes_is_bounded_and_names_the_most_confused_pairs(tmp_path: Path):
     n = 1000
     classes = [f"class_{i:04d}" for i in range(n)]
     matrix = _matrix(n)
@@ -34,7 +34,7 @@ def test_item16_the_plot_of_a_thousand_classes_is_bounded_and_names_the_most_con
     assert all(t[2] >= u[2] for t, u in zip(top, top[1:], strict=False))
 
 
-def test_item16_the_scaled_size_a_few_hundred_classes_would_have_reached(tmp_path: Path):
+def test_the_scaled_size_a_few_hundred_classes_would_have_reached(tmp_path: Path):
     n = 200  # the old code drew a 12,100 px figure with 40,000 cell labels here
     png = plots.confusion_matrix_png(_matrix(n), [str(i) for i in range(n)], tmp_path / "c.png", "t")
     with Image.open(png) as img:

@@ -1,4 +1,4 @@
-"""Worker and thread counts follow the pod's CPU quota (cgroup), not the node's cores (issue 16, item 7)."""
+"""Worker and thread counts follow the pod's CPU quota (cgroup), not the node's cores."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def test_item16_cgroup_v2_quota_caps_the_cpu_count(tmp_path: Path):
+def test_cgroup_v2_quota_caps_the_cpu_count(tmp_path: Path):
     (tmp_path / "cpu.max").write_text("150000 100000\n")  # 1.5 CPUs: rounds up to 2
     assert runtime.cpu_count(str(tmp_path)) == min(2, _cores())
     (tmp_path / "cpu.max").write_text("50000 100000\n")
@@ -22,7 +22,7 @@ def test_item16_cgroup_v2_quota_caps_the_cpu_count(tmp_path: Path):
     assert runtime.cpu_count(str(tmp_path)) == _cores()
 
 
-def test_item16_cgroup_v1_quota_caps_the_cpu_count(tmp_path: Path):
+def test_cgroup_v1_quota_caps_the_cpu_count(tmp_path: Path):
     (tmp_path / "cpu").mkdir()
     (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("100000\n")
     (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
@@ -32,7 +32,7 @@ def test_item16_cgroup_v1_quota_caps_the_cpu_count(tmp_path: Path):
     assert runtime.cpu_count(str(tmp_path / "absent")) == _cores()
 
 
-def test_item16_default_loader_workers_follow_the_quota(monkeypatch):
+def test_default_loader_workers_follow_the_quota(monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 96)  # the node: what the old code would have used
     monkeypatch.setattr(runtime, "cpu_count", lambda: 3)
     assert train.default_loader_workers() == 2

@@ -39,7 +39,7 @@ def test_only_validate_reads_the_data_folder_through_dvc():
         assert "outputs/validation/summary.json" in stages[name]["deps"], name
 
 
-# --- item 12 of issue 14: every stage lists the code it runs -------------------------------------------
+# --- every stage lists the code it runs -------------------------------------------
 
 SRC = ROOT / "src"
 CLI = SRC / "headstart" / "cli.py"
@@ -133,7 +133,7 @@ def _covered(path: Path, deps: list[str]) -> bool:
     return any(rel == d or rel.startswith(d.rstrip("/") + "/") for d in deps)
 
 
-def test_item12_every_stage_depends_on_all_the_code_it_imports():
+def test_every_stage_depends_on_all_the_code_it_imports():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     missing = {}
     for name, stage in stages.items():
@@ -146,7 +146,7 @@ def test_item12_every_stage_depends_on_all_the_code_it_imports():
     assert not missing, f"dvc.yaml stages miss code they run: {missing}"
 
 
-def test_item12_the_import_walk_finds_what_it_must():
+def test_the_import_walk_finds_what_it_must():
     """The walk itself: function-local imports (evaluate imports registry inside run), relative and
     `from package import module` forms, and the step module behind each command."""
     evaluate = {p.relative_to(SRC).as_posix() for p in code_of_stage("headstart evaluate")}
@@ -161,7 +161,7 @@ def test_item12_the_import_walk_finds_what_it_must():
     assert all(isinstance(n, ast.Expr | ast.Assign) for n in init.body)  # why EXEMPT may skip it
 
 
-def test_item12_a_champion_move_reaches_evaluate_and_register():
+def test_a_champion_move_reaches_evaluate_and_register():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     champion = stages["champion"]
     assert champion["always_changed"] is True

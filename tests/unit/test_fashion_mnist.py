@@ -89,7 +89,7 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_item1_import_never_deletes_a_users_own_dataset(tmp_path: Path, idx_source: Path):
+def test_import_never_deletes_a_users_own_dataset(tmp_path: Path, idx_source: Path):
     data = tmp_path / "data"
     (data / "train" / "cat").mkdir(parents=True)
     (data / "train" / "cat" / "mine.png").write_bytes(b"my own image")
@@ -99,7 +99,7 @@ def test_item1_import_never_deletes_a_users_own_dataset(tmp_path: Path, idx_sour
     assert not (tmp_path / "data.importing").exists()
 
 
-def test_item1_import_rebuilds_its_own_stale_output(tmp_path: Path, idx_source: Path):
+def test_import_rebuilds_its_own_stale_output(tmp_path: Path, idx_source: Path):
     data = tmp_path / "data"
     first = fm.import_fashion_mnist(data, val_per_class=1, source=idx_source)
     assert first.counts["val"] == 10
@@ -111,7 +111,7 @@ def test_item1_import_rebuilds_its_own_stale_output(tmp_path: Path, idx_source: 
     fm.check_replaceable(data)  # the new output is recorded too
 
 
-def test_item1_import_keeps_images_a_user_added_to_or_edited_in_an_import(tmp_path: Path, idx_source: Path):
+def test_import_keeps_images_a_user_added_to_or_edited_in_an_import(tmp_path: Path, idx_source: Path):
     data = tmp_path / "data"
     fm.import_fashion_mnist(data, val_per_class=1, source=idx_source)
     (data / "train" / "cat").mkdir()
@@ -130,7 +130,7 @@ def test_item1_import_keeps_images_a_user_added_to_or_edited_in_an_import(tmp_pa
     assert edited.read_bytes() == b"relabelled by hand"
 
 
-def test_item1_import_leaves_a_staging_folder_it_did_not_make(tmp_path: Path, idx_source: Path):
+def test_import_leaves_a_staging_folder_it_did_not_make(tmp_path: Path, idx_source: Path):
     (tmp_path / "data.importing").mkdir()
     (tmp_path / "data.importing" / "notes.txt").write_text("mine")
     with pytest.raises(DataError, match=r"data\.importing: exists and was not made by the import"):

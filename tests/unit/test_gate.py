@@ -291,7 +291,7 @@ def test_a_check_added_later_is_summarised() -> None:
     json.dumps(d.to_dict(), allow_nan=False)
 
 
-def test_item6_a_champion_on_another_label_set_is_named_and_blocks_promotion() -> None:
+def test_a_champion_on_another_label_set_is_named_and_blocks_promotion() -> None:
     """Everything else passes by a wide margin; the changed label set alone must stop the promotion,
     be named (added and removed classes) in the record, and not be taken for a first run."""
     cand, base, _, th = _scenario("pass", "off", "finetune_pays", "none")
@@ -315,7 +315,7 @@ def test_item6_a_champion_on_another_label_set_is_named_and_blocks_promotion() -
     assert "| label_set | **FAIL** |" in d.to_markdown() and "`champion` v3" in d.to_markdown()
 
 
-def test_item6_classes_added_only_and_reordered_only_are_label_changes_too() -> None:
+def test_classes_added_only_and_reordered_only_are_label_changes_too() -> None:
     cand, base, _, th = _scenario("pass", "off", "scratch", "none")
     grown = decide(cand, base, IncomparableChampion(CLASSES[:3], version="2"), th)
     assert not grown.promote and grown.label_change["added"] == ["class3", "class4"]
@@ -326,7 +326,7 @@ def test_item6_classes_added_only_and_reordered_only_are_label_changes_too() -> 
     assert reordered.check(gate.LABEL_SET).subject == "same classes in another order"
 
 
-def test_item6_same_classes_pass_the_label_check_and_unscored_same_classes_are_refused() -> None:
+def test_same_classes_pass_the_label_check_and_unscored_same_classes_are_refused() -> None:
     cand, base, champion, th = _scenario("pass", "off", "finetune_pays", "nr_pass-cr_pass")
     d = decide(cand, base, champion, th)
     c = d.check(gate.LABEL_SET)

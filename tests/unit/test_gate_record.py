@@ -1,4 +1,4 @@
-"""The gate's numbers where people read them (issue 23, item 1): the flat numbers for MLflow and the KFP
+"""The gate's numbers where people read them: the flat numbers for MLflow and the KFP
 Metrics, the `headstart summary` table and `headstart status`, from a real decision record."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Item 18 of issue 14: one list of image suffixes, so validation accepts exactly what training reads."""
+"""One list of image suffixes, so validation accepts exactly what training reads."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from tests.conftest import make_imagefolder
 SRC = Path(__file__).resolve().parents[2] / "src" / "headstart"
 
 
-def test_item18_validation_accepts_exactly_the_files_training_reads(tmp_path: Path) -> None:
+def test_validation_accepts_exactly_the_files_training_reads(tmp_path: Path) -> None:
     data = make_imagefolder(tmp_path / "data", per_class={"train": 2, "val": 1, "test": 1})
     folder = data / "train" / sorted(p.name for p in (data / "train").iterdir())[0]
     first = sorted(folder.iterdir())[0]
@@ -45,7 +45,7 @@ def _suffix_lists(tree: ast.AST) -> list[int]:
     return lines
 
 
-def test_item18_the_package_holds_one_list_of_image_suffixes() -> None:
+def test_the_package_holds_one_list_of_image_suffixes() -> None:
     found = {
         str(path.relative_to(SRC)): lines
         for path in sorted(SRC.rglob("*.py"))

@@ -1,4 +1,4 @@
-"""What grows with the data in reading an ImageFolder (issue 16, item 7): the per-class subset and hashing."""
+"""What grows with the data in reading an ImageFolder: the per-class subset and hashing."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ class _Label(int):
     __hash__ = int.__hash__
 
 
-def test_item16_the_per_class_subset_is_one_pass_and_selects_as_before():
+def test_the_per_class_subset_is_one_pass_and_selects_as_before():
     rng = random.Random(1)
     items = [(Path(f"c{c}/img_{rng.randrange(10**9)}.png"), c) for c in range(50) for _ in range(rng.randrange(3, 30))]
     rng.shuffle(items)
@@ -50,7 +50,7 @@ def test_item16_the_per_class_subset_is_one_pass_and_selects_as_before():
     assert _Label.comparisons <= 20 * len(many), _Label.comparisons  # the old code: about 3,000,000 here
 
 
-def test_item16_a_second_load_split_in_the_same_run_reads_no_image_twice(tmp_path: Path, monkeypatch):
+def test_a_second_load_split_in_the_same_run_reads_no_image_twice(tmp_path: Path, monkeypatch):
     data = make_imagefolder(tmp_path / "data")
     classes, preset = list_classes(data), Preset(32, 1, (0.5,), (0.5,))
     first = load_split(data, "train", preset, classes, cache_dir=tmp_path / "cache")
@@ -73,7 +73,7 @@ def test_item16_a_second_load_split_in_the_same_run_reads_no_image_twice(tmp_pat
     assert again.paths == first.paths and (again.x == first.x).all()
 
 
-def test_item16_a_rewritten_image_is_hashed_again(tmp_path: Path):
+def test_a_rewritten_image_is_hashed_again(tmp_path: Path):
     data = make_imagefolder(tmp_path / "data")
     classes, preset = list_classes(data), Preset(32, 1, (0.5,), (0.5,))
     cache = tmp_path / "cache"

@@ -1,4 +1,4 @@
-"""Item 15 of issue 14: the backbone's LR warm-up starts when it is unfrozen, and norm and bias parameters
+"""The backbone's LR warm-up starts when it is unfrozen, and norm and bias parameters
 get no weight decay. Read from the optimizer the engine really trains with (recorded at each checkpoint)."""
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def _lrs(groups: list[dict], members: set[int]) -> list[float]:
     return sorted({round(g["lr"], 12) for g in groups if any(id(p) in members for p in g["params"])})
 
 
-def test_item15_backbone_warmup_starts_when_it_is_unfrozen(tiny_imagefolder: Path, tmp_path: Path):
+def test_backbone_warmup_starts_when_it_is_unfrozen(tiny_imagefolder: Path, tmp_path: Path):
     rec, head, backbone, _ = _train(tiny_imagefolder, tmp_path, _recipe(warmup_from="unfreeze"))
     steps = 3  # per epoch; the probe epoch is steps 0-2, the backbone's first update is step 3
     # the first backbone update: the first of 3 warm-up steps, not the peak LR
@@ -71,12 +71,12 @@ def test_item15_backbone_warmup_starts_when_it_is_unfrozen(tiny_imagefolder: Pat
     assert _lrs(rec.groups[steps - 2], head) == pytest.approx([2 * LR_HEAD / 3])
 
 
-def test_item15_warmup_from_start_is_the_recipe_before_issue_14(tiny_imagefolder: Path, tmp_path: Path):
+def test_warmup_from_start_is_over_when_the_backbone_is_unfrozen(tiny_imagefolder: Path, tmp_path: Path):
     rec, _, backbone, _ = _train(tiny_imagefolder, tmp_path, _recipe(warmup_from="start", epochs=1))
     assert _lrs(rec.groups[3], backbone) == pytest.approx([LR_BACKBONE])  # unfrozen at the peak
 
 
-def test_item15_norm_and_bias_parameters_get_no_weight_decay(tiny_imagefolder: Path, tmp_path: Path):
+def test_norm_and_bias_parameters_get_no_weight_decay(tiny_imagefolder: Path, tmp_path: Path):
     rec, _, _, model = _train(tiny_imagefolder, tmp_path, _recipe(decay_norm_bias=False, epochs=1))
     groups = rec.groups[3]
     decay_of = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
@@ -90,12 +90,12 @@ def test_item15_norm_and_bias_parameters_get_no_weight_decay(tiny_imagefolder: P
         assert decay_of[id(norm.weight)] == decay_of[id(norm.bias)] == 0.0
 
 
-def test_item15_decay_norm_bias_true_decays_every_parameter(tiny_imagefolder: Path, tmp_path: Path):
+def test_decay_norm_bias_true_decays_every_parameter(tiny_imagefolder: Path, tmp_path: Path):
     rec, _, _, _ = _train(tiny_imagefolder, tmp_path, _recipe(decay_norm_bias=True, epochs=1))
     assert {g["weight_decay"] for g in rec.groups[3]} == {DECAY}
 
 
-def test_item15_params_yaml_keeps_the_recipe_the_benchmark_measured_better():
+def test_params_yaml_keeps_the_recipe_the_benchmark_measured_better():
     """benchmarks/results/head_start_warmup_decay.json compares the two recipes in one run; params.yaml
     keeps the one with the higher mean test accuracy."""
     import json

@@ -1,4 +1,4 @@
-"""Item 18 of issue 14 (training part): one source of truth for training defaults, imports one way."""
+"""One source of truth for training defaults, imports one way."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def _imports(module: Path) -> set[str]:
     return {name for name in found if name.startswith("headstart")}
 
 
-def test_item18_checkpoint_does_not_import_engine():
+def test_checkpoint_does_not_import_engine():
     """The arrow runs engine -> checkpoint -> trainstate; checkpoint.py never reaches back into engine."""
     assert "headstart.checkpoint" in _imports(SRC / "engine.py")
     assert not {n for n in _imports(SRC / "checkpoint.py") if n.startswith("headstart.engine")}
@@ -34,7 +34,7 @@ def _params() -> dict:
     return load_params(SRC.parents[1] / "params.yaml")
 
 
-def test_item18_train_config_has_no_defaults_of_its_own():
+def test_train_config_has_no_defaults_of_its_own():
     """params.yaml is the one place a training knob's default lives: TrainConfig, EngineConfig and
     params.yaml said 10/8/12 epochs, 3/3/12 patience, -/none/flip tta."""
     from headstart.steps.train import TrainConfig
@@ -43,7 +43,7 @@ def test_item18_train_config_has_no_defaults_of_its_own():
     assert with_default == {"threads"}  # how many CPU threads: not a knob of the recipe
 
 
-def test_item18_engine_config_has_no_defaults_for_any_knob_params_yaml_sets():
+def test_engine_config_has_no_defaults_for_any_knob_params_yaml_sets():
     import dataclasses
 
     from headstart.engine import EngineConfig
@@ -55,7 +55,7 @@ def test_item18_engine_config_has_no_defaults_for_any_knob_params_yaml_sets():
     assert not defaulted & knobs
 
 
-def test_item18_params_yaml_sets_every_knob_and_the_engine_gets_exactly_those_values():
+def test_params_yaml_sets_every_knob_and_the_engine_gets_exactly_those_values():
     import dataclasses
 
     from headstart.steps.train import TrainConfig, config_from_params
