@@ -1,5 +1,6 @@
-"""Shared fixtures: a tiny, learnable ImageFolder generated in tmp_path; and the rule that only tests marked
-`gpu` may skip (a skip anywhere else fails the run, so a test silently not running is noticed)."""
+"""Shared fixtures: a tiny, learnable ImageFolder generated in tmp_path; every test, module and session run in a
+temporary folder of their own, and fail when they leave anything in the checkout; and the rule that only tests
+marked `gpu` may skip (a skip anywhere else fails the run, so a test silently not running is noticed)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,16 @@ os.environ.setdefault("HEADSTART_NO_PROGRESS", "1")
 
 CLASSES = ("circle", "square", "stripes")
 
+REPO = Path(__file__).resolve().parents[1]
+# Where a run writes when given relative paths (params.yaml's and the configs' defaults, the CLI's): caches and
+# state under .headstart/, the SQLite store under mlflow/, step outputs under outputs/. Only these and the
+# checkout's top-level names are watched (a few hundred stat calls, ~2 ms a test), not .headstart/images/, which
+# a background image build writes beside the tests.
+_WATCHED = (".headstart/cache", ".headstart/state", ".headstart/downloads", ".headstart/import", "mlflow", "outputs")
+_CHECKOUT_AT_START: dict[str, int] = {}
+
 _SKIPS: dict[str, list[str]] = {"gpu": [], "unexpected": []}
+_LEFT = pytest.StashKey[list]()
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -26,12 +36,73 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         _SKIPS["gpu" if item.get_closest_marker("gpu") else "unexpected"].append(f"{item.nodeid} ({reason})")
 
 
+def _checkout() -> dict[str, int]:
+    """The checkout's top-level names, and each file under the watched folders with its mtime."""
+    state = {entry.name: 0 for entry in os.scandir(REPO)}
+    for top in _WATCHED:
+        for folder, _, files in os.walk(REPO / top):
+            for name in files:
+                path = os.path.join(folder, name)
+                try:
+                    state[os.path.relpath(path, REPO)] = os.stat(path).st_mtime_ns
+                except FileNotFoundError:
+                    continue
+    return state
+
+
+def _left(before: dict[str, int], after: dict[str, int]) -> list[str]:
+    return sorted(k for k, mtime in after.items() if before.get(k) != mtime and k != ".pytest_cache")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _CHECKOUT_AT_START.update(_checkout())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_in_tmp(tmp_path_factory: pytest.TempPathFactory):
+    """Session fixtures run in a temporary folder: a relative default path never lands in the checkout."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path_factory.mktemp("session-cwd"))
+        yield
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_in_tmp(tmp_path_factory: pytest.TempPathFactory):
+    """Module fixtures (a module's trained models, its servers) run in a temporary folder of their own."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path_factory.mktemp("module-cwd"))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _test_in_tmp(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """Each test runs in a temporary folder of its own (not its tmp_path, which stays the test's to list): the
+    default caches (.headstart/cache/...), stores (mlflow/) and outputs/ a test does not point elsewhere land
+    there, so no test reads what another wrote. The test fails if it left anything in the checkout."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+    before = _checkout()
+    yield
+    left = _left(before, _checkout())
+    if left:
+        pytest.fail(f"the test wrote into the checkout {REPO}: {', '.join(left[:20])}", pytrace=False)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _SKIPS["unexpected"] and exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    left = _left(_CHECKOUT_AT_START, _checkout()) if _CHECKOUT_AT_START else []
+    if left:
+        session.config.stash[_LEFT] = left
+        if session.exitstatus == 0:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    if config.stash.get(_LEFT, None):
+        terminalreporter.section("FILES LEFT IN THE CHECKOUT by this run (a fixture or test wrote there); this fails "
+                                 "the run", sep="-", bold=True, red=True)
+        for line in config.stash[_LEFT][:50]:
+            terminalreporter.line(line)
     for kind, title in (("gpu", "skipped for want of a CUDA GPU (marked gpu)"),
                         ("unexpected", "UNEXPECTED SKIPS: only tests marked gpu may skip; this fails the run")):
         if _SKIPS[kind]:
