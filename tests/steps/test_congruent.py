@@ -82,7 +82,7 @@ def test_the_champions_logits_are_computed_once_per_run_and_change_the_training(
     assert calls == [(36, 28, 28, 1)]  # once, over the 36 training images decoded at the champion's 28 px
     assert pc.congruent == f"distilling from champion {champion}"
     assert "positive-congruent training: distilling from champion" in capsys.readouterr().err
-    assert pc.epochs_run == 3 and 0.0 <= pc.best_val_accuracy <= 1.0
+    assert pc.epochs_run == 3  # (learning itself: test_train.py::test_scratch_learns_the_tiny_task)
     assert _weights(pc) != _weights(plain)  # the distillation term changed the updates
 
 

@@ -56,7 +56,10 @@ def test_evaluate_writes_confidences_thumbnails_histories_and_the_report(tmp_pat
         assert conf.dtype == np.float32 and conf.shape == npz["y_true"].shape
         assert (conf >= 1 / len(CLASSES) - 1e-6).all() and (conf <= 1).all()  # a top softmax probability
         assert set(result.models[m]["per_class"]) == set(CLASSES)
-        assert 0 <= result.models[m]["ece"] <= 1
+        ok = npz[f"pred_{m}"] == npz["y_true"]  # ECE over 15 equal-width bins, recomputed from what was stored
+        bins = np.clip(np.ceil(conf.astype(float) * 15).astype(int) - 1, 0, 14)
+        ece = sum(abs(ok[bins == b].mean() - conf[bins == b].mean()) * (bins == b).sum() for b in set(bins)) / len(ok)
+        assert result.models[m]["ece"] == pytest.approx(ece, abs=1e-6)
         assert json.loads((out / f"history_{m}.json").read_text())[1]["lr"] == 0.05
     index = json.loads((out / "examples" / "index.json").read_text())
     rows = {r for group in index.values() for r in group}
