@@ -97,6 +97,17 @@ def client(tracking: TrackingConfig):
     return MlflowClient()
 
 
+def reader(tracking: TrackingConfig):
+    """A client for read-only commands (status): points MLflow at the store without creating the experiment
+    or its artifact folder, as `client` does on first use; later `client` calls in this process reuse that."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(tracking.resolved_uri())
+    _configured.add((tracking.resolved_uri(), tracking.experiment))
+    return MlflowClient()
+
+
 def check_reachable(tracking: TrackingConfig, timeout: float = 10.0) -> None:
     """Fail fast, naming the URI, when an http(s) tracking server does not answer at all; MLflow's own
     retries would otherwise spend minutes on a closed port before saying anything."""

@@ -67,3 +67,21 @@ def test_status_on_a_mistyped_local_store_creates_nothing_and_names_it(tmp_path,
     assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr
     assert f"tracking.tracking_uri {uri}: no MLflow store at" in " ".join(res.stderr.split()), res.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_status_on_an_existing_store_writes_nothing_to_it_or_beside_it(tmp_path):
+    """A store that exists but has never seen this experiment: status reads, it creates neither the experiment
+    nor an artifact folder."""
+    import sqlite3
+
+    from mlflow import MlflowClient
+
+    db = tmp_path / "store" / "mlflow.db"
+    db.parent.mkdir()
+    MlflowClient(f"sqlite:///{db}").search_experiments()  # a migrated store with only MLflow's Default experiment
+    before = sqlite3.connect(db).execute("SELECT name FROM experiments").fetchall()
+    res = headstart("status", "--params", str(ROOT / "params.yaml"), "--set", f"tracking.tracking_uri=sqlite:///{db}",
+                    "--set", f"tracking.artifact_root={tmp_path / 'art'}", cwd=tmp_path)
+    assert res.returncode == 0 and "is not registered at" in " ".join((res.stdout + res.stderr).split()), res.stderr
+    assert sqlite3.connect(db).execute("SELECT name FROM experiments").fetchall() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]
