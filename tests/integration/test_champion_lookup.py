@@ -14,8 +14,6 @@ from headstart import champion_ref, registry
 from headstart.champion_ref import quick_champion, write
 from headstart.config import TrackingConfig
 
-pytestmark = pytest.mark.integration
-
 
 def _register(tracking: TrackingConfig, source: str, alias: bool) -> str:
     """A registered version (its source a URI nothing reads), with the champion alias on it or not."""
@@ -65,6 +63,7 @@ def test_the_champion_stage_does_not_import_mlflow_when_the_store_answers(tmp_pa
     assert out.strip() == f'["{version}", false]'
 
 
+@pytest.mark.integration
 def test_tracking_server_with_basic_auth_answers_like_mlflow(pg_auth_mlflow, monkeypatch, tmp_path: Path) -> None:
     for key, value in pg_auth_mlflow.env("admin").items():
         monkeypatch.setenv(key, value)

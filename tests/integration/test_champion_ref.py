@@ -18,7 +18,6 @@ from headstart.champion_ref import reference
 
 from .servers import mlflow_server
 
-pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 MODEL = "headstart-classifier"
@@ -48,6 +47,7 @@ def _project(repo: Path) -> None:
     subprocess.run([str(BIN / "dvc"), "init", "-q"], cwd=repo, check=True)
 
 
+@pytest.mark.integration
 def test_a_champion_moved_outside_the_loop_reruns_evaluate_and_register(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

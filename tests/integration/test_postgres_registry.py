@@ -16,7 +16,6 @@ from headstart.steps import promote
 from .conftest import AuthServer
 from .servers import free_port
 
-pytestmark = pytest.mark.integration
 MOVES, VERSIONS = 100, 5
 
 
@@ -32,9 +31,10 @@ def as_pipeline(pg_auth_mlflow: AuthServer, monkeypatch: pytest.MonkeyPatch) -> 
     return _login(pg_auth_mlflow, "pipeline", monkeypatch)
 
 
+@pytest.mark.integration
 def test_history_outlives_100_promotions_on_postgres(pg_auth_mlflow: AuthServer, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch):
-    """Issue 14, item 4: the history was one JSON tag; PostgreSQL refused it after ~31 moves, and from then
+    """The history was one JSON tag; PostgreSQL refused it after ~31 moves, and from then
     on every register, promote and rollback failed. (As the admin: a non-admin user's permission checks
     make each request ~3x slower, and test_registry_lock covers the pipeline user.)"""
     server = _login(pg_auth_mlflow, "admin", monkeypatch)
@@ -80,8 +80,9 @@ def _status(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str]:
     return stop.value.code, out.out + out.err
 
 
+@pytest.mark.integration
 def test_status_says_not_registered_on_a_reachable_server(as_pipeline: AuthServer, capsys, monkeypatch):
-    """Issue 14, item 10: a model that does not exist on a server that answers is "not registered"."""
+    """A model that does not exist on a server that answers is "not registered"."""
     monkeypatch.chdir(Path(__file__).resolve().parents[2])  # the project's params.yaml
     monkeypatch.setenv("MLFLOW_TRACKING_URI", as_pipeline.url)
     code, text = _status(capsys)  # params.yaml's registered_model, which nothing registered on this server
@@ -93,7 +94,7 @@ def test_status_says_not_registered_on_a_reachable_server(as_pipeline: AuthServe
 
 @pytest.mark.timeout(90)
 def test_status_on_a_closed_port_fails_fast_naming_the_server(capsys, monkeypatch):
-    """Issue 14, item 10: no server at the URI is an error that names it, quickly (MLflow's own retries
+    """No server at the URI is an error that names it, quickly (MLflow's own retries
     used to spend minutes first), never "nothing registered"."""
     for var in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"):
         monkeypatch.delenv(var, raising=False)  # as people run it

@@ -20,7 +20,6 @@ from headstart.config import TrackingConfig
 from .conftest import AuthServer
 from .faultproxy import FaultProxy
 
-pytestmark = pytest.mark.integration
 TTL = 2.0  # renewed every TTL/3 while held
 RACERS = 4
 LONG_HOLD = 2.5 * TTL
@@ -60,6 +59,7 @@ def _racer(uri: str, model: str, log: str, barrier) -> None:
             f.write(f"exit {me} {time.time()}\n")
 
 
+@pytest.mark.integration
 def test_racers_for_a_stale_lock_never_overlap_and_a_long_holder_keeps_it(
         pg_auth_mlflow: AuthServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """One racer holds the lock for 2.5x its ttl: renewal keeps it. The old lock was never renewed (others
@@ -81,6 +81,7 @@ def test_racers_for_a_stale_lock_never_overlap_and_a_long_holder_keeps_it(
     assert float(events[1][2]) - float(events[0][2]) >= LONG_HOLD > TTL  # the first one kept it throughout
 
 
+@pytest.mark.integration
 def test_a_lock_left_by_another_user_is_taken_over_by_the_pipeline(
         pg_auth_mlflow: AuthServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A person's `headstart promote` crashed holding the lock; the pipeline's user may not delete what
@@ -204,6 +205,7 @@ def _port(url: str) -> int:
     return int(url.rsplit(":", 1)[1])
 
 
+@pytest.mark.integration
 def test_an_alias_move_stuck_in_a_brown_out_never_lands_after_another_run_promoted(
         pg_auth_mlflow: AuthServer, monkeypatch: pytest.MonkeyPatch):
     """The holder's alias move meets 503s until its lease has run out and a second run has taken the lock
@@ -227,6 +229,7 @@ def test_an_alias_move_stuck_in_a_brown_out_never_lands_after_another_run_promot
     assert registry.champion(tracking).version == "2"
 
 
+@pytest.mark.integration
 def test_a_hung_alias_request_is_abandoned_within_the_lease_margin_and_resent_only_after_reading_back(
         pg_auth_mlflow: AuthServer, monkeypatch: pytest.MonkeyPatch):
     """The alias move's request is blackholed: the holder gives up on it within the lease's margin (ttl/6),

@@ -17,8 +17,6 @@ from headstart.errors import StorageError
 from .conftest import fresh_bucket
 from .faultproxy import FaultProxy
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture
 def bucket(moto: str, monkeypatch: pytest.MonkeyPatch) -> str:
@@ -40,6 +38,7 @@ def _blob(tmp_path: Path) -> Path:
     return src
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("fault", ["reset", "http503"])
 def test_first_connections_failing_are_retried(proxy: FaultProxy, bucket: str, tmp_path: Path, fault: str):
     src = _blob(tmp_path)
@@ -52,6 +51,7 @@ def test_first_connections_failing_are_retried(proxy: FaultProxy, bucket: str, t
     assert proxy.seen[fault] == 4
 
 
+@pytest.mark.integration
 def test_a_stalled_connection_times_out_and_is_retried(proxy: FaultProxy, bucket: str, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("HEADSTART_S3_READ_TIMEOUT", "1")
@@ -65,6 +65,7 @@ def test_a_stalled_connection_times_out_and_is_retried(proxy: FaultProxy, bucket
     assert proxy.seen["delay"] == 2 and time.monotonic() - started >= 2.0
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("down", ["reset", "http503"])
 def test_endpoint_down_gives_a_clear_error_after_bounded_attempts(
     proxy: FaultProxy, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, down: str
@@ -82,6 +83,7 @@ def test_endpoint_down_gives_a_clear_error_after_bounded_attempts(
         storage.fetch(uri, tmp_path / "dl")
 
 
+@pytest.mark.integration
 def test_blackholed_endpoint_fails_within_the_timeouts(
     proxy: FaultProxy, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):

@@ -22,7 +22,6 @@ from ..conftest import make_imagefolder
 from ..steps.test_train import _cfg
 from .conftest import fresh_bucket
 
-pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,6 +66,7 @@ def env(pushed, monkeypatch: pytest.MonkeyPatch):
     return pushed[:3]
 
 
+@pytest.mark.integration
 def test_index_and_every_sample_stream_from_the_dvc_remote_without_a_pull(env):
     packed, repo, bucket = env
     root = remote.open_remote(repo / "shards")
@@ -81,6 +81,7 @@ def test_index_and_every_sample_stream_from_the_dvc_remote_without_a_pull(env):
     assert remote.open_remote(repo / "shards.dvc").objects == root.objects  # the .dvc file itself works too
 
 
+@pytest.mark.integration
 def test_training_streams_from_the_dvc_remote(env, tmp_path: Path):
     packed, repo, _ = env
     root = remote.open_remote(repo / "shards")
@@ -93,6 +94,7 @@ def test_training_streams_from_the_dvc_remote(env, tmp_path: Path):
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["first_step_seconds"] > 0
 
 
+@pytest.mark.integration
 def test_a_missing_shard_object_and_an_unpushed_version_are_named(env, tmp_path: Path):
     packed, repo, _ = env
     root = remote.open_remote(repo / "shards")
@@ -111,6 +113,7 @@ def test_a_missing_shard_object_and_an_unpushed_version_are_named(env, tmp_path:
         remote.open_remote(repo / "shards")
 
 
+@pytest.mark.integration
 def test_headstart_train_from_dvc_remote_through_the_cli(env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from typer.testing import CliRunner
 

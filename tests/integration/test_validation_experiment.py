@@ -15,10 +15,10 @@ from tests.data.corpus import corpus_config, make_valid
 
 from .servers import mlflow_server
 
-pytestmark = pytest.mark.integration
 SRC = Path(__file__).resolve().parents[2] / "src" / "headstart"
 
 
+@pytest.mark.integration
 def test_validate_creates_the_experiment_in_the_servers_artifact_store(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -88,7 +88,7 @@ def test_lock_is_exclusive_and_stale_locks_are_broken(tracking: TrackingConfig):
 
 
 def test_second_rollback_reaches_v1_not_v3_again(tracking: TrackingConfig, tmp_path: Path):
-    """Issue 14, item 5: rollbacks walk back along the promotions; the second one used to re-promote v3."""
+    """Rollbacks walk back along the promotions; the second one used to re-promote v3."""
     c = registry.client(tracking)
     assert promote.run(_decision(tmp_path, "1", None), tracking).promoted
     assert promote.run(_decision(tmp_path, "2", "1"), tracking).promoted
