@@ -80,6 +80,9 @@ def render(outputs: Path, tracking: TrackingConfig) -> Group:
                  + (f", alias {reg['alias']}" if reg.get("alias") else "")
                  + (f" (previous champion v{reg['previous_champion']})" if reg.get("previous_champion") else "")),
             Text(f"Open the MLflow UI: {ui_command(tracking)}")]
+    pages = [outputs / "decision" / n for n in ("report.html", "decision.html") if (outputs / "decision" / n).is_file()]
+    if pages:
+        tail.append(Text("Open in a browser: " + ", ".join(str(p) for p in pages)))
     return Group(cands, *[Text(x) for x in lines], gate, *([flips] if flips else []),
                  *([Text(schedule)] if schedule else []), verdict, *tail)
 

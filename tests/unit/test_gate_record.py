@@ -93,3 +93,13 @@ def test_status_shows_the_window_its_spending_and_the_last_reset():
     assert "last reset: manual promotion of v5 by alice: hotfix" in text
     corrupt = {**info, "gate_schedule": {"error": "registered model 'm': its gate schedule is unreadable"}}
     assert "unreadable" in _text(render_status(corrupt))
+
+
+def test_summary_points_at_the_pages_register_wrote(tmp_path: Path):
+    outputs = _outputs(tmp_path, _record())
+    text = " ".join(_text(render(outputs, TrackingConfig(tracking_uri="sqlite:///x.db"))).split())
+    assert "Open in a browser" not in text  # no page written: none named
+    for name in ("report.html", "decision.html"):
+        (outputs / "decision" / name).write_text("<html></html>")
+    text = " ".join(_text(render(outputs, TrackingConfig(tracking_uri="sqlite:///x.db"))).split())
+    assert f"Open in a browser: {outputs / 'decision' / 'report.html'}, {outputs / 'decision' / 'decision.html'}" in text
