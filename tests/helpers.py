@@ -78,3 +78,147 @@ def copy_store(src: Path, dst: Path) -> Path:
                     db.execute(f'UPDATE "{table}" SET "{col}" = replace("{col}", ?, ?) WHERE instr("{col}", ?) > 0',
                                (old, new, old))
     return dst
+
+
+def random_model(folder: Path, seed: int, role: str, tta: str = "none") -> Path:
+    """A small CNN on the 3 fixture classes (16 px, 1 channel) with seeded random weights, saved as training saves
+    it: for tests where scoring, not training, is the point."""
+    import torch
+
+    from headstart import modelio
+    from headstart.models import build_model
+    from headstart.presets import Preset
+    from tests.conftest import CLASSES
+
+    torch.manual_seed(seed)
+    built = build_model("small_cnn", None, len(CLASSES), in_channels=1)
+    card = modelio.ModelCard(arch="small_cnn", classes=CLASSES, role=role, tta=tta,
+                             preset=Preset(image_size=16, channels=1, mean=(0.5,), std=(0.5,)))
+    return modelio.save(built.model, card, folder)
+
+
+def tiny_train_cfg(role: str = "scratch", **kw):
+    """params.yaml's recipe for `role`, shrunk to the tiny dataset (small_cnn, 32 px, 2 epochs, batch 16)."""
+    from headstart.config import load_params
+    from headstart.steps import train
+
+    base = dict(backbone="small_cnn", weights="none", channels=1, image_size=32, epochs=2, patience=3, tta="none",
+                images_per_class=None, val_images_per_class=None, checkpoint_dir=None, tensor_cache_dir=None,
+                batch_size=16)
+    return train.config_from_params(load_params(Path(__file__).resolve().parents[1] / "params.yaml"), role,
+                                    **{**base, **kw})
+
+
+def tiny_engine_cfg(**kw):
+    """The engine config of `tiny_train_cfg()`, with fields replaced."""
+    import dataclasses
+
+    return dataclasses.replace(tiny_train_cfg().engine(), **kw)
+
+
+class Trainer:
+    """A toy training state for checkpoint tests: a linear model, AdamW, LambdaLR, a generator and a GradScaler."""
+
+    def __init__(self) -> None:
+        import torch
+        from torch import nn
+
+        from headstart.engine import FitResult
+
+        torch.manual_seed(0)
+        self.model = nn.Linear(4, 3)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=0.1)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: 1.0 / (1 + s))
+        self.gen = torch.Generator().manual_seed(1)
+        self.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+        self.result = FitResult(best_state={}, best_epoch=0, best_val_accuracy=-1.0)
+        self.weights_at: dict = {}
+
+    def epoch(self, ckpt: Checkpointer, steps: int = 3) -> None:
+        import torch
+
+        from headstart.engine import EpochStats
+
+        for _ in range(steps):
+            x = torch.randn(8, 4, generator=self.gen)
+            loss = self.model(x).pow(2).mean()
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
+            self.sched.step()
+        n = len(self.result.history) + 1
+        self.result.history.append(EpochStats(n, loss.item(), 0.5, 1.0, 0.1 * n, 0.1, 0.01))
+        self.result.best_state = {k: v.clone() for k, v in self.model.state_dict().items()}
+        self.result.best_epoch, self.result.best_val_accuracy = n, 0.1 * n
+        self.weights_at[n] = self.model.weight.detach().clone()
+        ckpt.save(self.model, self.opt, self.sched, self.gen, self.result, self.scaler)
+
+    def restore(self, ckpt: Checkpointer):
+        result = ckpt.restore(self.model, self.opt, self.sched, self.gen, self.scaler)
+        self.result = result or self.result
+        return result
+
+
+class Payload:
+    """Unpickling this calls open(marker, "w"), which creates the marker file: proof that code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import builtins
+
+        return builtins.open, (str(self.marker), "w")
+
+
+# A compiled KFP spec (tests/pipeline): its tasks, the conditions guarding them, their containers.
+
+
+def tasks(spec: dict) -> dict:
+    """Every task in the DAG, nested condition branches included, by task name."""
+    found: dict = {}
+    comps = spec["components"]
+
+    def walk(dag_tasks: dict) -> None:
+        for name, task in dag_tasks.items():
+            found[name] = task
+            sub = comps[task["componentRef"]["name"]].get("dag")
+            if sub:
+                walk(sub["tasks"])
+
+    walk(spec["root"]["dag"]["tasks"])
+    return found
+
+
+def guards(spec: dict) -> dict:
+    """The dsl.If/Else conditions that must hold for each task to run, outermost first."""
+    found: dict = {}
+    comps = spec["components"]
+
+    def walk(dag_tasks: dict, outer: list[str]) -> None:
+        for name, task in dag_tasks.items():
+            condition = task.get("triggerPolicy", {}).get("condition")
+            here = outer + ([condition] if condition else [])
+            found[name] = here
+            sub = comps[task["componentRef"]["name"]].get("dag")
+            if sub:
+                walk(sub["tasks"], here)
+
+    walk(spec["root"]["dag"]["tasks"], [])
+    return found
+
+
+def executor_of(spec: dict, task: dict) -> str:
+    return spec["components"][task["componentRef"]["name"]]["executorLabel"]
+
+
+def container(spec: dict, task: dict) -> dict:
+    return spec["deploymentSpec"]["executors"][executor_of(spec, task)]["container"]
+
+
+def k8s(spec: dict, platform: dict, task: dict) -> dict:
+    return platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].get(executor_of(spec, task), {})
+
+
+def by_display(spec: dict) -> dict:
+    return {t["taskInfo"]["name"]: t for t in tasks(spec).values()}

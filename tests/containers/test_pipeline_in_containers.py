@@ -23,8 +23,7 @@ import pytest
 from headstart.config import TrackingConfig
 from tests.containers.stack import SECRET_PW, SECRET_S3, Stack, production_stack
 from tests.integration.servers import ADMIN
-from tests.pipeline.conftest import ROOT
-from tests.pipeline.test_local_e2e import TINY
+from tests.pipeline.conftest import ROOT, TINY
 
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(3600)]
 

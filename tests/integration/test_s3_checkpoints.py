@@ -23,8 +23,7 @@ from headstart import storage
 from headstart.checkpoint import Checkpointer
 
 from ..conftest import make_imagefolder
-from ..unit.test_checkpoint_safety import Payload
-from ..unit.test_checkpoint_store import Trainer
+from ..helpers import Payload, Trainer
 from .conftest import fresh_bucket
 from .faultproxy import FaultProxy
 

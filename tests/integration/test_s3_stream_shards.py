@@ -19,7 +19,7 @@ from headstart.presets import Preset
 from headstart.steps import train
 
 from ..conftest import make_imagefolder
-from ..steps.test_train import _cfg
+from ..helpers import tiny_train_cfg
 from .conftest import fresh_bucket
 
 BIN = Path(sys.executable).parent
@@ -88,7 +88,7 @@ def test_training_streams_from_the_dvc_remote(env, tmp_path: Path):
     split = stream.open_split(root, "train", Preset(16, 1, (0.5,), (0.5,)), seed=1, workers=1, shuffle_buffer=4)
     seen = sum(len(y) for _, y in stream.epoch_batches(split, 0, 4, 0, 1, steps=0))
     assert seen == shards.read_index(packed).splits["train"].count
-    cfg = _cfg(data_loading="stream", loader_workers=1, image_size=16, epochs=1, max_steps=2, batch_size=4)
+    cfg = tiny_train_cfg(data_loading="stream", loader_workers=1, image_size=16, epochs=1, max_steps=2, batch_size=4)
     result = train.run(cfg, root, tmp_path / "out")
     assert result.epochs_run == 1 and (tmp_path / "out" / "model").is_dir()
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["first_step_seconds"] > 0

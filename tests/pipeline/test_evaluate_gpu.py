@@ -4,8 +4,8 @@ run parameter says so; otherwise it runs on the CPU image without one."""
 from __future__ import annotations
 
 from headstart.config import load_params
+from tests.helpers import container, guards, k8s, tasks
 from tests.pipeline.conftest import ROOT
-from tests.pipeline.test_spec import container, guards, k8s, tasks
 
 ON_CPU = "inputs.parameter_values['pipelinechannel--evaluate_gpu'] == false"
 

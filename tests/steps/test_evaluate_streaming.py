@@ -16,7 +16,7 @@ from headstart.errors import ConfigError
 from headstart.steps import evaluate
 
 from ..conftest import make_imagefolder
-from .test_prediction_store import _model
+from ..helpers import random_model
 
 
 @pytest.fixture
@@ -24,7 +24,8 @@ def packed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     folder = make_imagefolder(tmp_path / "folder", per_class={"train": 2, "val": 2, "test": 7}, size=16)
     root = tmp_path / "shards"
     shards.pack(folder, root, target_shard_bytes=2048)  # several test shards
-    cands = {"finetune": _model(tmp_path / "ft", 1, "finetune"), "scratch": _model(tmp_path / "sc", 2, "scratch")}
+    cands = {"finetune": random_model(tmp_path / "ft", 1, "finetune"),
+             "scratch": random_model(tmp_path / "sc", 2, "scratch")}
     batches: list[int] = []
     real = evaluate.predict_logits
 

@@ -14,33 +14,24 @@ import pytest
 import torch
 from PIL import Image
 
-from headstart import modelio, predictions
+from headstart import predictions
 from headstart.config import TrackingConfig
 from headstart.gate import GateThresholds
-from headstart.models import build_model
-from headstart.presets import Preset
 from headstart.serving import check
 from headstart.steps import evaluate, register
 
 from ..conftest import CLASSES, make_imagefolder
+from ..helpers import random_model
 
-PRESET = Preset(image_size=16, channels=1, mean=(0.5,), std=(0.5,))
 LENIENT = GateThresholds(min_accuracy=0.0, min_gain_over_baseline=None, max_regression=1.0,
                          max_class_recall_drop=0.99, max_negative_flip_rate=None)
-
-
-def _model(folder: Path, seed: int, role: str, tta: str = "none") -> Path:
-    """A small CNN with seeded random weights, saved as training saves it (no training: scoring is the point)."""
-    torch.manual_seed(seed)
-    built = build_model("small_cnn", None, len(CLASSES), in_channels=1)
-    card = modelio.ModelCard(arch="small_cnn", classes=CLASSES, preset=PRESET, role=role, tta=tta)
-    return modelio.save(built.model, card, folder)
 
 
 @pytest.fixture
 def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     data = make_imagefolder(tmp_path / "data", per_class={"train": 2, "val": 2, "test": 4}, size=16)
-    cands = {"finetune": _model(tmp_path / "ft", 1, "finetune"), "scratch": _model(tmp_path / "sc", 2, "scratch")}
+    cands = {"finetune": random_model(tmp_path / "ft", 1, "finetune"),
+             "scratch": random_model(tmp_path / "sc", 2, "scratch")}
     cfg = evaluate.EvaluateConfig(bootstrap_samples=50, tensor_cache_dir=None,
                                   prediction_store=str(tmp_path / "store"))
     scored: list[int] = []  # images each predict_logits call scored
@@ -102,7 +93,7 @@ def test_a_model_with_other_weights_is_scored_again_the_unchanged_one_is_not(set
     root, data, cands, cfg, scored = setup
     evaluate.run(cfg, data, cands, root / "e1")
     scored.clear()
-    _model(cands["scratch"], 3, "scratch")  # retrained: same folder, other weights
+    random_model(cands["scratch"], 3, "scratch")  # retrained: same folder, other weights
     evaluate.run(cfg, data, cands, root / "e2")
     assert scored == [12]
     assert _how(root / "e2") == {"finetune": "reused from the store", "scratch": "scored"}
@@ -112,7 +103,7 @@ def test_another_tta_mode_is_scored_again(setup):
     root, data, cands, cfg, scored = setup
     evaluate.run(cfg, data, cands, root / "e1")
     scored.clear()
-    _model(cands["finetune"], 1, "finetune", tta="flip")  # same weights, flip TTA
+    random_model(cands["finetune"], 1, "finetune", tta="flip")  # same weights, flip TTA
     result = evaluate.run(cfg, data, cands, root / "e2")
     assert scored == [12] and result.models["finetune"]["tta"] == "flip"
     assert _how(root / "e2")["finetune"] == "scored"
@@ -168,7 +159,8 @@ def test_the_champion_is_reused_from_the_store_and_new_candidates_are_scored(set
                        root / "d1", tracking)
     assert reg.promoted and reg.version == "1"
     scored.clear()
-    fresh = {"finetune": _model(root / "ft2", 11, "finetune"), "scratch": _model(root / "sc2", 12, "scratch")}
+    fresh = {"finetune": random_model(root / "ft2", 11, "finetune"),
+             "scratch": random_model(root / "sc2", 12, "scratch")}
     result = evaluate.run(cfg, data, fresh, root / "e2", tracking)
     assert result.champion_version == "1"
     assert scored == [12, 12]  # the two new candidates; the champion (v1's bytes) came from the store
@@ -234,7 +226,8 @@ def test_serving_check_takes_cpu_made_evaluation_labels_as_they_are(setup):
 def test_on_a_gpu_evaluate_scores_in_bf16_keeps_that_entry_and_the_serving_check_uses_cpu_labels(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     data = make_imagefolder(tmp_path / "data", per_class={"train": 2, "val": 2, "test": 20}, size=16)
-    cands = {"finetune": _model(tmp_path / "ft", 1, "finetune"), "scratch": _model(tmp_path / "sc", 2, "scratch")}
+    cands = {"finetune": random_model(tmp_path / "ft", 1, "finetune"),
+             "scratch": random_model(tmp_path / "sc", 2, "scratch")}
     cfg = evaluate.EvaluateConfig(bootstrap_samples=50, tensor_cache_dir=None,
                                   prediction_store=str(tmp_path / "store"))
     on_gpu = evaluate.run(cfg, data, cands, tmp_path / "gpu")

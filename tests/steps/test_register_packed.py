@@ -15,7 +15,7 @@ from headstart.gate import GateThresholds
 from headstart.steps import evaluate, register
 
 from ..conftest import make_imagefolder
-from .test_prediction_store import _model
+from ..helpers import random_model
 
 LENIENT = GateThresholds(min_accuracy=0.0, min_gain_over_baseline=None, max_regression=1.0,
                          max_class_recall_drop=0.99, max_negative_flip_rate=None)
@@ -27,7 +27,8 @@ def test_register_on_a_packed_root_serving_checks_images_read_from_the_shards(
     root = tmp_path / "shards"
     shards.pack(folder, root, target_shard_bytes=2048)  # several test shards
     monkeypatch.setattr(evaluate, "scoring_device", lambda: torch.device("cpu"))
-    cands = {"finetune": _model(tmp_path / "ft", 1, "finetune"), "scratch": _model(tmp_path / "sc", 2, "scratch")}
+    cands = {"finetune": random_model(tmp_path / "ft", 1, "finetune"),
+             "scratch": random_model(tmp_path / "sc", 2, "scratch")}
     tracking = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "art"),
                               registered_model="packed-classifier")
     evaluate.run(evaluate.EvaluateConfig(bootstrap_samples=50, tensor_cache_dir=None), root, cands,

@@ -22,7 +22,7 @@ from headstart.steps import train
 from tests.helpers import DiesAfterSaving, Killed
 
 from ..conftest import make_imagefolder
-from .test_train import _cfg, _engine
+from ..helpers import tiny_engine_cfg, tiny_train_cfg
 
 PRESET = Preset(32, 1, (0.5,), (0.5,))
 
@@ -84,7 +84,7 @@ def test_resume_plan_restarts_the_round_robin_where_it_stopped(packed: Path):
 
 
 def test_mid_epoch_resume_on_shards_is_bit_identical_on_cpu(packed: Path, tmp_path: Path):
-    cfg = _engine(epochs=3, batch_size=8, patience=10, seed=3, checkpoint_every_steps=2, probe_epochs=1)
+    cfg = tiny_engine_cfg(epochs=3, batch_size=8, patience=10, seed=3, checkpoint_every_steps=2, probe_epochs=1)
     model, head, backbone, tr, va = _setup(packed, workers=2)
     full = fit(model, head, backbone, PRESET, tr, va, cfg)
 
@@ -101,7 +101,7 @@ def test_mid_epoch_resume_on_shards_is_bit_identical_on_cpu(packed: Path, tmp_pa
 
 
 def test_max_steps_ends_training_checkpointed_and_a_rerun_trains_no_further(packed: Path, tmp_path: Path):
-    cfg = dataclasses.replace(_engine(epochs=4, batch_size=8, patience=10, seed=3, probe_epochs=0), max_steps=7)
+    cfg = dataclasses.replace(tiny_engine_cfg(epochs=4, batch_size=8, patience=10, seed=3, probe_epochs=0), max_steps=7)
     model, head, backbone, tr, va = _setup(packed, workers=0)
     steps: list[int] = []
     ckpt = Checkpointer(tmp_path / "c", "fp")
@@ -120,7 +120,7 @@ def test_max_steps_ends_training_checkpointed_and_a_rerun_trains_no_further(pack
 def test_the_train_step_streams_a_packed_split_when_asked_and_refuses_to_stream_an_imagefolder(
     packed: Path, tmp_path: Path,
 ):
-    cfg = _cfg(data_loading="stream", loader_workers=2, images_per_class=8, epochs=1)
+    cfg = tiny_train_cfg(data_loading="stream", loader_workers=2, images_per_class=8, epochs=1)
     classes = list_classes(packed / "shards")
     assert classes == list_classes(packed / "data")
     split = train.load_for_training(cfg, packed / "shards", "train", PRESET, classes, 8)
@@ -128,7 +128,8 @@ def test_the_train_step_streams_a_packed_split_when_asked_and_refuses_to_stream_
     in_memory = load_split(packed / "data", "train", PRESET, classes, 8, cfg.seed)
     names = {n.split("/", 1)[1] for n in in_memory.paths}
     assert split.keep == names  # the same per-class subset as the ImageFolder's
-    auto = train.load_for_training(_cfg(data_loading="auto"), packed / "shards", "train", PRESET, classes, None)
+    auto = train.load_for_training(tiny_train_cfg(data_loading="auto"), packed / "shards", "train", PRESET, classes,
+                                   None)
     assert not isinstance(auto, stream.StreamSplit)  # 36 small images: decoded into memory...
     packed_rows = load_split(packed / "shards", "train", PRESET, classes, 8, cfg.seed)
     assert packed_rows.paths == in_memory.paths  # ...the same rows, labels and pixels as the ImageFolder's

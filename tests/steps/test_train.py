@@ -12,32 +12,20 @@ from headstart import modelio
 from headstart.checkpoint import Checkpointer
 from headstart.config import TrackingConfig, load_params
 from headstart.data.imagefolder import list_classes, load_split
-from headstart.engine import EngineConfig, fit, predict_logits
+from headstart.engine import fit, predict_logits
 from headstart.models import build_model, head_and_backbone_params
 from headstart.presets import Preset
 from headstart.steps import train
-from tests.helpers import DiesAfterSaving, Killed
+from tests.helpers import DiesAfterSaving, Killed, tiny_engine_cfg, tiny_train_cfg
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _cfg(role: str = "scratch", **kw) -> train.TrainConfig:
-    """params.yaml's recipe for `role`, shrunk to the tiny dataset (32 px, 2 epochs, batch 16)."""
-    base = dict(backbone="small_cnn", weights="none", channels=1, image_size=32, epochs=2, patience=3, tta="none",
-                images_per_class=None, val_images_per_class=None, checkpoint_dir=None, tensor_cache_dir=None,
-                batch_size=16)
-    return train.config_from_params(load_params(ROOT / "params.yaml"), role, **{**base, **kw})
-
-
-def _engine(**kw) -> EngineConfig:
-    return dataclasses.replace(_cfg().engine(), **kw)
 
 
 def test_finetune_step_writes_a_reloadable_model_and_logs_to_mlflow(tiny_imagefolder: Path, tmp_path: Path):
     import mlflow
 
     tracking = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "art"))
-    cfg = _cfg("finetune", backbone="efficientnet_lite0", weights="imagenet", channels=3, epochs=1)
+    cfg = tiny_train_cfg("finetune", backbone="efficientnet_lite0", weights="imagenet", channels=3, epochs=1)
     result = train.run(cfg, tiny_imagefolder, tmp_path / "ft", tracking)
     model, card = modelio.load(Path(result.model_dir))
     assert card.classes == ("circle", "square", "stripes")
@@ -51,8 +39,8 @@ def test_finetune_step_writes_a_reloadable_model_and_logs_to_mlflow(tiny_imagefo
 
 
 def test_same_seed_same_cpu_gives_same_weights_and_metrics(tiny_imagefolder: Path, tmp_path: Path):
-    a = train.run(_cfg(), tiny_imagefolder, tmp_path / "a")
-    b = train.run(_cfg(), tiny_imagefolder, tmp_path / "b")
+    a = train.run(tiny_train_cfg(), tiny_imagefolder, tmp_path / "a")
+    b = train.run(tiny_train_cfg(), tiny_imagefolder, tmp_path / "b")
     assert a.best_val_accuracy == b.best_val_accuracy
     wa = (tmp_path / "a/model/model.safetensors").read_bytes()
     wb = (tmp_path / "b/model/model.safetensors").read_bytes()
@@ -60,7 +48,7 @@ def test_same_seed_same_cpu_gives_same_weights_and_metrics(tiny_imagefolder: Pat
 
 
 def test_scratch_learns_the_tiny_task(tiny_imagefolder: Path, tmp_path: Path):
-    result = train.run(_cfg(epochs=6, lr_head=0.01, lr_backbone=0.01), tiny_imagefolder, tmp_path / "s")
+    result = train.run(tiny_train_cfg(epochs=6, lr_head=0.01, lr_backbone=0.01), tiny_imagefolder, tmp_path / "s")
     assert result.best_val_accuracy >= 0.75  # 3 classes: chance is 0.33
 
 
@@ -76,7 +64,7 @@ def _setup(data: Path):
 
 
 def test_interrupted_training_resumes_to_the_same_weights(tiny_imagefolder: Path, tmp_path: Path):
-    cfg = _engine(epochs=3, batch_size=16, patience=10, seed=3)
+    cfg = tiny_engine_cfg(epochs=3, batch_size=16, patience=10, seed=3)
     model, head, backbone, preset, tr, va = _setup(tiny_imagefolder)
     full = fit(model, head, backbone, preset, tr, va, cfg)
 
@@ -104,7 +92,7 @@ def test_interrupted_training_resumes_to_the_same_weights(tiny_imagefolder: Path
 
 def test_mid_epoch_checkpoint_resumes_inside_the_epoch_to_identical_results(tiny_imagefolder: Path, tmp_path: Path):
     # 36 train images, batch 8: 5 steps per epoch, the last one short; a checkpoint every 2 steps
-    cfg = _engine(epochs=3, batch_size=8, patience=10, seed=3, checkpoint_every_steps=2, probe_epochs=1)
+    cfg = tiny_engine_cfg(epochs=3, batch_size=8, patience=10, seed=3, checkpoint_every_steps=2, probe_epochs=1)
     model, head, backbone, preset, tr, va = _setup(tiny_imagefolder)
     full = fit(model, head, backbone, preset, tr, va, cfg)
 
@@ -127,7 +115,7 @@ def test_mid_epoch_checkpoint_resumes_inside_the_epoch_to_identical_results(tiny
 
 
 def test_a_torn_mid_epoch_checkpoint_falls_back_to_the_one_before(tiny_imagefolder: Path, tmp_path: Path):
-    cfg = _engine(epochs=2, batch_size=8, patience=10, checkpoint_every_steps=2)
+    cfg = tiny_engine_cfg(epochs=2, batch_size=8, patience=10, checkpoint_every_steps=2)
     model, head, backbone, preset, tr, va = _setup(tiny_imagefolder)
     with pytest.raises(Killed):
         fit(model, head, backbone, preset, tr, va, cfg, checkpointer=DiesAfterSaving(tmp_path / "c", (2, 3)))
@@ -140,7 +128,7 @@ def test_a_torn_mid_epoch_checkpoint_falls_back_to_the_one_before(tiny_imagefold
 
 
 def test_torn_checkpoint_falls_back_to_the_previous_one(tiny_imagefolder: Path, tmp_path: Path):
-    cfg = _engine(epochs=2, batch_size=16, patience=10)
+    cfg = tiny_engine_cfg(epochs=2, batch_size=16, patience=10)
     model, head, backbone, preset, tr, va = _setup(tiny_imagefolder)
     fit(model, head, backbone, preset, tr, va, cfg, checkpointer=Checkpointer(tmp_path / "c", "fp"))
     newest = tmp_path / "c" / "fp" / "epoch-0002.pt"
@@ -152,7 +140,7 @@ def test_torn_checkpoint_falls_back_to_the_previous_one(tiny_imagefolder: Path, 
 
 
 def test_checkpoint_of_another_config_is_not_used(tiny_imagefolder: Path, tmp_path: Path):
-    cfg = _engine(epochs=1, batch_size=16)
+    cfg = tiny_engine_cfg(epochs=1, batch_size=16)
     model, head, backbone, preset, tr, va = _setup(tiny_imagefolder)
     fit(model, head, backbone, preset, tr, va, cfg, checkpointer=Checkpointer(tmp_path / "c", "one"))
     model, head, backbone, preset, tr, va = _setup(tiny_imagefolder)
@@ -216,9 +204,9 @@ def test_a_new_config_resumes_after_another_filled_the_checkpoint_folder(
 ):
     """A ran more epochs than the folder keeps; B, killed after epoch 3, resumes from epoch 3."""
     ckpt = str(tmp_path / "ckpt")
-    a_cfg = _cfg(epochs=5, patience=5, checkpoint_dir=ckpt)
+    a_cfg = tiny_train_cfg(epochs=5, patience=5, checkpoint_dir=ckpt)
     assert train.run(a_cfg, tiny_imagefolder, tmp_path / "a").epochs_run == 5
-    b_cfg = _cfg(epochs=4, patience=4, lr_head=0.01, checkpoint_dir=ckpt)
+    b_cfg = tiny_train_cfg(epochs=4, patience=4, lr_head=0.01, checkpoint_dir=ckpt)
     with monkeypatch.context() as m:
         m.setattr(train, "Checkpointer", KilledAfterEpoch3)
         with pytest.raises(Killed):
@@ -236,7 +224,7 @@ def test_one_changed_training_image_retrains_a_forced_rerun_on_the_same_data_res
     from PIL import Image
 
     (tmp_path / "data.dvc").write_text("outs:\n- md5: 0123456789abcdef0123456789abcdef.dir\n  path: data\n")
-    cfg = _cfg(epochs=2, checkpoint_dir=str(tmp_path / "ckpt"), tensor_cache_dir=str(tmp_path / "cache"))
+    cfg = tiny_train_cfg(epochs=2, checkpoint_dir=str(tmp_path / "ckpt"), tensor_cache_dir=str(tmp_path / "cache"))
     first = train.run(cfg, tiny_imagefolder, tmp_path / "a")
     assert first.resumed_from is None
     forced = train.run(cfg, tiny_imagefolder, tmp_path / "b")  # `dvc repro -f`, same data: nothing to train

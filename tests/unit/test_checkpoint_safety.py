@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import builtins
 import logging
 import re
 from pathlib import Path
@@ -10,18 +9,7 @@ from pathlib import Path
 import torch
 
 from headstart.checkpoint import Checkpointer
-
-from .test_checkpoint_store import Trainer
-
-
-class Payload:
-    """Unpickling this calls open(marker, "w"), which creates the marker file: proof that code ran."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return builtins.open, (str(self.marker), "w")
+from tests.helpers import Payload, Trainer
 
 
 def _plant(path: Path, marker: Path) -> None:

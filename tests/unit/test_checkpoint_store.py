@@ -6,44 +6,9 @@ import logging
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from headstart.checkpoint import Checkpointer, _check
-from headstart.engine import EpochStats, FitResult
-
-
-class Trainer:
-    """A toy training state: a linear model, AdamW, LambdaLR, a generator and a GradScaler."""
-
-    def __init__(self) -> None:
-        torch.manual_seed(0)
-        self.model = nn.Linear(4, 3)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=0.1)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: 1.0 / (1 + s))
-        self.gen = torch.Generator().manual_seed(1)
-        self.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
-        self.result = FitResult(best_state={}, best_epoch=0, best_val_accuracy=-1.0)
-        self.weights_at: dict[int, torch.Tensor] = {}
-
-    def epoch(self, ckpt: Checkpointer, steps: int = 3) -> None:
-        for _ in range(steps):
-            x = torch.randn(8, 4, generator=self.gen)
-            loss = self.model(x).pow(2).mean()
-            self.opt.zero_grad()
-            loss.backward()
-            self.opt.step()
-            self.sched.step()
-        n = len(self.result.history) + 1
-        self.result.history.append(EpochStats(n, loss.item(), 0.5, 1.0, 0.1 * n, 0.1, 0.01))
-        self.result.best_state = {k: v.clone() for k, v in self.model.state_dict().items()}
-        self.result.best_epoch, self.result.best_val_accuracy = n, 0.1 * n
-        self.weights_at[n] = self.model.weight.detach().clone()
-        ckpt.save(self.model, self.opt, self.sched, self.gen, self.result, self.scaler)
-
-    def restore(self, ckpt: Checkpointer) -> FitResult | None:
-        result = ckpt.restore(self.model, self.opt, self.sched, self.gen, self.scaler)
-        self.result = result or self.result
-        return result
+from tests.helpers import Trainer
 
 
 def test_checkpoint_holds_every_piece_of_training_state(tmp_path: Path):
