@@ -77,6 +77,12 @@ def copy_store(src: Path, dst: Path) -> Path:
                 if kind.upper().startswith(("VARCHAR", "TEXT")):
                     db.execute(f'UPDATE "{table}" SET "{col}" = replace("{col}", ?, ?) WHERE instr("{col}", ?) > 0',
                                (old, new, old))
+    db.close()
+    # MLflow keeps one artifact repository per run (and logged model) id for the whole process: the copy has the
+    # same ids, so without this its artifacts would still be written to, and read from, the template's folders
+    from mlflow.tracking._tracking_service import utils
+
+    utils._artifact_repos_cache.clear()
     return dst
 
 

@@ -1,13 +1,16 @@
-"""The whole loop end to end on tiny data, against a SQLite MLflow store in tmp_path.
+"""The whole loop end to end on tiny data, against a SQLite MLflow store.
 
-Trains once per module (1 epoch, 32 px) and then exercises registration, promotion, the
-pyfunc model, and a failed gate that must leave the champion where it was.
+Trains once per module (1 epoch, 32 px) into a template store; each test works in its own copy, with no
+version registered yet or with v1 as the champion, so it passes alone, in any order, and asserts the exact
+decision. Exercised: registration, promotion, the pyfunc model, and a failed gate that must leave the champion
+where it was.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -20,6 +23,7 @@ from headstart.gate import GateThresholds
 from headstart.steps import evaluate, register, train
 
 from ..conftest import CLASSES, make_imagefolder
+from ..helpers import copy_store
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,35 +31,72 @@ LENIENT = GateThresholds(min_accuracy=0.0, min_gain_over_baseline=None, max_regr
                          max_class_recall_drop=0.99, max_negative_flip_rate=None)
 
 
+class Loop(NamedTuple):
+    root: Path
+    data: Path
+    tracking: TrackingConfig
+    cands: dict[str, Path]
+
+
+def _loop(root: Path) -> Loop:
+    """The data, store and both candidates a template (or a copy of it) holds under `root`."""
+    tracking = TrackingConfig(tracking_uri=f"sqlite:///{root}/mlflow.db", artifact_root=str(root / "art"),
+                              registered_model="tiny-classifier")
+    cands = {role: next((root / role).glob("**/model.json")).parent for role in ("finetune", "scratch")}
+    return Loop(root, root / "data", tracking, cands)
+
+
 @pytest.fixture(scope="module")
-def loop(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("loop")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The template: both candidates trained once, logged in a store where no version is registered yet."""
+    root = tmp_path_factory.mktemp("trained")
     data = make_imagefolder(root / "data")
     tracking = TrackingConfig(tracking_uri=f"sqlite:///{root}/mlflow.db", artifact_root=str(root / "art"),
                               registered_model="tiny-classifier")
-    cands = {}
     for role, weights in (("finetune", "imagenet"), ("scratch", "none")):
         cfg = train.config_from_params(load_params(ROOT / "params.yaml"), role, weights=weights, image_size=32,
                                        epochs=1, images_per_class=None, val_images_per_class=None,
                                        checkpoint_dir=None, probe_epochs=0, lr_backbone=1e-3,
                                        tta="flip" if role == "finetune" else "none")
-        cands[role] = Path(train.run(cfg, data, root / role, tracking).model_dir)
-    return root, data, tracking, cands
+        train.run(cfg, data, root / role, tracking)
+    return root
 
 
-def _evaluate_and_register(loop, name: str, thresholds: GateThresholds):
+@pytest.fixture(scope="module")
+def first_promotion(trained: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A copy of the template after a first lenient run: v1 is the champion."""
+    loop = _loop(copy_store(trained, tmp_path_factory.mktemp("promoted")))
+    return loop, _evaluate_and_register(loop, "first", LENIENT)
+
+
+@pytest.fixture
+def fresh(trained: Path, tmp_path: Path) -> Loop:
+    """This test's own store: both candidates trained, nothing registered."""
+    return _loop(copy_store(trained, tmp_path / "loop"))
+
+
+@pytest.fixture
+def loop(first_promotion, tmp_path: Path) -> Loop:
+    """This test's own store: both candidates trained, v1 (one of them) the champion."""
+    return _loop(copy_store(first_promotion[0].root, tmp_path / "loop"))
+
+
+def _evaluate_and_register(loop: Loop, name: str, thresholds: GateThresholds):
     root, data, tracking, cands = loop
     evaluate.run(evaluate.EvaluateConfig(bootstrap_samples=200), data, cands, root / f"eval-{name}", tracking)
     return register.run(register.RegisterConfig(serving_check_images=8), thresholds, data, cands,
                         root / f"eval-{name}", root / f"decision-{name}", tracking)
 
 
-def test_first_run_promotes_and_champion_serves_training_predictions(loop):
-    root, data, tracking, cands = loop
-    result = _evaluate_and_register(loop, "first", LENIENT)
-    assert result.promoted and result.version == "1" and result.alias == "champion"
+def test_first_run_promotes_and_champion_serves_training_predictions(first_promotion):
+    (root, data, tracking, cands), result = first_promotion
+    registry.client(tracking)  # the models:/ URIs below resolve against this store
+    assert result.decision["decision"] == "promoted" and result.promoted
+    assert result.version == "1" and result.alias == "champion"
     record = json.loads((root / "decision-first" / "decision.json").read_text())
     assert record["first_run"] is True
+    accuracy = next(c["value"] for c in record["checks"] if c["name"] == "accuracy_floor")
+    assert accuracy > 1 / 3  # above chance: a constant or label-shuffled model gets 6 of 18 (1 epoch gets 8)
     assert {c["name"] for c in record["checks"]} >= {"accuracy_floor", "beats_baseline", "serving_check"}
     assert (root / "decision-first" / "decision.md").read_text().strip()
 
@@ -87,10 +128,10 @@ def test_first_run_promotes_and_champion_serves_training_predictions(loop):
 def test_failed_gate_leaves_the_champion_where_it_was(loop):
     root, data, tracking, cands = loop
     before = registry.champion(tracking)
-    assert before is not None
+    assert before.version == "1"
     strict = LENIENT.model_copy(update={"min_accuracy": 1.0})
     result = _evaluate_and_register(loop, "strict", strict)
-    assert not result.promoted and result.alias is None
+    assert result.decision["decision"] == "rejected" and not result.promoted and result.alias is None
     after = registry.champion(tracking)
     assert after is not None and after.version == before.version
     import mlflow
@@ -106,7 +147,8 @@ def test_second_promotion_keeps_previous_champion_alias(loop):
     root, data, tracking, cands = loop
     before = registry.champion(tracking)
     result = _evaluate_and_register(loop, "second", LENIENT)
-    assert result.promoted and result.previous_champion == before.version
+    assert result.decision["decision"] == "promoted" and result.version == "2"
+    assert result.previous_champion == before.version == "1"
     import mlflow
 
     client = mlflow.MlflowClient()
@@ -132,7 +174,10 @@ def test_register_refuses_a_stale_evaluation(loop):
 
     root, data, tracking, cands = loop
     evaluate.run(evaluate.EvaluateConfig(bootstrap_samples=200), data, cands, root / "eval-stale", tracking)
-    registry.move_champion(tracking, "1", "test", "simulate another run promoting meanwhile")
+    c = registry.client(tracking)  # another run registers v2 and promotes it meanwhile
+    v2 = c.create_model_version(tracking.registered_model, str(root / "elsewhere"),
+                                tags={registry.REGISTRATION_TAG: registry.COMPLETE})
+    registry.move_champion(tracking, str(v2.version), "test", "simulate another run promoting meanwhile")
     with pytest.raises(RegistryError, match="champion changed since evaluation"):
         register.run(register.RegisterConfig(), LENIENT, data, cands, root / "eval-stale", root / "d", tracking)
 
@@ -159,16 +204,8 @@ def test_a_model_whose_training_run_is_not_in_the_store_is_refused_clearly(loop)
     assert registry.history(tracking) == before
 
 
-def _ensure_champion(loop) -> registry.Champion:
-    """The tests below need a 3-class champion; earlier tests leave one, a -k run makes its own."""
-    _, _, tracking, _ = loop
-    if registry.champion(tracking) is None:
-        assert _evaluate_and_register(loop, "seed-champion", LENIENT).promoted
-    return registry.champion(tracking)
-
-
 @pytest.fixture(scope="module")
-def cpu_build_registration(loop):
+def cpu_build_registration(first_promotion, tmp_path_factory: pytest.TempPathFactory):
     """One registration in an environment whose torch is a local `+cpu` build (as in a CPU image),
     recording the images and labels the serving check is handed."""
     import importlib.metadata
@@ -180,33 +217,35 @@ def cpu_build_registration(loop):
         seen.update(images=list(images), expected=list(expected))
         return real_check(tracking, version, images, expected, *args, **kwargs)
 
+    loop = _loop(copy_store(first_promotion[0].root, tmp_path_factory.mktemp("cpu-build")))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(importlib.metadata, "version",
                    lambda name: real_version(name) + ("+cpu" if name == "torch" else ""))
         mp.setattr(register, "serving_check", recording_check)
         result = _evaluate_and_register(loop, "cpu-build", LENIENT)
-    return result, seen, real_version("torch").split("+")[0]
+    return loop, result, seen, real_version("torch").split("+")[0]
 
 
-def test_item8_serving_check_samples_every_class(loop, cpu_build_registration):
+def test_serving_check_samples_every_class(cpu_build_registration):
     """The test paths are sorted by class: the first 8 of 3 x 6 would be 6 circles and 2 squares."""
+    loop, result, seen, _ = cpu_build_registration
     root, data, _, _ = loop
-    result, seen, _ = cpu_build_registration
+    assert result.decision["decision"] == "promoted" and result.version == "2"
     assert len(seen["images"]) == 8
     assert {Path(p).parent.name for p in seen["images"]} == set(CLASSES)
     scored = np.load(root / "eval-cpu-build" / "predictions.npz")
     pred = dict(zip(scored["paths"].tolist(), scored[f"pred_{result.winner}"].tolist(), strict=True))
-    card = modelio.load_card(loop[3][result.winner])
+    card = modelio.load_card(loop.cands[result.winner])
     assert seen["expected"] == [card.classes[pred[str(Path(p).relative_to(data))]] for p in seen["images"]]
     check = next(c for c in result.decision["checks"] if c["name"] == "serving_check")
     assert check["passed"], check
 
 
-def test_item9_logged_requirements_pin_public_versions_only(loop, cpu_build_registration):
+def test_logged_requirements_pin_public_versions_only(cpu_build_registration):
     import mlflow
 
-    _, _, tracking, _ = loop
-    result, _, torch_public = cpu_build_registration
+    loop, result, _, torch_public = cpu_build_registration
+    tracking = loop.tracking
     registry.client(tracking)
     reqs = Path(mlflow.pyfunc.get_model_dependencies(f"models:/{tracking.registered_model}/{result.version}"))
     lines = [ln.strip() for ln in reqs.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
@@ -214,7 +253,7 @@ def test_item9_logged_requirements_pin_public_versions_only(loop, cpu_build_regi
     assert not [ln for ln in lines if "+" in ln], lines
 
 
-def test_item10_serving_check_timeout_rejects_the_version_and_names_the_step(loop, tmp_path, monkeypatch):
+def test_serving_check_timeout_rejects_the_version_and_names_the_step(loop, tmp_path, monkeypatch):
     """The serving-check process is made slow at start-up (a sitecustomize that sleeps); the real
     timeout path must kill it, and the gate record it as failed: nothing promoted, nothing left pending."""
     import os
@@ -223,7 +262,8 @@ def test_item10_serving_check_timeout_rejects_the_version_and_names_the_step(loo
     import mlflow
 
     root, data, tracking, cands = loop
-    before = _ensure_champion(loop)
+    before = registry.champion(tracking)
+    assert before.version == "1"
     slow = tmp_path / "slow-python"
     slow.mkdir()
     (slow / "sitecustomize.py").write_text("import time\ntime.sleep(120)\n")
@@ -246,7 +286,7 @@ def test_item10_serving_check_timeout_rejects_the_version_and_names_the_step(loo
         register.serving_check(tracking, result.version, [data / "test/circle/test_0000.png"], ["circle"], 1)
 
 
-def test_item6_a_changed_label_set_is_named_and_not_promoted_on_its_own(loop, tmp_path):
+def test_a_changed_label_set_is_named_and_not_promoted_on_its_own(loop, tmp_path):
     """Champion trained on 3 classes, candidates on 4: the gate must not take the run for a first one."""
     import mlflow
     import yaml
@@ -255,7 +295,8 @@ def test_item6_a_changed_label_set_is_named_and_not_promoted_on_its_own(loop, tm
     from headstart.cli import app
 
     root, _, tracking, _ = loop
-    before = _ensure_champion(loop)
+    before = registry.champion(tracking)
+    assert before.version == "1"
     data4 = make_imagefolder(root / "data4", classes=(*CLASSES, "ring"), seed=1)
     cands4 = {}
     for role in ("finetune", "scratch"):
@@ -302,10 +343,7 @@ def test_the_decision_record_names_the_version_the_data_version_and_the_mlflow_r
     monkeypatch.setenv("HEADSTART_GIT_COMMIT", "c0ffee12")
     pin = root / "data.dvc"  # `dvc add data` writes it beside the data
     pin.write_text("outs:\n- md5: 0123abcd.dir\n  path: data\n")
-    try:
-        result = _evaluate_and_register(loop, "named", LENIENT)
-    finally:
-        pin.unlink()
+    result = _evaluate_and_register(loop, "named", LENIENT)
     out = root / "decision-named"
     record = json.loads((out / "decision.json").read_text())
     assert record["candidate"] == {"name": result.winner, "version": result.version}
@@ -314,13 +352,14 @@ def test_the_decision_record_names_the_version_the_data_version_and_the_mlflow_r
     assert record["mlflow"]["run_id"] == run_id and record["mlflow"]["version"] == result.version
     assert record["mlflow"]["ui_command"] == f"mlflow ui --backend-store-uri {tracking.resolved_uri()} --port 5000"
     md = (out / "decision.md").read_text()
-    assert md.startswith(f"# `{tracking.registered_model}` v{result.version}: {record['decision']}")
+    assert record["decision"] == "promoted" and record["champion"]["version"] == "1"
+    assert md.startswith(f"# `{tracking.registered_model}` v{result.version}: promoted")
     assert "git commit `c0ffee12`, data.dvc md5 `0123abcd.dir`" in md and f"run `{run_id}`" in md
     assert f"{tracking.registered_model} v{result.version}" in (out / "report.html").read_text()
     c = registry.client(tracking)
     mv = c.get_model_version(tracking.registered_model, result.version)
     assert mv.description.startswith(f"v{result.version}: {result.winner}, test accuracy ")
-    assert ("gate passed: " if record["decision"] == "promoted" else "refused: ") in mv.description
+    assert "gate passed: " in mv.description
     assert c.get_registered_model(tracking.registered_model).description.startswith("Headstart image classifier: ")
     assert mv.source.startswith("models:/m-")  # the logged model (a SQL store keeps no model_id on the version)
     metrics = mlflow.get_logged_model(mv.source.removeprefix("models:/")).metrics
@@ -331,6 +370,10 @@ def test_the_decision_record_names_the_version_the_data_version_and_the_mlflow_r
         assert logged[f"{model}_test_macro_f1"] == pytest.approx(evaluated[model]["macro_f1"])
     assert {"decision/decision.json", "decision/decision.md", "decision/report.html"} <= {
         a.path for a in c.list_artifacts(run_id, "decision")}
+    (root / "dl").mkdir()  # the record logged is this run's, not the first promotion's this store was copied with
+    logged = Path(c.download_artifacts(run_id, "decision/decision.json", str(root / "dl")))
+    logged_record = json.loads(logged.read_text())
+    assert logged_record["candidate"] == record["candidate"] == {"name": result.winner, "version": "2"}
 
 
 def test_the_kfp_register_task_logs_the_verdict_and_version_and_writes_the_report(loop, monkeypatch):
@@ -363,7 +406,7 @@ def test_the_kfp_register_task_logs_the_verdict_and_version_and_writes_the_repor
         gate_metrics=SimpleNamespace(log_metric=logged.__setitem__),
         report=SimpleNamespace(path=str(kfp / "report")),
     )
-    assert logged["gate_passed"] == (1.0 if result.decision == "promoted" else 0.0)  # the champion may be another
+    assert result.decision == "promoted" and logged["gate_passed"] == 1.0
     assert logged["version"] == float(result.version)
     record = json.loads((kfp / "decision_files" / "decision.json").read_text())
     assert record["data_version"] == {"git_commit": "0a1b2c3", "data_md5": "feed.dir"}
