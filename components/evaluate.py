@@ -21,7 +21,6 @@ def evaluate_candidates(
     finetune_confusion: Output[ClassificationMetrics],
     scratch_confusion: Output[ClassificationMetrics],
     champion_confusion: Output[ClassificationMetrics],
-    loop_id: str = "",
 ) -> str:
     """Metrics, confusion matrices and the paired comparison for the UI; returns the champion version."""
     from pathlib import Path
@@ -29,7 +28,7 @@ def evaluate_candidates(
     from headstart.pipeline import kfp_io
     from headstart.steps import evaluate
 
-    kfp_io.use_loop(loop_id)
+    kfp_io.use_loop(dict(dataset.metadata))
     p = kfp_io.params(params_json, overrides, {"tracking.registered_model": registered_model})
     out = Path(evaluation.path)
     models = {"finetune": Path(finetune.path) / "model", "scratch": Path(scratch.path) / "model"}

@@ -10,7 +10,7 @@ from kfp.dsl.python_component import PythonComponent
 
 
 def act_on_decision(
-    decision: Input[Artifact], params_json: str, overrides: list, registered_model: str, loop_id: str = ""
+    decision: Input[Artifact], params_json: str, overrides: list, registered_model: str
 ) -> str:
     """Returns the previous champion version ("" if none or not moved)."""
     from pathlib import Path
@@ -18,7 +18,6 @@ def act_on_decision(
     from headstart.pipeline import kfp_io
     from headstart.steps import promote
 
-    kfp_io.use_loop(loop_id)
     p = kfp_io.params(params_json, overrides, {"tracking.registered_model": registered_model})
     result = promote.run(Path(decision.path) / "decision.json", kfp_io.tracking(p))
     return result.previous_champion or ""

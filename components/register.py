@@ -23,7 +23,6 @@ def register_and_gate(
     decision_record: Output[Markdown],
     gate_metrics: Output[Metrics],
     report: Output[HTML],
-    loop_id: str = "",
 ) -> NamedTuple("Outputs", decision=str, version=str, winner=str):
     """Register a new model version and decide; the champion alias is left to the promote task. The
     gate's numbers (accuracy, NFR/PFR/NFI with intervals, alpha_run and the window), `gate_passed` (1/0: the
@@ -35,7 +34,7 @@ def register_and_gate(
     from headstart.pipeline import kfp_io
     from headstart.steps import register
 
-    kfp_io.use_loop(loop_id)
+    kfp_io.use_loop(dict(dataset.metadata))
     p = kfp_io.gate_params(
         params_json,
         overrides,

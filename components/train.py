@@ -21,7 +21,6 @@ def train_candidate(
     model: Output[Model],
     metrics: Output[Metrics],
     learning_curve: Output[HTML],
-    loop_id: str = "",
 ):
     """Train with the shared engine; a retried task resumes from the last checkpoint (epoch end or mid-epoch)."""
     import dataclasses
@@ -30,7 +29,7 @@ def train_candidate(
     from headstart.pipeline import kfp_io
     from headstart.steps import train
 
-    kfp_io.use_loop(loop_id)
+    kfp_io.use_loop(dict(dataset.metadata))
     p = kfp_io.train_params(
         params_json,
         overrides,

@@ -36,7 +36,6 @@ def train_distributed(
     metrics: Output[Metrics],
     learning_curve: Output[HTML],
     staged_data: str = "",
-    loop_id: str = "",
 ):
     """Create the PyTorchJob, wait for Succeeded (fail the task on Failed or timeout), pass its model on.
 
@@ -70,7 +69,7 @@ def train_distributed(
     req = pytorchjob.JobRequest(
         name=name, namespace=ns, role=role, params=p, staging_uri=staging,
         nodes=nodes, gpus_per_node=gpus_per_node, image=job_image, data=staged_data,
-        loop_id=kfp_io.use_loop(loop_id),  # the pods' MLflow run joins this pipeline run's parent
+        loop_id=kfp_io.use_loop(dict(dataset.metadata)),  # the pods' MLflow run joins the loop's parent
     )
     try:
         if not staged_data:

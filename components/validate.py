@@ -12,7 +12,6 @@ def validate_data(
     validation: Output[Artifact],
     report: Output[HTML],
     summary: Output[Metrics],
-    loop_id: str = "",
 ) -> bool:
     """Run every data check; the report is shown in the UI. Returns whether training may start."""
     from pathlib import Path
@@ -20,7 +19,7 @@ def validate_data(
     from headstart.pipeline import kfp_io
     from headstart.steps import validate
 
-    kfp_io.use_loop(loop_id)
+    kfp_io.use_loop(dict(dataset.metadata))
     p = kfp_io.validate_params(params_json, overrides)
     out = Path(validation.path)
     result = validate.run(validate.config_from_params(p), Path(dataset.path), out, kfp_io.tracking(p))

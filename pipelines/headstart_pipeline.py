@@ -21,10 +21,6 @@ OWNER_FIELDS = (
     (POD_NAMESPACE_ENV, "metadata.namespace"),
 )
 
-# Every task that opens MLflow runs gets the pipeline run's id as its loop id (kfp_io.use_loop), so one run's
-# validate, trainings, evaluate, register and promote share one parent run. An input, not an env variable: KFP
-# resolves this placeholder in a task input (backend 2.4+, and kfp.local), not in an env value.
-LOOP_ID = dsl.PIPELINE_JOB_ID_PLACEHOLDER
 
 NAME = "headstart-retraining"
 DESCRIPTION = (
@@ -211,7 +207,7 @@ def build(params: dict[str, Any], s: PipelineSettings) -> GraphComponent:
         for task in (resolved, fetched):
             _retry(task, s, s.fetch_retries)
         dataset = fetched.outputs["dataset"]
-        checked = validate_op(dataset=dataset, params_json=params_json, overrides=overrides, loop_id=LOOP_ID)
+        checked = validate_op(dataset=dataset, params_json=params_json, overrides=overrides)
         _on_cpu(checked, s, mlflow).set_caching_options(True).set_display_name("validate-data")
 
         with dsl.If(checked.outputs["Output"] == True, name="data-valid"):  # noqa: E712 - a KFP condition
@@ -223,7 +219,7 @@ def build(params: dict[str, Any], s: PipelineSettings) -> GraphComponent:
                 knobs[role] = dict(
                     role=role, dataset=dataset, params_json=params_json, overrides=overrides, backbone=backbone,
                     weights=role_weights, image_size=image_size, epochs=epochs, images_per_class=images_per_class,
-                    lr_head=lr_head, lr_backbone=lr_backbone, loop_id=LOOP_ID,
+                    lr_head=lr_head, lr_backbone=lr_backbone,
                 )
             if not s.multi_node_training:
                 for role in knobs:
@@ -257,7 +253,7 @@ def build(params: dict[str, Any], s: PipelineSettings) -> GraphComponent:
                     trained[role] = dsl.OneOf(jobs[role].outputs["model"], tasks[role].outputs["model"])
             scoring = dict(
                 dataset=dataset, finetune=trained["finetune"], scratch=trained["scratch"], params_json=params_json,
-                overrides=overrides, registered_model=registered_model, loop_id=LOOP_ID,
+                overrides=overrides, registered_model=registered_model,
             )
             if not s.gpu_evaluation:
                 on_cpu = evaluate_op(**scoring)
@@ -283,7 +279,6 @@ def build(params: dict[str, Any], s: PipelineSettings) -> GraphComponent:
                 max_regression=max_regression,
                 max_class_recall_drop=max_class_recall_drop,
                 registered_model=registered_model,
-                loop_id=LOOP_ID,
             )
             _on_cpu(gated, s, mlflow).set_caching_options(False).set_display_name("register-and-gate")
             decision = gated.outputs["decision_files"]
@@ -293,7 +288,6 @@ def build(params: dict[str, Any], s: PipelineSettings) -> GraphComponent:
                     params_json=params_json,
                     overrides=overrides,
                     registered_model=registered_model,
-                    loop_id=LOOP_ID,
                 )
                 _on_cpu(moved, s, mlflow).set_caching_options(False).set_display_name("promote-champion")
             with dsl.Else(name="gate-failed"):
@@ -302,7 +296,6 @@ def build(params: dict[str, Any], s: PipelineSettings) -> GraphComponent:
                     params_json=params_json,
                     overrides=overrides,
                     registered_model=registered_model,
-                    loop_id=LOOP_ID,
                 )
                 _on_cpu(kept, s, mlflow).set_caching_options(False).set_display_name("record-rejection")
         with dsl.Else(name="data-invalid"):

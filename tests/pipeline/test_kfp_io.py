@@ -146,12 +146,12 @@ def test_confusion_matrix_from_predictions(tmp_path):
     assert not kfp_io.log_confusion(Recorder(), tmp_path, "champion")
 
 
-def test_a_resolved_loop_id_becomes_the_tasks_loop_and_an_unresolved_one_is_ignored(monkeypatch: pytest.MonkeyPatch):
+def test_the_datasets_data_version_becomes_the_tasks_loop_and_without_it_the_default_stays(
+        monkeypatch: pytest.MonkeyPatch):
     from headstart import tracking
 
     monkeypatch.setenv(tracking.LOOP_ENV, "before")  # restored after the test, whatever use_loop sets
-    assert kfp_io.use_loop("{{$.pipeline_job_uuid}}") == ""  # a backend that does not resolve it passes it as is
-    assert kfp_io.use_loop("  ") == ""
+    assert kfp_io.use_loop({}) == "" and kfp_io.use_loop({"rev": "c0ffee"}) == ""  # no md5: no data version
     assert tracking.loop_id() == "before"
-    assert kfp_io.use_loop(" 5f0c2a9e-run ") == "5f0c2a9e-run"
-    assert tracking.loop_id() == "5f0c2a9e-run"
+    assert kfp_io.use_loop({"rev": "c0ffee", "md5": "9a1b.dir", "source": "x"}) == "c0ffee-9a1b.dir"
+    assert tracking.loop_id() == "c0ffee-9a1b.dir"

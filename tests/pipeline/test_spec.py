@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -410,10 +411,11 @@ def test_item13_the_pytorchjob_launcher_knows_its_own_pod(compiled):
             "POD_NAME": "metadata.name", "POD_UID": "metadata.uid", "POD_NAMESPACE": "metadata.namespace"}
 
 
-def test_every_task_that_opens_mlflow_runs_gets_the_pipeline_runs_id_as_its_loop(compiled):
-    """One parent run per pipeline run: a task that runs a step that tracks in MLflow (or launches the PyTorchJob
-    that does) is given the job id placeholder, which KFP resolves in an input; without it a pod's loop id would
-    be the same for every run of an image."""
+def test_every_task_that_opens_mlflow_runs_groups_them_by_the_data_version_without_touching_its_cache_key(compiled):
+    """One parent run per loop: a task that runs a step that tracks in MLflow (or launches the PyTorchJob that
+    does) sets its loop id from the Dataset's data version (kfp_io.use_loop); without it a pod's loop id would
+    be the same for every run of an image. No task takes a run-specific input for it: that would enter the
+    cache key of validate and the trainings, and an unchanged dataset would be retrained every week."""
     _, spec, _ = compiled
     executors = spec["deploymentSpec"]["executors"]
     steps = set()
@@ -421,13 +423,13 @@ def test_every_task_that_opens_mlflow_runs_gets_the_pipeline_runs_id_as_its_loop
         component = spec["components"][task["componentRef"]["name"]]
         if "dag" in component:
             continue
+        assert "loop_id" not in task.get("inputs", {}).get("parameters", {}), name
+        assert "pipeline_job_uuid" not in json.dumps(task.get("inputs", {})), name
         code = "\n".join(executors[component["executorLabel"]]["container"]["command"])
-        if re.search(r"from headstart\.steps import (validate|train|evaluate|register|promote)\b", code) or (
+        if re.search(r"from headstart\.steps import (validate|train|evaluate|register)\b", code) or (
                 "pytorchjob.launch(" in code):
             steps.add(name)
-            loop = task["inputs"]["parameters"].get("loop_id", {})
-            assert loop.get("runtimeValue", {}).get("constant") == "{{$.pipeline_job_uuid}}", name
-    assert {"validate-data", *TRAIN, "evaluate-candidates", EVALUATE_GPU, "register-and-gate", "act-on-decision",
-            "act-on-decision-2"} <= steps
+            assert "kfp_io.use_loop(dict(dataset.metadata))" in code, name
+    assert {"validate-data", *TRAIN, "evaluate-candidates", EVALUATE_GPU, "register-and-gate"} <= steps
     if settings_from_params(load_params(ROOT / "params.yaml")).multi_node_training:
         assert {"train-distributed", "train-distributed-2"} <= steps

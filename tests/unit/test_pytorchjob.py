@@ -474,8 +474,8 @@ def test_item13_the_launcher_component_refuses_empty_staging_before_creating_any
         sys.path.remove(str(ROOT))
 
     class Art:
-        def __init__(self, path: Path) -> None:
-            self.path, self.metadata = str(path), {}
+        def __init__(self, path: Path, metadata: dict | None = None) -> None:
+            self.path, self.metadata = str(path), metadata or {}
 
     monkeypatch.setattr(pytorchjob, "api_client", lambda: kube)
     data = tmp_path / "dataset"
@@ -507,8 +507,9 @@ def test_staging_twice_sends_the_dataset_once_and_a_partial_upload_again(tmp_pat
             pytorchjob.unstage(nothing)
 
 
-def test_every_pod_of_the_job_gets_the_pipeline_runs_loop_id_from_the_launcher(kube, tmp_path, monkeypatch):
-    """The launcher component hands its loop id to the job, so rank 0's MLflow run joins the pipeline run's group."""
+def test_every_pod_of_the_job_gets_the_loop_id_of_the_data_version_from_the_launcher(kube, tmp_path, monkeypatch):
+    """The launcher component hands its loop id (the Dataset's data version) to the job, so rank 0's MLflow run
+    joins the loop's group."""
     import os
     import sys
 
@@ -521,8 +522,8 @@ def test_every_pod_of_the_job_gets_the_pipeline_runs_loop_id_from_the_launcher(k
         sys.path.remove(str(ROOT))
 
     class Art:
-        def __init__(self, path: Path) -> None:
-            self.path, self.metadata = str(path), {}
+        def __init__(self, path: Path, metadata: dict | None = None) -> None:
+            self.path, self.metadata = str(path), metadata or {}
 
     class Launched(Exception):
         pass
@@ -538,15 +539,16 @@ def test_every_pod_of_the_job_gets_the_pipeline_runs_loop_id_from_the_launcher(k
     monkeypatch.setattr(pytorchjob, "unstage", lambda *a, **k: 0)
     with pytest.raises(Launched):
         train_distributed(
-            role="finetune", dataset=Art(tmp_path), params_json=json.dumps(load_params(ROOT / "params.yaml")),
+            role="finetune", dataset=Art(tmp_path, {"rev": "c0ffee", "md5": "9a1b.dir"}),
+            params_json=json.dumps(load_params(ROOT / "params.yaml")),
             overrides=[], backbone="small_cnn", weights="", image_size=32, epochs=1, images_per_class=0,
             lr_head=0.01, lr_backbone=0.01, nodes=3, gpus_per_node=1, staging_uri="s3://bucket/staging",
             job_image="img", namespace="kubeflow-user", timeout_s=5, model=Art(tmp_path / "m"),
             metrics=Art(tmp_path / "x"), learning_curve=Art(tmp_path / "c"),
-            staged_data="s3://bucket/staging/data.tar.gz", loop_id="run-5f0c")
+            staged_data="s3://bucket/staging/data.tar.gz")
     (job,) = jobs
     for replica in job["spec"]["pytorchReplicaSpecs"].values():
         env = {e["name"]: e["value"] for e in replica["template"]["spec"]["containers"][0]["env"]}
-        assert env[LOOP_ENV] == "run-5f0c"
+        assert env[LOOP_ENV] == "c0ffee-9a1b.dir"
     assert set(job["spec"]["pytorchReplicaSpecs"]) == {"Master", "Worker"}
-    assert os.environ[LOOP_ENV] == "run-5f0c"
+    assert os.environ[LOOP_ENV] == "c0ffee-9a1b.dir"

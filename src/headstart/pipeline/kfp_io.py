@@ -126,19 +126,18 @@ def gate_params(
     return params(params_json, overrides, knobs)
 
 
-def use_loop(loop_id: str) -> str:
-    """Group this task's MLflow runs under its pipeline run: `loop_id` (the pipeline passes the job id placeholder,
-    which KFP resolves) becomes HEADSTART_LOOP_ID, the parent-run key of headstart.tracking. A pod has no checkout,
-    so without it every run of an image would share one parent. Returns the id set; "" when none came (the value
-    empty, or still the placeholder: a KFP backend before 2.4 passes it unresolved), with the default left."""
-    loop_id = loop_id.strip()
-    if not loop_id or "{{" in loop_id:
-        if loop_id:
-            print(f"warning: the loop id arrived unresolved ({loop_id}); this task's MLflow runs are grouped by "
-                  "the default loop id instead (KFP backend 2.4 or later resolves it)")
+def use_loop(dataset_metadata: dict[str, Any]) -> str:
+    """Group this task's MLflow runs under its loop's parent run: HEADSTART_LOOP_ID (headstart.tracking's
+    parent-run key) becomes the data version the fetch task resolved, `<rev>-<data md5>` from the Dataset's
+    metadata, the key `dvc repro` uses too (git commit, data.dvc md5). A pod has no checkout, so without it
+    every run of an image would share one parent. Not the pipeline run's id: as an input it would enter the
+    cache key of validate and the trainings, and a weekly run on unchanged data would retrain. Returns the
+    id set; "" (the default left) when the metadata lacks the version."""
+    rev, md5 = str(dataset_metadata.get("rev") or ""), str(dataset_metadata.get("md5") or "")
+    if not (rev and md5):
         return ""
-    os.environ[LOOP_ENV] = loop_id
-    return loop_id
+    os.environ[LOOP_ENV] = f"{rev}-{md5}"
+    return os.environ[LOOP_ENV]
 
 
 def log_metrics(artifact: MetricsLike, values: dict[str, Any]) -> None:
