@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 BIN = Path(sys.executable).parent
 
 
@@ -96,6 +98,24 @@ def moto_server(root: Path, port: int | None = None) -> Iterator[str]:
     finally:
         stop_group(proc)
         log.close()
+
+
+def sqlite_store(dest: Path, factory: pytest.TempPathFactory) -> Path:
+    """A SQLite MLflow store at `dest`, already migrated: a copy of a template made once per session under
+    pytest's base temp folder (a fresh store spends 3-6 s in its migrations)."""
+    template = factory.getbasetemp() / "mlflow-template" / "mlflow.db"
+    if not template.is_file():
+        from mlflow import MlflowClient
+
+        template.parent.mkdir(exist_ok=True)
+        building = template.with_suffix(".building")
+        client = MlflowClient(tracking_uri=f"sqlite:///{building}", registry_uri=f"sqlite:///{building}")
+        client.search_experiments()  # the tracking and registry tables, all migrations run
+        client.search_registered_models()
+        building.rename(template)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template, dest)
+    return dest
 
 
 def s3_env(endpoint: str) -> dict[str, str]:

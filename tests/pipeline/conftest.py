@@ -1,4 +1,5 @@
-"""Fixtures for the pipeline tests: a compiled spec, and a recording stand-in for the KFP API."""
+"""Fixtures for the pipeline tests: a compiled spec, a recording stand-in for the KFP API, and the tiny recipe
+and run arguments the kfp.local runs use."""
 
 from __future__ import annotations
 
@@ -15,6 +16,39 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+# params overrides and run arguments for kfp.local on the tiny 3-class data (tests/conftest.py)
+TINY = [
+    "train.shared.val_images_per_class=null",
+    "train.shared.batch_size=16",
+    "train.shared.patience=1",
+    "train.finetune.probe_epochs=0",
+    "evaluate.bootstrap_samples=200",
+    "gate.bootstrap_samples=200",
+    "register.serving_check_images=6",
+    "validate.workers=1",
+    "validate.label_set=null",
+    "validate.min_images_per_class=1",
+]
+ARGS = {
+    "backbone": "small_cnn",
+    "weights": "none",
+    "image_size": 32,
+    "epochs": 1,
+    "images_per_class": 0,
+    "min_accuracy": 0.0,
+    "min_gain_over_baseline": -1.0,
+    "registered_model": "tiny-clf",
+}
+
+
+def outputs(run_dir: Path, task: str) -> dict[str, Any]:
+    """The artifacts a kfp.local task reported (uri, metadata) by output name: kfp.local writes
+    <root>/<run>/<task>/<output> plus each task's executor_output.json, where the Metrics and
+    ClassificationMetrics values live, so a test reads what the Kubeflow UI would show."""
+    data = json.loads((run_dir / task / "executor_output.json").read_text())
+    return {name: arts["artifacts"][0] for name, arts in data.get("artifacts", {}).items()}
 
 
 def load_spec(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
