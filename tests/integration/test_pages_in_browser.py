@@ -18,7 +18,7 @@ from headstart.validation.config import ValidateConfig
 from tests.conftest import CLASSES, make_imagefolder
 from tests.helpers import browser_dom
 
-pytestmark = pytest.mark.integration  # a SQLite MLflow store, the serving check's process, chromium
+pytestmark = pytest.mark.slow  # three loops on tiny data (~90 s): a SQLite MLflow store, the serving check, chromium
 ROOT = Path(__file__).resolve().parents[2]
 LENIENT = GateThresholds(min_accuracy=0.0, min_gain_over_baseline=None, max_regression=1.0,
                          max_class_recall_drop=0.99, max_negative_flip_rate=None)

@@ -385,7 +385,7 @@ def test_missing_pipeline_definition_is_a_config_error(tmp_path, monkeypatch):
         spec.project_root(tmp_path)
 
 
-def test_item14_fetch_is_cached_on_the_commit_an_uncached_resolver_finds(compiled):
+def test_fetch_is_cached_on_the_commit_an_uncached_resolver_finds(compiled):
     """A branch name as fetch's cache key returned the first download forever; the commit is the data version."""
     _, spec, _ = compiled
     t = tasks(spec)
@@ -402,7 +402,7 @@ def test_item14_fetch_is_cached_on_the_commit_an_uncached_resolver_finds(compile
     assert resolver["retryPolicy"]["maxRetryCount"] == fetched["retryPolicy"]["maxRetryCount"]
 
 
-def test_item13_the_pytorchjob_launcher_knows_its_own_pod(compiled):
+def test_the_pytorchjob_launcher_knows_its_own_pod(compiled):
     """POD_NAME / POD_UID / POD_NAMESPACE from the downward API: the job's ownerReference to the launcher."""
     _, spec, platform = compiled
     for name in ("train-distributed", "train-distributed-2"):

@@ -102,4 +102,5 @@ def test_summary_points_at_the_pages_register_wrote(tmp_path: Path):
     for name in ("report.html", "decision.html"):
         (outputs / "decision" / name).write_text("<html></html>")
     text = " ".join(_text(render(outputs, TrackingConfig(tracking_uri="sqlite:///x.db"))).split())
-    assert f"Open in a browser: {outputs / 'decision' / 'report.html'}, {outputs / 'decision' / 'decision.html'}" in text
+    pages = f"{outputs / 'decision' / 'report.html'}, {outputs / 'decision' / 'decision.html'}"
+    assert f"Open in a browser: {pages}" in text

@@ -289,13 +289,13 @@ def _deleted_with_its_pods(name: str) -> bool:
     return [(n, (b or {}).get("propagationPolicy")) for n, b in FakeKube.deleted] == [(name, "Background")]
 
 
-def test_item13_pytorchjob_is_deleted_when_the_launcher_times_out(kube):
+def test_pytorchjob_is_deleted_when_the_launcher_times_out(kube):
     with pytest.raises(pytorchjob.TrainingJobFailed, match="still Running"):
         _launch(kube, "stuck", [("Running", "")], timeout_s=0.05)
     assert _deleted_with_its_pods("stuck") and "stuck" not in FakeKube.jobs
 
 
-def test_item13_pytorchjob_is_deleted_when_it_fails_and_its_logs_are_printed_first(kube):
+def test_pytorchjob_is_deleted_when_it_fails_and_its_logs_are_printed_first(kube):
     with pytest.raises(pytorchjob.TrainingJobFailed, match="worker-0 exited"):
         _launch(kube, "failing", [("Running", ""), ("Failed", "worker-0 exited with code 1")])
     assert _deleted_with_its_pods("failing")
@@ -304,7 +304,7 @@ def test_item13_pytorchjob_is_deleted_when_it_fails_and_its_logs_are_printed_fir
     assert any(s.endswith("/log?container=pytorch&tailLines=200") for s in reads[:-1])  # logs before delete
 
 
-def test_item13_pytorchjob_is_deleted_when_the_api_stays_down_until_the_timeout(kube):
+def test_pytorchjob_is_deleted_when_the_api_stays_down_until_the_timeout(kube):
     with pytest.raises(pytorchjob.TrainingJobFailed, match=r"still unknown after 0s; last poll: .*etcd unavailable"):
         _launch(kube, "broken", [("Running", ""), ("Error", "etcd unavailable")], timeout_s=0.2)
     assert _deleted_with_its_pods("broken")
@@ -379,13 +379,13 @@ def test_a_transient_api_error_is_tried_again_with_backoff_a_bounded_number_of_t
     assert waits == []
 
 
-def test_item13_pytorchjob_is_deleted_on_success_too(kube):
+def test_pytorchjob_is_deleted_on_success_too(kube):
     printed = _launch(kube, "done", [("Running", ""), ("Succeeded", "PyTorchJob succeeded")])
     assert _deleted_with_its_pods("done")
     assert "----- done-master-0 -----\ndone-master-0 log (pytorch, last 200)" in printed
 
 
-def test_item13_pytorchjob_is_deleted_on_sigterm(kube):
+def test_pytorchjob_is_deleted_on_sigterm(kube):
     import os
     import signal
     import threading
@@ -407,20 +407,20 @@ def test_item13_pytorchjob_is_deleted_on_sigterm(kube):
         signal.signal(signal.SIGTERM, outer)
 
 
-def test_item13_a_failed_delete_does_not_hide_the_real_error_and_says_what_to_do(kube):
+def test_a_failed_delete_does_not_hide_the_real_error_and_says_what_to_do(kube):
     FakeKube.undeletable = {"sticky"}
     with pytest.raises(pytorchjob.TrainingJobFailed, match="failed: boom"):  # not the DELETE's 500
         _launch(kube, "sticky", [("Failed", "boom")])
     assert FakeKube.deleted == [] and any(s.startswith("DELETE") for s in FakeKube.seen)
 
 
-def test_item13_a_failed_delete_is_reported_with_the_kubectl_command(kube):
+def test_a_failed_delete_is_reported_with_the_kubectl_command(kube):
     FakeKube.undeletable = {"sticky"}
     printed = _launch(kube, "sticky", [("Succeeded", "")])
     assert any("kubectl -n kubeflow-user delete pytorchjob sticky" in line for line in printed)
 
 
-def test_item13_manifest_names_the_launcher_pod_as_owner(kube):
+def test_manifest_names_the_launcher_pod_as_owner(kube):
     owner = pytorchjob.owner_reference({"POD_NAME": "launcher-x", "POD_UID": "1234-abcd",
                                         "POD_NAMESPACE": "kubeflow-user"}, "kubeflow-user", kube)
     assert owner == {"apiVersion": "v1", "kind": "Pod", "name": "launcher-x", "uid": "1234-abcd",
@@ -434,7 +434,7 @@ def test_item13_manifest_names_the_launcher_pod_as_owner(kube):
     assert pytorchjob.manifest(_request(name="owned"), settings_from_params(_request().params), owner) == job
 
 
-def test_item13_owner_from_the_pods_hostname_and_none_across_namespaces(kube):
+def test_owner_from_the_pods_hostname_and_none_across_namespaces(kube):
     env = {"KUBERNETES_SERVICE_HOST": "10.0.0.1", "HOSTNAME": "headstart-run-abc-1234", "POD_NAMESPACE": "ns"}
     owner = pytorchjob.owner_reference(env, "ns", kube)
     assert owner is not None and (owner["name"], owner["uid"]) == ("headstart-run-abc-1234",
@@ -445,7 +445,7 @@ def test_item13_owner_from_the_pods_hostname_and_none_across_namespaces(kube):
     assert pytorchjob.owner_reference({"POD_NAMESPACE": "ns"}, "ns", kube) is None  # outside a cluster
 
 
-def test_item13_owner_reference_survives_the_crd_schema(schema):
+def test_owner_reference_survives_the_crd_schema(schema):
     owner = {"apiVersion": "v1", "kind": "Pod", "name": "p", "uid": "u", "controller": False,
              "blockOwnerDeletion": False}
     job = pytorchjob.manifest(_request(), settings_from_params(_request().params), owner)
@@ -454,7 +454,7 @@ def test_item13_owner_reference_survives_the_crd_schema(schema):
 
 
 @pytest.mark.parametrize("staging", ["", "/tmp/staging", "staging"])
-def test_item13_empty_or_local_staging_uri_is_refused(staging: str):
+def test_empty_or_local_staging_uri_is_refused(staging: str):
     from headstart.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"staging_uri=.*s3:// folder.*distributed_nodes to 0"):
@@ -462,7 +462,7 @@ def test_item13_empty_or_local_staging_uri_is_refused(staging: str):
     assert pytorchjob.staging_folder("s3://b/stage/", "job-1") == "s3://b/stage/job-1"
 
 
-def test_item13_the_launcher_component_refuses_empty_staging_before_creating_anything(kube, tmp_path, monkeypatch):
+def test_the_launcher_component_refuses_empty_staging_before_creating_anything(kube, tmp_path, monkeypatch):
     import sys
 
     from headstart.errors import ConfigError
