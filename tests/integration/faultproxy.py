@@ -7,6 +7,9 @@ Each new connection gets the next fault from a queue, then the default behaviour
 - "http503": read the request and answer `503 Service Unavailable` (a proxy or server in trouble);
 - "relay": pass bytes both ways unchanged.
 `cut()` also resets every live connection, so pooled keep-alive connections fail on their next use.
+`down()` is the server gone, as a stopped process leaves it for a client: nothing listens on the port any more
+(a new connection is refused, ECONNREFUSED) and every open connection is dropped; the port stays reserved
+(bound, not listening) until `up()` listens on it again.
 """
 
 from __future__ import annotations
@@ -37,15 +40,31 @@ class FaultProxy:
         self._server = socket.create_server(("127.0.0.1", 0))
         self.port = self._server.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self.listening = False
 
     def __enter__(self) -> FaultProxy:
-        self._thread.start()
+        self.up()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._server.close()
+        _close(self._server)
+        self.cut()
+
+    def up(self) -> None:
+        """Listen (again) on the same port."""
+        if not self.listening:
+            self._server.listen()
+            self.listening = True
+            threading.Thread(target=self._accept, args=(self._server,), daemon=True).start()
+
+    def down(self) -> None:
+        """The server gone: refuse new connections and reset the open ones (module docstring)."""
+        listener, self.listening = self._server, False
+        _close(listener)  # shutdown() wakes the accepting thread; the backlog's connections are reset
+        self._server = socket.socket()  # bound again at once, never listening: a SYN gets an RST, no one else the port
+        self._server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._server.bind(("127.0.0.1", self.port))
         self.cut()
 
     def fail_next(self, fault: Fault, count: int = 1) -> None:
@@ -66,10 +85,10 @@ class FaultProxy:
         for sock in live:
             _reset(sock)
 
-    def _accept(self) -> None:
+    def _accept(self, listener: socket.socket) -> None:
         while not self._stop.is_set():
             try:
-                client, _ = self._server.accept()
+                client, _ = listener.accept()
             except OSError:
                 return
             with self._lock:
