@@ -1,15 +1,29 @@
-"""Nothing is half done: the real `mlflow server` is stopped right before each stage of registration.
+"""Nothing is half done: the tracking server goes away right before each stage of registration.
 
 Before the champion alias moves (the commit point) a failure leaves the champion, its aliases and the
 history exactly as they were, and at most a version tagged `headstart.registration=pending` that nothing
 uses. After it, the new champion is complete and the next run finishes the bookkeeping. Either way the
 run fails with a RegistryError saying what failed, and a re-run with the server back succeeds.
 A fault-injecting proxy then fails the first request of every stage (reset, 503): all retried, no harm.
+
+One `mlflow server` serves the whole module; the client reaches it through a FaultProxy, and "the server
+gone" is `FaultProxy.down()`: nothing listens on the port any more (a new connection is refused) and every
+open connection, pooled keep-alive ones included, is dropped. That is what a client sees of a stopped server,
+and it is all it can see: the stage hook runs between requests, so no request is half sent, and none of the
+failing run's requests reaches the server until it is back, so the server's state is the one a stop would
+leave. What a stop could add, the server losing what it had not yet written, cannot happen between two
+answered requests. The strongest proof stays where it matters most: before the alias move, the commit
+point, the real server is stopped (SIGTERM to its process group) and started again. Restarting the server
+for every stage cost ~10 s each. The serving check runs in this process (register._run_check replaced): the
+sweep is about the registry, and every other registering test runs it in a fresh process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -36,6 +50,7 @@ LENIENT = GateThresholds(min_accuracy=0.0, min_gain_over_baseline=None, max_regr
 STAGES = ("log_model", "create_version", "serving_check", "decision_record", "description", "complete", "lock",
           "gate_schedule", "promotion_intent", "champion_alias", "previous_alias", "decision_tag", "history", "unlock")
 COMMITTED_AFTER = STAGES.index("champion_alias")  # a stop before any later stage finds the move committed
+REAL_STOP = "champion_alias"  # the commit point: the server process itself is stopped there
 MODEL = "faulty"
 
 
@@ -46,31 +61,55 @@ class World:
     candidates: dict[str, Path]
     port: int
     stack: ExitStack
+    proxy: FaultProxy
     proc: object = None
     runs: int = 0
-    tracking: TrackingConfig = field(init=False)
+    direct: TrackingConfig = field(init=False)  # the server itself
+    tracking: TrackingConfig = field(init=False)  # through the proxy
 
     def __post_init__(self) -> None:
-        self.tracking = TrackingConfig(tracking_uri=f"http://127.0.0.1:{self.port}", registered_model=MODEL)
+        self.direct = TrackingConfig(tracking_uri=f"http://127.0.0.1:{self.port}", registered_model=MODEL)
+        self.tracking = self.direct.model_copy(update={"tracking_uri": self.proxy.url})
 
     def start(self) -> None:
-        """(Re)start the server on the same port, database and artifact folder."""
+        """The server (re)started on the same port, database and artifact folder, and the proxy listening."""
         if self.proc is None or self.proc.poll() is not None:
             _, self.proc = self.stack.enter_context(mlflow_server(self.root / "server", self.port))
+        self.proxy.set_default("relay")
+        self.proxy.up()
 
     def stop(self) -> None:
         stop_group(self.proc)
 
-    def evaluate(self) -> Path:
+    def evaluate(self, tracking: TrackingConfig | None = None) -> Path:
         self.runs += 1
         out = self.root / f"eval-{self.runs}"
-        evaluate.run(evaluate.EvaluateConfig(bootstrap_samples=100), self.data, self.candidates, out, self.tracking)
+        cfg = evaluate.EvaluateConfig(bootstrap_samples=100, tensor_cache_dir=str(self.root / "cache" / "tensors"),
+                                      prediction_store=str(self.root / "cache" / "predictions"))
+        evaluate.run(cfg, self.data, self.candidates, out, tracking or self.tracking)
         return out
 
-    def register(self, eval_dir: Path, tracking: TrackingConfig | None = None) -> register.RegisterResult:
+    def register(self, eval_dir: Path, tracking: TrackingConfig | None = None,
+                 promote: bool = True) -> register.RegisterResult:
         self.runs += 1
         return register.run(register.RegisterConfig(serving_check_images=4), LENIENT, self.data, self.candidates,
-                            eval_dir, self.root / f"decision-{self.runs}", tracking or self.tracking)
+                            eval_dir, self.decision_dir(), tracking or self.tracking, promote=promote)
+
+    def decision_dir(self) -> Path:
+        return self.root / f"decision-{self.runs}"
+
+
+def _check_in_process(cmd: list[str], timeout_s: float, version: str) -> subprocess.CompletedProcess[str]:
+    """register._run_check without the fresh process: headstart.serving.check's main, run here on the same
+    arguments (the pyfunc it loads puts the model's code on sys.path, which is put back afterwards)."""
+    from headstart.serving import check
+
+    path = list(sys.path)
+    try:
+        code = check.main(cmd[cmd.index("headstart.serving.check") + 1:])
+    finally:
+        sys.path[:] = path
+    return subprocess.CompletedProcess(cmd, code, "", "")
 
 
 @pytest.fixture(scope="module")
@@ -81,14 +120,17 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     for role in ("finetune", "scratch"):
         cfg = train.config_from_params(load_params(ROOT / "params.yaml"), role, backbone="small_cnn", weights="none",
                                        channels=1, image_size=32, epochs=1, images_per_class=None,
-                                       val_images_per_class=None, checkpoint_dir=None, tta="none")
+                                       val_images_per_class=None, checkpoint_dir=None, tta="none",
+                                       tensor_cache_dir=str(root / "cache" / "tensors"))
         candidates[role] = Path(train.run(cfg, data, root / role).model_dir)
     with ExitStack() as stack, pytest.MonkeyPatch.context() as mp:
         # MLflow's own per-request retries off, so Headstart's retry-with-backoff is what is exercised
         mp.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         mp.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        w = World(root, data, candidates, free_port(), stack)
+        mp.setattr(register, "_run_check", _check_in_process)
+        port = free_port()
+        w = World(root, data, candidates, port, stack, stack.enter_context(FaultProxy(port)))
         w.start()
         seen: list[str] = []
         mp.setattr(registry, "_stage_hook", seen.append)
@@ -125,34 +167,44 @@ def _assert_consistent(tracking: TrackingConfig) -> dict:
     return snap
 
 
-def _stop_before(world: World, stage: str) -> Callable[[str], None]:
+def _gone_before(world: World, stage: str, gone: list[str]) -> Callable[[str], None]:
+    """A stage hook: right before `stage` the server goes away, for good (until the test brings it back)."""
     def hook(name: str) -> None:
-        if name == stage and world.proc.poll() is None:
-            world.stop()
+        if name == stage and not gone:
+            gone.append(name)
+            if stage == REAL_STOP:
+                world.stop()
+            else:
+                world.proxy.down()
 
     return hook
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", STAGES)
-def test_server_stopped_before_each_stage(world: World, stage: str, monkeypatch: pytest.MonkeyPatch):
+def test_server_gone_before_each_stage(world: World, stage: str, monkeypatch: pytest.MonkeyPatch):
     world.start()
-    before = _assert_consistent(world.tracking)
-    eval_dir = world.evaluate()
-    monkeypatch.setattr(registry, "_stage_hook", _stop_before(world, stage))
+    tracking = world.direct if stage == REAL_STOP else world.tracking
+    before = _assert_consistent(tracking)
+    eval_dir = world.evaluate(tracking)
+    gone: list[str] = []
+    monkeypatch.setattr(registry, "_stage_hook", _gone_before(world, stage, gone))
     started = time.monotonic()
-    if stage == "unlock":  # everything is written; only the lock could not be released
-        result = world.register(eval_dir)
-        assert result.promoted
-    else:
-        with pytest.raises(RegistryError, match=r"MLflow: .* failed after 4 attempts.*up and reachable"):
-            world.register(eval_dir)
-    assert world.proc.poll() is not None, f"the server was never stopped before {stage}"
-    assert time.monotonic() - started < 120
-    monkeypatch.setattr(registry, "_stage_hook", None)
-    world.start()
+    try:
+        if stage == "unlock":  # everything is written; only the lock could not be released
+            result = world.register(eval_dir, tracking)
+            assert result.promoted
+        else:
+            with pytest.raises(RegistryError, match=r"MLflow: .* failed after 4 attempts.*up and reachable"):
+                world.register(eval_dir, tracking)
+        assert gone == [stage], f"the server never went away before {stage}"
+        assert stage != REAL_STOP or world.proc.poll() is not None
+        assert time.monotonic() - started < 120
+    finally:
+        monkeypatch.setattr(registry, "_stage_hook", None)
+        world.start()
 
-    after = _snapshot(world.tracking)
+    after = _snapshot(tracking)
     new = sorted(set(after["versions"]) - set(before["versions"]), key=int)
     if STAGES.index(stage) <= COMMITTED_AFTER:
         # not committed: champion, aliases and history untouched; a new version, if any, is never used
@@ -168,7 +220,7 @@ def test_server_stopped_before_each_stage(world: World, stage: str, monkeypatch:
             assert "decision" not in tags and tags["headstart.winner"] and "metric.finetune.accuracy" in tags
         if new and after["versions"][new[0]][registry.REGISTRATION_TAG] == "pending":
             with pytest.raises(RegistryError, match="registration did not finish"):
-                registry.require_complete(world.tracking, new[0])
+                registry.require_complete(tracking, new[0])
     else:
         # committed: the new version is champion, fully registered, with its intent recorded
         assert new and after["champion"] == new[-1]
@@ -178,9 +230,9 @@ def test_server_stopped_before_each_stage(world: World, stage: str, monkeypatch:
         assert intent["version"] == new[-1] and intent["previous"] == before["champion"]
 
     # the re-run, with the server back, succeeds (against the champion as it now is)
-    rerun = world.register(eval_dir if after["champion"] == before["champion"] else world.evaluate())
+    rerun = world.register(eval_dir if after["champion"] == before["champion"] else world.evaluate(tracking), tracking)
     assert rerun.promoted
-    final = _assert_consistent(world.tracking)
+    final = _assert_consistent(tracking)
     assert final["champion"] == rerun.version
     if STAGES.index(stage) > COMMITTED_AFTER:  # the committed move was recorded before the re-run's own
         assert [h["version"] for h in final["history"][-2:]] == [new[-1], rerun.version]
@@ -188,20 +240,21 @@ def test_server_stopped_before_each_stage(world: World, stage: str, monkeypatch:
 
 @pytest.mark.slow
 def test_promote_rerun_after_a_committed_move_finishes_it(world: World, monkeypatch: pytest.MonkeyPatch):
-    """The Kubeflow way: register, then a separate promote step; that step re-run after a stop."""
+    """The Kubeflow way: register, then a separate promote step; that step re-run after the server went away."""
     world.start()
     before = _assert_consistent(world.tracking)
     eval_dir = world.evaluate()
-    monkeypatch.setattr(registry, "_stage_hook", _stop_before(world, "history"))
-    world.runs += 1
-    out = world.root / f"decision-{world.runs}"
-    result = register.run(register.RegisterConfig(serving_check_images=4), LENIENT, world.data, world.candidates,
-                          eval_dir, out, world.tracking, promote=False)
-    with pytest.raises(RegistryError):
-        promote.run(out / "decision.json", world.tracking)
-    monkeypatch.setattr(registry, "_stage_hook", None)
-    world.start()
-    again = promote.run(out / "decision.json", world.tracking)
+    gone: list[str] = []
+    monkeypatch.setattr(registry, "_stage_hook", _gone_before(world, "history", gone))
+    try:
+        result = world.register(eval_dir, promote=False)
+        with pytest.raises(RegistryError):
+            promote.run(world.decision_dir() / "decision.json", world.tracking)
+        assert gone == ["history"]
+    finally:
+        monkeypatch.setattr(registry, "_stage_hook", None)
+        world.start()
+    again = promote.run(world.decision_dir() / "decision.json", world.tracking)
     assert again.promoted and again.version == result.version
     final = _assert_consistent(world.tracking)
     assert final["history"][-1]["version"] == result.version
@@ -213,19 +266,22 @@ def test_promote_rerun_after_a_committed_move_finishes_it(world: World, monkeypa
 def test_a_failing_first_request_at_every_stage_is_retried(world: World, fault: str,
                                                            monkeypatch: pytest.MonkeyPatch):
     world.start()
-    with FaultProxy(world.port) as proxy:
-        flaky = world.tracking.model_copy(update={"tracking_uri": proxy.url})
+    proxy = world.proxy
 
-        def hook(name: str) -> None:
-            proxy.cut()  # pooled connections die too
-            proxy.fail_next(fault)
+    def hook(name: str) -> None:
+        proxy.cut()  # pooled connections die too
+        proxy.fail_next(fault)
 
-        eval_dir = world.evaluate()
-        monkeypatch.setattr(registry, "_stage_hook", hook)
-        result = world.register(eval_dir, flaky)
+    eval_dir = world.evaluate()
+    proxy.seen.clear()
+    monkeypatch.setattr(registry, "_stage_hook", hook)
+    try:
+        result = world.register(eval_dir)
+    finally:
         monkeypatch.setattr(registry, "_stage_hook", None)
-        assert result.promoted
-        assert proxy.seen[fault] == len(STAGES)
+        proxy.set_default("relay")
+    assert result.promoted
+    assert proxy.seen[fault] == len(STAGES)
     _assert_consistent(world.tracking)
 
 
@@ -241,6 +297,27 @@ def test_unreachable_server_fails_clearly_in_bounded_time_and_changes_nothing(wo
             world.register(eval_dir, world.tracking.model_copy(update={"tracking_uri": proxy.url}))
         assert time.monotonic() - started < 30
     assert _snapshot(world.tracking) == before
+
+
+def test_a_proxy_gone_down_refuses_and_resets_like_a_stopped_server_and_comes_back_on_its_port():
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as upstream, FaultProxy(upstream.getsockname()[1]) as proxy:
+        pooled = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+        served, _ = upstream.accept()  # relayed: the proxy opened its own connection upstream
+        pooled.sendall(b"ping")
+        assert served.recv(4) == b"ping"
+        proxy.down()
+        with contextlib.suppress(ConnectionResetError):  # the open (pooled) connection is dropped: EOF, then RST
+            assert pooled.recv(1) == b""
+        with pytest.raises(ConnectionRefusedError):  # nothing listens: refused, as by a port no process holds
+            socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+        proxy.up()
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as back:
+            served, _ = upstream.accept()
+            back.sendall(b"back")
+            assert served.recv(4) == b"back"
+        pooled.close()
 
 
 # ---- the same rules on a local store, without a server: fast ------------------------------------------
