@@ -371,10 +371,11 @@ def write(eval_dir: Path, out: Path, decision: dict[str, Any] | None = None,
     return out
 
 
-def version_history(tracking: TrackingConfig, limit: int = 50) -> list[dict[str, Any]]:
+def version_history(tracking: TrackingConfig, limit: int = 50, current: str | None = None) -> list[dict[str, Any]]:
     """Each registered version's test accuracy and macro-F1 (its winner's `metric.*` tags), oldest first,
-    the champion marked; versions still pending or incomplete are left out. The MLflow and Kubeflow UIs
-    cannot chart one metric across model versions: this is that chart's data."""
+    the champion marked; versions still pending or incomplete are left out, except `current` (the version
+    this run is recording, pending until register completes it). The MLflow and Kubeflow UIs cannot chart
+    one metric across model versions: this is that chart's data."""
     from headstart import registry
 
     c = registry.client(tracking)
@@ -386,7 +387,7 @@ def version_history(tracking: TrackingConfig, limit: int = 50) -> list[dict[str,
     versions = c.search_model_versions(f"name='{name}'", max_results=max(limit * 2, 100))
     rows = []
     for mv in sorted(versions, key=lambda v: int(v.version)):
-        if mv.tags.get(registry.REGISTRATION_TAG) == registry.PENDING:  # not fully recorded (yet)
+        if mv.tags.get(registry.REGISTRATION_TAG) == registry.PENDING and str(mv.version) != current:
             continue
         winner = mv.tags.get("headstart.winner")
 

@@ -235,3 +235,5 @@ def test_version_history_reads_each_complete_version_with_its_winners_metrics(tm
     assert [(r["version"], r["accuracy"], r["macro_f1"], r["champion"]) for r in rows] == [
         ("1", 0.9, 0.89, True), ("2", 0.91, 0.905, False)]
     assert all(isinstance(r["created"], int) and r["created"] > 0 for r in rows)
+    # the version a run is recording is pending until register completes it: its own page shows it
+    assert [r["version"] for r in report.version_history(tracking, current="3")] == ["1", "2", "3"]

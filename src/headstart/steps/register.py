@@ -315,7 +315,7 @@ def run(cfg: RegisterConfig, thresholds: GateThresholds, data_dir: Path, candida
     record = decision_record.complete(
         {**decision.to_dict(), "model_name": tracking.registered_model, "version": version, "winner": winner.name,
          "champion_version": evaluated_champion}, version, data_tags, refs)
-    history = report.version_history(tracking)
+    history = report.version_history(tracking, current=version)
     _write_record(out_dir, eval_dir, decision, record, history)
     _log_decision(tracking, version, run_id, out_dir)
     registry.describe(tracking, version, decision_record.version_description(record, metrics["models"]),
@@ -332,8 +332,8 @@ def run(cfg: RegisterConfig, thresholds: GateThresholds, data_dir: Path, candida
             record.update(decision="rejected", summary=outcome.reason)
         if outcome.schedule is not None:  # as counted under the lock: another pipeline may have counted too
             record["schedule"] = {**record["schedule"], "recorded": outcome.schedule}
-        if outcome.promoted != decision.promote or outcome.schedule is not None:
-            _write_record(out_dir, eval_dir, decision, record, history)
+        if outcome.promoted or outcome.promoted != decision.promote or outcome.schedule is not None:
+            _write_record(out_dir, eval_dir, decision, record, report.version_history(tracking, current=version))
     result = RegisterResult(model_name=tracking.registered_model, version=version, winner=winner.name,
                             promoted=promoted, alias=registry.CHAMPION if promoted else None,
                             previous_champion=previous, decision=record)
