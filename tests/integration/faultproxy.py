@@ -118,6 +118,8 @@ class FaultProxy:
             _reset(client)
             return
         upstream.settimeout(None)
+        for sock in (client, upstream):  # relay each write at once: Nagle would hold a request's second
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # segment for the peer's delayed ACK (40 ms)
         self._track(upstream)
         threading.Thread(target=_pump, args=(upstream, client), daemon=True).start()
         _pump(client, upstream)
