@@ -1,7 +1,10 @@
-"""`dvc repro` runs the loop as CLI stages, caches it, and re-runs only what a param change touches."""
+"""`dvc repro` of the project's dvc.yaml as a user runs it: a clone at the data tag, the packed dataset pulled
+from its DVC remote on S3, the loop run as CLI stages against `mlflow server` (training and evaluation stream
+from the shards); then cached, and re-run only where a param change reaches."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -12,23 +15,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ..conftest import make_imagefolder
+from .conftest import ROOT, STREAM, TAG, PackedRemote, SharedMlflow, dvc_md5, fresh_name, sh, tiny_params
 
-pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 STAGES = ("validate", "train_finetune", "train_scratch", "champion", "evaluate", "register")
-
-
-def tiny_params() -> dict:
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["validate"] = {**params.get("validate", {}), "label_set": None, "min_images_per_class": 1}
-    params["train"]["shared"].update(images_per_class=None, val_images_per_class=None, epochs=1, batch_size=16)
-    for role in ("finetune", "scratch"):
-        params["train"][role]["image_size"] = 32
-    params["evaluate"]["bootstrap_samples"] = 200
-    params["gate"].update(min_accuracy=0.0, min_gain_over_baseline=None, max_regression=1.0)
-    params["register"]["serving_check_images"] = 8
-    return params
+MIN_ACCURACY = 0.5  # both candidates, on the 18 test images of 3 classes (chance: 1/3)
 
 
 def _repro(repo: Path) -> str:
@@ -44,26 +35,63 @@ def _ran(log: str) -> set[str]:
     return set(re.findall(r"Running stage '([a-z_]+)'", log))
 
 
-def test_repro_caches_and_reruns_only_what_a_param_touches(tmp_path: Path):
-    repo = tmp_path / "repo"
-    repo.mkdir()
+def _write_params(repo: Path, params: dict) -> None:
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_repro_on_a_clone_at_the_data_tag_caches_and_reruns_only_what_a_param_touches(
+        packed_remote: PackedRemote, shared_mlflow: SharedMlflow, tmp_path: Path):
+    from mlflow import MlflowClient
+
+    repo, model = tmp_path / "repo", fresh_name("repro")
+    sh(tmp_path, "git", "clone", "-q", "--branch", TAG, str(packed_remote.project), str(repo))
+    sh(repo, "dvc", "pull", "-q", env=packed_remote.env())  # the endpoint from the remote's config
+    assert json.loads((repo / "data" / "index.json").read_text()) == packed_remote.index
+    assert dvc_md5(repo / "data.dvc") == packed_remote.md5
     shutil.copytree(ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
-    params = tiny_params()
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    make_imagefolder(repo / "data")
-    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
-    subprocess.run([str(Path(sys.executable).parent / "dvc"), "init", "-q"], cwd=repo, check=True)
+    params = tiny_params(*STREAM, f"tracking.tracking_uri={shared_mlflow.url}",
+                         f"tracking.experiment={fresh_name('repro')}", f"tracking.registered_model={model}")
+    assert params["data"]["dir"] == "data"
+    _write_params(repo, params)
 
     first = _repro(repo)
-    assert _ran(first) == set(STAGES)
+    assert _ran(first) == set(STAGES), first[-3000:]
     assert "promoted to champion" in first
-    assert (repo / "outputs/decision/registration.json").is_file()
+    registration = json.loads((repo / "outputs/decision/registration.json").read_text())
+    assert registration["promoted"] is True
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    (dep,) = [d for d in lock["stages"]["validate"]["deps"] if d["path"] == "data"]
+    assert dep["md5"] == packed_remote.md5
+    assert dep["nfiles"] == 1 + sum(len(s["shards"]) for s in packed_remote.index["splits"].values())
+
+    report = json.loads((repo / "outputs/validation/report.json").read_text())
+    assert report["passed"] is True and (repo / "outputs/validation/report.html").is_file()
+    evaluation = json.loads((repo / "outputs/evaluation/metrics.json").read_text())
+    for name in ("finetune", "scratch"):
+        assert evaluation["models"][name]["accuracy"] >= MIN_ACCURACY, (name, evaluation["models"][name])
+    assert (repo / "outputs/evaluation/report.html").is_file()
+    assert (repo / "outputs/decision/decision.md").is_file()
+
+    status = sh(repo, sys.executable, "-m", "headstart.cli", "status", "--json")
+    champion = json.loads(status)["champion"]
+    assert champion["version"] == str(registration["version"])
+    assert champion["data"] == packed_remote.md5  # the registered version points at the pulled shards
+    client = MlflowClient(shared_mlflow.url)
+    version = client.get_model_version_by_alias(model, "champion")
+    assert version.tags["decision"] == "promoted" and version.tags["git.commit"] == packed_remote.rev
+    for role in ("finetune", "scratch"):
+        metrics = json.loads((repo / "outputs" / role / "metrics.json").read_text())
+        assert metrics["first_step_seconds"] > 0, role
+        run = client.get_run(metrics["run_id"]).data
+        assert run.params["data_loading"] == "stream" and run.params["loader_workers"] == "1", role
+        assert run.params["train_images"] == str(packed_remote.index["splits"]["train"]["count"]), role
+        assert (repo / "outputs" / role / "model" / "model.safetensors").is_file()
 
     second = _repro(repo)
     assert _ran(second) == {"champion"}, second  # always runs; the champion it promoted is no change
 
-    params["train"]["shared"]["epochs"] = 2
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    params["train"]["finetune"]["lr_head"] *= 2  # one candidate's knob: the other stays cached
+    _write_params(repo, params)
     third = _repro(repo)
-    assert _ran(third) == {"champion", "train_finetune", "train_scratch", "evaluate", "register"}, third
+    assert _ran(third) == {"champion", "train_finetune", "evaluate", "register"}, third
