@@ -9,7 +9,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: help setup data postgres chromium images run repro summary test test-faults test-scale test-containers test-fast lint lint-infra bench bench-data bench-containers compile clean
+.PHONY: help setup data postgres chromium images run repro summary test test-faults test-containers test-fast lint lint-infra bench bench-data bench-containers compile clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -77,10 +77,7 @@ summary: setup  ## print the last run's summary table again
 	headstart summary
 
 test: data postgres chromium  ## the test suite, slow tests included (the fault sweep is make test-faults)
-	$(BIN)/python -m pytest -q -m "not faults and not containers and not scale" $(PYTEST_ARGS)
-
-test-scale: data postgres  ## a packed (sharded) dataset through the whole loop: CLI, dvc repro, kfp.local (~4.5 min; CI)
-	$(BIN)/python -m pytest -q -m scale $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not faults and not containers" $(PYTEST_ARGS)
 
 test-faults: data postgres  ## the registry fault-injection sweep (~9 min; CI runs it after make test)
 	$(BIN)/python -m pytest -q -m faults $(PYTEST_ARGS)
@@ -89,7 +86,7 @@ test-containers: setup postgres images  ## the pipeline in the component images 
 	$(BIN)/python -m pytest -q -m containers $(PYTEST_ARGS)
 
 test-fast: setup  ## unit and step tests only
-	$(BIN)/python -m pytest -q -m "not slow and not integration and not containers and not scale" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not slow and not integration and not containers" $(PYTEST_ARGS)
 
 lint: setup lint-infra  ## ruff over the code, then the infra checks
 	$(BIN)/ruff check src tests benchmarks components pipelines

@@ -10,7 +10,6 @@ from tests.conftest import make_imagefolder
 from tests.pipeline.conftest import ARGS, ROOT, TINY
 
 pytestmark = pytest.mark.slow
-__all__ = ["TINY"]  # tests/containers imports it from here
 
 
 def test_invalid_data_stops_before_training(tmp_path, monkeypatch):
