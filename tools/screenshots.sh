@@ -8,10 +8,10 @@ mkdir -p "$docs"
 profile="$(mktemp -d)"; trap 'rm -rf "$profile"' EXIT
 shot() {  # page, png, height
   chromium --headless --no-sandbox --disable-gpu --no-first-run --hide-scrollbars --user-data-dir="$profile" \
-    --window-size=1280,"$3" --virtual-time-budget=5000 --screenshot="$(realpath "$2")" \
+    --window-size=1400,"$3" --virtual-time-budget=5000 --screenshot="$(realpath "$2")" \
     "file://$(realpath "$1")" 2>/dev/null
   echo "$2"
 }
-shot "$out/decision/report.html" "$docs/evaluation-report.png" 6200
+shot "$out/decision/report.html" "$docs/evaluation-report.png" 7300
 shot "$out/decision/decision.html" "$docs/decision-record.png" 2600
 shot "$out/validation/report.html" "$docs/validation-report.png" 2400
