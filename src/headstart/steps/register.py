@@ -333,7 +333,9 @@ def run(cfg: RegisterConfig, thresholds: GateThresholds, data_dir: Path, candida
         if outcome.schedule is not None:  # as counted under the lock: another pipeline may have counted too
             record["schedule"] = {**record["schedule"], "recorded": outcome.schedule}
         if outcome.promoted or outcome.promoted != decision.promote or outcome.schedule is not None:
-            _write_record(out_dir, eval_dir, decision, record, report.version_history(tracking, current=version))
+            if outcome.promoted:  # the champion mark moves here, not by reading the registry again: past the
+                history = [{**h, "champion": h["version"] == version} for h in history]  # commit, a read may fail
+            _write_record(out_dir, eval_dir, decision, record, history)
     result = RegisterResult(model_name=tracking.registered_model, version=version, winner=winner.name,
                             promoted=promoted, alias=registry.CHAMPION if promoted else None,
                             previous_champion=previous, decision=record)
