@@ -79,7 +79,7 @@ summary: setup  ## print the last run's summary table again
 test: data postgres chromium  ## the test suite, slow tests included (the fault sweep is make test-faults)
 	$(BIN)/python -m pytest -q -m "not faults and not containers" $(PYTEST_ARGS)
 
-test-faults: data postgres  ## the registry fault-injection sweep (~9 min; CI runs it after make test)
+test-faults: data postgres  ## the registry fault-injection sweep (~5 min; CI runs it after make test)
 	$(BIN)/python -m pytest -q -m faults $(PYTEST_ARGS)
 
 test-containers: setup postgres images  ## the pipeline in the component images under kfp.local.DockerRunner (~10 min + build)
