@@ -203,6 +203,12 @@ def _schema() -> dict[str, Any]:
     return tree
 
 
+# Keys that once existed, with what a params file that still sets them should do instead.
+REMOVED = {"evaluate.include_champion": "no longer exists: evaluate always scores the current champion, since "
+                                        "register gates the candidate against it (with false, register refused "
+                                        "every run once a champion existed). Delete the key"}
+
+
 def _unknown(node: Any, schema: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
     if not isinstance(node, dict):
         return [(prefix.rstrip("."), f"expected a section of keys, got {node!r}")]
@@ -211,6 +217,8 @@ def _unknown(node: Any, schema: dict[str, Any], prefix: str = "") -> list[tuple[
         if key in schema:
             if isinstance(schema[key], dict):
                 problems += _unknown(value, schema[key], f"{prefix}{key}.")
+        elif f"{prefix}{key}" in REMOVED:
+            problems.append((f"{prefix}{key}", REMOVED[f"{prefix}{key}"]))
         elif OPEN not in schema:
             known = [k for k in schema if k != OPEN]
             close = difflib.get_close_matches(str(key), known, n=1)

@@ -64,7 +64,10 @@ def test_two_pods_train_together_and_node_0_hands_the_outputs_back(tmp_path: Pat
     assert metrics["epochs_run"] == 2
     mlflow.set_tracking_uri(params["tracking"]["tracking_uri"])
     runs = mlflow.search_runs(experiment_names=["headstart"])
+    loop = runs[runs["tags.headstart.step"] == "loop"]  # the parent run grouping the job's one run
+    runs = runs[runs["tags.headstart.step"] != "loop"]
     assert list(runs["run_id"]) == [metrics["run_id"]]
+    assert list(runs["tags.mlflow.parentRunId"]) == list(loop["run_id"])
     assert runs.iloc[0]["params.world_size"] == "2"
     checkpoints = sorted(p.name for p in (tmp_path / "ckpt" / "scratch").glob("*/*.pt"))  # <fingerprint>/
     assert checkpoints == ["epoch-0002.pt"]  # a finished run keeps only its final checkpoint

@@ -66,6 +66,11 @@ def test_promote_requires_a_reason(tmp_path: Path):
 
 
 def test_status_on_an_empty_store(tmp_path: Path):
+    """An existing store with nothing registered (a missing one is an error: tests/unit/test_cli_user_errors.py)."""
+    from mlflow import MlflowClient
+
+    (tmp_path / "mlflow").mkdir()
+    MlflowClient(f"sqlite:///{tmp_path}/mlflow/mlflow.db").search_experiments()  # params.yaml's store, migrated
     out = _run(["status", "--json"], cwd=_project(tmp_path))
     assert out.returncode == 0, out.stderr
     assert '"champion": null' in out.stdout

@@ -33,12 +33,7 @@ class EvaluateConfig(Frozen):
 
 
 def config_from_params(params: dict[str, Any]) -> EvaluateConfig:
-    data = section(params, "evaluate")
-    if "include_champion" in data:  # removed: with false, register refused every run once a champion existed
-        raise ConfigError("evaluate.include_champion (params.yaml or --set) no longer exists: evaluate always "
-                          "scores the current champion, since register gates the candidate against it. "
-                          "Delete the key.")
-    return build(EvaluateConfig, data, "evaluate")
+    return build(EvaluateConfig, section(params, "evaluate"), "evaluate")
 
 
 @dataclass

@@ -111,6 +111,7 @@ def _check_names(fs: Any, path: str, where: str) -> None:
 def _from_repo(cfg: FetchConfig, out_dir: Path) -> FetchResult:
     from dvc.api import DVCFileSystem
     from dvc.exceptions import DvcException
+    from dvc_data.index.index import DataIndexError
     from scmrepo.exceptions import SCMError
 
     where = f"{cfg.repo}@{cfg.rev or 'default branch'}"
@@ -126,8 +127,8 @@ def _from_repo(cfg: FetchConfig, out_dir: Path) -> FetchResult:
         _check_names(fs, cfg.path, where)
         fs.get(cfg.path, str(out_dir), recursive=True, **({"batch_size": cfg.jobs} if cfg.jobs else {}))
         rev = fs.repo.get_rev()
-    except (DvcException, SCMError, OSError) as exc:
-        shutil.rmtree(out_dir, ignore_errors=True)
+    except (DvcException, DataIndexError, SCMError, OSError) as exc:  # DataIndexError: the listing's .dir
+        shutil.rmtree(out_dir, ignore_errors=True)                       # object is on no remote (or cache)
         remote = cfg.remote or "the remote configured in the repository"
         raise StorageError(
             f"{where}: could not fetch {cfg.path!r} from {remote}: {exc}. Check the repository URL, the "
