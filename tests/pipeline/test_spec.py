@@ -6,12 +6,12 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from headstart.config import load_params
 from headstart.pipeline.settings import MLFLOW_KEYS, S3_KEYS, settings_from_params
+from tests.helpers import by_display, container, guards, k8s, tasks
 from tests.pipeline.conftest import ROOT, load_spec
 
 TRAIN = ("train-candidate", "train-candidate-2")
@@ -27,56 +27,6 @@ ALL_TASKS = (
     "act-on-decision-2",
     "data-rejected",
 )
-
-
-def tasks(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Every task in the DAG, nested condition branches included, by task name."""
-    found: dict[str, dict[str, Any]] = {}
-    comps = spec["components"]
-
-    def walk(dag_tasks: dict[str, Any]) -> None:
-        for name, task in dag_tasks.items():
-            found[name] = task
-            sub = comps[task["componentRef"]["name"]].get("dag")
-            if sub:
-                walk(sub["tasks"])
-
-    walk(spec["root"]["dag"]["tasks"])
-    return found
-
-
-def guards(spec: dict[str, Any]) -> dict[str, list[str]]:
-    """The dsl.If/Else conditions that must hold for each task to run, outermost first."""
-    found: dict[str, list[str]] = {}
-    comps = spec["components"]
-
-    def walk(dag_tasks: dict[str, Any], outer: list[str]) -> None:
-        for name, task in dag_tasks.items():
-            condition = task.get("triggerPolicy", {}).get("condition")
-            here = outer + ([condition] if condition else [])
-            found[name] = here
-            sub = comps[task["componentRef"]["name"]].get("dag")
-            if sub:
-                walk(sub["tasks"], here)
-
-    walk(spec["root"]["dag"]["tasks"], [])
-    return found
-
-
-def executor_of(spec: dict[str, Any], task: dict[str, Any]) -> str:
-    return spec["components"][task["componentRef"]["name"]]["executorLabel"]
-
-
-def container(spec: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
-    return spec["deploymentSpec"]["executors"][executor_of(spec, task)]["container"]
-
-
-def k8s(spec: dict[str, Any], platform: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
-    return platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].get(executor_of(spec, task), {})
-
-
-def by_display(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {t["taskInfo"]["name"]: t for t in tasks(spec).values()}
 
 
 def test_every_step_is_a_task(compiled):

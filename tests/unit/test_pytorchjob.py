@@ -462,20 +462,29 @@ def test_empty_or_local_staging_uri_is_refused(staging: str):
     assert pytorchjob.staging_folder("s3://b/stage/", "job-1") == "s3://b/stage/job-1"
 
 
-def test_the_launcher_component_refuses_empty_staging_before_creating_anything(kube, tmp_path, monkeypatch):
-    import sys
+class Art:
+    """A KFP artifact as a component body sees it: a path and metadata."""
 
-    from headstart.errors import ConfigError
+    def __init__(self, path: Path, metadata: dict | None = None) -> None:
+        self.path, self.metadata = str(path), metadata or {}
+
+
+def _launcher():
+    """The distributed-training component's body (components/ is not a package on the path)."""
+    import sys
 
     sys.path.insert(0, str(ROOT))
     try:
         from components.train_distributed import train_distributed
     finally:
         sys.path.remove(str(ROOT))
+    return train_distributed
 
-    class Art:
-        def __init__(self, path: Path, metadata: dict | None = None) -> None:
-            self.path, self.metadata = str(path), metadata or {}
+
+def test_the_launcher_component_refuses_empty_staging_before_creating_anything(kube, tmp_path, monkeypatch):
+    from headstart.errors import ConfigError
+
+    train_distributed = _launcher()
 
     monkeypatch.setattr(pytorchjob, "api_client", lambda: kube)
     data = tmp_path / "dataset"
@@ -511,19 +520,10 @@ def test_every_pod_of_the_job_gets_the_loop_id_of_the_data_version_from_the_laun
     """The launcher component hands its loop id (the Dataset's data version) to the job, so rank 0's MLflow run
     joins the loop's group."""
     import os
-    import sys
 
     from headstart.tracking import LOOP_ENV
 
-    sys.path.insert(0, str(ROOT))
-    try:
-        from components.train_distributed import train_distributed
-    finally:
-        sys.path.remove(str(ROOT))
-
-    class Art:
-        def __init__(self, path: Path, metadata: dict | None = None) -> None:
-            self.path, self.metadata = str(path), metadata or {}
+    train_distributed = _launcher()
 
     class Launched(Exception):
         pass
