@@ -228,3 +228,22 @@ def k8s(spec: dict, platform: dict, task: dict) -> dict:
 
 def by_display(spec: dict) -> dict:
     return {t["taskInfo"]["name"]: t for t in tasks(spec).values()}
+
+
+# The tiny loops' outputs (tests/integration: the CLI loop, dvc repro, kfp.local).
+MIN_ACCURACY = 0.5  # both candidates, on the 18 test images of 3 classes (chance: 1/3)
+
+
+def assert_loop_outputs(out: Path, version: str) -> None:
+    """What one promoted loop leaves in `out` (outputs/): validation passed with its report, both candidates
+    above chance with the evaluation report, and a decision record opening with the promoted version."""
+    import json
+
+    report = json.loads((out / "validation/report.json").read_text())
+    assert report["passed"] is True and (out / "validation/report.html").is_file()
+    evaluation = json.loads((out / "evaluation/metrics.json").read_text())
+    for name in ("finetune", "scratch"):
+        assert evaluation["models"][name]["accuracy"] >= MIN_ACCURACY, (name, evaluation["models"][name])
+    assert (out / "evaluation/report.html").is_file()
+    record = (out / "decision/decision.md").read_text()
+    assert record.splitlines()[0].endswith(f"v{version}: promoted"), record[:300]

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import MIN_ACCURACY
 from tests.pipeline.conftest import ARGS, TINY, outputs
 
 from .conftest import FAST_BACKBONE, ROOT, STREAM, TAG, PackedRemote, SharedMlflow, fresh_name
 from .servers import s3_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
-MIN_ACCURACY = 0.5  # both candidates, on the 18 test images of 3 classes (chance: 1/3)
 TASKS = {"resolve-data-rev", "fetch-data", "validate-data", "train-candidate", "train-candidate-2",
          "evaluate-candidates", "register-and-gate", "act-on-decision"}
 
