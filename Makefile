@@ -8,6 +8,10 @@ export PATH := $(BIN):$(PATH)
 export OMP_WAIT_POLICY ?= PASSIVE
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
+# make test spreads the test modules over every core (pytest-xdist; a module's tests stay on one worker, with its
+# fixtures); TEST_WORKERS=0 runs them in this one process
+TEST_WORKERS ?= auto
+XDIST := -n $(TEST_WORKERS) --dist loadscope
 
 .PHONY: help setup data postgres chromium images run repro summary test test-faults test-containers test-fast lint lint-infra bench bench-data bench-containers compile clean
 
@@ -77,7 +81,7 @@ summary: setup  ## print the last run's summary table again
 	headstart summary
 
 test: data postgres chromium  ## the test suite, slow tests included (the fault sweep is make test-faults)
-	$(BIN)/python -m pytest -q -m "not faults and not containers" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not faults and not containers" $(XDIST) $(PYTEST_ARGS)
 
 test-faults: data postgres  ## the registry fault-injection sweep (~5 min; CI runs it after make test)
 	$(BIN)/python -m pytest -q -m faults $(PYTEST_ARGS)
@@ -86,7 +90,7 @@ test-containers: setup postgres images  ## the pipeline in the component images 
 	$(BIN)/python -m pytest -q -m containers $(PYTEST_ARGS)
 
 test-fast: setup  ## unit and step tests only
-	$(BIN)/python -m pytest -q -m "not slow and not integration and not containers" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not slow and not integration and not containers" $(XDIST) $(PYTEST_ARGS)
 
 lint: setup lint-infra  ## ruff over the code, then the infra checks
 	$(BIN)/ruff check src tests benchmarks components pipelines

@@ -27,13 +27,11 @@ _SKIPS: dict[str, list[str]] = {"gpu": [], "unexpected": []}
 _LEFT = pytest.StashKey[list]()
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
-    outcome = yield
-    report = outcome.get_result()
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Runs where the results are reported: in the one process, or on the xdist controller for every worker."""
     if report.skipped and not hasattr(report, "wasxfail"):
         reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-        _SKIPS["gpu" if item.get_closest_marker("gpu") else "unexpected"].append(f"{item.nodeid} ({reason})")
+        _SKIPS["gpu" if "gpu" in report.keywords else "unexpected"].append(f"{report.nodeid} ({reason})")
 
 
 def _checkout() -> dict[str, int]:
