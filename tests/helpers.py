@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from headstart.checkpoint import Checkpointer
@@ -22,6 +24,20 @@ class DiesAfterSaving(Checkpointer):
         super().save(*args, partial=partial, **kw)
         if partial is not None and (partial.epoch, partial.step) == self.at:
             raise Killed
+
+
+def serving_check_in_process(cmd: list[str], timeout_s: float, version: str) -> subprocess.CompletedProcess[str]:
+    """register._run_check without the fresh process (~8 s of imports a registration): headstart.serving.check's
+    main, run here on the same arguments (the pyfunc it loads puts the model's code on sys.path, which is put back
+    afterwards). For tests about the registry and the gate; the ones about the serving check keep the process."""
+    from headstart.serving import check
+
+    path = list(sys.path)
+    try:
+        code = check.main(cmd[cmd.index("headstart.serving.check") + 1:])
+    finally:
+        sys.path[:] = path
+    return subprocess.CompletedProcess(cmd, code, "", "")
 
 
 # A page opened in headless Chromium: after `load`, this marks on <body> every <img> the browser could not

@@ -16,7 +16,7 @@ from headstart.gate import GateThresholds
 from headstart.steps import evaluate, register, train, validate
 from headstart.validation.config import ValidateConfig
 from tests.conftest import CLASSES, make_imagefolder
-from tests.helpers import browser_dom
+from tests.helpers import browser_dom, serving_check_in_process
 
 pytestmark = pytest.mark.slow  # three loops on tiny data (~90 s): a SQLite MLflow store, the serving check, chromium
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,19 +60,21 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tracking = TrackingConfig(tracking_uri=f"sqlite:///{root}/mlflow.db", artifact_root=str(root / "art"),
                               registered_model="pages-classifier")
     cands = {}
-    for role, weights in (("finetune", "imagenet"), ("scratch", "none")):
-        cfg = train.config_from_params(load_params(ROOT / "params.yaml"), role, weights=weights, image_size=32,
-                                       epochs=1, images_per_class=None, val_images_per_class=None,
-                                       checkpoint_dir=None, probe_epochs=0, lr_backbone=1e-3,
-                                       tensor_cache_dir=None)
+    for role in ("finetune", "scratch"):  # small_cnn: the pages, not the backbone, are under test here
+        cfg = train.config_from_params(load_params(ROOT / "params.yaml"), role, backbone="small_cnn", weights="none",
+                                       channels=1, image_size=32, epochs=1, images_per_class=None,
+                                       val_images_per_class=None, checkpoint_dir=None, probe_epochs=0,
+                                       lr_backbone=3e-3, tensor_cache_dir=None)
         cands[role] = Path(train.run(cfg, data, root / role, tracking).model_dir)
     folders = {"validation": root / "validation"}
-    for name, thresholds in (("first", LENIENT), ("promoted", LENIENT), ("refused", STRICT)):
-        ev = evaluate.EvaluateConfig(bootstrap_samples=200, tensor_cache_dir=None, prediction_store=None)
-        evaluate.run(ev, data, cands, root / f"eval-{name}", tracking)
-        register.run(register.RegisterConfig(serving_check_images=6), thresholds, data, cands,
-                     root / f"eval-{name}", root / f"decision-{name}", tracking)
-        folders[f"eval-{name}"], folders[name] = root / f"eval-{name}", root / f"decision-{name}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(register, "_run_check", serving_check_in_process)  # the pages, not the serving process
+        for name, thresholds in (("first", LENIENT), ("promoted", LENIENT), ("refused", STRICT)):
+            ev = evaluate.EvaluateConfig(bootstrap_samples=200, tensor_cache_dir=None, prediction_store=None)
+            evaluate.run(ev, data, cands, root / f"eval-{name}", tracking)
+            register.run(register.RegisterConfig(serving_check_images=6), thresholds, data, cands,
+                         root / f"eval-{name}", root / f"decision-{name}", tracking)
+            folders[f"eval-{name}"], folders[name] = root / f"eval-{name}", root / f"decision-{name}"
     return folders
 
 

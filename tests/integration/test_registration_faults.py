@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -39,6 +37,7 @@ from headstart.gate import GateThresholds
 from headstart.steps import evaluate, promote, register, train
 
 from ..conftest import make_imagefolder
+from ..helpers import serving_check_in_process
 from .faultproxy import FaultProxy
 from .servers import free_port, mlflow_server, stop_group
 
@@ -99,19 +98,6 @@ class World:
         return self.root / f"decision-{self.runs}"
 
 
-def _check_in_process(cmd: list[str], timeout_s: float, version: str) -> subprocess.CompletedProcess[str]:
-    """register._run_check without the fresh process: headstart.serving.check's main, run here on the same
-    arguments (the pyfunc it loads puts the model's code on sys.path, which is put back afterwards)."""
-    from headstart.serving import check
-
-    path = list(sys.path)
-    try:
-        code = check.main(cmd[cmd.index("headstart.serving.check") + 1:])
-    finally:
-        sys.path[:] = path
-    return subprocess.CompletedProcess(cmd, code, "", "")
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     root = tmp_path_factory.mktemp("faults")
@@ -128,7 +114,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         mp.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         mp.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        mp.setattr(register, "_run_check", _check_in_process)
+        mp.setattr(register, "_run_check", serving_check_in_process)
         port = free_port()
         w = World(root, data, candidates, port, stack, stack.enter_context(FaultProxy(port)))
         w.start()

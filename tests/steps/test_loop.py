@@ -23,7 +23,7 @@ from headstart.gate import GateThresholds
 from headstart.steps import evaluate, register, train
 
 from ..conftest import CLASSES, make_imagefolder
-from ..helpers import copy_store
+from ..helpers import copy_store, serving_check_in_process
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -81,6 +81,13 @@ def loop(first_promotion, tmp_path: Path) -> Loop:
     return _loop(copy_store(first_promotion[0].root, tmp_path / "loop"))
 
 
+@pytest.fixture
+def serving_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For tests about the registry and the gate: the serving check runs in this process. The first promotion,
+    the class sampling and the timeout below keep the real subprocess."""
+    monkeypatch.setattr(register, "_run_check", serving_check_in_process)
+
+
 def _evaluate_and_register(loop: Loop, name: str, thresholds: GateThresholds):
     root, data, tracking, cands = loop
     evaluate.run(evaluate.EvaluateConfig(bootstrap_samples=200), data, cands, root / f"eval-{name}", tracking)
@@ -125,7 +132,7 @@ def test_first_run_promotes_and_champion_serves_training_predictions(first_promo
     assert "git.commit" in mv.tags
 
 
-def test_failed_gate_leaves_the_champion_where_it_was(loop):
+def test_failed_gate_leaves_the_champion_where_it_was(loop, serving_in_process):
     root, data, tracking, cands = loop
     before = registry.champion(tracking)
     assert before.version == "1"
@@ -143,7 +150,7 @@ def test_failed_gate_leaves_the_champion_where_it_was(loop):
     assert "champion" in metrics["models"] and metrics["champion_version"] == before.version
 
 
-def test_second_promotion_keeps_previous_champion_alias(loop):
+def test_second_promotion_keeps_previous_champion_alias(loop, serving_in_process):
     root, data, tracking, cands = loop
     before = registry.champion(tracking)
     result = _evaluate_and_register(loop, "second", LENIENT)
@@ -286,7 +293,7 @@ def test_serving_check_timeout_rejects_the_version_and_names_the_step(loop, tmp_
         register.serving_check(tracking, result.version, [data / "test/circle/test_0000.png"], ["circle"], 1)
 
 
-def test_a_changed_label_set_is_named_and_not_promoted_on_its_own(loop, tmp_path):
+def test_a_changed_label_set_is_named_and_not_promoted_on_its_own(loop, serving_in_process, tmp_path):
     """Champion trained on 3 classes, candidates on 4: the gate must not take the run for a first one."""
     import mlflow
     import yaml
@@ -334,7 +341,8 @@ def test_a_changed_label_set_is_named_and_not_promoted_on_its_own(loop, tmp_path
     assert "champion" in again["models"] and again["champion_classes"] == again["classes"]
 
 
-def test_the_decision_record_names_the_version_the_data_version_and_the_mlflow_run(loop, monkeypatch):
+def test_the_decision_record_names_the_version_the_data_version_and_the_mlflow_run(loop, serving_in_process,
+                                                                                  monkeypatch):
     """decision.json/.md name what they are about; MLflow gets the descriptions, the report and every model's
     test numbers as metrics of the logged model."""
     import mlflow
@@ -376,7 +384,8 @@ def test_the_decision_record_names_the_version_the_data_version_and_the_mlflow_r
     assert logged_record["candidate"] == record["candidate"] == {"name": result.winner, "version": "2"}
 
 
-def test_the_kfp_register_task_logs_the_verdict_and_version_and_writes_the_report(loop, monkeypatch):
+def test_the_kfp_register_task_logs_the_verdict_and_version_and_writes_the_report(loop, serving_in_process,
+                                                                                 monkeypatch):
     """The component body, as kfp.local runs it: gate_passed/version in its Metrics, the report as its HTML,
     the data version from the fetch task's Dataset metadata (a pod has no git nor data.dvc)."""
     from types import SimpleNamespace
