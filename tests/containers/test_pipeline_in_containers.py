@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,26 @@ def first(stack: Stack):
         yield run_pipeline(stack, stack.tmp / "root", mp)
     finally:
         mp.undo()
+
+
+def _make_venv(venv: Path, requirements: Path) -> Path:
+    subprocess.run(["python3", "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "-r", str(requirements)], check=True, timeout=1800)
+    return venv
+
+
+@pytest.fixture(scope="module", autouse=True)
+def served_venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list[str], Future[Path]]]:
+    """A venv made from the requirements a registration logs (register.pip_requirements, the same pins the
+    images install), built in the background from the module's start: ~2.5 min of pip beside the pipeline runs.
+    The serving test uses it only if the champion's logged requirements.txt lists exactly these."""
+    from headstart.steps.register import pip_requirements
+
+    folder = tmp_path_factory.mktemp("served-venv")
+    pins = pip_requirements()
+    (folder / "requirements.txt").write_text("\n".join(pins) + "\n")
+    with ThreadPoolExecutor(1) as pool:
+        yield pins, pool.submit(_make_venv, folder / "venv", folder / "requirements.txt")
 
 
 def _as(stack: Stack, monkeypatch: pytest.MonkeyPatch, user: str, password: str) -> TrackingConfig:
@@ -134,7 +155,8 @@ def test_a_failing_component_fails_the_run(stack, monkeypatch, tmp_path):
              extra=["pipeline.fetch_retries=1", "pipeline.retry_backoff=1s"])
 
 
-def test_served_model_works_in_a_fresh_env_from_its_logged_requirements(first, stack, tmp_path, monkeypatch):
+def test_served_model_works_in_a_fresh_env_from_its_logged_requirements(first, stack, served_venv, tmp_path,
+                                                                        monkeypatch):
     """The registered champion loads through mlflow.pyfunc in a venv made only from its requirements.txt and
     predicts what the containerized evaluation predicted on the same images."""
     from mlflow.artifacts import download_artifacts
@@ -142,9 +164,10 @@ def test_served_model_works_in_a_fresh_env_from_its_logged_requirements(first, s
     _as(stack, monkeypatch, "pipeline", SECRET_PW)
     local = Path(download_artifacts(f"models:/{MODEL}@champion", dst_path=str(tmp_path / "model")))
     reqs = local / "requirements.txt"
-    venv = tmp_path / "venv"
-    subprocess.run(["python3", "-m", "venv", str(venv)], check=True)
-    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "-r", str(reqs)], check=True, timeout=1800)
+    logged = sorted(line.strip() for line in reqs.read_text().splitlines() if line.strip() and line[0] != "#")
+    pins, built = served_venv
+    # the venv built meanwhile holds exactly the logged requirements, or one is made from them now
+    venv = built.result() if logged == sorted(pins) else _make_venv(tmp_path / "venv", reqs)
     data = stack.tmp / "git" / "data-repo" / "data"
     evaluated = np.load(next(first.run_dir.glob("evaluate-candidates/evaluation/predictions.npz")))
     images = [data / p for p in evaluated["paths"].tolist()]
