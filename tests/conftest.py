@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny, learnable ImageFolder generated in tmp_path; every test, module and session run in a
-temporary folder of their own, and fail when they leave anything in the checkout; and the rule that only tests
-marked `gpu` may skip (a skip anywhere else fails the run, so a test silently not running is noticed)."""
+temporary folder of their own, and fail when they leave anything in the checkout; the rule that only tests
+marked `gpu` may skip (a skip anywhere else fails the run, so a test silently not running is noticed); and the
+slow modules first, for xdist's workers to finish together."""
 
 from __future__ import annotations
 
@@ -32,6 +33,19 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.skipped and not hasattr(report, "wasxfail"):
         reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         _SKIPS["gpu" if "gpu" in report.keywords else "unexpected"].append(f"{report.nodeid} ({reason})")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Longest first, so the last modules xdist hands out are short ones and no worker idles while another runs a
+    two-minute loop: modules with a `slow` test, then `integration` ones, then the rest. A stable sort after
+    pytest-randomly's shuffle, so the order within each group stays random under `-p randomly`."""
+    rank: dict[str, int] = {}
+    for item in items:
+        weight = 0 if item.get_closest_marker("slow") else 1 if item.get_closest_marker("integration") else 2
+        module = item.nodeid.split("::", 1)[0]
+        rank[module] = min(rank.get(module, 2), weight)
+    items.sort(key=lambda item: rank[item.nodeid.split("::", 1)[0]])
 
 
 def _checkout() -> dict[str, int]:

@@ -25,6 +25,7 @@ from headstart.steps import evaluate, register, train
 from ..conftest import CLASSES, make_imagefolder
 from ..helpers import copy_store, serving_check_in_process
 
+pytestmark = pytest.mark.slow  # trains EfficientNet-Lite0 and registers a dozen versions: over a minute
 ROOT = Path(__file__).resolve().parents[2]
 
 LENIENT = GateThresholds(min_accuracy=0.0, min_gain_over_baseline=None, max_regression=1.0,
