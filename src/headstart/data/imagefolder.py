@@ -51,6 +51,16 @@ def list_classes(data_dir: Path, split: str = "train") -> tuple[str, ...]:
     return classes
 
 
+def require_classes(data_dir: Path, split: str, classes: tuple[str, ...], whose: str) -> None:
+    """Refuse `split` unless it holds exactly `classes`, in order. Labels are indices into a class list, so
+    another list (('ant', 'cat', 'dog') against ('cat', 'dog', 'fox')) would silently score one class's
+    images as another's. `whose` names who expects `classes`: the model at fault."""
+    found = list_classes(data_dir, split)
+    if tuple(found) != tuple(classes):
+        raise DataError(f"{whose} has classes {list(classes)}, but {data_dir} ({split} split) has classes "
+                        f"{list(found)}; use the dataset it was trained on, or train on this one")
+
+
 def list_split(data_dir: Path, split: str, classes: tuple[str, ...]) -> list[tuple[Path, int]]:
     """All image files of a split with their class index, in a stable order."""
     items: list[tuple[Path, int]] = []
@@ -125,9 +135,8 @@ def _load_packed(
     sha256s and the chosen names; with `cache_dir` the names are remembered too, so a warm cache reads no shard."""
     from headstart.data import shards
 
+    require_classes(root, split, classes, "the requested class list")
     index = shards.read_index(root)
-    if tuple(index.classes) != tuple(classes):
-        raise DataError(f"{root}/index.json: classes {list(index.classes)} differ from the expected {list(classes)}")
     if split not in index.splits:
         raise DataError(f"{root}/index.json: no split {split!r} (has {', '.join(index.splits)})")
     listed = shards.split_items(root, split, Path(cache_dir) if cache_dir is not None else None)

@@ -13,7 +13,7 @@ import numpy as np
 
 from headstart import examples, modelio, plots, predictions, report, stats
 from headstart.config import Frozen, TrackingConfig, build, section
-from headstart.data.imagefolder import CACHE_MAX_BYTES, list_split, load_split
+from headstart.data.imagefolder import CACHE_MAX_BYTES, list_split, load_split, require_classes
 from headstart.data.shards import is_sharded
 from headstart.engine import predict_logits
 from headstart.errors import ConfigError, DataError
@@ -114,6 +114,7 @@ def predict_folder(
     import torch
 
     card = modelio.load_card(model_dir)
+    require_classes(data_dir, "test", card.classes, f"model {model_dir}")  # every path below: memory, stream, store
     device = scoring_device()
     kind = predictions.device_kind(device.type)
     store = cfg.prediction_store if cfg else None
