@@ -9,9 +9,10 @@ export OMP_WAIT_POLICY ?= PASSIVE
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 # make test spreads the test modules over every core (pytest-xdist; a module's tests stay on one worker, with its
-# fixtures); TEST_WORKERS=0 runs them in this one process
+# fixtures), in the order tests/conftest.py puts them, slow modules first (xdist's default reorders by test count,
+# which left two-minute loops for the end); TEST_WORKERS=0 runs them in this one process
 TEST_WORKERS ?= auto
-XDIST := -n $(TEST_WORKERS) --dist loadscope
+XDIST := -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 .PHONY: help setup data postgres chromium images run repro summary test test-faults test-containers test-fast lint lint-infra bench bench-data bench-containers compile clean
 
