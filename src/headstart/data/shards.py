@@ -153,6 +153,15 @@ def read_index(root: Root) -> ShardIndex:
     return ShardIndex(classes=classes, splits=splits, target_shard_bytes=target)
 
 
+def split_count(root: Root, split: str, per_class: int | None = None) -> int:
+    """Samples in `split` (`per_class`: in its per-class subset, which takes up to that many of each class),
+    from the index's counts: no shard is read."""
+    index = read_index(root)
+    if split not in index.splits:
+        raise DataError(f"{_join(root, INDEX)}: no split {split!r} (has {', '.join(index.splits) or 'none'})")
+    counts = index.splits[split].class_counts.values()
+    return sum(counts) if per_class is None else sum(min(per_class, n) for n in counts)
+
 # ---- reading -----------------------------------------------------------------------------------------------
 
 def iter_shard(root: Root, shard: ShardInfo, n_classes: int) -> Iterator[Sample]:
@@ -306,6 +315,50 @@ def pack(
         shutil.rmtree(staging, ignore_errors=True)
     return index
 
+
+def pack_subset(root: Root, split: str, keep: frozenset[str], counts: tuple[int, ...], out_dir: Path,
+                ) -> tuple[ShardInfo, ...]:
+    """The samples of `split` named in `keep` (`counts` of them in each shard), copied once into a packed
+    dataset at `out_dir`, so that an epoch of a per-class subset reads only the subset.
+
+    Each source shard becomes one tar of the same name (empty where it keeps nothing) holding its kept
+    samples in stored order under their keys: streaming it yields exactly what streaming the source and
+    dropping the others would. One already at `out_dir` with these counts is reused; a new one is written
+    aside and renamed into place (a concurrent writer's identical copy may win)."""
+    if done := _subset_packed(out_dir, split, counts):
+        return done
+    index = read_index(root)
+    staging = out_dir.parent / f".{out_dir.name}.packing-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        (staging / split).mkdir(parents=True)
+        written = []
+        for shard, count in zip(index.splits[split].shards, counts, strict=True):
+            writer = _ShardWriter(staging, shard.file, index.classes)
+            samples = iter_shard(root, shard, len(index.classes)) if count else ()
+            for sample in samples:
+                if sample.name in keep:
+                    writer.add(sample.key, sample.name, sample.label, sample.ext, sample.data)
+            written.append(writer.close())
+        class_counts = {c: sum(s.class_counts[c] for s in written) for c in index.classes}
+        subset = ShardIndex(classes=index.classes, target_shard_bytes=index.target_shard_bytes, splits={
+            split: SplitIndex(count=sum(counts), class_counts=class_counts, shards=tuple(written))})
+        (staging / INDEX).write_text(json.dumps(subset.to_dict(), indent=1, sort_keys=True) + "\n")
+        if not _subset_packed(out_dir, split, counts):  # else a concurrent writer's copy is in place
+            shutil.rmtree(out_dir, ignore_errors=True)  # an incomplete or stale copy
+            os.replace(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return read_index(out_dir).splits[split].shards
+
+
+def _subset_packed(out_dir: Path, split: str, counts: tuple[int, ...]) -> tuple[ShardInfo, ...]:
+    """pack_subset's copy at `out_dir` when it is complete and holds `counts`, else ()."""
+    with contextlib.suppress(DataError, KeyError):
+        done = read_index(out_dir).splits[split].shards
+        if tuple(s.count for s in done) == counts:
+            return done
+    return ()
 
 def _check_out(out_dir: Path) -> None:
     if out_dir.exists() and not out_dir.is_dir():

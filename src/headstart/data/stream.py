@@ -46,7 +46,9 @@ class StreamSplit:
     """A split that is streamed instead of decoded into memory: the engine's counterpart of `Split`.
 
     `keep` (optional) restricts the split to the samples of these names (the `.path` member, e.g.
-    "coat/img_1.png": a per-class subset); `counts` then holds each shard's number of kept samples."""
+    "coat/img_1.png": a per-class subset); `counts` then holds each shard's number of kept samples, and
+    `subset` (when there was a cache folder) is the local copy of them that epochs read instead: the root
+    of shards.pack_subset's pack and its tars, one per source shard."""
 
     root: str | RemoteRoot  # a RemoteRoot: a DVC-tracked version streamed from its remote
     split: str
@@ -59,6 +61,7 @@ class StreamSplit:
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER
     chunk: int = DEFAULT_CHUNK
     keep: frozenset[str] | None = field(default=None, repr=False)
+    subset: tuple[str, tuple[shardlib.ShardInfo, ...]] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return sum(self.counts)
@@ -76,8 +79,10 @@ def open_split(
 ) -> StreamSplit:
     """The `split` of the sharded dataset at `root`, ready to stream; `keep`: only the samples of these names.
 
-    With `keep`, each shard's kept count comes from the split's listing (shards.split_items, remembered in
-    `cache_dir` per shard sha256), so a warm run counts without reading a shard."""
+    Without `keep` nothing but the index is read. With `keep`, each shard's kept count comes from the
+    split's listing (shards.split_items, remembered in `cache_dir` per shard sha256), and with `cache_dir`
+    the kept samples are copied there once (shards.pack_subset, reused by later runs), so that an epoch
+    reads only them; without it, every epoch reads the whole split and drops the rest."""
     index = shardlib.read_index(root)
     if split not in index.splits:
         raise DataError(f"{root}/index.json: no split {split!r} (has {', '.join(index.splits)})")
@@ -90,9 +95,27 @@ def open_split(
         counts = tuple(sum(name in keep for name in names[a:b]) for a, b in itertools.pairwise(starts))
     if workers < 0:
         raise ConfigError(f"loader_workers={workers}: use 0 (read in the main process) or more")
+    subset = None
+    if keep is not None and cache_dir is not None:
+        key = hashlib.blake2b(f"{split}|{'|'.join(s.sha256 for s in entries)}|{'|'.join(sorted(keep))}".encode(),
+                              digest_size=16).hexdigest()
+        local = Path(cache_dir) / "subsets" / key
+        subset = (str(local), shardlib.pack_subset(root, split, keep, counts, local))
     return StreamSplit(root=root if isinstance(root, RemoteRoot) else str(root), split=split,
-                       classes=index.classes, preset=preset, shards=entries,
-                       counts=counts, seed=seed, workers=workers, shuffle_buffer=shuffle_buffer, keep=keep)
+                       classes=index.classes, preset=preset, shards=entries, counts=counts, seed=seed,
+                       workers=workers, shuffle_buffer=shuffle_buffer, keep=keep, subset=subset)
+
+
+def _kept(data: StreamSplit, i: int) -> Iterator[shardlib.Sample]:
+    """Shard i's samples that `data` keeps, in stored order: from the subset's copy when there is one."""
+    if not data.counts[i]:
+        return
+    if data.subset is not None:
+        yield from shardlib.iter_shard(data.subset[0], data.subset[1][i], len(data.classes))
+        return
+    for sample in shardlib.iter_shard(data.root, data.shards[i], len(data.classes)):
+        if data.keep is None or sample.name in data.keep:
+            yield sample
 
 
 def fingerprint(data: StreamSplit) -> str:
@@ -174,9 +197,7 @@ class _Chunks(IterableDataset):
         rng = random.Random(_stream_seed(data, self.epoch, self.rank, stream))
         buffer: list[shardlib.Sample] = []
         for i in shard_ids:
-            for sample in shardlib.iter_shard(data.root, data.shards[i], len(data.classes)):
-                if data.keep is not None and sample.name not in data.keep:
-                    continue
+            for sample in _kept(data, i):
                 if len(buffer) < data.shuffle_buffer:
                     buffer.append(sample)
                     continue
@@ -314,9 +335,7 @@ class _Ordered(_Chunks):
 
     def _samples(self, stream: int, shard_ids: list[int]) -> Iterator[shardlib.Sample]:
         for i in shard_ids:
-            for sample in shardlib.iter_shard(self.data.root, self.data.shards[i], len(self.data.classes)):
-                if self.data.keep is None or sample.name in self.data.keep:
-                    yield sample
+            yield from _kept(self.data, i)
 
 
 def scoring_batches(

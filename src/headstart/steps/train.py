@@ -223,24 +223,23 @@ def load_for_training(
 ) -> Split | stream.StreamSplit:
     """A split decoded into memory, or streamed from its shards (`data_loading`; auto: stream a packed
     split whose decoded size would pass the tensor cache's 2 GiB limit, where re-decoding every run and
-    holding it all in RAM stops paying)."""
+    holding it all in RAM stops paying). The decision reads the index's counts, never a shard."""
     sharded = shards.is_sharded(data_dir)
     if cfg.data_loading == "stream" and not sharded:
         raise ConfigError(f"train.data_loading=stream: {data_dir} is an ImageFolder; streaming reads shards. "
                           f"Pack it first (headstart data pack --data {data_dir} --out <folder>) or use memory/auto.")
-    items = None
     mode = cfg.data_loading
     cache = Path(cfg.tensor_cache_dir) if cfg.tensor_cache_dir else None  # decoded splits; shard listings by sha256
     if sharded and mode != "memory":
-        items = [(PurePosixPath(name), label) for name, label in shards.split_items(data_dir, split, cache)]
-        if per_class is not None:
-            items = per_class_subset(items, per_class, cfg.seed)
-        decoded = len(items) * preset.image_size**2 * preset.channels
+        decoded = shards.split_count(data_dir, split, per_class) * preset.image_size**2 * preset.channels
         mode = "stream" if mode == "stream" or decoded > CACHE_MAX_BYTES else "memory"
     if mode != "stream":
         return load_split(data_dir, split, preset, classes, per_class, cfg.seed, cache_dir=cache,
                           cache_budget_bytes=int(cfg.tensor_cache_budget_gib * 2**30))
-    keep = None if per_class is None else frozenset(str(p) for p, _ in items or [])
+    keep = None
+    if per_class is not None:
+        items = [(PurePosixPath(name), label) for name, label in shards.split_items(data_dir, split, cache)]
+        keep = frozenset(str(p) for p, _ in per_class_subset(items, per_class, cfg.seed))
     workers = cfg.loader_workers if cfg.loader_workers is not None else default_loader_workers()
     return stream.open_split(data_dir, split, preset, cfg.seed, workers, keep, cfg.shuffle_buffer, cache)
 
