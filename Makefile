@@ -10,8 +10,9 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 # make test spreads the test modules over every core (pytest-xdist; a module's tests stay on one worker, with its
 # fixtures), in the order tests/conftest.py puts them, slow modules first (xdist's default reorders by test count,
-# which left two-minute loops for the end); TEST_WORKERS=0 runs them in this one process
-TEST_WORKERS ?= auto
+# which left two-minute loops for the end). One worker more than cores: a third of the suite waits on servers,
+# subprocesses and lease timers (2 workers kept 2 cores 165% busy, 3 workers 184%). TEST_WORKERS=0: one process
+TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
 XDIST := -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 .PHONY: help setup data postgres chromium images run repro summary test test-faults test-containers test-fast lint lint-infra bench bench-data bench-containers compile clean

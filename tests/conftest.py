@@ -90,10 +90,15 @@ def _module_in_tmp(tmp_path_factory: pytest.TempPathFactory):
 def _test_in_tmp(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
     """Each test runs in a temporary folder of its own (not its tmp_path, which stays the test's to list): the
     default caches (.headstart/cache/...), stores (mlflow/) and outputs/ a test does not point elsewhere land
-    there, so no test reads what another wrote. The test fails if it left anything in the checkout."""
+    there, so no test reads what another wrote; and with the environment it started with restored after it. The
+    test fails if it left anything in the checkout."""
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
-    before = _checkout()
+    before, environ = _checkout(), dict(os.environ)
     yield
+    # the environment as it was: mlflow.set_tracking_uri writes MLFLOW_TRACKING_URI into os.environ, where the
+    # next test's tracking_from_params would read it and go to this test's (by then stopped) server
+    os.environ.clear()
+    os.environ.update(environ)
     left = _left(before, _checkout())
     if left:
         pytest.fail(f"the test wrote into the checkout {REPO}: {', '.join(left[:20])}", pytrace=False)
