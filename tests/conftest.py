@@ -85,10 +85,14 @@ def _session_in_tmp(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module", autouse=True)
 def _module_in_tmp(tmp_path_factory: pytest.TempPathFactory):
-    """Module fixtures (a module's trained models, its servers) run in a temporary folder of their own."""
+    """Module fixtures (a module's trained models, its servers) run in a temporary folder of their own, and what
+    they write into the environment (MLflow's tracking URI) is gone when the module is done."""
+    environ = dict(os.environ)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(tmp_path_factory.mktemp("module-cwd"))
         yield
+    os.environ.clear()
+    os.environ.update(environ)
 
 
 @pytest.fixture(autouse=True)

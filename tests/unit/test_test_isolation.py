@@ -11,7 +11,9 @@ pytest_plugins = ["pytester"]
 CONFTEST = Path(__file__).resolve().parents[1] / "conftest.py"
 
 
-def test_an_environment_variable_a_test_set_is_gone_for_the_next_test(pytester: pytest.Pytester) -> None:
+def test_an_environment_variable_a_test_set_is_gone_for_the_next_test(pytester: pytest.Pytester,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the inner run inherits this process's environment
     pytester.makeconftest(CONFTEST.read_text())
     pytester.makeini("[pytest]\nmarkers =\n    gpu: needs a CUDA GPU\n")
     pytester.makepyfile(test_env="import mlflow, os\n\n"
