@@ -137,8 +137,7 @@ def _load_packed(
 
     require_classes(root, split, classes, "the requested class list")
     index = shards.read_index(root)
-    if split not in index.splits:
-        raise DataError(f"{root}/index.json: no split {split!r} (has {', '.join(index.splits)})")
+    entries = shards.split_of(root, index, split).shards
     listed = shards.split_items(root, split, Path(cache_dir) if cache_dir is not None else None)
     items = [(PurePosixPath(name), label) for name, label in listed]
     chosen = sorted(per_class_subset(items, per_class, seed), key=lambda it: (it[1], str(it[0])))
@@ -153,7 +152,7 @@ def _load_packed(
     if cache_dir is not None and math.prod(shape) <= cache_max_bytes:
         digest = hashlib.blake2b(digest_size=20)
         digest.update(f"packed-v1|{PIL.__version__}|{preset.image_size}|{preset.channels}|{split}".encode())
-        for shard in index.splits[split].shards:
+        for shard in entries:
             digest.update(f"|{shard.file}|{shard.sha256}".encode())
         digest.update("|".join(rel).encode())
         cache_file = Path(cache_dir) / f"{digest.hexdigest()}.npy"
@@ -162,7 +161,7 @@ def _load_packed(
             return Split(x=torch.from_numpy(cached), y=labels, paths=rel, classes=classes)
     arrays = np.empty(shape, dtype=np.uint8)
     bar = tqdm(total=len(chosen), desc=f"decoding {split}", unit="img", disable=not progress_enabled(), leave=False)
-    for shard in index.splits[split].shards:
+    for shard in entries:
         for sample in shards.iter_shard(root, shard, len(classes)):
             row = rows.pop(sample.name, None)
             if row is not None:

@@ -153,13 +153,17 @@ def read_index(root: Root) -> ShardIndex:
     return ShardIndex(classes=classes, splits=splits, target_shard_bytes=target)
 
 
+def split_of(root: Root, index: ShardIndex, split: str) -> SplitIndex:
+    """`split`'s entry in `root`'s index, or a DataError naming the index and the splits it has."""
+    if split not in index.splits:
+        raise DataError(f"{_join(root, INDEX)}: no split {split!r} (has {', '.join(index.splits) or 'none'})")
+    return index.splits[split]
+
+
 def split_count(root: Root, split: str, per_class: int | None = None) -> int:
     """Samples in `split` (`per_class`: in its per-class subset, which takes up to that many of each class),
     from the index's counts: no shard is read."""
-    index = read_index(root)
-    if split not in index.splits:
-        raise DataError(f"{_join(root, INDEX)}: no split {split!r} (has {', '.join(index.splits) or 'none'})")
-    counts = index.splits[split].class_counts.values()
+    counts = split_of(root, read_index(root), split).class_counts.values()
     return sum(counts) if per_class is None else sum(min(per_class, n) for n in counts)
 
 # ---- reading -----------------------------------------------------------------------------------------------
@@ -239,10 +243,8 @@ def split_items(root: Root, split: str, cache_dir: Path | None = None) -> list[t
     a shard whose bytes differ from its index entry is caught by verify_shard (validation) and by
     iter_shard's count, not here."""
     index = read_index(root)
-    if split not in index.splits:
-        raise DataError(f"{_join(root, INDEX)}: no split {split!r} (has {', '.join(index.splits) or 'none'})")
     items: list[tuple[str, int]] = []
-    for shard in index.splits[split].shards:
+    for shard in split_of(root, index, split).shards:
         memo = Path(cache_dir) / "shard-items" / f"{shard.sha256}.json" if cache_dir is not None else None
         known = _read_items(memo, shard, len(index.classes)) if memo is not None else None
         if known is None:
@@ -316,10 +318,11 @@ def pack(
     return index
 
 
-def pack_subset(root: Root, split: str, keep: frozenset[str], counts: tuple[int, ...], out_dir: Path,
-                ) -> tuple[ShardInfo, ...]:
-    """The samples of `split` named in `keep` (`counts` of them in each shard), copied once into a packed
-    dataset at `out_dir`, so that an epoch of a per-class subset reads only the subset.
+def pack_subset(root: Root, index: ShardIndex, split: str, keep: frozenset[str], counts: tuple[int, ...],
+                out_dir: Path) -> tuple[ShardInfo, ...]:
+    """The samples of `split` (of `root`, whose index is `index`) named in `keep` (`counts` of them in each
+    shard), copied once into a packed dataset at `out_dir`, so that an epoch of a per-class subset reads only
+    the subset.
 
     Each source shard becomes one tar of the same name (empty where it keeps nothing) holding its kept
     samples in stored order under their keys: streaming it yields exactly what streaming the source and
@@ -327,7 +330,6 @@ def pack_subset(root: Root, split: str, keep: frozenset[str], counts: tuple[int,
     aside and renamed into place (a concurrent writer's identical copy may win)."""
     if done := _subset_packed(out_dir, split, counts):
         return done
-    index = read_index(root)
     staging = out_dir.parent / f".{out_dir.name}.packing-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:

@@ -84,9 +84,7 @@ def open_split(
     the kept samples are copied there once (shards.pack_subset, reused by later runs), so that an epoch
     reads only them; without it, every epoch reads the whole split and drops the rest."""
     index = shardlib.read_index(root)
-    if split not in index.splits:
-        raise DataError(f"{root}/index.json: no split {split!r} (has {', '.join(index.splits)})")
-    entries = index.splits[split].shards
+    entries = shardlib.split_of(root, index, split).shards
     if keep is None:
         counts = tuple(s.count for s in entries)
     else:
@@ -100,7 +98,7 @@ def open_split(
         key = hashlib.blake2b(f"{split}|{'|'.join(s.sha256 for s in entries)}|{'|'.join(sorted(keep))}".encode(),
                               digest_size=16).hexdigest()
         local = Path(cache_dir) / "subsets" / key
-        subset = (str(local), shardlib.pack_subset(root, split, keep, counts, local))
+        subset = (str(local), shardlib.pack_subset(root, index, split, keep, counts, local))
     return StreamSplit(root=root if isinstance(root, RemoteRoot) else str(root), split=split,
                        classes=index.classes, preset=preset, shards=entries, counts=counts, seed=seed,
                        workers=workers, shuffle_buffer=shuffle_buffer, keep=keep, subset=subset)
