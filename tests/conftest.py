@@ -5,7 +5,9 @@ slow modules first, for xdist's workers to finish together."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -83,16 +85,25 @@ def _session_in_tmp(tmp_path_factory: pytest.TempPathFactory):
         yield
 
 
+@contextlib.contextmanager
+def _environ_kept() -> Iterator[None]:
+    """The environment as it was, afterwards: mlflow.set_tracking_uri writes MLFLOW_TRACKING_URI into os.environ,
+    where a later test's tracking_from_params would read it and go to that test's (by then stopped) server."""
+    environ = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _module_in_tmp(tmp_path_factory: pytest.TempPathFactory):
     """Module fixtures (a module's trained models, its servers) run in a temporary folder of their own, and what
     they write into the environment (MLflow's tracking URI) is gone when the module is done."""
-    environ = dict(os.environ)
-    with pytest.MonkeyPatch.context() as mp:
+    with _environ_kept(), pytest.MonkeyPatch.context() as mp:
         mp.chdir(tmp_path_factory.mktemp("module-cwd"))
         yield
-    os.environ.clear()
-    os.environ.update(environ)
 
 
 @pytest.fixture(autouse=True)
@@ -102,12 +113,9 @@ def _test_in_tmp(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
     there, so no test reads what another wrote; and with the environment it started with restored after it. The
     test fails if it left anything in the checkout."""
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
-    before, environ = _checkout(), dict(os.environ)
-    yield
-    # the environment as it was: mlflow.set_tracking_uri writes MLFLOW_TRACKING_URI into os.environ, where the
-    # next test's tracking_from_params would read it and go to this test's (by then stopped) server
-    os.environ.clear()
-    os.environ.update(environ)
+    before = _checkout()
+    with _environ_kept():
+        yield
     left = _left(before, _checkout())
     if left:
         pytest.fail(f"the test wrote into the checkout {REPO}: {', '.join(left[:20])}", pytrace=False)
