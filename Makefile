@@ -22,11 +22,14 @@ help:  ## list the targets
 
 setup: $(VENV)/.installed  ## create .venv (pip; torch from this machine's disk) and install headstart
 
+# --no-compile: pip byte-compiles every installed module (torch's and mlflow's thousands), ~25 s on 2 cores;
+# Python compiles the ones a run imports, once, on first import
+
 $(VENV)/.installed: pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -c requirements.lock -e '.[dev]'
+	$(BIN)/pip install -q --no-compile torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q --no-compile -c requirements.lock -e '.[dev]'
 	@touch $@
 
 data: setup  ## build data/ from the Fashion-MNIST IDX files and check it matches data.dvc
