@@ -23,11 +23,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 STAGES = ("validate", "train_finetune", "train_scratch", "champion", "evaluate", "register")
 
 
-def _repro(repo: Path) -> str:
+def _repro(repo: Path, *args: str) -> str:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "HEADSTART_NO_PROGRESS": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    out = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+    out = subprocess.run(["dvc", "repro", *args], cwd=repo, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out.stdout + out.stderr
 
@@ -86,7 +86,12 @@ def test_repro_on_a_clone_at_the_data_tag_caches_and_reruns_only_what_a_param_to
     second = _repro(repo)
     assert _ran(second) == {"champion"}, second  # always runs; the champion it promoted is no change
 
-    params["train"]["finetune"]["lr_head"] *= 2  # one candidate's knob: the other stays cached
+    # one candidate's knob: the other stays cached. A dry run names the stages a repro would run without
+    # running them (the first repro above proved that they run)
+    params["train"]["finetune"]["lr_head"] *= 2
     _write_params(repo, params)
-    third = _repro(repo)
+    weights = repo / "outputs" / "finetune" / "model" / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    third = _repro(repo, "--dry")
     assert _ran(third) == {"champion", "train_finetune", "evaluate", "register"}, third
+    assert weights.stat().st_mtime_ns == before  # nothing ran
