@@ -99,7 +99,7 @@ test-fast: setup  ## unit and step tests only
 	$(BIN)/python -m pytest -q -m "not slow and not integration and not containers" $(XDIST) $(PYTEST_ARGS)
 
 lint: setup lint-infra  ## ruff over the code, then the infra checks
-	$(BIN)/ruff check src tests benchmarks components pipelines
+	$(BIN)/ruff check src tests benchmarks
 
 LINT_VENV := .venv-lint
 

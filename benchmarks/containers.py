@@ -80,7 +80,7 @@ def pipelines() -> dict[str, float]:
 
 
 def main() -> None:
-    from headstart.pipeline.local import default_image
+    from headstart.kfp.local import default_image
 
     engine = shutil.which("docker") if os.environ.get("DOCKER_HOST") else shutil.which("podman")
     image = default_image()

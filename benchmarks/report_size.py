@@ -81,7 +81,7 @@ def struct_bytes(metadata: dict) -> int:
 def kfp_sizes(out: Path) -> dict[str, int]:
     from kfp.dsl import ClassificationMetrics
 
-    from headstart.pipeline import kfp_io
+    from headstart.kfp import kfp_io
     from headstart.steps.evaluate import confusion
 
     data = np.load(out / "predictions.npz")

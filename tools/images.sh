@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the component images: $IMAGE:$TAG (CPU, components/Dockerfile) and $IMAGE:$TAG-cuda (Dockerfile.cuda).
+# Build the component images: $IMAGE:$TAG (CPU, docker/Dockerfile) and $IMAGE:$TAG-cuda (Dockerfile.cuda).
 #
 #   tools/images.sh            (make images) build both, reusing every unchanged layer
 #
@@ -119,5 +119,5 @@ build() {  # build DOCKERFILE REF
   say "built $2 in $((SECONDS - start)) s, $($ENGINE image inspect -f '{{.Size}}' "$2" | awk '{printf "%.2f GB", $1/1e9}')"
 }
 mkdir -p "$ROOT/.headstart/images"
-build components/Dockerfile "$IMAGE:$TAG"
-build components/Dockerfile.cuda "$IMAGE:$TAG-cuda"
+build docker/Dockerfile "$IMAGE:$TAG"
+build docker/Dockerfile.cuda "$IMAGE:$TAG-cuda"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Lint Headstart's infrastructure and container files, statically (no cluster, no
 # Docker engine, no cloud account needed):
-#   hadolint      components/Dockerfile, components/Dockerfile.cuda, infra/mlflow/Dockerfile
+#   hadolint      docker/Dockerfile, docker/Dockerfile.cuda, infra/mlflow/Dockerfile
 #   kustomize     every overlay in infra/k8s/overlays builds (kubectl's kustomize v5)
 #   validate      the built manifests and the Secret templates pass
 #                 kubernetes-validate --strict for Kubernetes $K8S_VERSION
@@ -18,7 +18,7 @@ cd "$ROOT"
 VENV="${LINT_VENV:-.venv-lint}"
 K8S_VERSION="${K8S_VERSION:-1.33.0}"
 OVERLAYS=(gke eks onprem)
-DOCKERFILES=(components/Dockerfile components/Dockerfile.cuda infra/mlflow/Dockerfile)
+DOCKERFILES=(docker/Dockerfile docker/Dockerfile.cuda infra/mlflow/Dockerfile)
 
 BUILD="$(mktemp -d)"
 trap 'rm -rf "$BUILD"' EXIT

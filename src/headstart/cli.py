@@ -24,7 +24,7 @@ app.add_typer(data_app, name="data")
 
 
 def _mount_pipeline() -> None:
-    from headstart.pipeline.cli import app as pipeline_app
+    from headstart.kfp.cli import app as pipeline_app
 
     app.add_typer(pipeline_app, name="pipeline", help="Compile, run locally, submit or schedule the Kubeflow pipeline.")
 

@@ -152,7 +152,7 @@ SECTIONS = {
     "evaluate": "headstart.steps.evaluate:EvaluateConfig",
     "gate": "headstart.gate:GateThresholds",
     "register": "headstart.steps.register:RegisterConfig",
-    "pipeline": "headstart.pipeline.settings:PipelineSettings",
+    "pipeline": "headstart.kfp.settings:PipelineSettings",
 }
 NOT_KNOBS = {"train": {"role"}}  # fields a section's class has but params.yaml does not set
 OPEN = "*"  # in a schema: a class that ignores keys it does not know (extra != "forbid")

@@ -28,7 +28,7 @@ from typing import Any
 
 from headstart import storage
 from headstart.errors import ConfigError, HeadstartError, StorageError
-from headstart.pipeline.settings import PipelineSettings
+from headstart.kfp.settings import PipelineSettings, settings_from_params
 from headstart.tracking import LOOP_ENV
 
 GROUP, VERSION, PLURAL = "kubeflow.org", "v1", "pytorchjobs"
@@ -37,7 +37,7 @@ JOB_NAME_LABEL = "training.kubeflow.org/job-name"
 DISTRIBUTED_LABEL = "headstart.io/distributed-training"
 
 
-# Downward-API variables the pipeline sets on the launcher task (components/train_distributed.py).
+# Downward-API variables the pipeline sets on the launcher task (headstart.kfp.components.train_distributed).
 POD_NAME_ENV, POD_UID_ENV, POD_NAMESPACE_ENV = "POD_NAME", "POD_UID", "POD_NAMESPACE"
 REQUEST_TIMEOUT = (10, 30)  # (connect, read) s, every API call: the client has no default and ignores a float
 API_ATTEMPTS, RETRY_BASE_S, RETRY_MAX_S = 5, 1.0, 30.0  # a call meeting transient errors: 5 tries, 1+2+4+8 s apart
@@ -150,6 +150,51 @@ def unstage(staging: str, echo: Callable[[str], None] | None = None) -> int:
             raise
         echo(f"warning: staged files left behind ({exc}); delete {folder} by hand or with a lifecycle rule")
         return 0
+
+
+def train_on_cluster(
+    role: str,
+    params: dict[str, Any],
+    dataset: Path,
+    model: Path,
+    *,
+    nodes: int,
+    gpus_per_node: int,
+    staging_uri: str,
+    image: str,
+    timeout_s: float,
+    namespace: str = "",
+    staged_data: str = "",
+    loop_id: str = "",
+    environ: Mapping[str, str] | None = None,
+) -> JobRequest:
+    """Train one candidate as a PyTorchJob and download its outputs (model, metrics.json) into `model`.
+
+    `staging_uri` is checked before anything is created. The dataset is staged in the job's own folder unless
+    `staged_data` names the run's shared copy (`stage`, left for `unstage` once both candidates are done). The
+    job names the launcher pod (POD_NAME, POD_UID in `environ`) as its owner and is deleted however this ends;
+    so is the job's staging folder (its outputs, its own copy of the data). Returns the job's request.
+    """
+    import os
+    import uuid
+
+    from headstart import bundle
+
+    name = f"headstart-{role}-{uuid.uuid4().hex[:8]}"
+    staging = staging_folder(staging_uri, name)  # before any work: "" is not readable by the pods
+    ns = namespace or current_namespace()
+    req = JobRequest(name=name, namespace=ns, role=role, params=params, staging_uri=staging, nodes=nodes,
+                     gpus_per_node=gpus_per_node, image=image, data=staged_data, loop_id=loop_id)
+    try:
+        if not staged_data:
+            req = stage_dataset(dataset, req)  # shards as they are, an ImageFolder as a tar.gz
+        api = api_client()
+        owner = owner_reference(os.environ if environ is None else environ, ns, api)
+        launch(req, settings_from_params(params), api, timeout_s, owner=owner)
+        bundle.get(req.outputs_uri(), model)
+    finally:
+        unstage(staging, echo=print)  # this job's folder: its outputs (now in `model`), its own data
+    return req
 
 
 def command(req: JobRequest) -> list[str]:

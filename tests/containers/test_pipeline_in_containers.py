@@ -35,7 +35,7 @@ ARGS = {"backbone": "small_cnn", "weights": "none", "image_size": 32, "epochs": 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    from headstart.pipeline.local import default_image
+    from headstart.kfp.local import default_image
 
     for ref in (default_image(), default_image() + "-cuda"):  # run_local checks too; this says what to do first
         assert subprocess.run(["podman", "image", "exists", ref], check=False).returncode == 0 or os.environ.get(
@@ -46,7 +46,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 def run_pipeline(stack: Stack, root: Path, monkeypatch: pytest.MonkeyPatch, extra: list[str] | None = None,
                  runner: str = "docker", **args: object):
-    from headstart.pipeline.local import run_local
+    from headstart.kfp.local import run_local
 
     for key in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "AWS_ENDPOINT_URL",
                 "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
@@ -101,7 +101,7 @@ def test_every_task_ran_in_the_image_as_its_non_root_user(first):
     assert functions.count("train_candidate") == 2
     assert all(r["exit_code"] == 0 for r in first.containers)
     assert {r["user"] for r in first.containers} == {"10001:10001"}
-    from headstart.pipeline.local import default_image
+    from headstart.kfp.local import default_image
 
     assert {r["image"] for r in first.containers} == {default_image(), default_image() + "-cuda"}
     # the outputs on the bind-mounted pipeline root were written by uid 10001, not by this (the venv's) process
@@ -191,7 +191,7 @@ def test_after_100_promotions_a_killed_training_resumes_and_registers_again(firs
     import docker
 
     from headstart import registry
-    from headstart.pipeline.containers import LABEL_FUNCTION
+    from headstart.kfp.containers import LABEL_FUNCTION
 
     tracking = _as(stack, monkeypatch, "pipeline", SECRET_PW)
     c = registry.client(tracking)

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from headstart import bundle, pytorchjob
-from headstart.pipeline.settings import settings_from_params
+from headstart.kfp.settings import settings_from_params
 
 from ..conftest import make_imagefolder
 

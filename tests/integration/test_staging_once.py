@@ -6,7 +6,6 @@ rank 0 would."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import pytest
 from headstart import bundle, pytorchjob, storage
 from headstart.config import load_params
 from headstart.data import shards
+from headstart.kfp import bodies
 
 from ..conftest import make_imagefolder
 from .conftest import fresh_bucket
@@ -29,15 +29,6 @@ class Art:
 
     def log_metric(self, key: str, value: float) -> None:
         self.logged[key] = value
-
-
-def _components() -> Any:
-    sys.path.insert(0, str(ROOT))
-    try:
-        from components import train_distributed
-    finally:
-        sys.path.remove(str(ROOT))
-    return train_distributed
 
 
 def _keys(bucket: str) -> list[str]:
@@ -69,7 +60,7 @@ def jobs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[pytorchjob.Job
 
 def _train(role: str, dataset: Art, staging: str, tmp_path: Path, **kw: Any) -> Art:
     model = Art(tmp_path / f"model-{role}")
-    _components().train_distributed(
+    bodies.train_distributed(
         role=role, dataset=dataset, params_json=json.dumps(load_params(ROOT / "params.yaml")), overrides=[],
         backbone="small_cnn", weights="", image_size=32, epochs=1, images_per_class=0, lr_head=0.01,
         lr_backbone=0.01, nodes=2, gpus_per_node=1, staging_uri=staging, job_image="img", namespace="ns",
@@ -97,9 +88,8 @@ def test_a_run_stages_its_dataset_once_and_leaves_nothing_behind(moto: str, tmp_
     dataset, staging = Art(data, uri=f"minio://mlpipeline/v2/artifacts/run-1/fetch/{tmp_path.name}"), \
         f"s3://{bucket}/staging"
     sent = _uploads(monkeypatch)
-    components = _components()
-    staged = components.stage_data(dataset=dataset, staging_uri=staging)
-    assert components.stage_data(dataset=dataset, staging_uri=staging) == staged  # found there: sent once
+    staged = bodies.stage_data(dataset=dataset, staging_uri=staging)
+    assert bodies.stage_data(dataset=dataset, staging_uri=staging) == staged  # found there: sent once
     for role in ("finetune", "scratch"):
         model = _train(role, dataset, staging, tmp_path, staged_data=staged)
         assert json.loads((Path(model.path) / "metrics.json").read_text())["run_id"] == "r1"
@@ -107,9 +97,9 @@ def test_a_run_stages_its_dataset_once_and_leaves_nothing_behind(moto: str, tmp_
     assert data_uploads == [staged] and staged.endswith("/data/" if packed else "/data.tar.gz")
     assert [j.data_uri() for j in jobs] == [staged, staged] and all(j.sharded == packed for j in jobs)
     assert _keys(bucket) and all(k.startswith("staging/data-") for k in _keys(bucket))  # outputs gone already
-    components.unstage_data(staged_data=staged)
+    bodies.unstage_data(staged_data=staged)
     assert _keys(bucket) == []
-    components.unstage_data(staged_data="")  # stage_data failed: nothing to do, and never the working directory
+    bodies.unstage_data(staged_data="")  # stage_data failed: nothing to do, and never the working directory
 
 
 def test_a_candidate_that_stages_its_own_copy_deletes_it_and_its_outputs(moto: str, tmp_path: Path, monkeypatch,

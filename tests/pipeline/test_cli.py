@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from headstart.errors import ConfigError
-from headstart.pipeline.cli import app, parse_arguments
+from headstart.kfp.cli import app, parse_arguments
 from tests.pipeline.conftest import ROOT, load_spec
 
 runner = CliRunner()

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from kfp.dsl import ClassificationMetrics, Metrics
 
-from headstart.pipeline import kfp_io
+from headstart.kfp import kfp_io
 
 
 def _eval_dir(root: Path, n_classes: int, champion_version: str | None, per_class: int = 10) -> Path:

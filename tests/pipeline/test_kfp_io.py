@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from headstart.errors import ConfigError
-from headstart.pipeline import kfp_io
+from headstart.kfp import kfp_io
 from headstart.steps import train
 
 RECIPE = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())["train"]

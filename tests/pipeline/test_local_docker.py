@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from headstart.errors import ConfigError
-from headstart.pipeline.local import run_local, secret_env
+from headstart.kfp.local import run_local, secret_env
 from tests.pipeline.conftest import ROOT
 
-IMAGE_UID = 10001  # components/Dockerfile*: USER 10001:10001
+IMAGE_UID = 10001  # docker/Dockerfile*: USER 10001:10001
 OTHER_UID = 4242  # another user of the machine
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="handing a folder to another uid needs root")
 
@@ -86,7 +86,7 @@ def test_docker_runner_passes_the_s3_endpoint_session_token_region_and_attempts(
 
 def test_a_task_whose_function_name_is_a_path_logs_under_a_plain_name():
     """The container's command names its log file (<run>/logs/NN-FUNCTION-ATTEMPT.log): no way out of logs/."""
-    from headstart.pipeline.containers import _function
+    from headstart.kfp.containers import _function
 
     assert _function(["sh", "-c", "python -m kfp.dsl.executor_main --function_to_execute train_candidate"]) == (
         "train_candidate")

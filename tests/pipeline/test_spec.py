@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from headstart.config import load_params
-from headstart.pipeline.settings import MLFLOW_KEYS, S3_KEYS, settings_from_params
+from headstart.kfp.settings import MLFLOW_KEYS, S3_KEYS, settings_from_params
 from tests.helpers import by_display, container, guards, k8s, tasks
 from tests.pipeline.conftest import ROOT, load_spec
 
@@ -147,7 +147,7 @@ def test_secrets_are_env_from_kubernetes_secrets_only(compiled):
 
 def test_the_docker_runner_passes_exactly_what_the_secrets_give_the_pods(compiled):
     """One list for both: S3's own endpoint, temporary keys' token, the region and the attempt bound included."""
-    from headstart.pipeline.local import secret_env
+    from headstart.kfp.local import secret_env
 
     _, spec, platform = compiled
     steps = [t for t in tasks(spec).values() if "executorLabel" in spec["components"][t["componentRef"]["name"]]]
@@ -158,7 +158,7 @@ def test_the_docker_runner_passes_exactly_what_the_secrets_give_the_pods(compile
 
 
 def test_no_secret_value_or_credential_parameter_in_the_spec(tmp_path, monkeypatch):
-    from headstart.pipeline import compile as compile_spec
+    from headstart.kfp import compile as compile_spec
 
     sentinels = {
         "AWS_SECRET_ACCESS_KEY": "sentinel-aws-secret-4f1c",
@@ -270,7 +270,7 @@ def test_checkpoints_go_to_the_run_workspace(compiled, tmp_path):
         assert root == "{{$.workspace_path}}"
     assert platform["platforms"]["kubernetes"]["pipelineConfig"]["workspace"]["size"] == "20Gi"
 
-    from headstart.pipeline import compile as compile_spec
+    from headstart.kfp import compile as compile_spec
 
     out = compile_spec("r/h:1", tmp_path / "p.yaml", params_file=ROOT / "params.yaml", workspace_size="")
     spec2, platform2 = load_spec(out)
@@ -281,21 +281,60 @@ def test_checkpoints_go_to_the_run_workspace(compiled, tmp_path):
     assert root == ""
 
 
-def test_committed_spec_is_current(tmp_path):
-    """Fails when pipelines/ or components/ or params.yaml changed without `headstart pipeline compile`."""
-    from headstart.pipeline import compile as compile_spec
+# Run in a child whose working directory is outside the checkout and whose path holds only the package under test.
+COMPILE_ELSEWHERE = """
+import json, sys
+from pathlib import Path
+
+from headstart.kfp.cli import app
+
+try:
+    app(["compile", "--out", "spec.yaml"])
+except SystemExit as exc:
+    assert exc.code in (0, None), exc.code
+import headstart, headstart.kfp.pipeline, kfp
+
+checkout = Path(sys.argv[1])
+outside = [checkout / "pipelines", checkout / "components"]
+print(json.dumps({
+    "path": [str(Path(p or ".").resolve()) for p in sys.path],
+    "from_checkout": sorted(n for n, m in list(sys.modules.items())
+                            if any(Path(getattr(m, "__file__", None) or "/").resolve().is_relative_to(o)
+                                   for o in outside)),
+    "components": "components" in sys.modules,
+    "pipeline": headstart.kfp.pipeline.__file__,
+    "headstart": headstart.__file__,
+    "kfp": kfp.__file__,
+}))
+"""
+
+
+def test_the_committed_spec_is_what_the_installed_package_compiles(tmp_path):
+    """`headstart pipeline compile` run outside the checkout, with neither pipelines/ nor components/ on the
+    path, writes the committed spec: it is built from the package alone. Fails, too, when the package or
+    params.yaml changed without `headstart pipeline compile`."""
+    import shutil
+    import subprocess
+    import sys
+
+    import headstart
 
     committed = ROOT / "pipelines" / "headstart_pipeline.yaml"
-    assert committed.is_file(), (
-        "run `headstart pipeline compile` and commit pipelines/headstart_pipeline.yaml"
-    )
-    cwd = os.getcwd()
-    os.chdir(ROOT)
-    try:
-        fresh = compile_spec(out=tmp_path / "fresh.yaml")
-    finally:
-        os.chdir(cwd)
-    assert load_spec(fresh) == load_spec(committed), (
+    assert committed.is_file(), "run `headstart pipeline compile` and commit pipelines/headstart_pipeline.yaml"
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    package = Path(headstart.__file__).resolve().parent
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(package.parent)  # the tree under test, not another editable install
+    done = subprocess.run([sys.executable, "-c", COMPILE_ELSEWHERE, str(ROOT)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    child = json.loads(done.stdout.strip().splitlines()[-1])
+    assert str(ROOT.resolve()) not in child["path"]
+    assert child["from_checkout"] == [] and not child["components"]
+    assert Path(child["headstart"]).resolve().parent == package
+    assert Path(child["pipeline"]).resolve() == package / "kfp" / "pipeline.py"
+    assert not Path(child["kfp"]).resolve().is_relative_to(package)  # `import kfp` is the kfp package
+    assert load_spec(tmp_path / "spec.yaml") == load_spec(committed), (
         "pipelines/headstart_pipeline.yaml is stale: run `headstart pipeline compile` and commit it"
     )
 
@@ -305,14 +344,14 @@ def test_committed_spec_is_current(tmp_path):
 )
 def test_bad_settings_are_config_errors(tmp_path, bad):
     from headstart.errors import ConfigError
-    from headstart.pipeline import compile as compile_spec
+    from headstart.kfp import compile as compile_spec
 
     with pytest.raises(ConfigError, match="pipeline\\."):
         compile_spec("r/h:1", tmp_path / "p.yaml", params_file=ROOT / "params.yaml", **bad)
 
 
 def test_image_defaults_from_registry_and_tag(tmp_path):
-    from headstart.pipeline import compile as compile_spec
+    from headstart.kfp import compile as compile_spec
 
     out = compile_spec(
         None,
@@ -326,13 +365,16 @@ def test_image_defaults_from_registry_and_tag(tmp_path):
     assert images == {"ghcr.io/acme/headstart:1.2.3", "ghcr.io/acme/headstart:1.2.3-cuda"}
 
 
-def test_missing_pipeline_definition_is_a_config_error(tmp_path, monkeypatch):
-    from headstart.errors import ConfigError
-    from headstart.pipeline import spec
+def body_source(spec: dict, task: dict) -> str:
+    """What a task runs: its component's source in the spec is one call into headstart.kfp.bodies
+    (tests/pipeline/test_components.py); the source of the function it calls."""
+    import inspect
 
-    monkeypatch.setattr(spec, "PIPELINE_FILE", Path("pipelines/nothing_here.py"))
-    with pytest.raises(ConfigError, match="nothing_here.py"):
-        spec.project_root(tmp_path)
+    from headstart.kfp import bodies
+
+    called = re.findall(r"bodies\.(\w+)\(", "\n".join(container(spec, task)["command"]))
+    assert len(called) == 1, called
+    return inspect.getsource(getattr(bodies, called[0]))
 
 
 def test_fetch_is_cached_on_the_commit_an_uncached_resolver_finds(compiled):
@@ -348,7 +390,7 @@ def test_fetch_is_cached_on_the_commit_an_uncached_resolver_finds(compiled):
         "taskOutputParameter": {"producerTask": "resolve-data-rev", "outputParameterKey": "Output"}
     }
     assert "resolve-data-rev" in fetched["dependentTasks"]
-    assert "fetch.resolve_rev(data_repo, data_rev)" in "".join(container(spec, resolver)["command"])
+    assert "fetch.resolve_rev(data_repo, data_rev)" in body_source(spec, resolver)
     assert resolver["retryPolicy"]["maxRetryCount"] == fetched["retryPolicy"]["maxRetryCount"]
 
 
@@ -367,7 +409,6 @@ def test_every_task_that_opens_mlflow_runs_groups_them_by_the_data_version_witho
     be the same for every run of an image. No task takes a run-specific input for it: that would enter the
     cache key of validate and the trainings, and an unchanged dataset would be retrained every week."""
     _, spec, _ = compiled
-    executors = spec["deploymentSpec"]["executors"]
     steps = set()
     for name, task in tasks(spec).items():
         component = spec["components"][task["componentRef"]["name"]]
@@ -375,9 +416,9 @@ def test_every_task_that_opens_mlflow_runs_groups_them_by_the_data_version_witho
             continue
         assert "loop_id" not in task.get("inputs", {}).get("parameters", {}), name
         assert "pipeline_job_uuid" not in json.dumps(task.get("inputs", {})), name
-        code = "\n".join(executors[component["executorLabel"]]["container"]["command"])
+        code = body_source(spec, task)
         if re.search(r"from headstart\.steps import (validate|train|evaluate|register)\b", code) or (
-                "pytorchjob.launch(" in code):
+                "pytorchjob.train_on_cluster(" in code):
             steps.add(name)
             assert "kfp_io.use_loop(dict(dataset.metadata))" in code, name
     assert {"validate-data", *TRAIN, "evaluate-candidates", EVALUATE_GPU, "register-and-gate"} <= steps

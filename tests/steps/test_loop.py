@@ -391,7 +391,7 @@ def test_the_kfp_register_task_logs_the_verdict_and_version_and_writes_the_repor
     the data version from the fetch task's Dataset metadata (a pod has no git nor data.dvc)."""
     from types import SimpleNamespace
 
-    from components.register import register_and_gate
+    from headstart.kfp.bodies import register_and_gate
 
     root, data, tracking, cands = loop
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking.resolved_uri())

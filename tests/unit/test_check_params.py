@@ -33,7 +33,7 @@ def test_run_checks_every_sections_values_from_params_yaml(tmp_path):
 
 
 def test_pipeline_overrides_are_checked_and_named_as_such():
-    from headstart.pipeline import kfp_io
+    from headstart.kfp import kfp_io
 
     params_json = __import__("json").dumps(load_params(ROOT / "params.yaml"))
     with pytest.raises(InvalidParams, match=r"from the run's overrides parameter gate\.max_regresion=0"):

@@ -152,7 +152,7 @@ def test_the_import_walk_finds_what_it_must():
     evaluate = {p.relative_to(SRC).as_posix() for p in code_of_stage("headstart evaluate")}
     assert {"headstart/steps/evaluate.py", "headstart/stats.py", "headstart/registry.py", "headstart/cli.py",
             "headstart/data/imagefolder.py"} <= evaluate
-    assert "headstart/pipeline/spec.py" not in evaluate
+    assert "headstart/kfp/spec.py" not in evaluate
     train = {p.relative_to(SRC).as_posix() for p in code_of_stage("headstart train finetune")}
     assert {"headstart/steps/train.py", "headstart/distributed.py", "headstart/engine.py"} <= train
     register = {p.relative_to(SRC).as_posix() for p in code_of_stage("headstart register --data data")}

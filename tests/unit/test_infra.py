@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from headstart.pipeline.settings import MLFLOW_KEYS, S3_KEYS
+from headstart.kfp.settings import MLFLOW_KEYS, S3_KEYS
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"

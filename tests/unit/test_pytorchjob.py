@@ -21,7 +21,7 @@ from headstart import bundle, pytorchjob
 from headstart.config import load_params
 from headstart.data import shards
 from headstart.errors import StorageError
-from headstart.pipeline.settings import settings_from_params
+from headstart.kfp.settings import settings_from_params
 
 from ..conftest import make_imagefolder
 
@@ -469,22 +469,9 @@ class Art:
         self.path, self.metadata = str(path), metadata or {}
 
 
-def _launcher():
-    """The distributed-training component's body (components/ is not a package on the path)."""
-    import sys
-
-    sys.path.insert(0, str(ROOT))
-    try:
-        from components.train_distributed import train_distributed
-    finally:
-        sys.path.remove(str(ROOT))
-    return train_distributed
-
-
 def test_the_launcher_component_refuses_empty_staging_before_creating_anything(kube, tmp_path, monkeypatch):
     from headstart.errors import ConfigError
-
-    train_distributed = _launcher()
+    from headstart.kfp.bodies import train_distributed
 
     monkeypatch.setattr(pytorchjob, "api_client", lambda: kube)
     data = tmp_path / "dataset"
@@ -521,9 +508,8 @@ def test_every_pod_of_the_job_gets_the_loop_id_of_the_data_version_from_the_laun
     joins the loop's group."""
     import os
 
+    from headstart.kfp.bodies import train_distributed
     from headstart.tracking import LOOP_ENV
-
-    train_distributed = _launcher()
 
     class Launched(Exception):
         pass
@@ -552,3 +538,36 @@ def test_every_pod_of_the_job_gets_the_loop_id_of_the_data_version_from_the_laun
         assert env[LOOP_ENV] == "c0ffee-9a1b.dir"
     assert set(job["spec"]["pytorchReplicaSpecs"]) == {"Master", "Worker"}
     assert os.environ[LOOP_ENV] == "c0ffee-9a1b.dir"
+
+
+def test_train_on_cluster_deletes_its_own_staging_folder_however_the_job_ends(tmp_path, monkeypatch):
+    """A failed job still leaves nothing of its own behind; the run's shared copy (`staged_data`) is left for
+    unstage_data, and the owner comes from the launcher's environment."""
+    from headstart.errors import ConfigError
+
+    seen: dict[str, Any] = {}
+
+    def launch(req, settings, api, timeout_s, owner=None):
+        seen.update(req=req, owner=owner, timeout_s=timeout_s)
+        raise pytorchjob.TrainingJobFailed("PyTorchJob failed")
+
+    deleted: list[str] = []
+    monkeypatch.setattr(pytorchjob, "api_client", lambda: "api")
+    monkeypatch.setattr(pytorchjob, "owner_reference", lambda env, ns, api: {"name": env["POD_NAME"], "ns": ns})
+    monkeypatch.setattr(pytorchjob, "launch", launch)
+    monkeypatch.setattr(pytorchjob, "unstage", lambda staging, echo=None: deleted.append(staging) or 0)
+    params = load_params(ROOT / "params.yaml")
+    with pytest.raises(pytorchjob.TrainingJobFailed):
+        pytorchjob.train_on_cluster(
+            "scratch", params, tmp_path / "data", tmp_path / "model", nodes=2, gpus_per_node=4,
+            staging_uri="s3://b/staging/", image="img", timeout_s=60, namespace="team",
+            staged_data="s3://b/staging/data-1/data.tar.gz", loop_id="c0ffee-9a1b.dir", environ={"POD_NAME": "p"})
+    req = seen["req"]
+    assert req.name.startswith("headstart-scratch-") and req.namespace == "team" and req.image == "img"
+    assert (req.nodes, req.gpus_per_node, req.loop_id, seen["timeout_s"]) == (2, 4, "c0ffee-9a1b.dir", 60)
+    assert req.data_uri() == "s3://b/staging/data-1/data.tar.gz" and seen["owner"] == {"name": "p", "ns": "team"}
+    assert deleted == [f"s3://b/staging/{req.name}"]
+    with pytest.raises(ConfigError, match="staging_uri"):
+        pytorchjob.train_on_cluster("scratch", params, tmp_path, tmp_path / "m", nodes=2, gpus_per_node=1,
+                                    staging_uri="", image="img", timeout_s=1, namespace="team")
+    assert len(deleted) == 1  # refused before anything was created

@@ -1,47 +1,25 @@
-"""Build and compile the pipeline defined in pipelines/headstart_pipeline.py."""
+"""Build and compile the pipeline that headstart.kfp.pipeline defines, from the installed package.
+
+Nothing is read from the checkout but params.yaml: the spec is the same whatever the working directory.
+"""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from headstart.config import DEFAULT_PARAMS, load_params
 from headstart.errors import ConfigError
-from headstart.pipeline.settings import PipelineSettings, settings_from_params
+from headstart.kfp.settings import PipelineSettings, settings_from_params
 
-PIPELINE_FILE = Path("pipelines/headstart_pipeline.py")
 DEFAULT_PACKAGE = Path("pipelines/headstart_pipeline.yaml")
-
-
-def project_root(start: Path | None = None) -> Path:
-    """The checkout holding pipelines/ and components/: the current folder or a parent, else the package's."""
-    here = (start or Path.cwd()).resolve()
-    import headstart
-
-    for folder in (here, *here.parents, Path(headstart.__file__).resolve().parents[2]):
-        if (folder / PIPELINE_FILE).is_file() and (folder / "components").is_dir():
-            return folder
-    raise ConfigError(f"{PIPELINE_FILE} not found from {here}: run this from the Headstart repository")
-
-
-def load_definition(root: Path | None = None) -> ModuleType:
-    """Import pipelines/headstart_pipeline.py; its `components` imports resolve from the repository root."""
-    root = root or project_root()
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    spec = importlib.util.spec_from_file_location("headstart_pipeline_definition", root / PIPELINE_FILE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def build(params: dict[str, Any], settings: PipelineSettings) -> Any:
     """The @dsl.pipeline for these params and settings (a kfp GraphComponent)."""
-    return load_definition().build(params, settings)
+    from headstart.kfp import pipeline  # imports kfp: only when a spec is built, not for `headstart --help`
+
+    return pipeline.build(params, settings)
 
 
 def compile(  # noqa: A001 - the verb people type: `headstart pipeline compile`

@@ -30,7 +30,7 @@ from headstart.errors import ConfigError, HeadstartError
 
 LABEL_FUNCTION = "headstart.function"
 LABEL_ATTEMPT = "headstart.attempt"
-IMAGE_USER_UID = 10001  # components/Dockerfile*: the user every component runs as
+IMAGE_USER_UID = 10001  # docker/Dockerfile*: the user every component runs as
 
 
 @dataclass

@@ -14,27 +14,19 @@ def validate_data(
     summary: Output[Metrics],
 ) -> bool:
     """Run every data check; the report is shown in the UI. Returns whether training may start."""
-    from pathlib import Path
+    from headstart.kfp import bodies
 
-    from headstart.pipeline import kfp_io
-    from headstart.steps import validate
-
-    kfp_io.use_loop(dict(dataset.metadata))
-    p = kfp_io.validate_params(params_json, overrides)
-    out = Path(validation.path)
-    result = validate.run(validate.config_from_params(p), Path(dataset.path), out, kfp_io.tracking(p))
-    kfp_io.copy_text(report.path, out / "report.html")
-    kfp_io.log_metrics(summary, kfp_io.validation_metrics(result.to_dict()))
-    return result.passed
+    return bodies.validate_data(
+        dataset=dataset, params_json=params_json, overrides=overrides, validation=validation, report=report,
+        summary=summary,
+    )
 
 
 def data_rejected(report: Input[HTML]):
     """Fail the run on purpose, after the report is saved, so a scheduled run with bad data shows red."""
-    from headstart.errors import ValidationFailed
+    from headstart.kfp import bodies
 
-    raise ValidationFailed(
-        f"the dataset failed validation; see the report ({report.uri}). No training was started."
-    )
+    bodies.data_rejected(report=report)
 
 
 def component(image: str) -> PythonComponent:

@@ -41,70 +41,30 @@ def train_distributed(
 
     The job is deleted however this task ends, and names this pod as its owner (POD_NAME, POD_UID).
     """
-    import json
-    import os
-    import uuid
-    from pathlib import Path
+    from headstart.kfp import bodies
 
-    from headstart import bundle, pytorchjob
-    from headstart.pipeline import kfp_io
-    from headstart.pipeline.settings import settings_from_params
-
-    name = f"headstart-{role}-{uuid.uuid4().hex[:8]}"
-    staging = pytorchjob.staging_folder(staging_uri, name)  # before any work: "" is not readable by the pods
-    p = kfp_io.train_params(
-        params_json,
-        overrides,
-        role,
-        backbone=backbone,
-        weights=weights,
-        image_size=image_size,
-        epochs=epochs,
-        images_per_class=images_per_class,
-        lr_head=lr_head,
-        lr_backbone=lr_backbone,
-        checkpoints="/checkpoints",
+    bodies.train_distributed(
+        role=role, dataset=dataset, params_json=params_json, overrides=overrides, backbone=backbone, weights=weights,
+        image_size=image_size, epochs=epochs, images_per_class=images_per_class, lr_head=lr_head,
+        lr_backbone=lr_backbone, nodes=nodes, gpus_per_node=gpus_per_node, staging_uri=staging_uri,
+        job_image=job_image, namespace=namespace, timeout_s=timeout_s, model=model, metrics=metrics,
+        learning_curve=learning_curve, staged_data=staged_data,
     )
-    ns = namespace or pytorchjob.current_namespace()
-    req = pytorchjob.JobRequest(
-        name=name, namespace=ns, role=role, params=p, staging_uri=staging,
-        nodes=nodes, gpus_per_node=gpus_per_node, image=job_image, data=staged_data,
-        loop_id=kfp_io.use_loop(dict(dataset.metadata)),  # the pods' MLflow run joins the loop's parent
-    )
-    try:
-        if not staged_data:
-            req = pytorchjob.stage_dataset(Path(dataset.path), req)  # shards as they are, an ImageFolder as a tar.gz
-        api = pytorchjob.api_client()
-        owner = pytorchjob.owner_reference(os.environ, ns, api)
-        pytorchjob.launch(req, settings_from_params(p), api, timeout_s, owner=owner)
-        bundle.get(req.outputs_uri(), Path(model.path))
-    finally:
-        pytorchjob.unstage(staging, echo=print)  # this job's folder: its outputs (now the Model), its own data
-    result = json.loads((Path(model.path) / "metrics.json").read_text())
-    kfp_io.log_metrics(metrics, result)
-    kfp_io.write_png_html(
-        learning_curve.path, Path(model.path) / "learning_curve.png", f"{role}: learning curve"
-    )
-    model.metadata.update(role=role, backbone=backbone, mlflow_run_id=result.get("run_id") or "",
-                          pytorchjob=f"{ns}/{name}", world=f"{nodes}x{gpus_per_node}")
 
 
 def stage_data(dataset: Input[Dataset], staging_uri: str) -> str:
     """Stage the dataset once for both candidates' PyTorchJobs; returns where it is (their `staged_data`)."""
-    from pathlib import Path
+    from headstart.kfp import bodies
 
-    from headstart import pytorchjob
-
-    return pytorchjob.stage(Path(dataset.path), pytorchjob.run_staging(staging_uri, dataset.uri))
+    return bodies.stage_data(dataset=dataset, staging_uri=staging_uri)
 
 
 def unstage_data(staged_data: str = ""):
     """Delete what `stage_data` staged, once both candidates' jobs have read it; "" (stage_data never ran or
     failed: the default lets this task run after a failed upstream) leaves nothing to do."""
-    from headstart import pytorchjob
+    from headstart.kfp import bodies
 
-    if staged_data:
-        pytorchjob.unstage(staged_data)
+    bodies.unstage_data(staged_data=staged_data)
 
 
 def component(image: str) -> PythonComponent:

@@ -93,7 +93,7 @@ class SecretKeys(NamedTuple):
 
     Every secret holds the required ones (infra/k8s/secrets); an optional one reaches the pod when the secret has
     it. The same names are all the docker runner passes from its environment into a container
-    (headstart.pipeline.local.secret_env), so a local run sees what a pod sees."""
+    (headstart.kfp.local.secret_env), so a local run sees what a pod sees."""
 
     required: tuple[str, ...]
     optional: tuple[str, ...] = ()

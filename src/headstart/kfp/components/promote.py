@@ -13,14 +13,11 @@ def act_on_decision(
     decision: Input[Artifact], params_json: str, overrides: list, registered_model: str
 ) -> str:
     """Returns the previous champion version ("" if none or not moved)."""
-    from pathlib import Path
+    from headstart.kfp import bodies
 
-    from headstart.pipeline import kfp_io
-    from headstart.steps import promote
-
-    p = kfp_io.params(params_json, overrides, {"tracking.registered_model": registered_model})
-    result = promote.run(Path(decision.path) / "decision.json", kfp_io.tracking(p))
-    return result.previous_champion or ""
+    return bodies.act_on_decision(
+        decision=decision, params_json=params_json, overrides=overrides, registered_model=registered_model,
+    )
 
 
 def component(image: str) -> PythonComponent:

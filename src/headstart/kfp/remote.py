@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from headstart.errors import ConfigError
-from headstart.pipeline.spec import DEFAULT_PACKAGE, check_arguments, root_inputs
+from headstart.kfp.spec import DEFAULT_PACKAGE, check_arguments, root_inputs
 
 SERVICE_ACCOUNT = "headstart-pipeline"
 EXPERIMENT = "headstart"

@@ -1,7 +1,7 @@
 """Run the whole pipeline on this machine with kfp.local: no cluster.
 
 Two runners: `subprocess` (every task in this Python environment; the quick path) and `docker` (every task in
-the component images, as the image's user, under kfp.local.DockerRunner; see headstart.pipeline.containers).
+the component images, as the image's user, under kfp.local.DockerRunner; see headstart.kfp.containers).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 
 from headstart.config import DEFAULT_PARAMS, load_params
 from headstart.errors import ConfigError, HeadstartError, ValidationFailed
-from headstart.pipeline.settings import MLFLOW_KEYS, S3_KEYS, PipelineSettings, package_version, settings_from_params
-from headstart.pipeline.spec import build
+from headstart.kfp.settings import MLFLOW_KEYS, S3_KEYS, PipelineSettings, package_version, settings_from_params
+from headstart.kfp.spec import build
 
 DEFAULT_ROOT = Path("pipelines/local_root")
 RUNNERS = ("subprocess", "docker")
@@ -94,7 +94,7 @@ def run_local(
     workspace.mkdir(exist_ok=True)
     if runner == "subprocess":
         return _run(pipeline, root, workspace, local_runner=None, arguments=arguments)
-    from headstart.pipeline import containers
+    from headstart.kfp import containers
 
     containers.give_to_image(root, workspace)  # the root first: then nobody else can swap the workspace
     with containers.engine():

@@ -1,7 +1,8 @@
 """The Headstart retraining pipeline for Kubeflow Pipelines v2: wiring only.
 
-Compile it with `headstart pipeline compile` (writes pipelines/headstart_pipeline.yaml); the
-steps live in headstart.steps, the components in components/.
+Compile it with `headstart pipeline compile` (writes pipelines/headstart_pipeline.yaml); the steps live in
+headstart.steps, the components in headstart.kfp.components and what their bodies run in headstart.kfp.bodies.
+`from kfp import ...` is the kfp package: absolute imports never resolve to this package, headstart.kfp.
 """
 
 import json
@@ -11,7 +12,8 @@ from kfp import dsl, kubernetes
 from kfp.dsl import PipelineTask
 from kfp.dsl.graph_component import GraphComponent
 
-from headstart.pipeline.settings import MLFLOW_KEYS, S3_KEYS, PipelineSettings, SecretKeys
+from headstart.kfp.components import evaluate, fetch, promote, register, train, train_distributed, validate
+from headstart.kfp.settings import MLFLOW_KEYS, S3_KEYS, PipelineSettings, SecretKeys
 from headstart.pytorchjob import POD_NAME_ENV, POD_NAMESPACE_ENV, POD_UID_ENV
 
 # The downward API gives the PyTorchJob launcher its own pod, which the job names as its owner.
@@ -110,8 +112,6 @@ def _on_gpu(task: PipelineTask, s: PipelineSettings) -> PipelineTask:
 
 def build(params: dict[str, Any], s: PipelineSettings) -> GraphComponent:
     """The pipeline for these params.yaml contents and settings (images, pool, resources)."""
-    from components import evaluate, fetch, promote, register, train, train_distributed, validate
-
     cpu, gpu = s.cpu_image(), s.cuda_image()
     resolve_op, fetch_op, validate_op, rejected_op = (
         fetch.resolve_component(cpu),
@@ -306,10 +306,3 @@ def build(params: dict[str, Any], s: PipelineSettings) -> GraphComponent:
         name=NAME, description=DESCRIPTION, display_name="Headstart retraining", pipeline_config=config
     )(headstart)
 
-
-if __name__ == "__main__":  # `python pipelines/headstart_pipeline.py [options]` = the compile command
-    import sys
-
-    from headstart.pipeline.cli import app
-
-    app(["compile", *sys.argv[1:]])

@@ -20,6 +20,14 @@ from headstart.config import TrackingConfig, apply_override, check_params, track
 from headstart.tracking import LOOP_ENV
 
 
+class ArtifactLike(Protocol):
+    """A KFP artifact as a component body sees it: where its file is, its URI, its metadata."""
+
+    path: str
+    uri: str
+    metadata: dict[str, Any]
+
+
 class MetricsLike(Protocol):
     metadata: dict[str, Any]
 

@@ -11,7 +11,7 @@ import yaml
 from rich.console import Console
 
 from headstart.errors import ConfigError
-from headstart.pipeline.spec import DEFAULT_PACKAGE
+from headstart.kfp.spec import DEFAULT_PACKAGE
 
 app = typer.Typer(
     help="The Kubeflow pipeline: compile the spec, run it locally (kfp.local), submit a run, schedule runs.",
@@ -91,7 +91,7 @@ def compile_cmd(
 ) -> None:
     """Compile the pipeline to YAML (commit pipelines/headstart_pipeline.yaml; upload it in the KFP UI)."""
     from headstart.config import load_params
-    from headstart.pipeline.spec import compile as compile_spec
+    from headstart.kfp.spec import compile as compile_spec
 
     load_params(params, overrides, full=True)  # every section: the pods read them after the GPUs have started
     extra: dict[str, Any] = {"image_registry": registry, "image_tag": tag}
@@ -128,7 +128,7 @@ def run_local_cmd(
     S3 and MLflow credentials (AWS_*, MLFLOW_TRACKING_*) come from this shell's environment, as the Kubernetes
     secrets give them to the pods.
     """
-    from headstart.pipeline.local import run_local
+    from headstart.kfp.local import run_local
 
     result = run_local(root, params_file=params, overrides=overrides, arguments=parse_arguments(args),
                        runner=runner, image=image)
@@ -155,7 +155,7 @@ def submit(
     token: TokenOpt = None,
 ) -> None:
     """Start one run of the compiled pipeline on a Kubeflow Pipelines cluster."""
-    from headstart.pipeline.remote import submit as do_submit
+    from headstart.kfp.remote import submit as do_submit
 
     result = do_submit(
         host,
@@ -185,7 +185,7 @@ def schedule(
     token: TokenOpt = None,
 ) -> None:
     """Schedule retraining: a recurring run, one at a time, skipping missed slots (no catch-up)."""
-    from headstart.pipeline.remote import schedule as do_schedule
+    from headstart.kfp.remote import schedule as do_schedule
 
     result = do_schedule(
         host,
