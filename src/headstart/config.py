@@ -175,8 +175,10 @@ def _class_keys(module: str, name: str) -> dict[str, Any]:
         out: dict[str, Any] = {}
         extra = "forbid" if any(getattr(b, "id", "") == "Frozen" for b in node.bases) else None
         for base in node.bases:
-            if getattr(base, "id", "") in classes:
-                out.update(keys(classes[base.id]))
+            if getattr(base, "id", "") in classes:  # a base in the same module: its keys and its `extra`
+                inherited = keys(classes[base.id])
+                extra = extra if OPEN in inherited else "forbid"
+                out.update({k: v for k, v in inherited.items() if k != OPEN})
         for stmt in node.body:
             if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
                 nested = getattr(stmt.annotation, "id", "")
