@@ -13,7 +13,7 @@ import pytest
 from headstart.errors import DataError, StorageError
 from headstart.steps import fetch
 from tests.conftest import make_imagefolder
-from tests.helpers import params_cfg
+from tests.helpers import params_cfg, repo_params
 
 DVC = str(Path(sys.executable).parent / "dvc")
 
@@ -43,8 +43,11 @@ def test_refuses_to_overwrite_data(tmp_path):
 
 
 def test_config_defaults_to_the_data_dir_of_params():
-    assert fetch.config_from_params({"data": {"dir": "elsewhere"}}).path == "elsewhere"
-    assert fetch.config_from_params({"fetch": {"repo": "r", "path": "d"}}).path == "d"
+    params = repo_params()
+    params["data"]["dir"] = "elsewhere"
+    assert fetch.config_from_params(params).path == "elsewhere"
+    params["fetch"].update(repo="r", path="d")
+    assert fetch.config_from_params(params).path == "d"
 
 
 @pytest.fixture(scope="module")
