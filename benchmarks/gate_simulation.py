@@ -32,13 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 from scipy.optimize import brentq
 from scipy.stats import norm
 
 from headstart import gate as new_gate
 from headstart import stats
-from headstart.gate import CHECK_NAMES, GateThresholds, ModelEval, decide
+from headstart.config import load_params
+from headstart.gate import CHECK_NAMES, GateThresholds, ModelEval, decide, thresholds_from_params
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -91,10 +91,15 @@ def error_structure(pop: Population, rng: np.random.Generator, n: int = 200_000)
     }
 
 
+def shipped(**changes: object) -> GateThresholds:
+    """The gate as shipped: params.yaml's thresholds, with `changes`."""
+    return thresholds_from_params(load_params(REPO / "params.yaml"), **changes)
+
+
 def run(reps: int, rho: float, seed: int, bootstrap_samples: int) -> dict:
     pop = population(rho)
     rng = np.random.default_rng(seed)
-    tuned = GateThresholds(bootstrap_samples=bootstrap_samples)
+    tuned = shipped(bootstrap_samples=bootstrap_samples)
     old = tuned.model_copy(update={"max_regression": OLD_MAX_REGRESSION})
     rows = []
     for n in SIZES:
@@ -458,8 +463,7 @@ class NewGate(_DecideGate):
 def schedule_run(args: argparse.Namespace) -> dict:
     pop = population(args.rho)
     old = load_gate_at(OLD_GATE_COMMIT)
-    params = yaml.safe_load((REPO / "params.yaml").read_text())["gate"]  # the gate as shipped
-    th_new = GateThresholds(**{**params, "min_gain_over_baseline": None, "horizon_runs": args.horizon})
+    th_new = shipped(min_gain_over_baseline=None, horizon_runs=args.horizon)
     th_old = old.GateThresholds(min_gain_over_baseline=None)
     gates = {"naive": NaiveGate(), "today": TodayGate(old, th_old), "new": NewGate(th_new)}
     seeds = np.random.SeedSequence(args.seed).spawn(len(args.scenarios) + 1)
@@ -628,7 +632,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--reps", type=int, default=None, help="simulated test sets per row")
     ap.add_argument("--rho", type=float, default=0.8, help="latent correlation of the models' errors")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--bootstrap-samples", type=int, default=GateThresholds().bootstrap_samples)
+    ap.add_argument("--bootstrap-samples", type=int, default=shipped().bootstrap_samples)
     sched = ap.add_argument_group("--schedule: a year of weekly runs, three gates side by side")
     sched.add_argument("--schedule", action="store_true", help="simulate weekly runs on one reused test split")
     sched.add_argument("--horizon", type=int, default=52, help="weekly runs per simulated year (gate.horizon_runs)")

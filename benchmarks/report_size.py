@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 RESULT = Path(__file__).parent / "results" / "report_size.json"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def build(root: Path, n_classes: int, per_class: int, seed: int = 0) -> Path:
@@ -58,13 +59,15 @@ def build(root: Path, n_classes: int, per_class: int, seed: int = 0) -> Path:
 
 
 def decision(out: Path) -> dict:
-    from headstart.gate import GateThresholds, ModelEval, decide
+    from headstart.config import load_params
+    from headstart.gate import ModelEval, decide, thresholds_from_params
 
     data = np.load(out / "predictions.npz")
     classes = tuple(json.loads((out / "metrics.json").read_text())["classes"])
     ev = {m: ModelEval(name=m, y_true=data["y_true"], y_pred=data[f"pred_{m}"], class_names=classes,
                        version="19" if m == "champion" else None) for m in ("finetune", "scratch", "champion")}
-    d = decide(ev["finetune"], ev["scratch"], ev["champion"], GateThresholds(bootstrap_samples=200))
+    th = thresholds_from_params(load_params(ROOT / "params.yaml"), bootstrap_samples=200)
+    d = decide(ev["finetune"], ev["scratch"], ev["champion"], th)
     return {**d.to_dict(), "version": "20", "winner": d.candidate, "model_name": "headstart-classifier",
             "champion_version": "19", "data_version": {"git_commit": "0" * 40, "data_md5": "f" * 32}}
 

@@ -119,16 +119,31 @@ def random_model(folder: Path, seed: int, role: str, tta: str = "none") -> Path:
     return modelio.save(built.model, card, folder)
 
 
+PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
+
+
+def repo_params() -> dict:
+    """The repository's params.yaml, read afresh (a caller may change it)."""
+    from headstart.config import load_params
+
+    return load_params(PARAMS_YAML)
+
+
+def params_cfg(name: str, **changes):
+    """Section `name`'s config (`gate`, `evaluate`, `train.scratch`, ...) built from the repository's params.yaml
+    by its step's own builder, `changes` last: the one way a test gets a config, so no test keeps a default of
+    its own (params.yaml holds each knob's one default)."""
+    from headstart.config import config_for
+
+    return config_for(repo_params(), name, **changes)
+
+
 def tiny_train_cfg(role: str = "scratch", **kw):
     """params.yaml's recipe for `role`, shrunk to the tiny dataset (small_cnn, 32 px, 2 epochs, batch 16)."""
-    from headstart.config import load_params
-    from headstart.steps import train
-
     base = dict(backbone="small_cnn", weights="none", channels=1, image_size=32, epochs=2, patience=3, tta="none",
                 images_per_class=None, val_images_per_class=None, checkpoint_dir=None, tensor_cache_dir=None,
                 batch_size=16)
-    return train.config_from_params(load_params(Path(__file__).resolve().parents[1] / "params.yaml"), role,
-                                    **{**base, **kw})
+    return params_cfg(f"train.{role}", **{**base, **kw})
 
 
 def tiny_engine_cfg(**kw):

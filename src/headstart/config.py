@@ -1,7 +1,9 @@
 """Typed, frozen configuration built from params.yaml plus `key.path=value` overrides.
 
 Each step owns a pydantic model for its section; this module only loads, merges and
-validates, so a bad value is reported with the parameter's dotted name.
+validates, so a bad value is reported with the parameter's dotted name. No class gives a default to a
+key params.yaml sets: params.yaml is the one default of every knob, and code that has no params.yaml at
+hand (a KFP component) is given its content (params_json); tests build from the repository's own.
 """
 
 from __future__ import annotations
@@ -21,8 +23,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from headstart.errors import ConfigError
 
 DEFAULT_PARAMS = Path("params.yaml")
-DEFAULT_TRACKING_URI = "sqlite:///mlflow/mlflow.db"
-DEFAULT_ARTIFACT_ROOT = "mlflow/artifacts"
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -36,10 +36,10 @@ class Frozen(BaseModel):
 class TrackingConfig(Frozen):
     """Where MLflow lives. Build it with `tracking_from_params` so `MLFLOW_TRACKING_URI` wins."""
 
-    tracking_uri: str = DEFAULT_TRACKING_URI
-    artifact_root: str = DEFAULT_ARTIFACT_ROOT
-    experiment: str = "headstart"
-    registered_model: str = "headstart-classifier"
+    tracking_uri: str
+    artifact_root: str
+    experiment: str
+    registered_model: str
 
     def resolved_uri(self) -> str:
         # Not re-read from the environment here: mlflow.set_tracking_uri writes MLFLOW_TRACKING_URI
@@ -50,16 +50,15 @@ class TrackingConfig(Frozen):
 class DataConfig(Frozen):
     """The `data` section: the dataset folder (fetch's default path) and the importer's val split."""
 
-    dir: str = "data"
-    val_per_class: int = Field(500, ge=1)
+    dir: str
+    val_per_class: int = Field(ge=1)
 
 
-def tracking_from_params(params: dict[str, Any]) -> TrackingConfig:
-    """The `tracking` section, with MLFLOW_TRACKING_URI from the environment taking precedence."""
-    data = section(params, "tracking")
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        data["tracking_uri"] = os.environ["MLFLOW_TRACKING_URI"]
-    return build(TrackingConfig, data, "tracking")
+def tracking_from_params(params: dict[str, Any], **changes: Any) -> TrackingConfig:
+    """The `tracking` section, with MLFLOW_TRACKING_URI from the environment taking precedence (and
+    `changes`, for tests, over both)."""
+    env = {"tracking_uri": os.environ["MLFLOW_TRACKING_URI"]} if os.environ.get("MLFLOW_TRACKING_URI") else {}
+    return from_section(TrackingConfig, params, "tracking", **{**env, **changes})
 
 
 def load_params(path: Path | str = DEFAULT_PARAMS, overrides: list[str] | None = None, *,
@@ -139,6 +138,15 @@ def build(model: type[M], data: dict[str, Any], where: str, origins: Mapping[str
         raise InvalidParams(problems) from None
 
 
+def from_section(model: type[M], params: dict[str, Any], name: str, **changes: Any) -> M:
+    """Section `name` of `params` as `model`, with `changes` (tests, benchmarks) applied last; a change to a
+    nested section (validate.severity) replaces only the keys it gives. An error names the key."""
+    data = section(params, name)
+    for key, value in changes.items():
+        data[key] = {**data[key], **value} if isinstance(value, dict) and isinstance(data.get(key), dict) else value
+    return build(model, data, name)
+
+
 # Where each section's keys are declared. The check reads these classes' source rather than importing them:
 # importing the training step costs seconds (torch), and `status` should not pay that to spot a typo.
 SECTIONS = {
@@ -155,6 +163,19 @@ SECTIONS = {
     "pipeline": "headstart.kfp.settings:PipelineSettings",
 }
 NOT_KNOBS = {"train": {"role"}}  # fields a section's class has but params.yaml does not set
+# Each section's builder, where it does more than `from_section` (route keys, read the environment): what a
+# step's driver calls, `check_params` checks with, and `config_for` (the tests' and benchmarks' way) calls.
+BUILDERS = {
+    "tracking": "headstart.config:tracking_from_params",
+    "fetch": "headstart.steps.fetch:config_from_params",
+    "validate": "headstart.validation.config:config_from_params",
+    "train.finetune": "headstart.steps.train:config_from_params",
+    "train.scratch": "headstart.steps.train:config_from_params",
+    "evaluate": "headstart.steps.evaluate:config_from_params",
+    "gate": "headstart.gate:thresholds_from_params",
+    "register": "headstart.steps.register:config_from_params",
+    "pipeline": "headstart.pipeline.settings:settings_from_params",
+}
 OPEN = "*"  # in a schema: a class that ignores keys it does not know (extra != "forbid")
 
 
@@ -175,8 +196,10 @@ def _class_keys(module: str, name: str) -> dict[str, Any]:
         out: dict[str, Any] = {}
         extra = "forbid" if any(getattr(b, "id", "") == "Frozen" for b in node.bases) else None
         for base in node.bases:
-            if getattr(base, "id", "") in classes:
-                out.update(keys(classes[base.id]))
+            if getattr(base, "id", "") in classes:  # a base in the same module: its keys and its `extra`
+                inherited = keys(classes[base.id])
+                extra = extra if OPEN in inherited else "forbid"
+                out.update({k: v for k, v in inherited.items() if k != OPEN})
         for stmt in node.body:
             if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
                 nested = getattr(stmt.annotation, "id", "")
@@ -227,15 +250,25 @@ def _unknown(node: Any, schema: dict[str, Any], prefix: str = "") -> list[tuple[
     return problems
 
 
+def config_for(params: dict[str, Any], name: str, **changes: Any) -> Any:
+    """Section `name`'s config (`train.finetune`, `gate`, ...) built from `params` by the builder its step
+    uses, importing it only now, with `changes` applied last: how a test or a benchmark gets a config, so it
+    sees params.yaml's values as a run does."""
+    module, func = BUILDERS.get(name, SECTIONS[name]).split(":")
+    builder = getattr(importlib.import_module(module), func)
+    if name in BUILDERS:
+        return builder(params, name.split(".")[1], **changes) if name.startswith("train.") else \
+            builder(params, **changes)
+    return from_section(builder, params, name, **changes)
+
+
 def _values(params: dict[str, Any], name: str) -> None:
     """Build section `name`'s config as its step will, importing its class only now."""
     if name == "train":  # by name, as every class here: a stage that checks params does not depend on training
-        steps_train = importlib.import_module(SECTIONS["train.shared"].split(":")[0])
         for role in ("finetune", "scratch"):
-            steps_train.config_from_params(params, role)
+            config_for(params, f"train.{role}")
     elif name in SECTIONS:
-        module, cls = SECTIONS[name].split(":")
-        build(getattr(importlib.import_module(module), cls), section(params, name), name)
+        config_for(params, name)
 
 
 def check_params(params: dict[str, Any], overrides: list[str] | None = None, source: str = "params.yaml", *,

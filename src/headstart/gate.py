@@ -32,7 +32,7 @@ import numpy as np
 from pydantic import Field
 
 from headstart import stats
-from headstart.config import Frozen
+from headstart.config import Frozen, from_section
 from headstart.errors import DataError, RegistryError
 
 ACCURACY_FLOOR = "accuracy_floor"
@@ -51,27 +51,32 @@ FLIP_ROWS_ALL = 50
 
 
 class GateThresholds(Frozen):
-    """The `gate` section of params.yaml.
+    """The `gate` section of params.yaml, which holds each threshold's one default (none here).
 
-    `max_regression` defaults to 0: the candidate must beat the champion, tested one-sided at
+    `max_regression` 0 (params.yaml's): the candidate must beat the champion, tested one-sided at
     `alpha_per_run` (false_promotion_budget / horizon_runs / 2). With 0.01, the benchmark shows equal
     models are promoted almost every time (benchmarks/gate_simulation.py), i.e. the pipeline would churn.
     `max_negative_flip_rate` refuses a candidate when the evidence (one-sided Wilson at `alpha`) says it
     breaks more than that share of the images the champion got right; None turns the check off.
     """
 
-    min_accuracy: float = Field(0.80, ge=0.0, le=1.0)
-    min_macro_f1: float | None = Field(None, ge=0.0, le=1.0)
-    min_gain_over_baseline: float | None = Field(0.0, ge=-1.0, le=1.0)
-    max_regression: float = Field(0.0, ge=0.0, le=1.0)
-    max_class_recall_drop: float = Field(0.05, ge=0.0, lt=1.0)
-    ci_level: float = Field(0.95, gt=0.5, lt=1.0)
-    bootstrap_samples: int = Field(2000, ge=100)
-    alpha: float = Field(0.05, gt=0.0, lt=1.0)
-    seed: int = Field(0, ge=0)
-    max_negative_flip_rate: float | None = Field(0.07, ge=0.0, le=1.0)
-    horizon_runs: int = Field(52, ge=1)
-    false_promotion_budget: float = Field(0.10, gt=0.0, lt=1.0)
+    min_accuracy: float = Field(ge=0.0, le=1.0)
+    min_macro_f1: float | None = Field(ge=0.0, le=1.0)
+    min_gain_over_baseline: float | None = Field(ge=-1.0, le=1.0)
+    max_regression: float = Field(ge=0.0, le=1.0)
+    max_class_recall_drop: float = Field(ge=0.0, lt=1.0)
+    ci_level: float = Field(gt=0.5, lt=1.0)
+    bootstrap_samples: int = Field(ge=100)
+    alpha: float = Field(gt=0.0, lt=1.0)
+    seed: int = Field(ge=0)
+    max_negative_flip_rate: float | None = Field(ge=0.0, le=1.0)
+    horizon_runs: int = Field(ge=1)
+    false_promotion_budget: float = Field(gt=0.0, lt=1.0)
+
+
+def thresholds_from_params(params: dict[str, Any], **changes: Any) -> GateThresholds:
+    """The `gate` section; `changes`, for tests and benchmarks, apply last."""
+    return from_section(GateThresholds, params, "gate", **changes)
 
 
 def alpha_per_run(th: GateThresholds, candidates_compared: int = 2) -> float:

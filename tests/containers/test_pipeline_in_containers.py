@@ -23,6 +23,7 @@ import pytest
 
 from headstart.config import TrackingConfig
 from tests.containers.stack import SECRET_PW, SECRET_S3, Stack, production_stack
+from tests.helpers import params_cfg
 from tests.integration.servers import ADMIN
 from tests.pipeline.conftest import ROOT, TINY
 
@@ -91,7 +92,7 @@ def _as(stack: Stack, monkeypatch: pytest.MonkeyPatch, user: str, password: str)
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", stack.url)
-    return TrackingConfig(tracking_uri=stack.url, registered_model=MODEL, experiment="headstart")
+    return params_cfg("tracking", tracking_uri=stack.url, registered_model=MODEL, experiment="headstart")
 
 
 def test_every_task_ran_in_the_image_as_its_non_root_user(first):

@@ -22,6 +22,7 @@ from PIL import Image
 
 from headstart.validation.config import ValidateConfig
 from tests.conftest import CLASSES, make_imagefolder
+from tests.helpers import params_cfg
 
 PER_CLASS = {"train": 12, "val": 4, "test": 6}
 
@@ -41,14 +42,16 @@ def state_dir(root: Path) -> Path:
 
 
 def corpus_config(root: Path, **overrides: Any) -> ValidateConfig:
-    """Defaults except the label set, and cache/state kept inside root; in-process decoding."""
+    """params.yaml's values except the label set and the class minimum, and cache/state kept inside root;
+    in-process decoding."""
     values: dict[str, Any] = {
         "label_set": CLASSES,
         "cache_dir": root / "cache",
         "state_dir": state_dir(root),
         "workers": 1,
+        "min_images_per_class": 1,  # the corpus holds a few images per class
     }
-    return ValidateConfig(**(values | overrides))
+    return params_cfg("validate", **(values | overrides))
 
 
 def make_valid(root: Path) -> Path:

@@ -13,6 +13,7 @@ import yaml
 
 from headstart import cli, registry
 from headstart.config import TrackingConfig
+from tests.helpers import params_cfg
 
 from .corpus import EXPECTED, corpus_config, make_variant
 
@@ -30,9 +31,9 @@ def _params(root: Path) -> Path:
 
 
 def _with_champion(root: Path) -> TrackingConfig:
-    tracking = TrackingConfig(tracking_uri=f"sqlite:///{root}/mlflow.db", artifact_root=str(root / "art"),
-                              registered_model=yaml.safe_load((ROOT / "params.yaml").read_text())["tracking"][
-                                  "registered_model"])
+    tracking = params_cfg("tracking", tracking_uri=f"sqlite:///{root}/mlflow.db", artifact_root=str(root / "art"),
+                          registered_model=yaml.safe_load((ROOT / "params.yaml").read_text())["tracking"][
+                          "registered_model"])
     c = registry.client(tracking)
     c.create_registered_model(tracking.registered_model)
     c.create_model_version(tracking.registered_model, str(root))

@@ -10,13 +10,15 @@ from pathlib import Path
 from headstart.steps import validate
 from headstart.validation.config import ValidateConfig
 from tests.conftest import CLASSES, make_imagefolder
+from tests.helpers import params_cfg
 
 PER_CLASS = {"train": 4, "val": 2, "test": 2}
 
 
 def _cfg(root: Path, **overrides) -> ValidateConfig:
-    values = {"label_set": None, "cache_dir": None, "state_dir": root / "state", "workers": 1}
-    return ValidateConfig(**(values | overrides))
+    values = {"label_set": None, "cache_dir": None, "state_dir": root / "state", "workers": 1,
+              "min_images_per_class": 1}
+    return params_cfg("validate", **(values | overrides))
 
 
 def _check(out: Path, name: str) -> dict:

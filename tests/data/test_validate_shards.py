@@ -18,14 +18,16 @@ from headstart.validation.cache import ResultCache
 from headstart.validation.config import ValidateConfig
 from headstart.validation.shardscan import scan_shards
 from tests.conftest import CLASSES, make_imagefolder
+from tests.helpers import params_cfg
 
 PER_CLASS = {"train": 6, "val": 2, "test": 3}
 SHARD_BYTES = 6000  # a few shards per split from 28 px PNGs
 
 
 def _cfg(root: Path, **overrides) -> ValidateConfig:
-    values = {"label_set": CLASSES, "cache_dir": root / "cache", "state_dir": None, "workers": 1}
-    return ValidateConfig(**(values | overrides))
+    values = {"label_set": CLASSES, "cache_dir": root / "cache", "state_dir": None, "workers": 1,
+              "min_images_per_class": 1}
+    return params_cfg("validate", **(values | overrides))
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import pytest
 from headstart import champion_ref, registry
 from headstart.champion_ref import quick_champion, write
 from headstart.config import TrackingConfig
+from tests.helpers import params_cfg
 
 
 def _register(tracking: TrackingConfig, source: str, alias: bool) -> str:
@@ -35,8 +36,8 @@ def _mlflow_answer(tracking: TrackingConfig) -> str | None:
 
 def test_sqlite_store_answers_like_mlflow_and_a_missing_store_is_not_created(tmp_path: Path) -> None:
     db = tmp_path / "store" / "mlflow.db"
-    tracking = TrackingConfig(tracking_uri=f"sqlite:///{db}", artifact_root=str(tmp_path / "art"),
-                              registered_model="lookup-model")
+    tracking = params_cfg("tracking", tracking_uri=f"sqlite:///{db}", artifact_root=str(tmp_path / "art"),
+                          registered_model="lookup-model")
     assert quick_champion(tracking) == (True, None)
     assert not (tmp_path / "store").exists()  # a lookup never creates the store
 
@@ -51,12 +52,12 @@ def test_sqlite_store_answers_like_mlflow_and_a_missing_store_is_not_created(tmp
 
 def test_the_champion_stage_does_not_import_mlflow_when_the_store_answers(tmp_path: Path) -> None:
     db = tmp_path / "mlflow.db"
-    tracking = TrackingConfig(tracking_uri=f"sqlite:///{db}", artifact_root=str(tmp_path / "art"),
-                              registered_model="lookup-model")
+    tracking = params_cfg("tracking", tracking_uri=f"sqlite:///{db}", artifact_root=str(tmp_path / "art"),
+                          registered_model="lookup-model")
     version = _register(tracking, "m1", alias=True)
     code = ("import sys, json; from pathlib import Path; from headstart.config import TrackingConfig; "
             "from headstart.champion_ref import write; "
-            f"ref, _ = write(TrackingConfig(tracking_uri={tracking.tracking_uri!r}, registered_model='lookup-model'), "
+            f"ref, _ = write(TrackingConfig(**{tracking.model_dump()!r}), "
             f"Path({str(tmp_path / 'champion.json')!r}), Path({str(tmp_path / 'none.json')!r})); "
             "print(json.dumps([ref['champion_version'], 'mlflow' in sys.modules]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -67,7 +68,8 @@ def test_the_champion_stage_does_not_import_mlflow_when_the_store_answers(tmp_pa
 def test_tracking_server_with_basic_auth_answers_like_mlflow(pg_auth_mlflow, monkeypatch, tmp_path: Path) -> None:
     for key, value in pg_auth_mlflow.env("admin").items():
         monkeypatch.setenv(key, value)
-    tracking = TrackingConfig(tracking_uri=pg_auth_mlflow.url, registered_model=f"lookup-{uuid.uuid4().hex[:8]}")
+    tracking = params_cfg("tracking",
+                          tracking_uri=pg_auth_mlflow.url, registered_model=f"lookup-{uuid.uuid4().hex[:8]}")
     # before the model exists basic auth may answer 403, which the plain request leaves to MLflow
     ref, _ = write(tracking, tmp_path / "champion.json", tmp_path / "none.json")
     assert ref["champion_version"] is None

@@ -17,14 +17,15 @@ import pytest
 from headstart import lifecycle, registry
 from headstart.config import TrackingConfig
 from headstart.errors import RegistryError
-from headstart.gate import GateThresholds, ModelEval, ScheduleState, alpha_per_run, decide
+from headstart.gate import ModelEval, ScheduleState, alpha_per_run, decide
 from headstart.steps import promote, register
+from tests.helpers import params_cfg
 
 from .servers import Postgres, mlflow_server, postgres_server
 
 pytestmark = pytest.mark.integration
 CLASSES = ("a", "b", "c")
-THRESHOLDS = GateThresholds(min_accuracy=0.0, min_gain_over_baseline=None, max_negative_flip_rate=None)
+THRESHOLDS = params_cfg("gate", min_accuracy=0.0, min_gain_over_baseline=None, max_negative_flip_rate=None)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,7 @@ def _record(folder: Path, version: str, verdict: str) -> Path:
 
 
 def _registry_with_champion(url: str, model: str, versions: int) -> TrackingConfig:
-    tracking = TrackingConfig(tracking_uri=url, registered_model=model, experiment=f"{model}-exp")
+    tracking = params_cfg("tracking", tracking_uri=url, registered_model=model, experiment=f"{model}-exp")
     c = registry.client(tracking)
     c.create_registered_model(model)
     for _ in range(versions):
@@ -80,7 +81,7 @@ def _registry_with_champion(url: str, model: str, versions: int) -> TrackingConf
 def _racer(url: str, model: str, record: str, barrier) -> bool:
     """One pipeline's promote step: takes the lock, counts its run, promotes or records the rejection."""
     barrier.wait()
-    return promote.run(Path(record), TrackingConfig(tracking_uri=url, registered_model=model)).promoted
+    return promote.run(Path(record), params_cfg("tracking", tracking_uri=url, registered_model=model)).promoted
 
 
 def test_two_racing_pipelines_both_count_the_state_survives_a_restart_and_a_manual_promotion_resets_it(
@@ -103,7 +104,7 @@ def test_two_racing_pipelines_both_count_the_state_survives_a_restart_and_a_manu
         before = asdict(registry.read_schedule(tracking))
 
     with _server(pg, tmp_path / "restarted", "sched") as url:  # the same database behind a new server
-        tracking = TrackingConfig(tracking_uri=url, registered_model=model, experiment=f"{model}-exp")
+        tracking = params_cfg("tracking", tracking_uri=url, registered_model=model, experiment=f"{model}-exp")
         assert asdict(registry.read_schedule(tracking)) == before
         assert lifecycle.status(tracking)["gate_schedule"] == before
         champion = registry.champion(tracking).version
@@ -134,7 +135,7 @@ def test_a_corrupt_state_stops_registration_naming_the_model_and_nothing_is_regi
         c.set_registered_model_tag(model, registry.SCHEDULE_TAG, '{"window_runs": "many"')
         out = tmp_path / "decision"
         with pytest.raises(RegistryError) as failure:
-            register.run(register.RegisterConfig(), THRESHOLDS, tmp_path / "data",
+            register.run(params_cfg("register"), THRESHOLDS, tmp_path / "data",
                          {"finetune": tmp_path / "finetune", "scratch": tmp_path / "scratch"},
                          _evaluation(tmp_path / "evaluation"), out, tracking)
         assert model in str(failure.value) and "headstart promote" in str(failure.value)

@@ -11,6 +11,7 @@ import pytest
 
 from headstart import registry
 from headstart.config import TrackingConfig
+from tests.helpers import params_cfg
 
 from .servers import mlflow_server
 
@@ -21,7 +22,7 @@ RUNS = 4
 def _promote(uri: str, version: str, folder: str, barrier) -> bool:
     from headstart.steps import promote
 
-    tracking = TrackingConfig(tracking_uri=uri, registered_model="race")
+    tracking = params_cfg("tracking", tracking_uri=uri, registered_model="race")
     decision = Path(folder) / f"d{version}.json"
     decision.write_text(json.dumps({"version": version, "decision": "promoted", "champion_version": None,
                                     "summary": "promoted: race"}))
@@ -31,7 +32,7 @@ def _promote(uri: str, version: str, folder: str, barrier) -> bool:
 
 def _race(uri: str, fn, extra: tuple = ()) -> tuple[TrackingConfig, object, list]:
     """Register RUNS versions of "race", then call fn(uri, version, *extra, barrier) in RUNS processes at once."""
-    tracking = TrackingConfig(tracking_uri=uri, registered_model="race")
+    tracking = params_cfg("tracking", tracking_uri=uri, registered_model="race")
     c = registry.client(tracking)
     c.create_registered_model("race")
     for _ in range(RUNS):
@@ -61,7 +62,7 @@ def _override(uri: str, version: str, barrier) -> str | None:
     from headstart import lifecycle
 
     barrier.wait()
-    return lifecycle.override(TrackingConfig(tracking_uri=uri, registered_model="race"), version, "race test")
+    return lifecycle.override(params_cfg("tracking", tracking_uri=uri, registered_model="race"), version, "race test")
 
 
 def test_concurrent_overrides_lose_no_history_entry(tmp_path: Path):

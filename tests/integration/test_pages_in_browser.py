@@ -11,17 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from headstart.config import TrackingConfig, load_params
-from headstart.gate import GateThresholds
+from headstart.config import load_params
 from headstart.steps import evaluate, register, train, validate
-from headstart.validation.config import ValidateConfig
 from tests.conftest import CLASSES, make_imagefolder
-from tests.helpers import browser_dom, serving_check_in_process
+from tests.helpers import browser_dom, params_cfg, serving_check_in_process
 
 pytestmark = pytest.mark.slow  # three loops on tiny data (~90 s): a SQLite MLflow store, the serving check, chromium
 ROOT = Path(__file__).resolve().parents[2]
-LENIENT = GateThresholds(min_accuracy=0.0, min_gain_over_baseline=None, max_regression=1.0,
-                         max_class_recall_drop=0.99, max_negative_flip_rate=None)
+LENIENT = params_cfg("gate", min_accuracy=0.0, min_gain_over_baseline=None, max_regression=1.0,
+                     max_class_recall_drop=0.99, max_negative_flip_rate=None)
 # the same models again, judged with no margin: an exact tie cannot show the gain no_regression asks for
 STRICT = LENIENT.model_copy(update={"max_regression": 0.0})
 
@@ -55,10 +53,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     champion, and a refused one. Returns the folders holding each run's pages."""
     root = tmp_path_factory.mktemp("pages")
     data = make_imagefolder(root / "data")
-    validate.run(ValidateConfig(label_set=None, cache_dir=None, state_dir=root / "state", workers=1), data,
-                 root / "validation")
-    tracking = TrackingConfig(tracking_uri=f"sqlite:///{root}/mlflow.db", artifact_root=str(root / "art"),
-                              registered_model="pages-classifier")
+    validate.run(params_cfg("validate", label_set=None, min_images_per_class=1, cache_dir=None,
+                            state_dir=root / "state", workers=1), data, root / "validation")
+    tracking = params_cfg("tracking", tracking_uri=f"sqlite:///{root}/mlflow.db", artifact_root=str(root / "art"),
+                          registered_model="pages-classifier")
     cands = {}
     for role in ("finetune", "scratch"):  # small_cnn: the pages, not the backbone, are under test here
         cfg = train.config_from_params(load_params(ROOT / "params.yaml"), role, backbone="small_cnn", weights="none",
@@ -70,9 +68,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(register, "_run_check", serving_check_in_process)  # the pages, not the serving process
         for name, thresholds in (("first", LENIENT), ("promoted", LENIENT), ("refused", STRICT)):
-            ev = evaluate.EvaluateConfig(bootstrap_samples=200, tensor_cache_dir=None, prediction_store=None)
+            ev = params_cfg("evaluate", bootstrap_samples=200, tensor_cache_dir=None, prediction_store=None)
             evaluate.run(ev, data, cands, root / f"eval-{name}", tracking)
-            register.run(register.RegisterConfig(serving_check_images=6), thresholds, data, cands,
+            register.run(params_cfg("register", serving_check_images=6), thresholds, data, cands,
                          root / f"eval-{name}", root / f"decision-{name}", tracking)
             folders[f"eval-{name}"], folders[name] = root / f"eval-{name}", root / f"decision-{name}"
     return folders

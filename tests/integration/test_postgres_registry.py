@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from headstart import cli, lifecycle, registry
-from headstart.config import TrackingConfig
 from headstart.steps import promote
+from tests.helpers import params_cfg
 
 from .conftest import AuthServer
 from .servers import free_port
@@ -38,7 +38,7 @@ def test_history_outlives_100_promotions_on_postgres(pg_auth_mlflow: AuthServer,
     on every register, promote and rollback failed. (As the admin: a non-admin user's permission checks
     make each request ~3x slower, and test_registry_lock covers the pipeline user.)"""
     server = _login(pg_auth_mlflow, "admin", monkeypatch)
-    tracking = TrackingConfig(tracking_uri=server.url, registered_model="hundred", experiment="history")
+    tracking = params_cfg("tracking", tracking_uri=server.url, registered_model="hundred", experiment="history")
     c = registry.client(tracking)
     c.create_registered_model("hundred")
     for _ in range(VERSIONS):

@@ -33,19 +33,18 @@ import pytest
 from headstart import registry, registry_lock
 from headstart.config import TrackingConfig, load_params
 from headstart.errors import RegistryError
-from headstart.gate import GateThresholds
 from headstart.steps import evaluate, promote, register, train
 
 from ..conftest import make_imagefolder
-from ..helpers import serving_check_in_process
+from ..helpers import params_cfg, serving_check_in_process
 from .faultproxy import FaultProxy
 from .servers import free_port, mlflow_server, stop_group
 
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]  # make test-faults (CI runs it after make test)
-LENIENT = GateThresholds(min_accuracy=0.0, min_gain_over_baseline=None, max_regression=1.0,
-                         max_class_recall_drop=0.99, max_negative_flip_rate=None)
+LENIENT = params_cfg("gate", min_accuracy=0.0, min_gain_over_baseline=None, max_regression=1.0,
+                     max_class_recall_drop=0.99, max_negative_flip_rate=None)
 STAGES = ("log_model", "create_version", "serving_check", "decision_record", "description", "complete", "lock",
           "gate_schedule", "promotion_intent", "champion_alias", "previous_alias", "decision_tag", "history", "unlock")
 COMMITTED_AFTER = STAGES.index("champion_alias")  # a stop before any later stage finds the move committed
@@ -67,7 +66,7 @@ class World:
     tracking: TrackingConfig = field(init=False)  # through the proxy
 
     def __post_init__(self) -> None:
-        self.direct = TrackingConfig(tracking_uri=f"http://127.0.0.1:{self.port}", registered_model=MODEL)
+        self.direct = params_cfg("tracking", tracking_uri=f"http://127.0.0.1:{self.port}", registered_model=MODEL)
         self.tracking = self.direct.model_copy(update={"tracking_uri": self.proxy.url})
 
     def start(self) -> None:
@@ -83,15 +82,15 @@ class World:
     def evaluate(self, tracking: TrackingConfig | None = None) -> Path:
         self.runs += 1
         out = self.root / f"eval-{self.runs}"
-        cfg = evaluate.EvaluateConfig(bootstrap_samples=100, tensor_cache_dir=str(self.root / "cache" / "tensors"),
-                                      prediction_store=str(self.root / "cache" / "predictions"))
+        cfg = params_cfg("evaluate", bootstrap_samples=100, tensor_cache_dir=str(self.root / "cache" / "tensors"),
+                         prediction_store=str(self.root / "cache" / "predictions"))
         evaluate.run(cfg, self.data, self.candidates, out, tracking or self.tracking)
         return out
 
     def register(self, eval_dir: Path, tracking: TrackingConfig | None = None,
                  promote: bool = True) -> register.RegisterResult:
         self.runs += 1
-        return register.run(register.RegisterConfig(serving_check_images=4), LENIENT, self.data, self.candidates,
+        return register.run(params_cfg("register", serving_check_images=4), LENIENT, self.data, self.candidates,
                             eval_dir, self.decision_dir(), tracking or self.tracking, promote=promote)
 
     def decision_dir(self) -> Path:
@@ -310,8 +309,9 @@ def test_a_proxy_gone_down_refuses_and_resets_like_a_stopped_server_and_comes_ba
 
 
 def _local(tmp_path: Path, versions: int) -> TrackingConfig:
-    tracking = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "art"),
-                              registered_model=MODEL)
+    tracking = params_cfg("tracking",
+                          tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "art"),
+                          registered_model=MODEL)
     c = registry.client(tracking)
     c.create_registered_model(MODEL)
     for _ in range(versions):
@@ -355,7 +355,7 @@ def test_a_lock_left_by_a_killed_process_on_this_host_is_broken_at_once(tmp_path
 
     tracking = _local(tmp_path, 0)
     code = ("import os, time, sys; from headstart import registry; from headstart.config import TrackingConfig\n"
-            f"t = TrackingConfig(tracking_uri={tracking.tracking_uri!r}, registered_model={MODEL!r})\n"
+            f"t = TrackingConfig(**{tracking.model_dump()!r})\n"
             "with registry.lock(t):\n    print('held', flush=True); time.sleep(600)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "HEADSTART_NO_PROGRESS": "1"})

@@ -16,6 +16,7 @@ import pytest
 
 from headstart import registry
 from headstart.config import TrackingConfig
+from tests.helpers import params_cfg
 
 from .conftest import AuthServer
 from .faultproxy import FaultProxy
@@ -34,7 +35,7 @@ def _login(server: AuthServer, user: str, monkeypatch: pytest.MonkeyPatch) -> No
 def _crashed_holder(uri: str, model: str, owner: str, env: dict[str, str]) -> None:
     """A process on "another host" (its owner id names one) takes the lock and is killed while holding it."""
     code = ("import time; from headstart import registry; from headstart.config import TrackingConfig\n"
-            f"t = TrackingConfig(tracking_uri={uri!r}, registered_model={model!r})\n"
+            f"t = TrackingConfig(**{params_cfg('tracking', tracking_uri=uri, registered_model=model).model_dump()!r})\n"
             f"with registry.lock(t, owner={owner!r}, ttl={TTL}):\n    print('held', flush=True); time.sleep(600)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
                             env={**os.environ, **env, "HEADSTART_NO_PROGRESS": "1"})
@@ -47,7 +48,7 @@ def _crashed_holder(uri: str, model: str, owner: str, env: dict[str, str]) -> No
 
 def _racer(uri: str, model: str, log: str, barrier) -> None:
     """Race for the lock; the first one in holds it for 2.5x its ttl while the others wait on it."""
-    tracking = TrackingConfig(tracking_uri=uri, registered_model=model)
+    tracking = params_cfg("tracking", tracking_uri=uri, registered_model=model)
     me = str(os.getpid())
     barrier.wait()
     with registry.lock(tracking, ttl=TTL, timeout=120):
@@ -66,7 +67,8 @@ def test_racers_for_a_stale_lock_never_overlap_and_a_long_holder_keeps_it(
     broke it after the ttl) and was broken by read-then-delete, which two waiters could both win."""
     _login(pg_auth_mlflow, "pipeline", monkeypatch)
     model, log = "race7", tmp_path / "holders.log"
-    registry.client(TrackingConfig(tracking_uri=pg_auth_mlflow.url, registered_model=model)).create_registered_model(
+    registry.client(params_cfg("tracking",
+                               tracking_uri=pg_auth_mlflow.url, registered_model=model)).create_registered_model(
         model)
     _crashed_holder(pg_auth_mlflow.url, model, "build-host-2:4242:crashed", pg_auth_mlflow.env("pipeline"))
     ctx = mp.get_context("spawn")
@@ -89,7 +91,7 @@ def test_a_lock_left_by_another_user_is_taken_over_by_the_pipeline(
     from mlflow.exceptions import MlflowException
 
     _login(pg_auth_mlflow, "pipeline", monkeypatch)
-    tracking = TrackingConfig(tracking_uri=pg_auth_mlflow.url, registered_model="shared7")
+    tracking = params_cfg("tracking", tracking_uri=pg_auth_mlflow.url, registered_model="shared7")
     c = registry.client(tracking)
     c.create_registered_model("shared7")
     c.create_model_version("shared7", "s3://bucket/shared7/model", tags={registry.REGISTRATION_TAG: "complete"})
@@ -114,15 +116,16 @@ def test_a_lock_left_by_another_user_is_taken_over_by_the_pipeline(
 def test_a_holder_that_lost_its_lease_cannot_move_the_champion(tmp_path: Path):
     """A holder frozen past its lease (SIGSTOP: a paused VM, a stalled node) is superseded; when it wakes,
     its alias move refuses instead of overwriting the new holder's work."""
-    tracking = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "art"),
-                              registered_model="frozen")
+    tracking = params_cfg("tracking",
+                          tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "art"),
+                          registered_model="frozen")
     c = registry.client(tracking)
     c.create_registered_model("frozen")
     for _ in range(2):
         c.create_model_version("frozen", str(tmp_path / "model"), tags={registry.REGISTRATION_TAG: "complete"})
     code = ("import sys; from headstart import registry; from headstart.config import TrackingConfig\n"
             "from headstart.errors import RegistryError\n"
-            f"t = TrackingConfig(tracking_uri={tracking.tracking_uri!r}, registered_model='frozen')\n"
+            f"t = TrackingConfig(**{tracking.model_dump()!r})\n"
             f"with registry.lock(t, owner='frozen-host:1:a', ttl={TTL}):\n"
             "    print('held', flush=True); sys.stdin.readline()\n"
             "    try:\n        registry.move_champion(t, '1', 'promote', 'woke up late'); print('moved')\n"
@@ -156,7 +159,7 @@ def at_commit(stage):
         print("commit", flush=True)
         sys.stdin.readline()
 
-t = TrackingConfig(tracking_uri={uri!r}, registered_model={model!r})
+t = TrackingConfig(**{tracking!r})
 registry._stage_hook = at_commit
 with registry.lock(t, owner="browned-out-host:1:a", ttl={ttl}):
     try:
@@ -175,7 +178,8 @@ def _holder_at_commit(server: AuthServer, proxy: FaultProxy, model: str, ttl: fl
            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
         env.pop(var, None)
-    code = _HOLDER.format(uri=proxy.url, model=model, ttl=ttl)
+    code = _HOLDER.format(tracking=params_cfg("tracking", tracking_uri=proxy.url, registered_model=model).model_dump(),
+                          ttl=ttl)
     proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                             env=env)
     assert proc.stdout.readline().strip() == "commit"
@@ -193,7 +197,7 @@ def _outcome(proc: subprocess.Popen, timeout: float) -> str | None:
 
 def _model_with_versions(server: AuthServer, model: str, monkeypatch: pytest.MonkeyPatch) -> TrackingConfig:
     _login(server, "pipeline", monkeypatch)
-    tracking = TrackingConfig(tracking_uri=server.url, registered_model=model)
+    tracking = params_cfg("tracking", tracking_uri=server.url, registered_model=model)
     c = registry.client(tracking)
     c.create_registered_model(model)
     for _ in range(2):

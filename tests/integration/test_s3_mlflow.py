@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from headstart import registry, storage
-from headstart.config import TrackingConfig, load_params
-from headstart.gate import GateThresholds
+from headstart.config import load_params
 from headstart.steps import evaluate, register, train
+from tests.helpers import params_cfg
 
 from ..conftest import make_imagefolder
 from .servers import mlflow_server, moto_server, s3_env
@@ -21,8 +21,8 @@ from .servers import mlflow_server, moto_server, s3_env
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-LENIENT = GateThresholds(min_accuracy=0.0, min_gain_over_baseline=None, max_regression=1.0,
-                         max_class_recall_drop=0.99, max_negative_flip_rate=None)
+LENIENT = params_cfg("gate", min_accuracy=0.0, min_gain_over_baseline=None, max_regression=1.0,
+                     max_class_recall_drop=0.99, max_negative_flip_rate=None)
 BUCKET = "mlflow-artifacts"
 
 
@@ -38,7 +38,7 @@ def test_loop_registers_against_mlflow_storing_artifacts_in_s3(tmp_path: Path, m
             monkeypatch.delenv(key, raising=False)  # only the server may talk to S3
         monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
         with mlflow_server(tmp_path / "server", extra_env=creds, artifacts=f"s3://{BUCKET}/mlflow") as (uri, _):
-            tracking = TrackingConfig(tracking_uri=uri, registered_model="s3-classifier")
+            tracking = params_cfg("tracking", tracking_uri=uri, registered_model="s3-classifier")
             candidates = {}
             for role in ("finetune", "scratch"):
                 cfg = train.config_from_params(load_params(ROOT / "params.yaml"), role, backbone="small_cnn",
@@ -46,9 +46,9 @@ def test_loop_registers_against_mlflow_storing_artifacts_in_s3(tmp_path: Path, m
                                                images_per_class=None, val_images_per_class=None,
                                                checkpoint_dir=None, tta="none")
                 candidates[role] = Path(train.run(cfg, data, tmp_path / role, tracking).model_dir)
-            evaluate.run(evaluate.EvaluateConfig(bootstrap_samples=100), data, candidates, tmp_path / "eval",
+            evaluate.run(params_cfg("evaluate", bootstrap_samples=100), data, candidates, tmp_path / "eval",
                          tracking)
-            result = register.run(register.RegisterConfig(serving_check_images=4), LENIENT, data, candidates,
+            result = register.run(params_cfg("register", serving_check_images=4), LENIENT, data, candidates,
                                   tmp_path / "eval", tmp_path / "decision", tracking)
             assert result.promoted and registry.champion(tracking).version == result.version
 

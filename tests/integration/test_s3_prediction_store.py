@@ -14,7 +14,7 @@ from headstart import predictions, storage
 from headstart.steps import evaluate
 
 from ..conftest import make_imagefolder
-from ..helpers import random_model
+from ..helpers import params_cfg, random_model
 from .conftest import fresh_bucket
 
 pytestmark = pytest.mark.integration
@@ -28,7 +28,7 @@ def test_predictions_kept_in_s3_are_reused_and_a_corrupt_object_is_rescored(moto
     data = make_imagefolder(tmp_path / "data", per_class={"train": 2, "val": 2, "test": 3}, size=16)
     cands = {"finetune": random_model(tmp_path / "ft", 1, "finetune"),
              "scratch": random_model(tmp_path / "sc", 2, "scratch")}
-    cfg = evaluate.EvaluateConfig(bootstrap_samples=20, tensor_cache_dir=None, prediction_store=store)
+    cfg = params_cfg("evaluate", bootstrap_samples=20, tensor_cache_dir=None, prediction_store=store)
     scored: list[int] = []
     real = evaluate.predict_logits
 
@@ -62,7 +62,7 @@ def test_an_object_planted_in_a_shared_s3_store_is_not_used(moto: str, tmp_path:
     data = make_imagefolder(tmp_path / "data", per_class={"train": 2, "val": 2, "test": 3}, size=16)
     cands = {"finetune": random_model(tmp_path / "ft", 1, "finetune"),
              "scratch": random_model(tmp_path / "sc", 2, "scratch")}
-    cfg = evaluate.EvaluateConfig(bootstrap_samples=20, tensor_cache_dir=None, prediction_store=store)
+    cfg = params_cfg("evaluate", bootstrap_samples=20, tensor_cache_dir=None, prediction_store=store)
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "the pipeline's secret")
     first = evaluate.run(cfg, data, cands, tmp_path / "e1")
     key = predictions.PredictionKey(**first.models["finetune"]["prediction_key"])

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from headstart.config import TrackingConfig
 from headstart.steps.validate import run
 from headstart.validation.tracking import load_accepted_from_mlflow
 from tests.data.corpus import corpus_config, make_valid
+from tests.helpers import params_cfg
 
 from .servers import mlflow_server
 
@@ -29,7 +29,8 @@ def test_validate_creates_the_experiment_in_the_servers_artifact_store(
     pod.mkdir()
     monkeypatch.chdir(pod)  # a relative artifact_root would resolve here, inside "the pod"
     with mlflow_server(tmp_path / "server", artifacts=served.as_uri()) as (url, _):
-        tracking = TrackingConfig(tracking_uri=url, artifact_root="mlflow/artifacts", experiment="validate-first")
+        tracking = params_cfg("tracking",
+                              tracking_uri=url, artifact_root="mlflow/artifacts", experiment="validate-first")
         result = run(corpus_config(tmp_path, state_dir=None), make_valid(tmp_path), tmp_path / "out", tracking)
         assert result.passed and result.mlflow_run_id
 

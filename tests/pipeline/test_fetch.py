@@ -13,6 +13,7 @@ import pytest
 from headstart.errors import DataError, StorageError
 from headstart.steps import fetch
 from tests.conftest import make_imagefolder
+from tests.helpers import params_cfg, repo_params
 
 DVC = str(Path(sys.executable).parent / "dvc")
 
@@ -21,7 +22,7 @@ def test_working_copy_is_linked_not_symlinked(tmp_path):
     data = make_imagefolder(tmp_path / "data", per_class={"train": 2, "test": 1})
     (tmp_path / "data.dvc").write_text("outs:\n- md5: abc.dir\n  path: data\n")
     out = tmp_path / "out" / "dataset"
-    result = fetch.run(fetch.FetchConfig(path=str(data)), out)
+    result = fetch.run(params_cfg("fetch", path=str(data)), out)
     assert result.files == 9 and result.md5 == "abc.dir" and result.rev is None
     assert not out.is_symlink()
     first = next(out.rglob("*.png"))
@@ -30,7 +31,7 @@ def test_working_copy_is_linked_not_symlinked(tmp_path):
 
 def test_missing_working_copy_says_what_to_do(tmp_path):
     with pytest.raises(DataError, match="make data"):
-        fetch.run(fetch.FetchConfig(path=str(tmp_path / "nope")), tmp_path / "out")
+        fetch.run(params_cfg("fetch", path=str(tmp_path / "nope")), tmp_path / "out")
 
 
 def test_refuses_to_overwrite_data(tmp_path):
@@ -38,12 +39,15 @@ def test_refuses_to_overwrite_data(tmp_path):
     out = tmp_path / "out"
     (out / "keep").mkdir(parents=True)
     with pytest.raises(StorageError, match="not empty"):
-        fetch.run(fetch.FetchConfig(path=str(data)), out)
+        fetch.run(params_cfg("fetch", path=str(data)), out)
 
 
 def test_config_defaults_to_the_data_dir_of_params():
-    assert fetch.config_from_params({"data": {"dir": "elsewhere"}}).path == "elsewhere"
-    assert fetch.config_from_params({"fetch": {"repo": "r", "path": "d"}}).path == "d"
+    params = repo_params()
+    params["data"]["dir"] = "elsewhere"
+    assert fetch.config_from_params(params).path == "elsewhere"
+    params["fetch"].update(repo="r", path="d")
+    assert fetch.config_from_params(params).path == "d"
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +88,7 @@ def test_fetches_the_pinned_version_from_the_remote(dvc_repo, tmp_path):
     moved = tmp_path / "moved-remote"
     remote.rename(moved)  # the repository's own remote URL is now wrong: the given one must win
     try:
-        result = fetch.run(fetch.FetchConfig(repo=str(repo), rev=rev, remote=str(moved)), tmp_path / "ds")
+        result = fetch.run(params_cfg("fetch", repo=str(repo), rev=rev, remote=str(moved)), tmp_path / "ds")
     finally:
         moved.rename(remote)
     assert result.rev == rev and result.files == 12 and result.md5 and result.md5.endswith(".dir")
@@ -94,9 +98,9 @@ def test_fetches_the_pinned_version_from_the_remote(dvc_repo, tmp_path):
 def test_unknown_revision_and_empty_remote_are_user_errors(dvc_repo, tmp_path):
     repo, _, rev = dvc_repo
     with pytest.raises(DataError, match="revision"):
-        fetch.run(fetch.FetchConfig(repo=str(repo), rev="no-such-tag"), tmp_path / "a")
+        fetch.run(params_cfg("fetch", repo=str(repo), rev="no-such-tag"), tmp_path / "a")
     with pytest.raises(StorageError, match="DVC remote"):
-        fetch.run(fetch.FetchConfig(repo=str(repo), rev=rev, remote=str(tmp_path / "empty")), tmp_path / "b")
+        fetch.run(params_cfg("fetch", repo=str(repo), rev=rev, remote=str(tmp_path / "empty")), tmp_path / "b")
     assert not (tmp_path / "b").exists()
 
 
@@ -180,6 +184,6 @@ def test_a_pinned_listing_with_a_name_that_leaves_the_folder_is_refused_and_writ
                          check=True).stdout.strip()
     out = tmp_path / "fetched" / "ds"
     with pytest.raises(DataError, match=r"data/\.\. in the pinned listing leaves the dataset folder"):
-        fetch.run(fetch.FetchConfig(repo=str(repo), rev=rev, remote=str(store)), out)
+        fetch.run(params_cfg("fetch", repo=str(repo), rev=rev, remote=str(store)), out)
     assert not out.exists()
     assert not [p for p in tmp_path.rglob("escaped.png")]

@@ -13,14 +13,16 @@ from headstart.errors import ConfigError
 from headstart.kfp import kfp_io
 from headstart.steps import train
 
-RECIPE = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())["train"]
-BASE = {
-    "train": {  # params.yaml's recipe (every training knob is set there, nowhere else)
+PARAMS = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())
+RECIPE = PARAMS["train"]
+BASE = {  # params.yaml (every knob is set there, nowhere else), with a few changes
+    **PARAMS,
+    "train": {
         "shared": {**RECIPE["shared"], "epochs": 8, "images_per_class": 100},
         "finetune": {**RECIPE["finetune"], "weights": "imagenet"},
         "scratch": {**RECIPE["scratch"], "weights": "none"},
     },
-    "tracking": {"registered_model": "m"},
+    "tracking": {**PARAMS["tracking"], "registered_model": "m"},
 }
 
 
@@ -95,6 +97,7 @@ def test_gate_params():
         registered_model="clf",
     )
     assert p["gate"] == {
+        **PARAMS["gate"],
         "min_accuracy": 0.9,
         "min_gain_over_baseline": 0.01,
         "max_regression": 0.0,

@@ -11,14 +11,14 @@ import torch.nn.functional as F
 
 from headstart import congruent
 from headstart.checkpoint import Checkpointer
-from headstart.config import TrackingConfig, load_params
+from headstart.config import load_params
 from headstart.data.imagefolder import list_classes, load_split
 from headstart.engine import fit
 from headstart.models import build_model, head_and_backbone_params
 from headstart.presets import Preset
 from headstart.steps import train
 from tests.conftest import make_imagefolder
-from tests.helpers import DiesAfterSaving, Killed
+from tests.helpers import DiesAfterSaving, Killed, params_cfg
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -89,8 +89,9 @@ def test_the_champions_logits_are_computed_once_per_run_and_change_the_training(
 def test_without_a_champion_in_the_registry_the_option_does_nothing_and_says_so(
     tiny_imagefolder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ):
-    tracking = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "art"),
-                              registered_model="nobody-promoted-yet")
+    tracking = params_cfg("tracking",
+                          tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "art"),
+                          registered_model="nobody-promoted-yet")
     plain = train.run(_cfg(), tiny_imagefolder, tmp_path / "plain")
     first = train.run(_cfg(congruent=True), tiny_imagefolder, tmp_path / "first", tracking)
     assert first.congruent == "no champion in nobody-promoted-yet yet: trained without distillation"

@@ -16,6 +16,7 @@ from headstart.data import shards
 from headstart.models import build_model
 from headstart.presets import Preset
 from headstart.steps import evaluate
+from tests.helpers import params_cfg
 
 from ..conftest import CLASSES, make_imagefolder
 
@@ -47,7 +48,7 @@ def test_evaluate_writes_confidences_thumbnails_histories_and_the_report(tmp_pat
         data = tmp_path / "packed"
     cands = {"finetune": _candidate(tmp_path / "ft", 1, "finetune"),
              "scratch": _candidate(tmp_path / "sc", 2, "scratch")}
-    cfg = evaluate.EvaluateConfig(bootstrap_samples=50, tensor_cache_dir=None, prediction_store=None)
+    cfg = params_cfg("evaluate", bootstrap_samples=50, tensor_cache_dir=None, prediction_store=None)
     out = tmp_path / "eval"
     result = evaluate.run(cfg, data, cands, out)
     npz = np.load(out / "predictions.npz")

@@ -16,7 +16,7 @@ from headstart.errors import ConfigError
 from headstart.steps import evaluate
 
 from ..conftest import make_imagefolder
-from ..helpers import random_model
+from ..helpers import params_cfg, random_model
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def packed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 def test_streamed_predictions_match_the_in_memory_ones_in_batches_of_at_most_batch_size(packed, workers: int):
     root, folder, sharded, cands, batches = packed
     assert len(shards.read_index(sharded).splits["test"].shards) > 1
-    base = evaluate.EvaluateConfig(bootstrap_samples=20, tensor_cache_dir=None, prediction_store=None, batch_size=4)
+    base = params_cfg("evaluate", bootstrap_samples=20, tensor_cache_dir=None, prediction_store=None, batch_size=4)
     evaluate.run(base, folder, cands, root / "memory")
     batches.clear()
     streamed = base.model_copy(update={"data_loading": "stream", "loader_workers": workers})
@@ -63,15 +63,15 @@ def test_auto_keeps_a_small_packed_split_in_memory(packed, monkeypatch: pytest.M
         raise AssertionError("a small split must not stream")
 
     monkeypatch.setattr(stream, "predict_batches", refuse)
-    cfg = evaluate.EvaluateConfig(bootstrap_samples=20, tensor_cache_dir=None, prediction_store=None)
+    cfg = params_cfg("evaluate", bootstrap_samples=20, tensor_cache_dir=None, prediction_store=None)
     evaluate.run(cfg, sharded, cands, root / "auto")
     assert batches == [21, 21]
 
 
 def test_a_streamed_split_is_kept_in_the_store_and_a_changed_shard_is_scored_again(packed):
     root, folder, sharded, cands, batches = packed
-    cfg = evaluate.EvaluateConfig(bootstrap_samples=20, tensor_cache_dir=None, data_loading="stream",
-                                  loader_workers=0, prediction_store=str(root / "store"))
+    cfg = params_cfg("evaluate", bootstrap_samples=20, tensor_cache_dir=None, data_loading="stream",
+                     loader_workers=0, prediction_store=str(root / "store"))
     evaluate.run(cfg, sharded, cands, root / "e1")
     batches.clear()
     evaluate.run(cfg, sharded, cands, root / "e2")
@@ -89,6 +89,6 @@ def test_a_streamed_split_is_kept_in_the_store_and_a_changed_shard_is_scored_aga
 
 def test_streaming_an_imagefolder_is_refused_naming_the_parameter(packed):
     root, folder, _, cands, _ = packed
-    cfg = evaluate.EvaluateConfig(data_loading="stream", prediction_store=None)
+    cfg = params_cfg("evaluate", data_loading="stream", prediction_store=None)
     with pytest.raises(ConfigError, match="evaluate.data_loading=stream"):
         evaluate.run(cfg, folder, cands, root / "x")

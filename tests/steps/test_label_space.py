@@ -17,7 +17,7 @@ from headstart.errors import DataError
 from headstart.steps import evaluate
 
 from ..conftest import CLASSES, make_imagefolder
-from ..helpers import random_model
+from ..helpers import params_cfg, random_model
 
 OTHER = ("square", "stripes", "zigzag")  # as many classes as the model's, shifted by one: every label in range
 
@@ -31,7 +31,7 @@ def mismatched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     shards.pack(folder, packed)
     model = random_model(tmp_path / "ft", 1, "finetune")  # classes CLASSES
     monkeypatch.setattr(evaluate, "scoring_device", lambda: torch.device("cpu"))
-    base = evaluate.EvaluateConfig(bootstrap_samples=20, tensor_cache_dir=None, prediction_store=None, batch_size=4)
+    base = params_cfg("evaluate", bootstrap_samples=20, tensor_cache_dir=None, prediction_store=None, batch_size=4)
     return tmp_path, folder, packed, model, base
 
 

@@ -11,12 +11,13 @@ from headstart import lifecycle, registry
 from headstart.config import TrackingConfig
 from headstart.errors import ConfigError, RegistryError
 from headstart.steps import promote
+from tests.helpers import params_cfg
 
 
 @pytest.fixture
 def tracking(tmp_path: Path) -> TrackingConfig:
-    t = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "art"),
-                       registered_model="lc")
+    t = params_cfg("tracking", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "art"),
+                   registered_model="lc")
     c = registry.client(t)
     c.create_registered_model("lc")
     src = tmp_path / "src"

@@ -23,13 +23,13 @@ from headstart.gate import GateThresholds
 from headstart.steps import evaluate, register, train
 
 from ..conftest import CLASSES, make_imagefolder
-from ..helpers import copy_store, serving_check_in_process
+from ..helpers import copy_store, params_cfg, serving_check_in_process
 
 pytestmark = pytest.mark.slow  # trains EfficientNet-Lite0 and registers a dozen versions: over a minute
 ROOT = Path(__file__).resolve().parents[2]
 
-LENIENT = GateThresholds(min_accuracy=0.0, min_gain_over_baseline=None, max_regression=1.0,
-                         max_class_recall_drop=0.99, max_negative_flip_rate=None)
+LENIENT = params_cfg("gate", min_accuracy=0.0, min_gain_over_baseline=None, max_regression=1.0,
+                     max_class_recall_drop=0.99, max_negative_flip_rate=None)
 
 
 class Loop(NamedTuple):
@@ -41,8 +41,8 @@ class Loop(NamedTuple):
 
 def _loop(root: Path) -> Loop:
     """The data, store and both candidates a template (or a copy of it) holds under `root`."""
-    tracking = TrackingConfig(tracking_uri=f"sqlite:///{root}/mlflow.db", artifact_root=str(root / "art"),
-                              registered_model="tiny-classifier")
+    tracking = params_cfg("tracking", tracking_uri=f"sqlite:///{root}/mlflow.db", artifact_root=str(root / "art"),
+                          registered_model="tiny-classifier")
     cands = {role: next((root / role).glob("**/model.json")).parent for role in ("finetune", "scratch")}
     return Loop(root, root / "data", tracking, cands)
 
@@ -52,8 +52,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The template: both candidates trained once, logged in a store where no version is registered yet."""
     root = tmp_path_factory.mktemp("trained")
     data = make_imagefolder(root / "data")
-    tracking = TrackingConfig(tracking_uri=f"sqlite:///{root}/mlflow.db", artifact_root=str(root / "art"),
-                              registered_model="tiny-classifier")
+    tracking = params_cfg("tracking", tracking_uri=f"sqlite:///{root}/mlflow.db", artifact_root=str(root / "art"),
+                          registered_model="tiny-classifier")
     for role, weights in (("finetune", "imagenet"), ("scratch", "none")):
         cfg = train.config_from_params(load_params(ROOT / "params.yaml"), role, weights=weights, image_size=32,
                                        epochs=1, images_per_class=None, val_images_per_class=None,
@@ -91,8 +91,8 @@ def serving_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _evaluate_and_register(loop: Loop, name: str, thresholds: GateThresholds):
     root, data, tracking, cands = loop
-    evaluate.run(evaluate.EvaluateConfig(bootstrap_samples=200), data, cands, root / f"eval-{name}", tracking)
-    return register.run(register.RegisterConfig(serving_check_images=8), thresholds, data, cands,
+    evaluate.run(params_cfg("evaluate", bootstrap_samples=200), data, cands, root / f"eval-{name}", tracking)
+    return register.run(params_cfg("register", serving_check_images=8), thresholds, data, cands,
                         root / f"eval-{name}", root / f"decision-{name}", tracking)
 
 
@@ -181,13 +181,13 @@ def test_register_refuses_a_stale_evaluation(loop):
     from headstart.errors import RegistryError
 
     root, data, tracking, cands = loop
-    evaluate.run(evaluate.EvaluateConfig(bootstrap_samples=200), data, cands, root / "eval-stale", tracking)
+    evaluate.run(params_cfg("evaluate", bootstrap_samples=200), data, cands, root / "eval-stale", tracking)
     c = registry.client(tracking)  # another run registers v2 and promotes it meanwhile
     v2 = c.create_model_version(tracking.registered_model, str(root / "elsewhere"),
                                 tags={registry.REGISTRATION_TAG: registry.COMPLETE})
     registry.move_champion(tracking, str(v2.version), "test", "simulate another run promoting meanwhile")
     with pytest.raises(RegistryError, match="champion changed since evaluation"):
-        register.run(register.RegisterConfig(), LENIENT, data, cands, root / "eval-stale", root / "d", tracking)
+        register.run(params_cfg("register"), LENIENT, data, cands, root / "eval-stale", root / "d", tracking)
 
 
 def test_a_model_whose_training_run_is_not_in_the_store_is_refused_clearly(loop):
@@ -206,9 +206,9 @@ def test_a_model_whose_training_run_is_not_in_the_store_is_refused_clearly(loop)
         (copy / "model.json").write_text(json.dumps(card))
         orphans[role] = copy
     before = registry.history(tracking)
-    evaluate.run(evaluate.EvaluateConfig(bootstrap_samples=200), data, orphans, root / "eval-orphan", tracking)
+    evaluate.run(params_cfg("evaluate", bootstrap_samples=200), data, orphans, root / "eval-orphan", tracking)
     with pytest.raises(RegistryError, match=r"model\.json: its training run 0{32} is not in this MLflow"):
-        register.run(register.RegisterConfig(), LENIENT, data, orphans, root / "eval-orphan", root / "d-o", tracking)
+        register.run(params_cfg("register"), LENIENT, data, orphans, root / "eval-orphan", root / "d-o", tracking)
     assert registry.history(tracking) == before
 
 
@@ -276,9 +276,9 @@ def test_serving_check_timeout_rejects_the_version_and_names_the_step(loop, tmp_
     slow.mkdir()
     (slow / "sitecustomize.py").write_text("import time\ntime.sleep(120)\n")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(slow), os.environ.get("PYTHONPATH")])))
-    evaluate.run(evaluate.EvaluateConfig(bootstrap_samples=200), data, cands, root / "eval-slow", tracking)
+    evaluate.run(params_cfg("evaluate", bootstrap_samples=200), data, cands, root / "eval-slow", tracking)
     start = time.monotonic()
-    result = register.run(register.RegisterConfig(serving_check_images=8, serving_check_timeout_s=2), LENIENT,
+    result = register.run(params_cfg("register", serving_check_images=8, serving_check_timeout_s=2), LENIENT,
                           data, cands, root / "eval-slow", root / "decision-slow", tracking)
     assert time.monotonic() - start < 60  # killed at 2 s, not waited for
     assert not result.promoted and result.alias is None
@@ -312,9 +312,9 @@ def test_a_changed_label_set_is_named_and_not_promoted_on_its_own(loop, serving_
                                        channels=1, image_size=32, epochs=1, images_per_class=None,
                                        val_images_per_class=None, checkpoint_dir=None, tta="none")
         cands4[role] = Path(train.run(cfg, data4, root / f"{role}-4", tracking).model_dir)
-    ecfg = evaluate.EvaluateConfig(bootstrap_samples=200)
+    ecfg = params_cfg("evaluate", bootstrap_samples=200)
     evaluate.run(ecfg, data4, cands4, root / "eval-4", tracking)
-    result = register.run(register.RegisterConfig(serving_check_images=8), LENIENT, data4, cands4,
+    result = register.run(params_cfg("register", serving_check_images=8), LENIENT, data4, cands4,
                           root / "eval-4", root / "decision-4", tracking)
     assert not result.promoted and registry.champion(tracking).version == before.version
     metrics = json.loads((root / "eval-4" / "metrics.json").read_text())
@@ -396,7 +396,7 @@ def test_the_kfp_register_task_logs_the_verdict_and_version_and_writes_the_repor
     root, data, tracking, cands = loop
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking.resolved_uri())
     monkeypatch.delenv("HEADSTART_GIT_COMMIT", raising=False)
-    evaluate.run(evaluate.EvaluateConfig(bootstrap_samples=200), data, cands, root / "eval-kfp", tracking)
+    evaluate.run(params_cfg("evaluate", bootstrap_samples=200), data, cands, root / "eval-kfp", tracking)
     logged: dict[str, float] = {}
     kfp = root / "kfp"
     for name in ("decision_files", "decision_record", "report"):

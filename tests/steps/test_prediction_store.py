@@ -15,16 +15,14 @@ import torch
 from PIL import Image
 
 from headstart import predictions
-from headstart.config import TrackingConfig
-from headstart.gate import GateThresholds
 from headstart.serving import check
 from headstart.steps import evaluate, register
 
 from ..conftest import CLASSES, make_imagefolder
-from ..helpers import random_model
+from ..helpers import params_cfg, random_model
 
-LENIENT = GateThresholds(min_accuracy=0.0, min_gain_over_baseline=None, max_regression=1.0,
-                         max_class_recall_drop=0.99, max_negative_flip_rate=None)
+LENIENT = params_cfg("gate", min_accuracy=0.0, min_gain_over_baseline=None, max_regression=1.0,
+                     max_class_recall_drop=0.99, max_negative_flip_rate=None)
 
 
 @pytest.fixture
@@ -32,8 +30,8 @@ def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     data = make_imagefolder(tmp_path / "data", per_class={"train": 2, "val": 2, "test": 4}, size=16)
     cands = {"finetune": random_model(tmp_path / "ft", 1, "finetune"),
              "scratch": random_model(tmp_path / "sc", 2, "scratch")}
-    cfg = evaluate.EvaluateConfig(bootstrap_samples=50, tensor_cache_dir=None,
-                                  prediction_store=str(tmp_path / "store"))
+    cfg = params_cfg("evaluate", bootstrap_samples=50, tensor_cache_dir=None,
+                     prediction_store=str(tmp_path / "store"))
     scored: list[int] = []  # images each predict_logits call scored
     real = evaluate.predict_logits
 
@@ -152,10 +150,10 @@ def test_a_null_store_scores_every_time_and_writes_nothing(setup):
 def test_the_champion_is_reused_from_the_store_and_new_candidates_are_scored(setup):
     """The issue's case: a second evaluate with an unchanged champion does not score it again."""
     root, data, cands, cfg, scored = setup
-    tracking = TrackingConfig(tracking_uri=f"sqlite:///{root}/mlflow.db", artifact_root=str(root / "art"),
-                              registered_model="store-classifier")
+    tracking = params_cfg("tracking", tracking_uri=f"sqlite:///{root}/mlflow.db", artifact_root=str(root / "art"),
+                          registered_model="store-classifier")
     evaluate.run(cfg, data, cands, root / "e1", tracking)
-    reg = register.run(register.RegisterConfig(serving_check_images=6), LENIENT, data, cands, root / "e1",
+    reg = register.run(params_cfg("register", serving_check_images=6), LENIENT, data, cands, root / "e1",
                        root / "d1", tracking)
     assert reg.promoted and reg.version == "1"
     scored.clear()
@@ -228,8 +226,8 @@ def test_on_a_gpu_evaluate_scores_in_bf16_keeps_that_entry_and_the_serving_check
     data = make_imagefolder(tmp_path / "data", per_class={"train": 2, "val": 2, "test": 20}, size=16)
     cands = {"finetune": random_model(tmp_path / "ft", 1, "finetune"),
              "scratch": random_model(tmp_path / "sc", 2, "scratch")}
-    cfg = evaluate.EvaluateConfig(bootstrap_samples=50, tensor_cache_dir=None,
-                                  prediction_store=str(tmp_path / "store"))
+    cfg = params_cfg("evaluate", bootstrap_samples=50, tensor_cache_dir=None,
+                     prediction_store=str(tmp_path / "store"))
     on_gpu = evaluate.run(cfg, data, cands, tmp_path / "gpu")
     assert on_gpu.models["finetune"]["predicted_on"] == "cuda/bf16"
     again = evaluate.run(cfg, data, cands, tmp_path / "gpu2")

@@ -9,16 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from headstart.config import TrackingConfig
 from headstart.data import shards
-from headstart.gate import GateThresholds
 from headstart.steps import evaluate, register
 
 from ..conftest import make_imagefolder
-from ..helpers import random_model
+from ..helpers import params_cfg, random_model
 
-LENIENT = GateThresholds(min_accuracy=0.0, min_gain_over_baseline=None, max_regression=1.0,
-                         max_class_recall_drop=0.99, max_negative_flip_rate=None)
+LENIENT = params_cfg("gate", min_accuracy=0.0, min_gain_over_baseline=None, max_regression=1.0,
+                     max_class_recall_drop=0.99, max_negative_flip_rate=None)
 
 
 def test_register_on_a_packed_root_serving_checks_images_read_from_the_shards(
@@ -29,11 +27,12 @@ def test_register_on_a_packed_root_serving_checks_images_read_from_the_shards(
     monkeypatch.setattr(evaluate, "scoring_device", lambda: torch.device("cpu"))
     cands = {"finetune": random_model(tmp_path / "ft", 1, "finetune"),
              "scratch": random_model(tmp_path / "sc", 2, "scratch")}
-    tracking = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "art"),
-                              registered_model="packed-classifier")
-    evaluate.run(evaluate.EvaluateConfig(bootstrap_samples=50, tensor_cache_dir=None), root, cands,
+    tracking = params_cfg("tracking",
+                          tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "art"),
+                          registered_model="packed-classifier")
+    evaluate.run(params_cfg("evaluate", bootstrap_samples=50, tensor_cache_dir=None), root, cands,
                  tmp_path / "eval", tracking)
-    result = register.run(register.RegisterConfig(serving_check_images=6), LENIENT, root, cands, tmp_path / "eval",
+    result = register.run(params_cfg("register", serving_check_images=6), LENIENT, root, cands, tmp_path / "eval",
                           tmp_path / "decision", tracking)
     record = json.loads((tmp_path / "decision" / "decision.json").read_text())
     serving = next(c for c in record["checks"] if c["name"] == "serving_check")

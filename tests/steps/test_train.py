@@ -10,13 +10,13 @@ import torch
 
 from headstart import modelio
 from headstart.checkpoint import Checkpointer
-from headstart.config import TrackingConfig, load_params
+from headstart.config import load_params
 from headstart.data.imagefolder import list_classes, load_split
 from headstart.engine import fit, predict_logits
 from headstart.models import build_model, head_and_backbone_params
 from headstart.presets import Preset
 from headstart.steps import train
-from tests.helpers import DiesAfterSaving, Killed, tiny_engine_cfg, tiny_train_cfg
+from tests.helpers import DiesAfterSaving, Killed, params_cfg, tiny_engine_cfg, tiny_train_cfg
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_finetune_step_writes_a_reloadable_model_and_logs_to_mlflow(tiny_imagefolder: Path, tmp_path: Path):
     import mlflow
 
-    tracking = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "art"))
+    tracking = params_cfg("tracking",
+                          tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "art"))
     cfg = tiny_train_cfg("finetune", backbone="efficientnet_lite0", weights="imagenet", channels=3, epochs=1)
     result = train.run(cfg, tiny_imagefolder, tmp_path / "ft", tracking)
     model, card = modelio.load(Path(result.model_dir))

@@ -11,6 +11,7 @@ from headstart.errors import DataError
 from headstart.steps import fetch
 from headstart.steps.register import lineage
 from tests.conftest import make_imagefolder
+from tests.helpers import params_cfg
 
 GOOD = "outs:\n- md5: de9a6b78a57761c46124ff39be65e683.dir\n  size: 35\n  nfiles: 2\n  hash: md5\n  path: data\n"
 
@@ -40,10 +41,10 @@ def test_register_and_fetch_read_the_pin_through_pinned_md5(tmp_path: Path) -> N
     data = make_imagefolder(tmp_path / "data", per_class={"train": 1})
     (tmp_path / "data.dvc").write_text(GOOD)
     assert lineage(data)["data.dvc_md5"] == "de9a6b78a57761c46124ff39be65e683.dir"
-    assert fetch.run(fetch.FetchConfig(path=str(data)), tmp_path / "out").md5 == pinned_md5(data)
+    assert fetch.run(params_cfg("fetch", path=str(data)), tmp_path / "out").md5 == pinned_md5(data)
 
     (tmp_path / "data.dvc").write_text("outs: [unclosed\n")  # a merge conflict, say
     with pytest.raises(DataError, match=r"data\.dvc"):
         lineage(data)
     with pytest.raises(DataError, match=r"data\.dvc"):
-        fetch.run(fetch.FetchConfig(path=str(data)), tmp_path / "out2")
+        fetch.run(params_cfg("fetch", path=str(data)), tmp_path / "out2")

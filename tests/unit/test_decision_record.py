@@ -12,6 +12,7 @@ import pytest
 from headstart import decision_record as dr
 from headstart.gate import Check, GateThresholds, ModelEval, decide
 from headstart.steps.register import decision_numbers
+from tests.helpers import params_cfg
 
 CLASSES = ("cat", "dog", "owl")
 DATA = {"git.commit": "abc1234", "data.dvc_md5": "0123abcd.dir"}
@@ -36,8 +37,8 @@ def _decision(th: GateThresholds, champion: bool = True, serving_failure: str | 
 
 
 def test_the_record_names_the_version_the_data_version_and_where_it_is_in_mlflow():
-    d, record = _decision(GateThresholds(min_accuracy=0.0, max_negative_flip_rate=None, max_regression=1.0,
-                                         max_class_recall_drop=0.99))
+    d, record = _decision(params_cfg("gate", min_accuracy=0.0, max_negative_flip_rate=None, max_regression=1.0,
+                                     max_class_recall_drop=0.99))
     assert record["candidate"]["version"] == "7" and record["decision"] == "promoted"
     assert record["data_version"] == {"git_commit": "abc1234", "data_md5": "0123abcd.dir"}
     assert record["mlflow"]["run_id"] == "r123" and record["links"]["decision_record"] == "runs:/r123/decision"
@@ -58,7 +59,7 @@ def test_a_tracking_server_gets_links_and_never_its_credentials():
 
 
 def test_each_class_is_compared_with_the_champion_worst_first():
-    d, record = _decision(GateThresholds(min_accuracy=0.0))
+    d, record = _decision(params_cfg("gate", min_accuracy=0.0))
     md = dr.to_markdown(d, record)
     rows = [line for line in md.splitlines() if re.match(r"\| (cat|dog|owl) \|", line)]
     assert [r.split("|")[1].strip() for r in rows] == ["cat", "dog", "owl"]
@@ -69,7 +70,8 @@ def test_each_class_is_compared_with_the_champion_worst_first():
 def test_a_refusal_says_what_to_do_for_each_failed_check_and_the_exact_override():
     # accuracy 0.90 < 0.95, the gain over the champion (+0.05) unproven at its alpha_run, NFR 0.10 > 0.05,
     # and the registered model failed to serve
-    d, record = _decision(GateThresholds(min_accuracy=0.95, max_negative_flip_rate=0.05, max_class_recall_drop=0.99),
+    d, record = _decision(params_cfg("gate",
+                                     min_accuracy=0.95, max_negative_flip_rate=0.05, max_class_recall_drop=0.99),
                           serving_failure="serving check: the model does not load through mlflow.pyfunc: boom")
     failed = {c["name"] for c in record["checks"] if c["applies"] and not c["passed"]}
     assert failed == {"accuracy_floor", "no_regression", "negative_flips", "serving_check"}
@@ -85,7 +87,7 @@ def test_a_refusal_says_what_to_do_for_each_failed_check_and_the_exact_override(
 
 @pytest.mark.parametrize("promoted", [True, False])
 def test_the_kfp_metrics_carry_the_verdict_and_the_version(promoted: bool):
-    th = GateThresholds(min_accuracy=0.0 if promoted else 0.99)
+    th = params_cfg("gate", min_accuracy=0.0 if promoted else 0.99)
     _, record = _decision(th, champion=False)
     numbers = decision_numbers(record)
     assert numbers["gate_passed"] == (1.0 if promoted else 0.0) and numbers["version"] == 7.0
@@ -93,7 +95,7 @@ def test_the_kfp_metrics_carry_the_verdict_and_the_version(promoted: bool):
 
 
 def test_the_version_description_says_what_it_is_and_the_verdict():
-    _, record = _decision(GateThresholds(min_accuracy=0.95))
+    _, record = _decision(params_cfg("gate", min_accuracy=0.95))
     models = {"finetune": {"accuracy": 0.9, "macro_f1": 0.89}, "champion": {"accuracy": 0.9167, "macro_f1": 0.91}}
     text = dr.version_description(record, models)
     assert text.startswith("v7: finetune, test accuracy 0.9000, macro-F1 0.8900 (champion v6 0.9167); refused: "

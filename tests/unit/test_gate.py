@@ -17,7 +17,7 @@ import pytest
 from pydantic import ValidationError
 
 from headstart import gate
-from headstart.errors import DataError, RegistryError
+from headstart.errors import ConfigError, DataError, RegistryError
 from headstart.gate import (
     Check,
     GateThresholds,
@@ -29,6 +29,7 @@ from headstart.gate import (
     decide,
 )
 from headstart.stats import wilson_interval
+from tests.helpers import params_cfg, repo_params
 
 K, PER_CLASS = 5, 600
 CLASSES = tuple(f"class{k}" for k in range(K))
@@ -96,7 +97,8 @@ def _scenario(
         else:  # class0 loses 10 points, nothing gained
             worse, better = {}, {0: 60}
         champion = _eval("champion", _flip(cand_ok, w, worse, better), version="3")
-    th = GateThresholds(min_macro_f1={"pass": 0.5, "fail": 0.95, "off": None}[f1], max_negative_flip_rate=FLIPS[flips])
+    th = params_cfg("gate",
+                    min_macro_f1={"pass": 0.5, "fail": 0.95, "off": None}[f1], max_negative_flip_rate=FLIPS[flips])
     return cand, base, champion, th
 
 
@@ -207,7 +209,7 @@ def test_first_run_record_says_no_champion_yet() -> None:
 
 def test_disabled_baseline_margin_reports_numbers_but_does_not_judge() -> None:
     cand, base, champion, _ = _scenario("pass", "off", "finetune_unproven", "nr_pass-cr_pass")
-    d = decide(cand, base, champion, GateThresholds(min_gain_over_baseline=None))
+    d = decide(cand, base, champion, params_cfg("gate", min_gain_over_baseline=None))
     c = d.check(gate.BEATS_BASELINE)
     assert not c.applies and c.value == pytest.approx(2 / 3000) and c.p_value is not None
     assert d.promote and d.pretraining_paid is None
@@ -255,7 +257,7 @@ def test_models_on_different_test_sets_are_refused() -> None:
         choose_winner(cand, other)
     renamed = ModelEval("champion", Y, Y, tuple(c.upper() for c in CLASSES))
     with pytest.raises(DataError, match="same test images"):
-        decide(cand, cand, renamed, GateThresholds())
+        decide(cand, cand, renamed, params_cfg("gate"))
 
 
 def test_model_eval_validates_and_measures() -> None:
@@ -267,14 +269,13 @@ def test_model_eval_validates_and_measures() -> None:
         ModelEval("x", np.array([0, 1]), np.array([0]), ("a", "b"))
 
 
-def test_thresholds_are_frozen_and_strict() -> None:
-    th = GateThresholds()
-    assert (th.min_accuracy, th.min_macro_f1, th.min_gain_over_baseline) == (0.80, None, 0.0)
-    assert (th.max_regression, th.max_class_recall_drop, th.ci_level, th.alpha) == (0.0, 0.05, 0.95, 0.05)
-    with pytest.raises(ValidationError):
-        GateThresholds(min_acuracy=0.9)
-    with pytest.raises(ValidationError):
-        GateThresholds(ci_level=1.5)
+def test_thresholds_are_params_yaml_s_frozen_and_strict() -> None:
+    th = params_cfg("gate")
+    assert th.model_dump() == repo_params()["gate"]
+    with pytest.raises(ConfigError, match=r"gate.min_acuracy: Extra inputs are not permitted"):
+        params_cfg("gate", min_acuracy=0.9)
+    with pytest.raises(ConfigError, match=r"gate.ci_level: Input should be less than 1"):
+        params_cfg("gate", ci_level=1.5)
     with pytest.raises(ValidationError):
         th.min_accuracy = 0.5  # type: ignore[misc]
 
@@ -406,7 +407,7 @@ def test_flip_table_lists_the_worst_classes_first_and_only_20_above_50_classes(k
         return ModelEval(name, y, np.where(ok, y, (y + 1) % k), classes, v)
 
     d = decide(ev("scratch", cand_ok, "9"), ev("scratch", cand_ok, "9"), ev("champion", champ_ok, "8"),
-               GateThresholds(min_accuracy=0.5))
+               params_cfg("gate", min_accuracy=0.5))
     md = d.to_markdown()
     rows = [line[2:5] for line in md.splitlines() if re.match(r"\| c\d\d \|", line)]
     shown = k if k <= 50 else 20
@@ -432,7 +433,7 @@ def _paired_10k(gain_points: float) -> tuple[ModelEval, ModelEval]:
 
 
 def test_no_regression_at_the_run_level_passes_two_points_but_not_half_a_point() -> None:
-    th = GateThresholds(min_accuracy=0.5)
+    th = params_cfg("gate", min_accuracy=0.5)
     cand, champ = _paired_10k(2.0)
     d = decide(cand, cand, champ, th)
     c = d.check(gate.NO_REGRESSION)
@@ -465,16 +466,16 @@ def test_max_regression_loosens_the_one_sided_test() -> None:
 
 
 def test_alpha_per_run_splits_the_budget_over_runs_and_candidates() -> None:
-    th = GateThresholds()
+    th = params_cfg("gate", false_promotion_budget=0.10, horizon_runs=52)
     assert alpha_per_run(th) == pytest.approx(0.10 / 52 / 2) == pytest.approx(0.000961538, rel=1e-6)
     assert alpha_per_run(th, candidates_compared=1) == pytest.approx(0.10 / 52)
-    assert alpha_per_run(GateThresholds(horizon_runs=4, false_promotion_budget=0.2), 4) == pytest.approx(0.0125)
+    assert alpha_per_run(params_cfg("gate", horizon_runs=4, false_promotion_budget=0.2), 4) == pytest.approx(0.0125)
     with pytest.raises(ValueError, match="at least 1"):
         alpha_per_run(th, 0)
-    with pytest.raises(ValidationError):
-        GateThresholds(horizon_runs=0)
-    with pytest.raises(ValidationError):
-        GateThresholds(false_promotion_budget=1.0)
+    with pytest.raises(ConfigError, match="gate.horizon_runs"):
+        params_cfg("gate", horizon_runs=0)
+    with pytest.raises(ConfigError, match="gate.false_promotion_budget"):
+        params_cfg("gate", false_promotion_budget=1.0)
 
 
 def test_candidates_compared_sets_the_level_and_is_recorded() -> None:
@@ -486,7 +487,7 @@ def test_candidates_compared_sets_the_level_and_is_recorded() -> None:
 
 
 def test_schedule_counts_runs_and_spends_alpha() -> None:
-    a = alpha_per_run(GateThresholds())
+    a = alpha_per_run(params_cfg("gate", false_promotion_budget=0.10, horizon_runs=52))
     s = ScheduleState()
     for _ in range(52):
         s = s.after_run(a, 52)

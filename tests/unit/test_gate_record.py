@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from headstart.config import TrackingConfig
-from headstart.gate import GateThresholds, ModelEval, ScheduleState, decide
+from headstart.gate import ModelEval, ScheduleState, decide
 from headstart.steps.register import gate_numbers
 from headstart.summary import render, render_status
+from tests.helpers import params_cfg
 
 CLASSES = ("cat", "dog", "owl")
 
@@ -28,7 +28,7 @@ def _record(champion: bool = True) -> dict:
     before = ScheduleState(window_runs=4, horizon_runs=52, alpha_spent=4e-3, window=2, reset_reason="by hand")
     decision = decide(ModelEval("scratch", y, cand, CLASSES), ModelEval("scratch", y, cand, CLASSES),
                       ModelEval("champion", y, champ, CLASSES, version="3") if champion else None,
-                      GateThresholds(min_accuracy=0.0, max_negative_flip_rate=0.05), schedule=before)
+                      params_cfg("gate", min_accuracy=0.0, max_negative_flip_rate=0.05), schedule=before)
     return {**decision.to_dict(), "model_name": "m", "version": "4", "winner": "scratch", "champion_version": "3"}
 
 
@@ -74,7 +74,7 @@ def _text(renderable) -> str:
 def test_summary_shows_the_flips_worst_class_first_and_the_schedule_as_counted(tmp_path: Path):
     record = _record()
     record["schedule"]["recorded"] = {**record["schedule"]["after"], "window_runs": 6}  # another pipeline counted too
-    text = _text(render(_outputs(tmp_path, record), TrackingConfig(tracking_uri="sqlite:///x.db")))
+    text = _text(render(_outputs(tmp_path, record), params_cfg("tracking", tracking_uri="sqlite:///x.db")))
     assert "Flips against the champion" in text and "negative_flips" in text  # the check row too
     lines = text.splitlines()
     overall = next(ln for ln in lines if "all 300 images" in ln)
@@ -97,10 +97,10 @@ def test_status_shows_the_window_its_spending_and_the_last_reset():
 
 def test_summary_points_at_the_pages_register_wrote(tmp_path: Path):
     outputs = _outputs(tmp_path, _record())
-    text = " ".join(_text(render(outputs, TrackingConfig(tracking_uri="sqlite:///x.db"))).split())
+    text = " ".join(_text(render(outputs, params_cfg("tracking", tracking_uri="sqlite:///x.db"))).split())
     assert "Open in a browser" not in text  # no page written: none named
     for name in ("report.html", "decision.html"):
         (outputs / "decision" / name).write_text("<html></html>")
-    text = " ".join(_text(render(outputs, TrackingConfig(tracking_uri="sqlite:///x.db"))).split())
+    text = " ".join(_text(render(outputs, params_cfg("tracking", tracking_uri="sqlite:///x.db"))).split())
     pages = f"{outputs / 'decision' / 'report.html'}, {outputs / 'decision' / 'decision.html'}"
     assert f"Open in a browser: {pages}" in text

@@ -7,9 +7,9 @@ import shutil
 from pathlib import Path
 
 from headstart.data.imagefolder import list_classes, list_split
-from headstart.validation.config import ValidateConfig
 from headstart.validation.layout import scan_layout
 from tests.conftest import make_imagefolder
+from tests.helpers import params_cfg
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "headstart"
 
@@ -23,7 +23,7 @@ def test_validation_accepts_exactly_the_files_training_reads(tmp_path: Path) -> 
 
     classes = list_classes(data)
     read = {p.relative_to(data).as_posix() for p, _ in list_split(data, "train", classes)}
-    cfg = ValidateConfig()
+    cfg = params_cfg("validate", label_set=None, min_images_per_class=1)
     layout = scan_layout(data, cfg.splits, cfg.extensions)
     accepted = {e.rel for e in layout.entries if e.split == "train"}
     stray = {f.file for f in layout.findings if f.check == "stray_files"}

@@ -14,8 +14,9 @@ import pytest
 from PIL import Image
 
 from headstart import examples, report, stats
-from headstart.gate import GateThresholds, ModelEval, decide
+from headstart.gate import ModelEval, decide
 from headstart.steps.evaluate import confusion, summarise
+from tests.helpers import params_cfg
 
 CLASSES = [f"class{k}" for k in range(10)]
 
@@ -59,7 +60,7 @@ def _decision(out: Path) -> dict:
     data = np.load(out / "predictions.npz")
     ev = {m: ModelEval(name=m, y_true=data["y_true"], y_pred=data[f"pred_{m}"], class_names=tuple(CLASSES),
                        version="1" if m == "champion" else None) for m in ("finetune", "scratch", "champion")}
-    d = decide(ev["finetune"], ev["scratch"], ev["champion"], GateThresholds(min_accuracy=0.0))
+    d = decide(ev["finetune"], ev["scratch"], ev["champion"], params_cfg("gate", min_accuracy=0.0))
     return {**d.to_dict(), "version": "2", "winner": d.candidate, "model_name": "clf", "champion_version": "1",
             "data_version": {"git_commit": "abc123", "data_md5": "d41d8"}}
 
@@ -215,10 +216,10 @@ def test_version_history_reads_each_complete_version_with_its_winners_metrics(tm
     from mlflow import MlflowClient
 
     from headstart import registry
-    from headstart.config import TrackingConfig
 
-    tracking = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "art"),
-                              registered_model="clf")
+    tracking = params_cfg("tracking",
+                          tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "art"),
+                          registered_model="clf")
     c = registry.client(tracking)
     assert isinstance(c, MlflowClient)
     c.create_registered_model("clf")

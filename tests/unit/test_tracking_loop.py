@@ -8,11 +8,13 @@ import pytest
 
 from headstart import tracking as trk
 from headstart.config import TrackingConfig
+from tests.helpers import params_cfg
 
 
 def _tracking(tmp_path: Path) -> TrackingConfig:
-    return TrackingConfig(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_root=str(tmp_path / "art"),
-                          experiment="t")
+    return params_cfg("tracking",
+                      tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_root=str(tmp_path / "art"),
+                      experiment="t")
 
 
 def test_without_an_id_the_loop_is_the_code_and_data_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

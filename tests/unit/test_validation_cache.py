@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from headstart.validation.cache import ResultCache
-from headstart.validation.config import ValidateConfig
 from headstart.validation.layout import scan_layout
 from headstart.validation.scan import scan_files
+from tests.helpers import params_cfg
 
-CFG = ValidateConfig()
+CFG = params_cfg("validate", label_set=None, min_images_per_class=1)
 
 
 def _paths(data: Path) -> list[str]:

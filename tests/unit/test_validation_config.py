@@ -1,25 +1,25 @@
-"""ValidateConfig: defaults are the params.yaml values; mistakes name the parameter."""
+"""ValidateConfig: its values are params.yaml's; a change replaces only what it names; mistakes name the parameter."""
 
 from __future__ import annotations
 
 import pytest
 
-from headstart.config import build
 from headstart.errors import ConfigError
-from headstart.validation.config import ValidateConfig
+from tests.helpers import params_cfg, repo_params
 
 
-def test_defaults_are_complete_and_frozen() -> None:
-    cfg = ValidateConfig()
-    assert cfg.splits == ("train", "val", "test") and cfg.label_set is None
-    assert cfg.severity.duplicates_within_split == "warn" and cfg.severity.decode == "fail"
+def test_params_yaml_s_section_builds_complete_and_frozen() -> None:
+    cfg = params_cfg("validate")
+    assert list(cfg.splits) == repo_params()["validate"]["splits"]
+    assert cfg.severity.model_dump() == repo_params()["validate"]["severity"]
     with pytest.raises(ValueError):
         cfg.workers = 3  # type: ignore[misc]
 
 
-def test_params_section_builds() -> None:
-    cfg = build(ValidateConfig, {"label_set": ["a", "b"], "severity": {"label_drift": "warn"}}, "validate")
+def test_a_severity_change_keeps_the_other_severities() -> None:
+    cfg = params_cfg("validate", label_set=["a", "b"], severity={"label_drift": "warn"})
     assert cfg.label_set == ("a", "b") and cfg.severity.label_drift == "warn"
+    assert cfg.severity.decode == repo_params()["validate"]["severity"]["decode"]
 
 
 @pytest.mark.parametrize(
@@ -34,4 +34,4 @@ def test_params_section_builds() -> None:
 )
 def test_bad_values_name_the_parameter(data: dict, where: str) -> None:
     with pytest.raises(ConfigError, match=where.replace("(", r"\(").replace(")", r"\)")):
-        build(ValidateConfig, data, "validate")
+        params_cfg("validate", **data)

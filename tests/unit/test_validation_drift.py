@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from headstart.steps.validate import run
-from headstart.validation.config import ValidateConfig
 from headstart.validation.drift import drift_checks, psi
 from tests.data.corpus import accept, corpus_config, make_valid
+from tests.helpers import params_cfg
 
 
 def test_psi_is_zero_for_equal_mixes_and_grows_with_shift() -> None:
@@ -21,7 +21,8 @@ def test_psi_is_zero_for_equal_mixes_and_grows_with_shift() -> None:
 
 
 def test_no_previous_version_means_nothing_to_compare() -> None:
-    findings, numbers = drift_checks(ValidateConfig(), {"splits": {}}, None)
+    findings, numbers = drift_checks(params_cfg("validate",
+                                                label_set=None, min_images_per_class=1), {"splits": {}}, None)
     assert findings == [] and numbers["label_drift"]["previous"] is None
 
 
@@ -29,7 +30,7 @@ def test_pixel_drift_names_split_and_channel() -> None:
     split = {"class_counts": {"a": 5}, "pixel_stats": {"L": {"mean": 0.5, "std": 0.2}}}
     before = {"splits": {"train": split}, "fingerprint": "x"}
     now = {"splits": {"train": split | {"pixel_stats": {"L": {"mean": 0.6, "std": 0.2}}}}}
-    findings, _ = drift_checks(ValidateConfig(), now, before)
+    findings, _ = drift_checks(params_cfg("validate", label_set=None, min_images_per_class=1), now, before)
     assert [(f.check, f.file) for f in findings] == [("pixel_drift", "train/")]
     assert "channel L intensity mean" in findings[0].reason
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from headstart.errors import DataError
-from headstart.validation.config import ValidateConfig
 from headstart.validation.layout import scan_layout, shown, unsafe_reason
 from tests.conftest import make_imagefolder
+from tests.helpers import params_cfg
 
-CFG = ValidateConfig()
+CFG = params_cfg("validate", label_set=None, min_images_per_class=1)
 
 
 @pytest.mark.parametrize(

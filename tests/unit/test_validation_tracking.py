@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from headstart.config import TrackingConfig
 from headstart.steps.validate import run
 from tests.data.corpus import corpus_config, make_valid
+from tests.helpers import params_cfg
 
 
 def test_reports_logged_and_accepted_summary_read_back(
@@ -16,7 +16,8 @@ def test_reports_logged_and_accepted_summary_read_back(
 ) -> None:
     mlflow = pytest.importorskip("mlflow")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    tracking = TrackingConfig(
+    tracking = params_cfg(
+        "tracking",
         tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
         artifact_root=str(tmp_path / "artifacts"),
         experiment="t",
@@ -49,8 +50,8 @@ def test_the_manifest_is_logged_once_per_content_and_each_run_names_where_it_is(
     mlflow = pytest.importorskip("mlflow")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("HEADSTART_LOOP_ID", "loop-a")
-    tracking = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-                              artifact_root=str(tmp_path / "artifacts"), experiment="t")
+    tracking = params_cfg("tracking", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                          artifact_root=str(tmp_path / "artifacts"), experiment="t")
     data = make_valid(tmp_path)
     cfg = corpus_config(tmp_path, state_dir=None)
     ids = [run(cfg, data, tmp_path / f"out{i}", tracking).mlflow_run_id for i in range(2)]

@@ -1,7 +1,8 @@
 """Compile-time settings of the Kubeflow pipeline: images, resources, GPU pool, secrets, retries.
 
 They come from the `pipeline` section of params.yaml (the GPU pool's label and taint must match
-infra/terraform) and from `headstart pipeline compile` options; everything has a default.
+infra/terraform) and from `headstart pipeline compile` options. A key params.yaml sets has its one default
+there; the others (no pipeline's knob in params.yaml) have theirs here.
 """
 
 from __future__ import annotations
@@ -9,10 +10,9 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from headstart.config import section
-from headstart.errors import ConfigError
+from headstart.config import from_section
 from headstart.storage import DEFAULT_TIMEOUTS
 
 Cpu = Annotated[str, Field(pattern=r"^([0-9]*[.])?[0-9]+m?$", description="cores, or millicores like 500m")]
@@ -37,11 +37,11 @@ class PipelineSettings(BaseModel):
     image: str = ""  # full reference; wins over registry/name/tag
     gpu_image: str = ""  # full reference of the CUDA variant; default <image>-cuda
 
-    gpu_node_selector_key: str = "headstart.io/pool"
-    gpu_node_selector_value: str = "gpu"
-    gpu_toleration_key: str = "nvidia.com/gpu"
-    gpu_toleration_value: str = "present"
-    gpu_toleration_effect: str = "NoSchedule"
+    gpu_node_selector_key: str  # these five: params.yaml's, matching infra/terraform's pool
+    gpu_node_selector_value: str
+    gpu_toleration_key: str
+    gpu_toleration_value: str
+    gpu_toleration_effect: str
     accelerator_type: str = "nvidia.com/gpu"
     accelerator_limit: int = 1
 
@@ -115,12 +115,4 @@ MLFLOW_KEYS = SecretKeys(("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "ML
 
 def settings_from_params(params: dict[str, Any], **overrides: Any) -> PipelineSettings:
     """The `pipeline` section plus the compile options that were given (None = not given)."""
-    data = {**section(params, "pipeline"), **{k: v for k, v in overrides.items() if v is not None}}
-    try:
-        return PipelineSettings.model_validate(data)
-    except ValidationError as exc:
-        lines = [
-            f"  pipeline.{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})"
-            for e in exc.errors()
-        ]
-        raise ConfigError("invalid pipeline settings:\n" + "\n".join(lines)) from None
+    return from_section(PipelineSettings, params, "pipeline", **{k: v for k, v in overrides.items() if v is not None})

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 
 from headstart import examples, modelio, plots, predictions, report, stats
-from headstart.config import Frozen, TrackingConfig, build, section
+from headstart.config import Frozen, TrackingConfig, from_section
 from headstart.data.imagefolder import CACHE_MAX_BYTES, list_split, load_split, require_classes
 from headstart.data.shards import is_sharded
 from headstart.engine import predict_logits
@@ -21,19 +22,22 @@ from headstart.progress import progress_enabled
 
 
 class EvaluateConfig(Frozen):
-    ci_level: float = 0.95
-    bootstrap_samples: int = 2000
-    seed: int = 0
-    batch_size: int = 256
-    tensor_cache_dir: str | None = ".headstart/cache/tensors"  # decoded test split, reused across runs
-    tensor_cache_budget_gib: float = 8  # that folder's size; past it the least recently used arrays are deleted
-    prediction_store: str | None = ".headstart/cache/predictions"  # folder or s3:// URI; None: score every time
-    data_loading: Literal["auto", "memory", "stream"] = "auto"  # auto: stream a packed split past 2 GiB decoded
-    loader_workers: int | None = None  # streaming readers; None: one per CPU the pod may use, less one, at most 8
+    """The `evaluate` section of params.yaml, which holds each knob's one default (none here)."""
+
+    ci_level: float = Field(gt=0.5, lt=1.0)
+    bootstrap_samples: int = Field(ge=1)
+    seed: int
+    batch_size: int = Field(ge=1)
+    tensor_cache_dir: str | None  # decoded test split, reused across runs
+    tensor_cache_budget_gib: float = Field(gt=0)  # that folder's size; past it the least recently used go
+    prediction_store: str | None  # folder or s3:// URI; None: score every time
+    data_loading: Literal["auto", "memory", "stream"]  # auto: stream a packed split past 2 GiB decoded
+    loader_workers: int | None = Field(ge=0)  # streaming readers; None: one per CPU the pod may use less one, max 8
 
 
-def config_from_params(params: dict[str, Any]) -> EvaluateConfig:
-    return build(EvaluateConfig, section(params, "evaluate"), "evaluate")
+def config_from_params(params: dict[str, Any], **changes: Any) -> EvaluateConfig:
+    """The `evaluate` section; `changes`, for tests and benchmarks, apply last."""
+    return from_section(EvaluateConfig, params, "evaluate", **changes)
 
 
 @dataclass

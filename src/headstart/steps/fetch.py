@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from headstart.config import Frozen, build, section
+from pydantic import Field
+
+from headstart.config import Frozen, from_section, section
 from headstart.data.names import unsafe_path_reason
 from headstart.data.pin import parse_pin, pinned_md5
 from headstart.errors import DataError, StorageError
@@ -23,21 +25,21 @@ REMOTE_NAME = "headstart-pipeline"
 
 
 class FetchConfig(Frozen):
-    """Where the dataset version comes from."""
+    """Where the dataset version comes from: the `fetch` section of params.yaml (no defaults here)."""
 
-    repo: str = ""  # git URL (or path) of the project; "" = the working copy
-    rev: str = ""  # commit, tag or branch whose data.dvc pins the data; "" = the default branch
-    remote: str = ""  # DVC remote URL, e.g. s3://bucket/dvcstore; "" = the remote the repo configures
-    path: str = "data"  # the DVC-tracked folder, relative to the repository root
-    link: bool = True  # working copy only: hard-link the files (no copy) where the filesystem allows
-    jobs: int | None = None  # parallel downloads; None = DVC's default
+    repo: str  # git URL (or path) of the project; "" = the working copy
+    rev: str  # commit, tag or branch whose data.dvc pins the data; "" = the default branch
+    remote: str  # DVC remote URL, e.g. s3://bucket/dvcstore; "" = the remote the repo configures
+    path: str  # the DVC-tracked folder, relative to the repository root: `data.dir` unless fetch sets it
+    link: bool  # working copy only: hard-link the files (no copy) where the filesystem allows
+    jobs: int | None = Field(ge=1)  # parallel downloads; None = DVC's default
 
 
-def config_from_params(params: dict[str, Any]) -> FetchConfig:
-    data = section(params, "fetch")
-    if "path" not in data and "dir" in section(params, "data"):
-        data["path"] = section(params, "data")["dir"]
-    return build(FetchConfig, data, "fetch")
+def config_from_params(params: dict[str, Any], **changes: Any) -> FetchConfig:
+    """The `fetch` section, its `path` from `data.dir` where it sets none; `changes` apply last."""
+    data_dir = section(params, "data").get("dir")
+    path = {"path": data_dir} if data_dir is not None and "path" not in section(params, "fetch") else {}
+    return from_section(FetchConfig, params, "fetch", **{**path, **changes})
 
 
 @dataclass

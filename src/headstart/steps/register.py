@@ -29,17 +29,19 @@ import numpy as np
 from pydantic import Field
 
 from headstart import registry
-from headstart.config import Frozen, TrackingConfig, build, section
+from headstart.config import Frozen, TrackingConfig, from_section
 from headstart.errors import HeadstartError, RegistryError
-from headstart.gate import Decision, GateThresholds, choose_winner, decide
+from headstart.gate import Decision, GateThresholds, choose_winner, decide, thresholds_from_params
 from headstart.steps.evaluate import champion_for_gate, eval_for_gate
 from headstart.tracking import git_head
 
 
 class RegisterConfig(Frozen):
-    serving_check_images: int = Field(32, ge=1)  # drawn round-robin over the classes
-    serving_check_timeout_s: float = Field(300.0, gt=0)  # the fresh process loading and predicting
-    description: str = "Headstart image classifier"
+    """The `register` section of params.yaml, which holds each knob's one default (none here)."""
+
+    serving_check_images: int = Field(ge=1)  # drawn round-robin over the classes
+    serving_check_timeout_s: float = Field(gt=0)  # the fresh process loading and predicting
+    description: str  # the registered model's, set when register creates it
 
 
 class ServingCheckTimeout(HeadstartError):
@@ -47,9 +49,14 @@ class ServingCheckTimeout(HeadstartError):
     rejected (a model that cannot be loaded and asked in time is not served), nothing is promoted."""
 
 
+def config_from_params(params: dict[str, Any], **changes: Any) -> RegisterConfig:
+    """The `register` section; `changes`, for tests and benchmarks, apply last."""
+    return from_section(RegisterConfig, params, "register", **changes)
+
+
 def configs_from_params(params: dict[str, Any]) -> tuple[RegisterConfig, GateThresholds]:
-    return (build(RegisterConfig, section(params, "register"), "register"),
-            build(GateThresholds, section(params, "gate"), "gate"))
+    """What register reads: its own section and the gate's."""
+    return config_from_params(params), thresholds_from_params(params)
 
 
 @dataclass

@@ -31,11 +31,17 @@ from headstart.presets import Preset
 Role = Literal["finetune", "scratch"]
 
 
-class TrainConfig(Frozen):
-    """One candidate's knobs: `train.shared` merged under `train.<role>` of params.yaml.
+class Recipe(Frozen):
+    """What is trained: every field here changes the weights a run ends with, so `TrainConfig.fingerprint`
+    hashes exactly these (the class a field is declared in decides, not a list kept by hand).
 
-    No knob has a default here: params.yaml holds the one default of each, so a run, a test and a
-    benchmark that build their config from it cannot disagree about what "the default" is."""
+    `max_steps` ends the cosine schedule early; `data_loading` picks memory (the split in load order,
+    reshuffled per epoch) or the shard stream (its own order); a stream's order also depends on
+    `shuffle_buffer` and, through the number of streams, on `loader_workers` (headstart.data.stream):
+    a checkpoint resumed under another value of any of them would mix two runs' sample orders.
+
+    No knob has a default here: params.yaml holds the one default of each (train.shared merged under
+    train.<role>), so a run, a test and a benchmark that build their config from it agree on "the default"."""
 
     role: Role
     backbone: str
@@ -60,12 +66,7 @@ class TrainConfig(Frozen):
     augment: bool
     flip: bool
     max_shift: float
-    tta: Literal["none", "flip"]  # test-time augmentation the saved model predicts with (flip: mirrored too)
     seed: int
-    checkpoint_dir: str | None
-    checkpoint_every_steps: int = Field(ge=0)  # also mid-epoch, every N optimizer steps; 0 = epoch ends only
-    tensor_cache_dir: str | None  # decoded uint8 splits keyed by content hash
-    tensor_cache_budget_gib: float = Field(gt=0)  # the least recently used decoded splits go past this
     max_steps: int = Field(ge=0)  # end after this many optimizer steps; 0 = no limit
     data_loading: Literal["auto", "memory", "stream"]  # stream: shards through loader workers (packed data only)
     loader_workers: int | None = Field(ge=0)  # stream readers; None: the pod's CPUs minus one, at most 8
@@ -75,7 +76,21 @@ class TrainConfig(Frozen):
     congruent_alpha: float = Field(ge=0)  # every image's share of it...
     congruent_beta: float = Field(ge=0)  # ...plus this on the images the champion gets right
     congruent_temperature: float = Field(gt=0)
-    threads: int | None = None  # how, not what: torch's own choice unless a benchmark pins it
+
+
+class TrainConfig(Recipe):
+    """One candidate's knobs: the `Recipe`, plus how the run runs and how its model predicts, which leave
+    the trained weights as they are and so stay out of the fingerprint: changing one resumes the same run.
+
+    A new field goes in `Recipe` when it can change the weights, here otherwise;
+    tests/unit/test_train_fingerprint.py changes each field and checks the fingerprint follows its class."""
+
+    tta: Literal["none", "flip"]  # test-time augmentation the saved model predicts with (flip: mirrored too)
+    checkpoint_dir: str | None
+    checkpoint_every_steps: int = Field(ge=0)  # also mid-epoch, every N optimizer steps; 0 = epoch ends only
+    tensor_cache_dir: str | None  # decoded uint8 splits keyed by content hash
+    tensor_cache_budget_gib: float = Field(gt=0)  # the least recently used decoded splits go past this
+    threads: int | None = None  # torch's own choice unless a benchmark pins it: not a knob of params.yaml
 
     @model_validator(mode="after")
     def _tta_matches_training(self) -> TrainConfig:
@@ -89,12 +104,10 @@ class TrainConfig(Frozen):
         return EngineConfig(**{k: v for k, v in self.model_dump().items() if k in fields})
 
     def fingerprint(self, data_key: str) -> str:
-        """Ties checkpoints to this config and to the content of the data it trains on (`data_key`, from
-        `data_fingerprint`), so a resume never mixes runs: one changed image is a new fingerprint and a
+        """Ties checkpoints to this config's `Recipe` and to the content of the data it trains on (`data_key`,
+        from `data_fingerprint`), so a resume never mixes runs: one changed image is a new fingerprint and a
         fresh training, while a forced re-run on the same data resumes (a finished run: trains nothing)."""
-        how = {"checkpoint_dir", "checkpoint_every_steps", "threads", "tensor_cache_dir", "tensor_cache_budget_gib",
-               "tta"}  # not the training
-        stamp = json.dumps(self.model_dump(exclude=how), sort_keys=True) + data_key
+        stamp = json.dumps(self.model_dump(include=set(Recipe.model_fields)), sort_keys=True) + data_key
         return hashlib.sha256(stamp.encode()).hexdigest()[:16]
 
 

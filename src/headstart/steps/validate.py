@@ -14,13 +14,12 @@ from __future__ import annotations
 import shutil
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
-from headstart.config import TrackingConfig, build, section
+from headstart.config import TrackingConfig
 from headstart.data.shards import is_sharded
 from headstart.validation import distribution, leakage
 from headstart.validation.cache import ResultCache
-from headstart.validation.config import ValidateConfig
+from headstart.validation.config import ValidateConfig, config_from_params  # noqa: F401  (the drivers' builder)
 from headstart.validation.drift import drift_checks
 from headstart.validation.expectations import run_suite
 from headstart.validation.findings import assemble
@@ -32,11 +31,6 @@ from headstart.validation.result import ValidationResult
 from headstart.validation.scan import scan_entries
 from headstart.validation.state import load_accepted, save_accepted
 from headstart.validation.summary import summarize, write_json
-
-
-def config_from_params(params: dict[str, Any]) -> ValidateConfig:
-    """The `validate:` section of params.yaml (plus overrides), checked."""
-    return build(ValidateConfig, section(params, "validate"), "validate")
 
 
 def run(
