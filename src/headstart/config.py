@@ -174,7 +174,7 @@ BUILDERS = {
     "evaluate": "headstart.steps.evaluate:config_from_params",
     "gate": "headstart.gate:thresholds_from_params",
     "register": "headstart.steps.register:config_from_params",
-    "pipeline": "headstart.pipeline.settings:settings_from_params",
+    "pipeline": "headstart.kfp.settings:settings_from_params",
 }
 OPEN = "*"  # in a schema: a class that ignores keys it does not know (extra != "forbid")
 
