@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from headstart import predictions
+from headstart import predictions, scoring
 from headstart.data import shards
 from headstart.errors import DataError
 from headstart.steps import evaluate
@@ -30,7 +30,7 @@ def mismatched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     packed = tmp_path / "shards"
     shards.pack(folder, packed)
     model = random_model(tmp_path / "ft", 1, "finetune")  # classes CLASSES
-    monkeypatch.setattr(evaluate, "scoring_device", lambda: torch.device("cpu"))
+    monkeypatch.setattr(scoring, "scoring_device", lambda: torch.device("cpu"))
     base = evaluate.EvaluateConfig(bootstrap_samples=20, tensor_cache_dir=None, prediction_store=None, batch_size=4)
     return tmp_path, folder, packed, model, base
 
@@ -64,7 +64,7 @@ def test_a_prediction_store_hit_on_other_classes_is_refused(mismatched, monkeypa
     def never(*args, **kwargs):
         raise AssertionError("scored: the store's entry was not used")
 
-    monkeypatch.setattr(evaluate, "predict_logits", never)  # only the store hit can answer
+    monkeypatch.setattr(scoring, "predict_logits", never)  # only the store hit can answer
     cfg = base.model_copy(update={"prediction_store": store, "data_loading": "memory"})
     _refused(cfg, packed, model, root / "out")
 
