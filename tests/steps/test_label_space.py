@@ -1,6 +1,6 @@
 """Every evaluation path checks the label space: a model's labels are indices into its class list, so scoring
 it on a dataset with another class list (same count, shifted names) would compare one class's images with
-another's predictions. In memory, streaming a packed split, or read back from the prediction store: each is
+another's predictions. In memory, streaming (either form), or read back from the prediction store: each is
 refused with a DataError that names the model and both class lists."""
 
 from __future__ import annotations
@@ -45,9 +45,17 @@ def _refused(cfg: evaluate.EvaluateConfig, data: Path, model: Path, out: Path) -
     return message
 
 
-def test_streaming_a_packed_split_with_other_classes_is_refused(mismatched):
-    root, _, packed, model, base = mismatched
-    _refused(base.model_copy(update={"data_loading": "stream", "loader_workers": 0}), packed, model, root / "out")
+@pytest.mark.parametrize("form", ["imagefolder", "packed"])
+def test_streaming_a_split_with_other_classes_is_refused(mismatched, form: str):
+    root, folder, packed, model, base = mismatched
+    data = folder if form == "imagefolder" else packed
+    _refused(base.model_copy(update={"data_loading": "stream", "loader_workers": 0}), data, model, root / "out")
+
+
+def test_auto_streaming_under_a_tiny_budget_on_other_classes_is_refused(mismatched):
+    root, folder, _, model, base = mismatched
+    cfg = base.model_copy(update={"loader_workers": 0, "memory_budget_gib": 1e-9})  # auto: every split streams
+    _refused(cfg, folder, model, root / "out")
 
 
 def test_a_prediction_store_hit_on_other_classes_is_refused(mismatched, monkeypatch: pytest.MonkeyPatch):
