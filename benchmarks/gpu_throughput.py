@@ -215,7 +215,7 @@ def bench_sharded(arch: str, args: argparse.Namespace, root: Path, dev: torch.de
             torch.cuda.synchronize()
 
     out: dict[str, Any] = {"arch": arch, "batch_size": bs, "image_size": args.image_size, "workers": args.workers,
-                           "shards": len(data.shards), "images": len(data)}
+                           "shards": data.parts, "images": len(data)}
     it = batches()
     next(it)  # workers started
     t = time.perf_counter()

@@ -96,8 +96,8 @@ def _size(text: str) -> int:
 @data_app.command("pack", help=(
     "Pack an ImageFolder into WebDataset tar shards + index.json, for datasets too big for one file per image."
     "\n\nDeterministic: the same images give byte-identical shards, so `dvc add <out>` hashes the same."
-    "\n\nEvery step takes either form as --data. With train.shared.data_loading auto (a split over 2 GiB "
-    "decoded) or stream, training streams the shards through loader workers instead of decoding them into memory."))
+    "\n\nEvery step takes either form as --data, and either streams through loader workers with "
+    "train.shared.data_loading stream, or auto when a split's decoded size passes memory_budget_gib."))
 def pack(
     data: Annotated[Path, typer.Option("--data", help="The ImageFolder to pack: <data>/<split>/<class>/<image>.")] = (
         Path("data")),

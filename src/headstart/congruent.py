@@ -107,7 +107,7 @@ def _streamed_logits(champion_dir: Path, train: stream.StreamSplit, path: Path, 
     model, card = modelio.load(champion_dir)
     device = device_for_training()
     model.to(device)
-    rows = sum(entry.count for entry in train.shards)  # positions run over the whole split, kept or not
+    rows = train.positions  # positions run over the whole split, kept or not
     path.parent.mkdir(parents=True, exist_ok=True)
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, len(card.classes)))
     for x, _, pos in stream.scoring_batches(dataclasses.replace(train, preset=card.preset), batch_size,

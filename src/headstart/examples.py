@@ -73,33 +73,13 @@ def write(data_dir: Path, names: list[str], chosen: dict[str, list[int]], dest: 
 
 def image_files(data_dir: Path, names: list[str], dest: Path) -> list[Path]:
     """The files of test images named as evaluation lists them ('test/<class>/<file>'). An ImageFolder has
-    them on disk; a packed root only inside its shards, so their bytes are streamed out of the split's shards
-    (stopping once all are found) into `dest` as <i><ext>, i the name's position."""
-    from headstart.data import shards
+    them on disk; a packed dataset only inside its shards, whose bytes are streamed out into `dest`."""
+    from headstart.data.dataset import open_dataset
     from headstart.data.names import shown, unsafe_path_reason
-    from headstart.data.suffixes import IMAGE_SUFFIXES
     from headstart.errors import DataError
 
     for name in names:
         if reason := unsafe_path_reason(name):
             raise DataError(f"{data_dir}: the evaluation lists test image {shown(name)!r}, not a plain relative path "
                             f"({reason}); validate the data and re-run evaluate on it")
-    if not shards.is_sharded(data_dir):
-        return [data_dir / n for n in names]
-    index = shards.read_index(data_dir)
-    position = {n: i for i, n in enumerate(names)}
-    found: dict[str, Path] = {}
-    for split in sorted({n.split("/", 1)[0] for n in names}):
-        for info in index.splits[split].shards if split in index.splits else ():
-            if len(found) == len(position):
-                break
-            for sample in shards.iter_shard(data_dir, info, len(index.classes)):
-                name = f"{split}/{sample.name}"
-                if name in position and name not in found:
-                    suffix = f".{sample.ext}" if f".{sample.ext}" in IMAGE_SUFFIXES else ""
-                    found[name] = dest / f"{position[name]}{suffix}"
-                    found[name].write_bytes(sample.data)
-    if missing := sorted(set(position) - set(found)):
-        raise DataError(f"{data_dir}: the evaluation's test images {missing[:3]} are not in the packed "
-                        "dataset's shards; re-run evaluate on this data")
-    return [found[n] for n in names]
+    return open_dataset(data_dir).image_files(names, dest)

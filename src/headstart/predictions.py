@@ -145,27 +145,11 @@ def model_digest(model_dir: Path) -> str:
 def split_fingerprint(data_dir: Path, split: str, classes: tuple[str, ...], cache_dir: Path | None = None) -> str:
     """The content of `split` as evaluation loads it with `classes`.
 
-    Sharded: the class list and the index's shards (file, sample count, sha256; validation checks the
+    Packed: the class list and the index's shards (file, sample count, sha256; validation checks the
     shards against the index). ImageFolder: every image's relative path, label and bytes, in load order."""
-    from headstart.data.shards import is_sharded
+    from headstart.data.dataset import open_dataset
 
-    digest = hashlib.blake2b(digest_size=20)
-    digest.update(f"v2|{split}|{'|'.join(classes)}".encode())
-    if is_sharded(data_dir):
-        from headstart.data import shards
-
-        index = shards.read_index(data_dir)
-        digest.update(f"|shards|{'|'.join(index.classes)}".encode())
-        for entry in index.splits[split].shards:
-            digest.update(f"|{entry.file}|{entry.count}|{entry.sha256}".encode())
-        return digest.hexdigest()
-    from headstart.data.imagefolder import file_digests, list_split
-
-    items = list_split(data_dir, split, classes)
-    # each file's digest from the run's digest store (imagefolder.file_digests): its bytes are read once a run
-    for (path, label), hexed in zip(items, file_digests([p for p, _ in items], cache_dir), strict=True):
-        digest.update(f"|{path.relative_to(data_dir).as_posix()}|{label}|{hexed}".encode())
-    return digest.hexdigest()
+    return open_dataset(data_dir).fingerprint(split, classes, cache_dir)
 
 
 def entry_uri(store: str, key: PredictionKey) -> str:

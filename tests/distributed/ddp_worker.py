@@ -21,7 +21,7 @@ from headstart import distributed
 from headstart.checkpoint import Checkpointer
 from headstart.config import load_params
 from headstart.data import stream
-from headstart.data.imagefolder import list_classes, load_split
+from headstart.data.dataset import open_dataset
 from headstart.engine import EngineConfig, fit
 from headstart.models import build_model, head_and_backbone_params
 from headstart.presets import Preset
@@ -42,7 +42,8 @@ class PlainCNN(nn.Module):
 
 
 def build(data: Path, arch: str, streamed: bool = False):
-    classes = list_classes(data)
+    dataset = open_dataset(data)
+    classes = dataset.classes()
     torch.manual_seed(0)
     if arch == "plain":
         model = PlainCNN(len(classes))
@@ -52,7 +53,7 @@ def build(data: Path, arch: str, streamed: bool = False):
         built = build_model("small_cnn", None, len(classes), in_channels=1)
         model, (head, backbone) = built.model, head_and_backbone_params(built)
         preset = Preset(32, 1, built.mean, built.std)
-    tr, va = load_split(data, "train", preset, classes), load_split(data, "val", preset, classes)
+    tr, va = dataset.load("train", preset, classes), dataset.load("val", preset, classes)
     if streamed:  # `data` is packed: each rank streams its own shards through one reader worker
         tr = stream.open_split(str(data), "train", preset, seed=3, workers=1, shuffle_buffer=8)
         va = stream.open_split(str(data), "val", preset, seed=3, workers=1)

@@ -192,7 +192,7 @@ def test_two_gloo_ranks_on_shards_each_read_their_own_and_train_like_one_process
     model, head, backbone, preset, tr, va = ddp_worker.build(packed, "plain", streamed=True)
     for epoch in (1, 2, 3):
         mine = [set(stream.rank_shards(tr, epoch, r, 2)) for r in (0, 1)]
-        assert not mine[0] & mine[1] and mine[0] | mine[1] == set(range(len(tr.shards)))
+        assert not mine[0] & mine[1] and mine[0] | mine[1] == set(range(tr.parts))
     single = ddp_worker.fit(model, head, backbone, preset, tr, va, ddp_worker.config(3))
     assert ddp["steps"] == 3 * 3  # 36 images, global batch 16: 3 steps an epoch, whoever reads them
     assert [h["lr"] for h in ddp["history"]] == pytest.approx([h.lr for h in single.history], abs=1e-9)

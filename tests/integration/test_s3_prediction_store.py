@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from headstart import predictions, storage
+from headstart import predictions, scoring, storage
 from headstart.steps import evaluate
 
 from ..conftest import make_imagefolder
@@ -30,13 +30,13 @@ def test_predictions_kept_in_s3_are_reused_and_a_corrupt_object_is_rescored(moto
              "scratch": random_model(tmp_path / "sc", 2, "scratch")}
     cfg = params_cfg("evaluate", bootstrap_samples=20, tensor_cache_dir=None, prediction_store=store)
     scored: list[int] = []
-    real = evaluate.predict_logits
+    real = scoring.predict_logits
 
     def spy(model, preset, x, *args, **kwargs):
         scored.append(len(x))
         return real(model, preset, x, *args, **kwargs)
 
-    monkeypatch.setattr(evaluate, "predict_logits", spy)
+    monkeypatch.setattr(scoring, "predict_logits", spy)
 
     def how(out: Path) -> set[str]:
         return {m["predictions"] for m in json.loads((out / "metrics.json").read_text())["models"].values()}

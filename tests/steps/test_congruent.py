@@ -155,25 +155,28 @@ def test_the_checkpoint_fingerprint_changes_with_the_champion(
     assert again.resumed_from == 1  # the same champion: the finished run is found
 
 
+@pytest.mark.parametrize("form", ["packed", "folder"])
 def test_a_streamed_split_distils_from_memory_mapped_logits_equal_to_the_decoded_ones(
-    tiny_imagefolder: Path, tmp_path: Path, champion: Path,
+    tiny_imagefolder: Path, tmp_path: Path, champion: Path, form: str,
 ):
-    """Streaming: one scoring pass into a .npy, a row per sample position, the same logits as in memory;
-    and a run killed mid-epoch resumes bit-identical."""
+    """Streaming either form: one scoring pass into a .npy, a row per sample position, the same logits as in
+    memory; and a run killed mid-epoch resumes bit-identical."""
     from headstart.data import shards, stream
+    from headstart.data.dataset import open_dataset
 
     shards.pack(tiny_imagefolder, tmp_path / "shards", target_shard_bytes=4096)  # several shards per split
-    data = tmp_path / "shards"
-    classes = list_classes(data)
+    data = open_dataset(tmp_path / "shards" if form == "packed" else tiny_imagefolder)
+    classes = data.classes()
     preset = Preset(32, 1, (0.5,), (0.5,))
-    decoded = load_split(data, "train", preset, classes)
-    position_row = [decoded.paths.index(f"train/{name}") for name, _ in shards.split_items(data, "train")]
-    in_memory = congruent.teacher(champion, "c", decoded, classes, lambda p: load_split(data, "train", p, classes),
+    decoded = data.load("train", preset, classes)
+    listing = data.items("train")
+    position_row = [int(i) for i in listing.positions.argsort()]  # the load-order row of each stream position
+    in_memory = congruent.teacher(champion, "c", decoded, classes, lambda p: data.load("train", p, classes),
                                   1.0, 1.0, 5.0, 2.0)
 
     def streamed_teacher(folder: Path) -> tuple[stream.StreamSplit, congruent.Teacher]:
-        split = stream.open_split(str(data), "train", preset, seed=3, workers=2, shuffle_buffer=8)
-        made = congruent.teacher(champion, "c", split, classes, lambda p: load_split(data, "train", p, classes),
+        split = data.stream("train", preset, seed=3, workers=2, shuffle_buffer=8)
+        made = congruent.teacher(champion, "c", split, classes, lambda p: data.load("train", p, classes),
                                  1.0, 1.0, 5.0, 2.0, workdir=folder)
         assert isinstance(made, congruent.Teacher)
         return split, made
@@ -189,7 +192,7 @@ def test_a_streamed_split_distils_from_memory_mapped_logits_equal_to_the_decoded
         built = build_model("small_cnn", None, len(classes), in_channels=1)
         head, backbone = head_and_backbone_params(built)
         split, made = streamed_teacher(tmp_path / folder)
-        val = load_split(data, "val", preset, classes)
+        val = data.load("val", preset, classes)
         return fit(built.model, head, backbone, preset, split, val, cfg, checkpointer=checkpointer, teacher=made)
 
     full = attempt("t1", None)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from headstart import modelio
+from headstart import modelio, scoring
 from headstart.data import shards
 from headstart.models import build_model
 from headstart.presets import Preset
@@ -37,7 +37,7 @@ def _candidate(folder: Path, seed: int, role: str) -> Path:
 
 @pytest.fixture
 def cpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(evaluate, "scoring_device", lambda: torch.device("cpu"))
+    monkeypatch.setattr(scoring, "scoring_device", lambda: torch.device("cpu"))
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["imagefolder", "packed"])

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
+from headstart import scoring
 from headstart.data import shards
-from headstart.errors import ConfigError
 from headstart.steps import evaluate
 
 from ..conftest import make_imagefolder
@@ -27,14 +27,14 @@ def packed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     cands = {"finetune": random_model(tmp_path / "ft", 1, "finetune"),
              "scratch": random_model(tmp_path / "sc", 2, "scratch")}
     batches: list[int] = []
-    real = evaluate.predict_logits
+    real = scoring.predict_logits
 
     def spy(model, preset, x, *args, **kwargs):
         batches.append(len(x))
         return real(model, preset, x, *args, **kwargs)
 
-    monkeypatch.setattr(evaluate, "predict_logits", spy)
-    monkeypatch.setattr(evaluate, "scoring_device", lambda: torch.device("cpu"))
+    monkeypatch.setattr(scoring, "predict_logits", spy)
+    monkeypatch.setattr(scoring, "scoring_device", lambda: torch.device("cpu"))
     return tmp_path, folder, root, cands, batches
 
 
@@ -87,8 +87,26 @@ def test_a_streamed_split_is_kept_in_the_store_and_a_changed_shard_is_scored_aga
     assert sum(batches) == 2 * 21
 
 
-def test_streaming_an_imagefolder_is_refused_naming_the_parameter(packed):
-    root, folder, _, cands, _ = packed
-    cfg = params_cfg("evaluate", data_loading="stream", prediction_store=None)
-    with pytest.raises(ConfigError, match="evaluate.data_loading=stream"):
-        evaluate.run(cfg, folder, cands, root / "x")
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_imagefolder_streams_too_with_the_in_memory_predictions(packed, workers: int):
+    """data_loading=stream on an ImageFolder (refused before issue 21): workers read and decode its files, in
+    batches of at most batch_size, and the predictions are those of the in-memory path, row for row."""
+    root, folder, _, cands, batches = packed
+    base = params_cfg("evaluate", bootstrap_samples=20, tensor_cache_dir=None, prediction_store=None, batch_size=4)
+    evaluate.run(base, folder, cands, root / "memory")
+    batches.clear()
+    evaluate.run(base.model_copy(update={"data_loading": "stream", "loader_workers": workers}), folder, cands,
+                 root / "stream")
+    assert batches and max(batches) <= 4 and sum(batches) == 2 * 21
+    memory, stream = np.load(root / "memory" / "predictions.npz"), np.load(root / "stream" / "predictions.npz")
+    for k in ("paths", "y_true", "pred_finetune", "pred_scratch"):
+        np.testing.assert_array_equal(stream[k], memory[k])
+    np.testing.assert_allclose(stream["conf_finetune"], memory["conf_finetune"], rtol=1e-5)
+
+
+def test_auto_streams_an_imagefolder_past_the_memory_budget(packed):
+    root, folder, _, cands, batches = packed
+    cfg = params_cfg("evaluate", bootstrap_samples=20, tensor_cache_dir=None, prediction_store=None, batch_size=4,
+                     loader_workers=0, memory_budget_gib=1e-9)  # 21 images at 16 px pass it
+    result = evaluate.run(cfg, folder, cands, root / "auto")
+    assert max(batches) <= 4 and sum(batches) == 2 * 21 and result.models["finetune"]["n_test"] == 21

@@ -1,6 +1,6 @@
 """Every evaluation path checks the label space: a model's labels are indices into its class list, so scoring
 it on a dataset with another class list (same count, shifted names) would compare one class's images with
-another's predictions. In memory, streaming a packed split, or read back from the prediction store: each is
+another's predictions. In memory, streaming (either form), or read back from the prediction store: each is
 refused with a DataError that names the model and both class lists."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from headstart import predictions
+from headstart import predictions, scoring
 from headstart.data import shards
 from headstart.errors import DataError
 from headstart.steps import evaluate
@@ -30,7 +30,7 @@ def mismatched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     packed = tmp_path / "shards"
     shards.pack(folder, packed)
     model = random_model(tmp_path / "ft", 1, "finetune")  # classes CLASSES
-    monkeypatch.setattr(evaluate, "scoring_device", lambda: torch.device("cpu"))
+    monkeypatch.setattr(scoring, "scoring_device", lambda: torch.device("cpu"))
     base = params_cfg("evaluate", bootstrap_samples=20, tensor_cache_dir=None, prediction_store=None, batch_size=4)
     return tmp_path, folder, packed, model, base
 
@@ -45,9 +45,17 @@ def _refused(cfg: evaluate.EvaluateConfig, data: Path, model: Path, out: Path) -
     return message
 
 
-def test_streaming_a_packed_split_with_other_classes_is_refused(mismatched):
-    root, _, packed, model, base = mismatched
-    _refused(base.model_copy(update={"data_loading": "stream", "loader_workers": 0}), packed, model, root / "out")
+@pytest.mark.parametrize("form", ["imagefolder", "packed"])
+def test_streaming_a_split_with_other_classes_is_refused(mismatched, form: str):
+    root, folder, packed, model, base = mismatched
+    data = folder if form == "imagefolder" else packed
+    _refused(base.model_copy(update={"data_loading": "stream", "loader_workers": 0}), data, model, root / "out")
+
+
+def test_auto_streaming_under_a_tiny_budget_on_other_classes_is_refused(mismatched):
+    root, folder, _, model, base = mismatched
+    cfg = base.model_copy(update={"loader_workers": 0, "memory_budget_gib": 1e-9})  # auto: every split streams
+    _refused(cfg, folder, model, root / "out")
 
 
 def test_a_prediction_store_hit_on_other_classes_is_refused(mismatched, monkeypatch: pytest.MonkeyPatch):
@@ -64,7 +72,7 @@ def test_a_prediction_store_hit_on_other_classes_is_refused(mismatched, monkeypa
     def never(*args, **kwargs):
         raise AssertionError("scored: the store's entry was not used")
 
-    monkeypatch.setattr(evaluate, "predict_logits", never)  # only the store hit can answer
+    monkeypatch.setattr(scoring, "predict_logits", never)  # only the store hit can answer
     cfg = base.model_copy(update={"prediction_store": store, "data_loading": "memory"})
     _refused(cfg, packed, model, root / "out")
 

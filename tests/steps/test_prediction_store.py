@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from headstart import predictions
+from headstart import predictions, scoring
 from headstart.serving import check
 from headstart.steps import evaluate, register
 
@@ -33,14 +33,14 @@ def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     cfg = params_cfg("evaluate", bootstrap_samples=50, tensor_cache_dir=None,
                      prediction_store=str(tmp_path / "store"))
     scored: list[int] = []  # images each predict_logits call scored
-    real = evaluate.predict_logits
+    real = scoring.predict_logits
 
     def spy(model, preset, x, *args, **kwargs):
         scored.append(len(x))
         return real(model, preset, x, *args, **kwargs)
 
-    monkeypatch.setattr(evaluate, "predict_logits", spy)
-    monkeypatch.setattr(evaluate, "scoring_device", lambda: torch.device("cpu"))  # as on a machine without a GPU
+    monkeypatch.setattr(scoring, "predict_logits", spy)
+    monkeypatch.setattr(scoring, "scoring_device", lambda: torch.device("cpu"))  # as on a machine without a GPU
     return tmp_path, data, cands, cfg, scored
 
 
@@ -238,7 +238,7 @@ def test_on_a_gpu_evaluate_scores_in_bf16_keeps_that_entry_and_the_serving_check
         with np.load(entry) as e:
             assert json.loads(str(e["key"]))["device"] == "cuda/bf16"
     recomputed = check.expected_labels(tmp_path / "gpu", "finetune", cands["finetune"], sample, paths)
-    monkeypatch.setattr(evaluate, "scoring_device", lambda: torch.device("cpu"))
+    monkeypatch.setattr(scoring, "scoring_device", lambda: torch.device("cpu"))
     evaluate.run(cfg, data, cands, tmp_path / "cpu")  # scored again: another device kind
     cpu = np.load(tmp_path / "cpu" / "predictions.npz")["pred_finetune"]
     assert recomputed == [int(cpu[i]) for i in sample]

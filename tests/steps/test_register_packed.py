@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from headstart import scoring
 from headstart.data import shards
 from headstart.steps import evaluate, register
 
@@ -24,7 +25,7 @@ def test_register_on_a_packed_root_serving_checks_images_read_from_the_shards(
     folder = make_imagefolder(tmp_path / "folder", per_class={"train": 2, "val": 2, "test": 4}, size=16)
     root = tmp_path / "shards"
     shards.pack(folder, root, target_shard_bytes=2048)  # several test shards
-    monkeypatch.setattr(evaluate, "scoring_device", lambda: torch.device("cpu"))
+    monkeypatch.setattr(scoring, "scoring_device", lambda: torch.device("cpu"))
     cands = {"finetune": random_model(tmp_path / "ft", 1, "finetune"),
              "scratch": random_model(tmp_path / "sc", 2, "scratch")}
     tracking = params_cfg("tracking",

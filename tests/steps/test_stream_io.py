@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from headstart.data import shards, stream
-from headstart.data.imagefolder import list_classes
+from headstart.data.dataset import load_or_stream, open_dataset
 from headstart.presets import Preset
 from headstart.steps import train
 
@@ -73,11 +73,11 @@ def test_no_shard_is_opened_before_the_first_training_step(packed: Path, tmp_pat
 
 
 def test_auto_decides_to_stream_from_the_index_counts_alone(packed: Path, reads, monkeypatch):
-    monkeypatch.setattr(train, "CACHE_MAX_BYTES", 1)  # every split is "too large to decode": auto streams
-    classes = list_classes(packed)
+    cfg = tiny_train_cfg(data_loading="auto", loader_workers=0, memory_budget_gib=1e-9)  # every split is too large
+    data = open_dataset(packed)
+    classes = data.classes()
     for split_name, count in (("train", 36), ("val", 12)):
-        split = train.load_for_training(tiny_train_cfg(data_loading="auto", loader_workers=0), packed, split_name,
-                                        PRESET, classes, None)
+        split = load_or_stream(data, split_name, PRESET, classes, None, train.load_options(cfg))
         assert isinstance(split, stream.StreamSplit) and len(split) == count
     assert reads["opened"] == []
 
@@ -85,9 +85,9 @@ def test_auto_decides_to_stream_from_the_index_counts_alone(packed: Path, reads,
 def test_an_epoch_of_a_per_class_subset_reads_only_the_subset(packed: Path, tmp_path: Path, reads):
     """k=2 of each of 3 classes: the epoch reads exactly those 6 samples (the split has 36), in the order
     the read-everything-and-filter stream gave, so checkpoints and resume are unaffected."""
-    classes = list_classes(packed)
+    data = open_dataset(packed)
     cfg = tiny_train_cfg(data_loading="stream", loader_workers=0, tensor_cache_dir=str(tmp_path / "cache"))
-    split = train.load_for_training(cfg, packed, "train", PRESET, classes, 2)
+    split = load_or_stream(data, "train", PRESET, data.classes(), 2, train.load_options(cfg))
     assert isinstance(split, stream.StreamSplit) and len(split) == 6 and split.keep is not None
     reads["samples"].clear()
     epoch = list(stream.epoch_batches(split, 1, 4, 0, 1, 2, positions=True))

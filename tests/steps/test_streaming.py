@@ -13,9 +13,9 @@ import torch
 
 from headstart.checkpoint import Checkpointer
 from headstart.data import shards, stream
-from headstart.data.imagefolder import list_classes, load_split
+from headstart.data.dataset import load_or_stream, open_dataset
+from headstart.data.imagefolder import load_split
 from headstart.engine import fit
-from headstart.errors import ConfigError
 from headstart.models import build_model, head_and_backbone_params
 from headstart.presets import Preset
 from headstart.steps import train
@@ -40,12 +40,12 @@ def _train_split(packed: Path, workers: int, seed: int = 3) -> stream.StreamSpli
 
 
 def _setup(packed: Path, workers: int):
-    data = packed / "shards"
-    classes = list_classes(data)
+    data = open_dataset(packed / "shards")
+    classes = data.classes()
     torch.manual_seed(0)
     built = build_model("small_cnn", None, len(classes), in_channels=1)
     head, backbone = head_and_backbone_params(built)
-    val = load_split(data, "val", PRESET, classes)
+    val = data.load("val", PRESET, classes)
     return built.model, head, backbone, _train_split(packed, workers), val
 
 
@@ -56,7 +56,7 @@ def _labels_of_epoch(data: stream.StreamSplit, epoch: int, skip_steps: int = 0, 
 
 def test_an_epoch_streams_every_sample_once_in_a_seeded_order(packed: Path):
     data = _train_split(packed, workers=2)
-    assert len(data.shards) >= 4 and len(data) == 36
+    assert data.parts >= 4 and len(data) == 36
     index = shards.read_index(packed / "shards")
     seen: list[int] = []
     for x, _, pos in stream.scoring_batches(data, 8):
@@ -117,24 +117,21 @@ def test_max_steps_ends_training_checkpointed_and_a_rerun_trains_no_further(pack
     assert [h.epoch for h in again.history] == [1, 2]
 
 
-def test_the_train_step_streams_a_packed_split_when_asked_and_refuses_to_stream_an_imagefolder(
-    packed: Path, tmp_path: Path,
-):
+def test_the_train_step_streams_a_packed_split_when_asked(packed: Path, tmp_path: Path):
     cfg = tiny_train_cfg(data_loading="stream", loader_workers=2, images_per_class=8, epochs=1)
-    classes = list_classes(packed / "shards")
-    assert classes == list_classes(packed / "data")
-    split = train.load_for_training(cfg, packed / "shards", "train", PRESET, classes, 8)
+    sharded, folder = open_dataset(packed / "shards"), open_dataset(packed / "data")
+    classes = sharded.classes()
+    assert classes == folder.classes()
+    split = load_or_stream(sharded, "train", PRESET, classes, 8, train.load_options(cfg))
     assert isinstance(split, stream.StreamSplit) and len(split) == 24 and split.workers == 2
     in_memory = load_split(packed / "data", "train", PRESET, classes, 8, cfg.seed)
     names = {n.split("/", 1)[1] for n in in_memory.paths}
     assert split.keep == names  # the same per-class subset as the ImageFolder's
-    auto = train.load_for_training(tiny_train_cfg(data_loading="auto"), packed / "shards", "train", PRESET, classes,
-                                   None)
+    auto_cfg = tiny_train_cfg(data_loading="auto")
+    auto = load_or_stream(sharded, "train", PRESET, classes, None, train.load_options(auto_cfg))
     assert not isinstance(auto, stream.StreamSplit)  # 36 small images: decoded into memory...
-    packed_rows = load_split(packed / "shards", "train", PRESET, classes, 8, cfg.seed)
+    packed_rows = sharded.load("train", PRESET, classes, 8, cfg.seed)
     assert packed_rows.paths == in_memory.paths  # ...the same rows, labels and pixels as the ImageFolder's
     assert torch.equal(packed_rows.y, in_memory.y) and torch.equal(packed_rows.x, in_memory.x)
-    with pytest.raises(ConfigError, match="headstart data pack"):
-        train.load_for_training(cfg, packed / "data", "train", PRESET, classes, None)
     result = train.run(cfg, packed / "shards", tmp_path / "out")
     assert result.epochs_run == 1 and (tmp_path / "out" / "model").is_dir()

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from headstart import runtime
-from headstart.steps import train
+from headstart.data import dataset
 
 
 def _cores() -> int:
@@ -35,6 +35,6 @@ def test_cgroup_v1_quota_caps_the_cpu_count(tmp_path: Path):
 def test_default_loader_workers_follow_the_quota(monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 96)  # the node: what the old code would have used
     monkeypatch.setattr(runtime, "cpu_count", lambda: 3)
-    assert train.default_loader_workers() == 2
+    assert dataset.default_loader_workers() == 2
     monkeypatch.setattr(runtime, "cpu_count", lambda: 1)
-    assert train.default_loader_workers() == 1
+    assert dataset.default_loader_workers() == 1

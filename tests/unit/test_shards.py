@@ -15,6 +15,7 @@ import torch
 import webdataset as wds
 
 from headstart.data import shards
+from headstart.data.dataset import open_dataset
 from headstart.data.imagefolder import list_classes, load_split
 from headstart.errors import DataError
 from headstart.presets import Preset
@@ -134,11 +135,11 @@ def test_a_packed_folder_loads_as_its_imagefolder(data: Path, tmp_path: Path, pe
     shards.pack(data, packed, target_shard_bytes=4096)
     preset = Preset(16, 1, (0.5,), (0.5,))
     classes = list_classes(data)
-    assert list_classes(packed) == classes
+    assert open_dataset(packed).classes() == classes
     cache = (lambda name: tmp_path / name) if cached else (lambda name: None)
     for split in ("train", "test"):
         a = load_split(data, split, preset, classes, per_class, seed=3, cache_dir=cache("ca"))
-        b = load_split(packed, split, preset, classes, per_class, seed=3, cache_dir=cache("cb"))
+        b = open_dataset(packed).load(split, preset, classes, per_class, seed=3, cache_dir=cache("cb"))
         assert b.paths == a.paths and torch.equal(b.y, a.y) and torch.equal(b.x, a.x)
         assert len(a.paths) == (15 if per_class else {"train": 36, "test": 18}[split])
         assert a.paths[0].startswith(f"{split}/circle/")
@@ -148,7 +149,7 @@ def test_a_warm_cache_loads_a_packed_split_without_opening_a_shard(data: Path, t
     packed, cache = tmp_path / "s", tmp_path / "cache"
     shards.pack(data, packed, target_shard_bytes=4096)
     preset, classes = Preset(16, 1, (0.5,), (0.5,)), list_classes(data)
-    first = load_split(packed, "train", preset, classes, 4, seed=1, cache_dir=cache)
+    first = open_dataset(packed).load("train", preset, classes, 4, seed=1, cache_dir=cache)
     opened: list[str] = []
     real = shards._open
 
@@ -157,10 +158,10 @@ def test_a_warm_cache_loads_a_packed_split_without_opening_a_shard(data: Path, t
         return real(root, rel)
 
     monkeypatch.setattr(shards, "_open", spy)
-    again = load_split(packed, "train", preset, classes, 4, seed=1, cache_dir=cache)
+    again = open_dataset(packed).load("train", preset, classes, 4, seed=1, cache_dir=cache)
     assert [r for r in opened if r.endswith(".tar")] == []  # names from the memo, pixels from the tensor cache
     assert again.paths == first.paths and torch.equal(again.x, first.x) and torch.equal(again.y, first.y)
-    load_split(packed, "train", preset, classes, 4, seed=1)  # no cache: every shard is read
+    open_dataset(packed).load("train", preset, classes, 4, seed=1)  # no cache: every shard is read
     assert len([r for r in opened if r.endswith(".tar")]) >= 2 * len(shards.read_index(packed).splits["train"].shards)
 
 
@@ -177,4 +178,4 @@ def test_a_names_memo_that_disagrees_with_the_shards_is_not_trusted(data: Path, 
     listed[0][0] = "circle/not_there.png"  # the right count, a name the shard does not hold
     memo.write_text(json.dumps(listed))
     with pytest.raises(DataError, match="not found in its shards"):
-        load_split(packed, "val", Preset(16, 1, (0.5,), (0.5,)), list_classes(data), cache_dir=cache)
+        open_dataset(packed).load("val", Preset(16, 1, (0.5,), (0.5,)), list_classes(data), cache_dir=cache)

@@ -1,4 +1,6 @@
-"""Read an ImageFolder split (root/<split>/<class>/<file>) into labelled uint8 tensors."""
+"""Read an ImageFolder split (root/<split>/<class>/<file>) into labelled uint8 tensors.
+
+Importing it does not import torch (validation lists folders with it; torch is loaded by `load_split`)."""
 
 from __future__ import annotations
 
@@ -10,19 +12,23 @@ import sqlite3
 import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import PIL
-import torch
 from tqdm import tqdm
 
 from headstart.data.suffixes import IMAGE_SUFFIXES
 from headstart.errors import DataError
-from headstart.presets import Preset
 from headstart.progress import progress_enabled
 
-CACHE_MAX_BYTES = 2 << 30  # larger decoded splits are not cached (they should stream through workers)
+if TYPE_CHECKING:
+    import torch
+
+    from headstart.presets import Preset
+
+CACHE_MAX_BYTES = 2 << 30  # larger decoded splits are not written to the tensor cache (a disk-size limit)
 STALE_TMP_SECONDS = 3600  # a cache temporary this old was left by a killed write: removed at the next write
 
 
@@ -37,11 +43,8 @@ class Split:
 
 
 def list_classes(data_dir: Path, split: str = "train") -> tuple[str, ...]:
-    """The class names, sorted: an ImageFolder's class folders, or a packed dataset's index."""
-    from headstart.data import shards
-
-    if shards.is_sharded(data_dir):
-        return shards.read_index(data_dir).classes
+    """The class names, sorted: the class folders of an ImageFolder's split (a packed dataset's are in its
+    index: headstart.data.dataset.open_dataset reads either)."""
     folder = data_dir / split
     if not folder.is_dir():
         raise DataError(f"{folder}: split folder not found; expected {data_dir}/<split>/<class>/<image>")
@@ -100,12 +103,10 @@ def load_split(
     content reads it back instead of decoding (any changed file, label or preset is a new key). Splits
     whose array would exceed `cache_max_bytes` are not cached. With `cache_budget_bytes`, a write then
     deletes the least recently used arrays until the folder's arrays fit it (`prune_cache`).
+    An ImageFolder's only: headstart.data.dataset.open_dataset(root).load reads either form.
     """
-    from headstart.data import shards
+    import torch
 
-    if shards.is_sharded(data_dir):
-        return _load_packed(data_dir, split, preset, classes, per_class, seed, cache_dir, cache_max_bytes,
-                            cache_budget_bytes)
     items = per_class_subset(list_split(data_dir, split, classes), per_class, seed)
     labels = torch.tensor([c for _, c in items], dtype=torch.int64)
     rel = tuple(str(p.relative_to(data_dir)) for p, _ in items)
@@ -113,7 +114,7 @@ def load_split(
     cache_file = None
     if cache_dir is not None and math.prod(shape) <= cache_max_bytes:
         cache_file = Path(cache_dir) / f"{content_key(items, rel, preset, Path(cache_dir))}.npy"
-        cached = _read_cached(cache_file, shape)
+        cached = read_cached(cache_file, shape)
         if cached is not None:
             return Split(x=torch.from_numpy(cached), y=labels, paths=rel, classes=classes)
     arrays = np.empty(shape, dtype=np.uint8)
@@ -122,60 +123,7 @@ def load_split(
     ):
         arrays[i] = preset.decode(path)
     if cache_file is not None:
-        _write_cached(cache_file, arrays, cache_budget_bytes)
-    return Split(x=torch.from_numpy(arrays), y=labels, paths=rel, classes=classes)
-
-
-def _load_packed(
-    root: Path, split: str, preset: Preset, classes: tuple[str, ...], per_class: int | None, seed: int,
-    cache_dir: Path | None, cache_max_bytes: int, cache_budget_bytes: int | None = None,
-) -> Split:
-    """`load_split` of a packed dataset: the same subset rule (on the file names), the same rows in the same
-    order as its ImageFolder gives, decoded from the shards; the cache key comes from the index's shard
-    sha256s and the chosen names; with `cache_dir` the names are remembered too, so a warm cache reads no shard."""
-    from headstart.data import shards
-
-    require_classes(root, split, classes, "the requested class list")
-    index = shards.read_index(root)
-    entries = shards.split_of(root, index, split).shards
-    listed = shards.split_items(root, split, Path(cache_dir) if cache_dir is not None else None)
-    items = [(PurePosixPath(name), label) for name, label in listed]
-    chosen = sorted(per_class_subset(items, per_class, seed), key=lambda it: (it[1], str(it[0])))
-    rows = {str(p): i for i, (p, _) in enumerate(chosen)}
-    if len(rows) != len(chosen):
-        twice = next(str(p) for i, (p, _) in enumerate(chosen) if rows[str(p)] != i)
-        raise DataError(f"{root}: split {split!r} holds {twice!r} more than once (.path members); re-pack it")
-    rel = tuple(f"{split}/{p}" for p, _ in chosen)
-    labels = torch.tensor([c for _, c in chosen], dtype=torch.int64)
-    shape = (len(chosen), preset.image_size, preset.image_size, preset.channels)
-    cache_file = None
-    if cache_dir is not None and math.prod(shape) <= cache_max_bytes:
-        digest = hashlib.blake2b(digest_size=20)
-        digest.update(f"packed-v1|{PIL.__version__}|{preset.image_size}|{preset.channels}|{split}".encode())
-        for shard in entries:
-            digest.update(f"|{shard.file}|{shard.sha256}".encode())
-        digest.update("|".join(rel).encode())
-        cache_file = Path(cache_dir) / f"{digest.hexdigest()}.npy"
-        cached = _read_cached(cache_file, shape)
-        if cached is not None:
-            return Split(x=torch.from_numpy(cached), y=labels, paths=rel, classes=classes)
-    arrays = np.empty(shape, dtype=np.uint8)
-    bar = tqdm(total=len(chosen), desc=f"decoding {split}", unit="img", disable=not progress_enabled(), leave=False)
-    for shard in entries:
-        for sample in shards.iter_shard(root, shard, len(classes)):
-            row = rows.pop(sample.name, None)
-            if row is not None:
-                try:
-                    arrays[row] = preset.decode(sample.data)
-                except DataError as exc:
-                    raise DataError(f"{root / shard.file}: sample {sample.key} ({sample.name}): {exc}") from exc
-                bar.update(1)
-    bar.close()
-    if rows:  # a shard replaced since it was listed: never hand back unfilled rows
-        raise DataError(f"{root}: split {split!r}: {len(rows)} listed samples not found in its shards (first: "
-                        f"{next(iter(rows))}); the shards differ from index.json: re-fetch or re-pack")
-    if cache_file is not None:
-        _write_cached(cache_file, arrays, cache_budget_bytes)
+        write_cached(cache_file, arrays, cache_budget_bytes)
     return Split(x=torch.from_numpy(arrays), y=labels, paths=rel, classes=classes)
 
 
@@ -228,7 +176,7 @@ def file_digests(paths: list[Path], cache_dir: Path | None) -> list[str]:
     return out
 
 
-def _read_cached(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+def read_cached(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
     try:
         arr = np.load(path, allow_pickle=False)
     except (OSError, ValueError):
@@ -240,7 +188,7 @@ def _read_cached(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
     return arr
 
 
-def _write_cached(path: Path, arrays: np.ndarray, budget_bytes: int | None = None) -> None:
+def write_cached(path: Path, arrays: np.ndarray, budget_bytes: int | None = None) -> None:
     """Atomic (write then rename), and best effort: a read-only or full disk only loses the cache."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

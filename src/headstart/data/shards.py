@@ -30,8 +30,10 @@ from typing import IO, Any
 from tqdm import tqdm
 
 from headstart import storage
+from headstart.data.imagefolder import list_classes, list_split
 from headstart.data.names import shown, unsafe_path_reason
 from headstart.data.remote import RemoteRoot
+from headstart.data.sample import Sample
 from headstart.errors import DataError
 from headstart.progress import progress_enabled
 
@@ -69,16 +71,6 @@ class ShardIndex:
                 "target_shard_bytes": self.target_shard_bytes,
                 "splits": {name: {"count": s.count, "class_counts": s.class_counts,
                                   "shards": [asdict(i) for i in s.shards]} for name, s in self.splits.items()}}
-
-
-@dataclass(frozen=True)
-class Sample:
-    key: str  # 9-digit sequence number within the split
-    name: str  # the original path inside the split, e.g. "coat/img_00042.png"
-    label: int
-    data: bytes
-    ext: str
-    shard: str  # the shard's file, as in the index
 
 
 # ---- where a root lives: a folder, or s3:// --------------------------------------------------------------
@@ -286,8 +278,6 @@ def pack(
     splits: tuple[str, ...] | None = None,
 ) -> ShardIndex:
     """Pack the ImageFolder `data_dir` into shards in `out_dir` (replacing only a folder pack wrote)."""
-    from headstart.data.imagefolder import list_classes, list_split
-
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     if target_shard_bytes < 1:
         raise DataError(f"--shard-size {target_shard_bytes}: must be at least 1 byte")

@@ -1,6 +1,8 @@
-"""Stream a sharded split (headstart.data.shards) through DataLoader workers, for data larger than memory.
+"""Stream a split through DataLoader workers, for data larger than memory.
 
-Workers read shards, keep a seeded shuffle buffer, decode and resize with the preset, and hand the main
+A split is read in numbered parts (headstart.data.parts): a packed split's tar shards, or an ImageFolder's
+files in fixed-size runs ("virtual shards"); everything below is the same for both forms.
+Workers read parts, keep a seeded shuffle buffer, decode and resize with the preset, and hand the main
 process chunks of uint8 NHWC samples; the main process cuts them into batches, pins them and copies them
 to the device without blocking. Augmentation and normalisation stay in the engine, batched on the device.
 
@@ -33,38 +35,51 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from headstart.data import shards as shardlib
-from headstart.data.remote import RemoteRoot
+from headstart.data.parts import DEFAULT_CHUNK, DEFAULT_SHUFFLE_BUFFER, PartSource, ShardParts
+from headstart.data.sample import Sample
 from headstart.errors import ConfigError, DataError
 from headstart.presets import Preset
-
-DEFAULT_SHUFFLE_BUFFER = 2048
-DEFAULT_CHUNK = 32
 
 
 @dataclass(frozen=True)
 class StreamSplit:
     """A split that is streamed instead of decoded into memory: the engine's counterpart of `Split`.
 
-    `keep` (optional) restricts the split to the samples of these names (the `.path` member, e.g.
-    "coat/img_1.png": a per-class subset); `counts` then holds each shard's number of kept samples, and
-    `subset` (when there was a cache folder) is the local copy of them that epochs read instead: the root
-    of shards.pack_subset's pack and its tars, one per source shard."""
+    `source` holds the parts it is read in and how many samples each keeps (a per-class subset keeps
+    some): shards, or an ImageFolder's virtual shards (headstart.data.parts)."""
 
-    root: str | RemoteRoot  # a RemoteRoot: a DVC-tracked version streamed from its remote
+    source: PartSource = field(repr=False)
     split: str
     classes: tuple[str, ...]
     preset: Preset
-    shards: tuple[shardlib.ShardInfo, ...]
-    counts: tuple[int, ...]
     seed: int
     workers: int
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER
     chunk: int = DEFAULT_CHUNK
-    keep: frozenset[str] | None = field(default=None, repr=False)
-    subset: tuple[str, tuple[shardlib.ShardInfo, ...]] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return sum(self.counts)
+
+    @property
+    def counts(self) -> tuple[int, ...]:
+        return self.source.counts
+
+    @property
+    def parts(self) -> int:
+        return len(self.source)
+
+    @property
+    def positions(self) -> int:
+        """Samples' positions (as scoring_batches gives them) run over [0, positions)."""
+        return self.source.positions
+
+    @property
+    def keep(self) -> frozenset[str] | None:
+        return self.source.keep
+
+    @property
+    def root(self) -> str:
+        return self.source.where
 
     @property
     def streams(self) -> int:
@@ -75,63 +90,56 @@ class StreamSplit:
 def open_split(
     root: shardlib.Root, split: str, preset: Preset, seed: int, workers: int,
     keep: frozenset[str] | None = None, shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
-    cache_dir: Path | None = None,
+    cache_dir: Path | None = None, listed: list[tuple[str, int]] | None = None,
 ) -> StreamSplit:
-    """The `split` of the sharded dataset at `root`, ready to stream; `keep`: only the samples of these names.
+    """The `split` of the packed dataset at `root`, ready to stream; `keep`: only the samples of these names.
 
     Without `keep` nothing but the index is read. With `keep`, each shard's kept count comes from the
-    split's listing (shards.split_items, remembered in `cache_dir` per shard sha256), and with `cache_dir`
-    the kept samples are copied there once (shards.pack_subset, reused by later runs), so that an epoch
-    reads only them; without it, every epoch reads the whole split and drops the rest."""
+    split's listing (`listed`, when the caller has it, else shards.split_items, remembered in `cache_dir` per
+    shard sha256), and with `cache_dir` the kept samples are copied there once (shards.pack_subset, reused by
+    later runs), so that an epoch reads only them; without it, every epoch reads the whole split and drops
+    the rest."""
+    check_workers(workers)
     index = shardlib.read_index(root)
     entries = shardlib.split_of(root, index, split).shards
     if keep is None:
         counts = tuple(s.count for s in entries)
     else:
-        names = [name for name, _ in shardlib.split_items(root, split, cache_dir)]  # index order, shard by shard
+        listed = listed if listed is not None else shardlib.split_items(root, split, cache_dir)
+        names = [name for name, _ in listed]  # index order, shard by shard
         starts = list(itertools.accumulate((s.count for s in entries), initial=0))
         counts = tuple(sum(name in keep for name in names[a:b]) for a, b in itertools.pairwise(starts))
-    if workers < 0:
-        raise ConfigError(f"loader_workers={workers}: use 0 (read in the main process) or more")
     subset = None
     if keep is not None and cache_dir is not None:
         key = hashlib.blake2b(f"{split}|{'|'.join(s.sha256 for s in entries)}|{'|'.join(sorted(keep))}".encode(),
                               digest_size=16).hexdigest()
         local = Path(cache_dir) / "subsets" / key
         subset = (str(local), shardlib.pack_subset(root, index, split, keep, counts, local))
-    return StreamSplit(root=root if isinstance(root, RemoteRoot) else str(root), split=split,
-                       classes=index.classes, preset=preset, shards=entries, counts=counts, seed=seed,
-                       workers=workers, shuffle_buffer=shuffle_buffer, keep=keep, subset=subset)
+    source = ShardParts(root=root if not isinstance(root, Path) else str(root), shards=entries, kept=counts,
+                        n_classes=len(index.classes), keep=keep, subset=subset)
+    return StreamSplit(source=source, split=split, classes=index.classes, preset=preset, seed=seed,
+                       workers=workers, shuffle_buffer=shuffle_buffer)
 
 
-def _kept(data: StreamSplit, i: int) -> Iterator[shardlib.Sample]:
-    """Shard i's samples that `data` keeps, in stored order: from the subset's copy when there is one."""
-    if not data.counts[i]:
-        return
-    if data.subset is not None:
-        yield from shardlib.iter_shard(data.subset[0], data.subset[1][i], len(data.classes))
-        return
-    for sample in shardlib.iter_shard(data.root, data.shards[i], len(data.classes)):
-        if data.keep is None or sample.name in data.keep:
-            yield sample
+def check_workers(workers: int) -> None:
+    if workers < 0:
+        raise ConfigError(f"loader_workers={workers}: use 0 (read in the main process) or more")
 
 
 def fingerprint(data: StreamSplit) -> str:
-    """What training sees, without reading an image: classes, each shard's sha256 and the kept keys."""
+    """What training sees: classes, preset and what the parts hold (shards: their sha256s and the kept names;
+    an ImageFolder: its files' digests), without decoding an image."""
     digest = hashlib.blake2b(digest_size=16)
     digest.update(f"v1|{data.split}|{'|'.join(data.classes)}|{data.preset.image_size}|{data.preset.channels}".encode())
-    for entry, count in zip(data.shards, data.counts, strict=True):
-        digest.update(f"|{entry.file}|{entry.sha256}|{count}".encode())
-    if data.keep is not None:
-        digest.update("|".join(sorted(data.keep)).encode())
+    digest.update(data.source.stamp().encode())
     return digest.hexdigest()
 
 
 # ---- the order of an epoch ----------------------------------------------------------------------------
 
 def rank_shards(data: StreamSplit, epoch: int, rank: int, world: int) -> list[int]:
-    """Indices into `data.shards` that `rank` reads in `epoch`: a seeded permutation, every world-th."""
-    n = len(data.shards)
+    """Indices of the parts (shards) that `rank` reads in `epoch`: a seeded permutation, every world-th."""
+    n = data.parts
     if n < world:
         raise ConfigError(f"{data.root}: split {data.split!r} has {n} shard(s), fewer than the {world} training "
                           "processes; every process reads its own shards. Re-pack with a smaller --shard-size "
@@ -190,12 +198,12 @@ class _Chunks(IterableDataset):
                 stream, shard_ids, skip_chunks = self.plan[s]
                 yield from self._stream(stream, shard_ids, skip_chunks)
 
-    def _samples(self, stream: int, shard_ids: list[int]) -> Iterator[shardlib.Sample]:
+    def _samples(self, stream: int, shard_ids: list[int]) -> Iterator[Sample]:
         data = self.data
         rng = random.Random(_stream_seed(data, self.epoch, self.rank, stream))
-        buffer: list[shardlib.Sample] = []
+        buffer: list[Sample] = []
         for i in shard_ids:
-            for sample in _kept(data, i):
+            for sample in data.source.read(i):
                 if len(buffer) < data.shuffle_buffer:
                     buffer.append(sample)
                     continue
@@ -207,7 +215,7 @@ class _Chunks(IterableDataset):
 
     def _stream(self, stream: int, shard_ids: list[int], skip_chunks: int) -> Iterator[tuple[torch.Tensor, ...]]:
         data, size = self.data, self.data.preset.image_size
-        pending: list[shardlib.Sample] = []
+        pending: list[Sample] = []
         skip = skip_chunks * data.chunk
         for sample in self._samples(stream, shard_ids):
             if skip:
@@ -221,7 +229,7 @@ class _Chunks(IterableDataset):
             yield _decode(pending, data.preset, size)
 
 
-def _decode(samples: list[shardlib.Sample], preset: Preset, size: int) -> tuple[torch.Tensor, ...]:
+def _decode(samples: list[Sample], preset: Preset, size: int) -> tuple[torch.Tensor, ...]:
     x = np.empty((len(samples), size, size, preset.channels), dtype=np.uint8)
     for i, sample in enumerate(samples):
         try:
@@ -324,16 +332,16 @@ def _rebatch(
 # ---- in index order, for scoring ----------------------------------------------------------------------
 
 def _in_order(data: StreamSplit, rank: int, world: int) -> list[list[int]]:
-    mine = list(range(len(data.shards)))[rank::world]
+    mine = list(range(data.parts))[rank::world]
     return [mine[s :: data.streams] for s in range(data.streams)]
 
 
 class _Ordered(_Chunks):
     """Scoring: no shuffle buffer; each stream reads its shards front to back."""
 
-    def _samples(self, stream: int, shard_ids: list[int]) -> Iterator[shardlib.Sample]:
+    def _samples(self, stream: int, shard_ids: list[int]) -> Iterator[Sample]:
         for i in shard_ids:
-            yield from _kept(self.data, i)
+            yield from self.data.source.read(i)
 
 
 def scoring_batches(
@@ -351,9 +359,8 @@ def scoring_batches(
 
 
 def predict_batches(
-    root: shardlib.Root, split: str, preset: Preset, batch_size: int, workers: int,
-    device: torch.device | None = None,
+    data: StreamSplit, batch_size: int, device: torch.device | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """A whole split for prediction, in batches of at most `batch_size`: (uint8 NHWC, int64 labels,
-    int64 positions in the split's index order). Memory: a few batches, whatever the split's size."""
-    yield from scoring_batches(open_split(root, split, preset, seed=0, workers=workers), batch_size, device=device)
+    int64 positions in the split). Memory: a few batches, whatever the split's size."""
+    yield from scoring_batches(data, batch_size, device=device)

@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -22,10 +22,10 @@ from tqdm import tqdm
 from headstart import congruent, distributed, modelio, plots, storage
 from headstart.checkpoint import Checkpointer
 from headstart.config import Frozen, TrackingConfig, build, section
-from headstart.data import shards, stream
-from headstart.data.imagefolder import CACHE_MAX_BYTES, Split, list_classes, load_split, per_class_subset
+from headstart.data import stream
+from headstart.data.dataset import Dataset, LoadOptions, load_or_stream, open_dataset
+from headstart.data.imagefolder import Split
 from headstart.engine import EngineConfig, EpochStats, FitResult, fit
-from headstart.errors import ConfigError
 from headstart.presets import Preset
 
 Role = Literal["finetune", "scratch"]
@@ -68,7 +68,7 @@ class Recipe(Frozen):
     max_shift: float
     seed: int
     max_steps: int = Field(ge=0)  # end after this many optimizer steps; 0 = no limit
-    data_loading: Literal["auto", "memory", "stream"]  # stream: shards through loader workers (packed data only)
+    data_loading: Literal["auto", "memory", "stream"]  # stream: images through loader workers; auto: by budget
     loader_workers: int | None = Field(ge=0)  # stream readers; None: the pod's CPUs minus one, at most 8
     shuffle_buffer: int = Field(ge=1)
     congruent: bool  # positive-congruent training: focal distillation from the champion (headstart.congruent)
@@ -76,6 +76,7 @@ class Recipe(Frozen):
     congruent_alpha: float = Field(ge=0)  # every image's share of it...
     congruent_beta: float = Field(ge=0)  # ...plus this on the images the champion gets right
     congruent_temperature: float = Field(gt=0)
+    memory_budget_gib: float = Field(gt=0)  # auto streams a split whose decoded size would pass this
 
 
 class TrainConfig(Recipe):
@@ -160,7 +161,7 @@ def run(
     cfg: TrainConfig, data_dir: Path, out_dir: Path, tracking: TrackingConfig | None = None,
     champion_dir: Path | None = None,
 ) -> TrainResult:
-    """Train on `data_dir` (ImageFolder) and write the best model to `out_dir`.
+    """Train on `data_dir` (an ImageFolder or a packed dataset) and write the best model to `out_dir`.
 
     With `cfg.congruent`, the candidate distils from the champion: `champion_dir` (a model folder), else
     the registry's champion (downloaded through `tracking`); with neither, it trains as without."""
@@ -172,14 +173,15 @@ def run(
     distributed.init()
     main = distributed.is_main()
     distributed.per_rank_batch(cfg.batch_size, distributed.world_size())  # fail before any MLflow run
-    classes = list_classes(data_dir)
+    data = open_dataset(data_dir)
+    classes = data.classes()
     torch.manual_seed(cfg.seed)  # the head (and a scratch model) is initialised from this seed
     built = build_model(cfg.backbone, cfg.weights, len(classes), in_channels=cfg.channels)
     preset = Preset(cfg.image_size, built.in_channels, built.mean, built.std)
-    train = load_for_training(cfg, data_dir, "train", preset, classes, cfg.images_per_class)
-    val = load_for_training(cfg, data_dir, "val", preset, classes, cfg.val_images_per_class)
+    train = load_or_stream(data, "train", preset, classes, cfg.images_per_class, load_options(cfg))
+    val = load_or_stream(data, "val", preset, classes, cfg.val_images_per_class, load_options(cfg))
     head, backbone = head_and_backbone_params(built)
-    teacher, congruent_note = _teacher(cfg, data_dir, train, preset, classes, tracking, champion_dir)
+    teacher, congruent_note = _teacher(cfg, data, train, preset, classes, tracking, champion_dir)
     if main and congruent_note:
         tqdm.write(f"{cfg.role}: positive-congruent training: {congruent_note}", file=sys.stderr)
     if main:
@@ -231,41 +233,16 @@ def run(
     return summary
 
 
-def load_for_training(
-    cfg: TrainConfig, data_dir: Path, split: str, preset: Preset, classes: tuple[str, ...], per_class: int | None,
-) -> Split | stream.StreamSplit:
-    """A split decoded into memory, or streamed from its shards (`data_loading`; auto: stream a packed
-    split whose decoded size would pass the tensor cache's 2 GiB limit, where re-decoding every run and
-    holding it all in RAM stops paying). The decision reads the index's counts, never a shard."""
-    sharded = shards.is_sharded(data_dir)
-    if cfg.data_loading == "stream" and not sharded:
-        raise ConfigError(f"train.data_loading=stream: {data_dir} is an ImageFolder; streaming reads shards. "
-                          f"Pack it first (headstart data pack --data {data_dir} --out <folder>) or use memory/auto.")
-    mode = cfg.data_loading
-    cache = Path(cfg.tensor_cache_dir) if cfg.tensor_cache_dir else None  # decoded splits; shard listings by sha256
-    if sharded and mode != "memory":
-        decoded = shards.split_count(data_dir, split, per_class) * preset.image_size**2 * preset.channels
-        mode = "stream" if mode == "stream" or decoded > CACHE_MAX_BYTES else "memory"
-    if mode != "stream":
-        return load_split(data_dir, split, preset, classes, per_class, cfg.seed, cache_dir=cache,
-                          cache_budget_bytes=int(cfg.tensor_cache_budget_gib * 2**30))
-    keep = None
-    if per_class is not None:
-        items = [(PurePosixPath(name), label) for name, label in shards.split_items(data_dir, split, cache)]
-        keep = frozenset(str(p) for p, _ in per_class_subset(items, per_class, cfg.seed))
-    workers = cfg.loader_workers if cfg.loader_workers is not None else default_loader_workers()
-    return stream.open_split(data_dir, split, preset, cfg.seed, workers, keep, cfg.shuffle_buffer, cache)
-
-
-def default_loader_workers() -> int:
-    """One reader per CPU the pod may use, less one for the training loop, at most 8."""
-    from headstart import runtime
-
-    return max(1, min(8, runtime.cpu_count() - 1))
+def load_options(cfg: TrainConfig) -> LoadOptions:
+    """How training reads its splits (headstart.data.dataset.load_or_stream decides memory or stream)."""
+    return LoadOptions(mode=cfg.data_loading, memory_budget_gib=cfg.memory_budget_gib, seed=cfg.seed,
+                       workers=cfg.loader_workers, shuffle_buffer=cfg.shuffle_buffer,
+                       cache_dir=Path(cfg.tensor_cache_dir) if cfg.tensor_cache_dir else None,
+                       cache_budget_gib=cfg.tensor_cache_budget_gib)
 
 
 def _teacher(
-    cfg: TrainConfig, data_dir: Path, train: Split | stream.StreamSplit, preset: Preset, classes: tuple[str, ...],
+    cfg: TrainConfig, data: Dataset, train: Split | stream.StreamSplit, preset: Preset, classes: tuple[str, ...],
     tracking: TrackingConfig | None, champion_dir: Path | None,
 ) -> tuple[tuple[congruent.Teacher, str] | None, str | None]:
     """((the champion's logits, its model digest for the checkpoint fingerprint) or None, a note for people).
@@ -294,10 +271,9 @@ def _teacher(
             return None, f"no champion {where} yet: trained without distillation"
 
         def reload(champion_preset: Preset) -> Split:
-            got = load_for_training(cfg.model_copy(update={"data_loading": "memory"}), data_dir, "train",
-                                    champion_preset, classes, cfg.images_per_class)
-            assert isinstance(got, Split)
-            return got
+            how = load_options(cfg)
+            return data.load("train", champion_preset, classes, cfg.images_per_class, cfg.seed, how.cache_dir,
+                             int(cfg.tensor_cache_budget_gib * 2**30))
 
         made = congruent.teacher(champion_dir, source, train, classes, reload, cfg.congruent_weight,
                                  cfg.congruent_alpha, cfg.congruent_beta, cfg.congruent_temperature, Path(tmp))

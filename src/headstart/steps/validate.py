@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from headstart.config import TrackingConfig
-from headstart.data.shards import is_sharded
+from headstart.data.dataset import open_dataset
 from headstart.validation import distribution, leakage
 from headstart.validation.cache import ResultCache
 from headstart.validation.config import ValidateConfig, config_from_params  # noqa: F401  (the drivers' builder)
@@ -38,7 +38,7 @@ def run(
 ) -> ValidationResult:
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     cache = ResultCache(cfg.cache_dir, cfg.max_pixels) if cfg.cache_dir is not None else None
-    sharded = is_sharded(data_dir)
+    sharded = open_dataset(data_dir).form == "packed"  # each form has its own scanner (shard integrity)
     if sharded:
         from headstart.validation.shardscan import scan_shards
 

@@ -1,0 +1,168 @@
+"""A packed dataset (tar shards and index.json, headstart.data.shards; a folder, s3:// or a DVC remote) as a
+dataset: counted from its index, listed from its shards (remembered per shard sha256), decoded into memory
+with the tensor cache, or streamed shard by shard through DataLoader workers."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import PIL
+from tqdm import tqdm
+
+from headstart.data import shards
+from headstart.data.imagefolder import CACHE_MAX_BYTES, Split, per_class_subset, read_cached, write_cached
+from headstart.data.listing import Listing
+from headstart.data.parts import DEFAULT_SHUFFLE_BUFFER
+from headstart.data.suffixes import IMAGE_SUFFIXES
+from headstart.errors import DataError
+from headstart.progress import progress_enabled
+
+if TYPE_CHECKING:  # torch, loaded where a split is loaded or streamed: validation only lists
+    from headstart.data.stream import StreamSplit
+    from headstart.presets import Preset
+
+
+class PackedDataset:
+    form: Literal["folder", "packed"] = "packed"
+
+    def __init__(self, root: shards.Root) -> None:
+        self.root = root
+
+    def __repr__(self) -> str:
+        return f"PackedDataset({self.root})"
+
+    def classes(self, split: str = "train") -> tuple[str, ...]:
+        """The index's class list: every split of a packed dataset has the same one."""
+        return shards.read_index(self.root).classes
+
+    def require_classes(self, split: str, classes: tuple[str, ...], whose: str) -> None:
+        found = self.classes(split)
+        if tuple(found) != tuple(classes):
+            raise DataError(f"{whose} has classes {list(classes)}, but {self.root} ({split} split) has classes "
+                            f"{list(found)}; use the dataset it was trained on, or train on this one")
+
+    def _listed(self, split: str, cache_dir: Path | None) -> list[tuple[str, int]]:
+        return shards.split_items(self.root, split, Path(cache_dir) if cache_dir is not None else None)
+
+    def items(self, split: str, per_class: int | None = None, seed: int = 0,
+              cache_dir: Path | None = None) -> Listing:
+        """The rows its ImageFolder would give (class by class, "<split>/<class>/<file>"), each with its
+        position in the index (the order the stream delivers)."""
+        listed = self._listed(split, cache_dir)
+        if per_class is not None:
+            chosen = {str(p) for p, _ in per_class_subset([(PurePosixPath(n), c) for n, c in listed], per_class, seed)}
+            listed = [(n, c) if n in chosen else ("", -1) for n, c in listed]  # positions stay the split's
+        rows = _folder_order(listed)
+        rows = rows[[listed[i][1] >= 0 for i in rows]]
+        return Listing(names=[f"{split}/{listed[i][0]}" for i in rows],
+                       labels=np.array([listed[i][1] for i in rows], dtype=np.int64), positions=rows)
+
+    def count(self, split: str, per_class: int | None = None) -> int:
+        """From the index's counts: no shard is read."""
+        return shards.split_count(self.root, split, per_class)
+
+    def load(self, split: str, preset: Preset, classes: tuple[str, ...], per_class: int | None = None,
+             seed: int = 0, cache_dir: Path | None = None, cache_budget_bytes: int | None = None) -> Split:
+        """The same subset rule (on the file names), the same rows in the same order as its ImageFolder gives,
+        decoded from the shards; the cache key comes from the index's shard sha256s and the chosen names; with
+        `cache_dir` the names are remembered too, so a warm cache reads no shard."""
+        import torch
+
+        self.require_classes(split, classes, "the requested class list")
+        root = self.root
+        index = shards.read_index(root)
+        entries = shards.split_of(root, index, split).shards
+        items = [(PurePosixPath(name), label) for name, label in self._listed(split, cache_dir)]
+        chosen = sorted(per_class_subset(items, per_class, seed), key=lambda it: (it[1], str(it[0])))
+        rows = {str(p): i for i, (p, _) in enumerate(chosen)}
+        if len(rows) != len(chosen):
+            twice = next(str(p) for i, (p, _) in enumerate(chosen) if rows[str(p)] != i)
+            raise DataError(f"{root}: split {split!r} holds {twice!r} more than once (.path members); re-pack it")
+        rel = tuple(f"{split}/{p}" for p, _ in chosen)
+        labels = torch.tensor([c for _, c in chosen], dtype=torch.int64)
+        shape = (len(chosen), preset.image_size, preset.image_size, preset.channels)
+        cache_file = None
+        if cache_dir is not None and math.prod(shape) <= CACHE_MAX_BYTES:
+            digest = hashlib.blake2b(digest_size=20)
+            digest.update(f"packed-v1|{PIL.__version__}|{preset.image_size}|{preset.channels}|{split}".encode())
+            for shard in entries:
+                digest.update(f"|{shard.file}|{shard.sha256}".encode())
+            digest.update("|".join(rel).encode())
+            cache_file = Path(cache_dir) / f"{digest.hexdigest()}.npy"
+            cached = read_cached(cache_file, shape)
+            if cached is not None:
+                return Split(x=torch.from_numpy(cached), y=labels, paths=rel, classes=classes)
+        arrays = np.empty(shape, dtype=np.uint8)
+        bar = tqdm(total=len(chosen), desc=f"decoding {split}", unit="img", disable=not progress_enabled(),
+                   leave=False)
+        for shard in entries:
+            for sample in shards.iter_shard(root, shard, len(classes)):
+                row = rows.pop(sample.name, None)
+                if row is not None:
+                    try:
+                        arrays[row] = preset.decode(sample.data)
+                    except DataError as exc:
+                        raise DataError(f"{root}/{shard.file}: sample {sample.key} ({sample.name}): {exc}") from exc
+                    bar.update(1)
+        bar.close()
+        if rows:  # a shard replaced since it was listed: never hand back unfilled rows
+            raise DataError(f"{root}: split {split!r}: {len(rows)} listed samples not found in its shards (first: "
+                            f"{next(iter(rows))}); the shards differ from index.json: re-fetch or re-pack")
+        if cache_file is not None:
+            write_cached(cache_file, arrays, cache_budget_bytes)
+        return Split(x=torch.from_numpy(arrays), y=labels, paths=rel, classes=classes)
+
+    def stream(self, split: str, preset: Preset, seed: int, workers: int, per_class: int | None = None,
+               shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, cache_dir: Path | None = None) -> StreamSplit:
+        """A per-class subset is listed once (the listing gives both the kept names and each shard's count)
+        and, with `cache_dir`, copied there once so that an epoch reads only it (stream.open_split)."""
+        from headstart.data.stream import open_split
+
+        keep, listed = None, None
+        if per_class is not None:
+            listed = self._listed(split, cache_dir)
+            items = [(PurePosixPath(name), label) for name, label in listed]
+            keep = frozenset(str(p) for p, _ in per_class_subset(items, per_class, seed))
+        return open_split(self.root, split, preset, seed, workers, keep, shuffle_buffer, cache_dir, listed)
+
+    def fingerprint(self, split: str, classes: tuple[str, ...], cache_dir: Path | None = None) -> str:
+        """The class lists and the index's shards (file, sample count, sha256; validation checks the shards
+        against the index)."""
+        index = shards.read_index(self.root)
+        digest = hashlib.blake2b(digest_size=20)
+        digest.update(f"v2|{split}|{'|'.join(classes)}".encode())
+        digest.update(f"|shards|{'|'.join(index.classes)}".encode())
+        for entry in shards.split_of(self.root, index, split).shards:
+            digest.update(f"|{entry.file}|{entry.count}|{entry.sha256}".encode())
+        return digest.hexdigest()
+
+    def image_files(self, names: list[str], dest: Path) -> list[Path]:
+        """The files of images named as `items` lists them, streamed out of their splits' shards (stopping once
+        all are found) into `dest` as <i><ext>, i the name's position in `names`."""
+        index = shards.read_index(self.root)
+        position = {n: i for i, n in enumerate(names)}
+        found: dict[str, Path] = {}
+        for split in sorted({n.split("/", 1)[0] for n in names}):
+            for info in index.splits[split].shards if split in index.splits else ():
+                if len(found) == len(position):
+                    break
+                for sample in shards.iter_shard(self.root, info, len(index.classes)):
+                    name = f"{split}/{sample.name}"
+                    if name in position and name not in found:
+                        suffix = f".{sample.ext}" if f".{sample.ext}" in IMAGE_SUFFIXES else ""
+                        found[name] = dest / f"{position[name]}{suffix}"
+                        found[name].write_bytes(sample.data)
+        if missing := sorted(set(position) - set(found)):
+            raise DataError(f"{self.root}: the evaluation's test images {missing[:3]} are not in the packed "
+                            "dataset's shards; re-run evaluate on this data")
+        return [found[n] for n in names]
+
+
+def _folder_order(items: list[tuple[str, int]]) -> np.ndarray:
+    """Index positions of a packed split's samples in its ImageFolder's order (by class, then name)."""
+    labels = np.fromiter((label for _, label in items), dtype=np.int64, count=len(items))
+    return np.lexsort((np.array([name for name, _ in items]), labels))
