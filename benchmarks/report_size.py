@@ -24,7 +24,8 @@ RESULT = Path(__file__).parent / "results" / "report_size.json"
 
 def build(root: Path, n_classes: int, per_class: int, seed: int = 0) -> Path:
     from headstart import examples, plots
-    from headstart.steps.evaluate import confusion, summarise
+    from headstart.model_metrics import summarise
+    from headstart.stats import confusion
 
     rng = np.random.default_rng(seed)
     out, data = root / "eval", root / "data"
@@ -82,7 +83,7 @@ def kfp_sizes(out: Path) -> dict[str, int]:
     from kfp.dsl import ClassificationMetrics
 
     from headstart.pipeline import kfp_io
-    from headstart.steps.evaluate import confusion
+    from headstart.stats import confusion
 
     data = np.load(out / "predictions.npz")
     classes = json.loads((out / "metrics.json").read_text())["classes"]

@@ -13,6 +13,7 @@ import pytest
 
 from headstart.config import TrackingConfig, load_params
 from headstart.gate import GateThresholds
+from headstart.serving import verify
 from headstart.steps import evaluate, register, train, validate
 from headstart.validation.config import ValidateConfig
 from tests.conftest import CLASSES, make_imagefolder
@@ -68,7 +69,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         cands[role] = Path(train.run(cfg, data, root / role, tracking).model_dir)
     folders = {"validation": root / "validation"}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(register, "_run_check", serving_check_in_process)  # the pages, not the serving process
+        mp.setattr(verify, "_run_check", serving_check_in_process)  # the pages, not the serving process
         for name, thresholds in (("first", LENIENT), ("promoted", LENIENT), ("refused", STRICT)):
             ev = evaluate.EvaluateConfig(bootstrap_samples=200, tensor_cache_dir=None, prediction_store=None)
             evaluate.run(ev, data, cands, root / f"eval-{name}", tracking)

@@ -8,8 +8,8 @@ import pytest
 
 from headstart.data.pin import pin_file, pinned_md5
 from headstart.errors import DataError
+from headstart.lineage import lineage
 from headstart.steps import fetch
-from headstart.steps.register import lineage
 from tests.conftest import make_imagefolder
 
 GOOD = "outs:\n- md5: de9a6b78a57761c46124ff39be65e683.dir\n  size: 35\n  nfiles: 2\n  hash: md5\n  path: data\n"

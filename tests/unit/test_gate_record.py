@@ -12,8 +12,8 @@ import pytest
 from rich.console import Console
 
 from headstart.config import TrackingConfig
+from headstart.decision_record import gate_numbers
 from headstart.gate import GateThresholds, ModelEval, ScheduleState, decide
-from headstart.steps.register import gate_numbers
 from headstart.summary import render, render_status
 
 CLASSES = ("cat", "dog", "owl")
