@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def build(root: Path, n_classes: int, per_class: int, seed: int = 0) -> Path:
     from headstart import examples, plots
-    from headstart.steps.evaluate import confusion, summarise
+    from headstart.model_metrics import summarise
+    from headstart.stats import confusion
 
     rng = np.random.default_rng(seed)
     out, data = root / "eval", root / "data"
@@ -85,7 +86,7 @@ def kfp_sizes(out: Path) -> dict[str, int]:
     from kfp.dsl import ClassificationMetrics
 
     from headstart.kfp import kfp_io
-    from headstart.steps.evaluate import confusion
+    from headstart.stats import confusion
 
     data = np.load(out / "predictions.npz")
     classes = json.loads((out / "metrics.json").read_text())["classes"]

@@ -27,7 +27,7 @@ class DiesAfterSaving(Checkpointer):
 
 
 def serving_check_in_process(cmd: list[str], timeout_s: float, version: str) -> subprocess.CompletedProcess[str]:
-    """register._run_check without the fresh process (~8 s of imports a registration): headstart.serving.check's
+    """serving.verify._run_check without the fresh process (~8 s of imports a registration): headstart.serving.check's
     main, run here on the same arguments (the pyfunc it loads puts the model's code on sys.path, which is put back
     afterwards). For tests about the registry and the gate; the ones about the serving check keep the process."""
     from headstart.serving import check

@@ -9,7 +9,9 @@ decision.html of it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -24,7 +26,7 @@ from headstart.gate import (
     Decision,
 )
 
-SERVING_CHECK = "serving_check"  # added by headstart.steps.register after the gate's own checks
+SERVING_CHECK = "serving_check"  # added by headstart.serving.verify after the gate's own checks
 TRAIN_MORE = ("train more: raise `train.shared.epochs` or `train.shared.images_per_class` (or the learning rates "
               "`train.finetune.lr_head` / `lr_backbone`) in params.yaml and re-run")
 
@@ -199,3 +201,45 @@ def model_description(what: str, arch: str, image_size: int, classes: list[str])
             "the scratch baseline and the champion at a false-promotion budget per window of runs, per-class "
             "recall, negative flips and a serving check (thresholds in params.yaml `gate:`). Each version's "
             "description says its decision; its tag `headstart.decision_record` points at decision.md.")
+
+
+def gate_numbers(record: dict[str, Any]) -> dict[str, float]:
+    """The decision record's numbers, flat, for MLflow and the KFP Metrics: accuracy, macro-F1, the flips
+    against the champion with their intervals, and the schedule (alpha_run, the run's place in its window)."""
+    checks = {c["name"]: c for c in record.get("checks", [])}
+    out: dict[str, Any] = {"test_accuracy": (checks.get("accuracy_floor") or {}).get("value"),
+                           "test_macro_f1": (checks.get("macro_f1_floor") or {}).get("value")}
+    flips = record.get("flips") or {}
+    for key in ("nfr", "pfr", "nfi"):
+        out[key] = flips.get(key)
+        low, high = flips.get(f"{key}_ci") or (None, None)
+        out[f"{key}_ci_low"], out[f"{key}_ci_high"] = low, high
+    out["negative_flips"], out["positive_flips"] = flips.get("negative_flips"), flips.get("positive_flips")
+    schedule = record.get("schedule") or {}
+    out["alpha_run"] = schedule.get("alpha_run")
+    after = schedule.get("recorded") or schedule.get("after") or {}
+    if schedule.get("alpha_run") is not None:
+        out.update({"gate_window": after.get("window"), "gate_window_runs": after.get("window_runs"),
+                    "gate_horizon_runs": after.get("horizon_runs"), "gate_alpha_spent": after.get("alpha_spent")})
+    return {k: float(v) for k, v in out.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+def decision_numbers(record: dict[str, Any]) -> dict[str, float]:
+    """gate_numbers plus the verdict (`gate_passed` 1/0) and the version, for the KFP Metrics: Kubeflow's
+    Compare runs lists them. In the pipeline the promote task moves the alias, so this says the gate passed."""
+    extra = {"gate_passed": float(record["decision"] == "promoted")}
+    if str(record.get("version", "")).isdigit():
+        extra["version"] = float(record["version"])
+    return {**gate_numbers(record), **extra}
+
+
+def write(out_dir: Path, eval_dir: Path, decision: Decision, record: dict[str, Any],
+          history: list[dict[str, Any]]) -> None:
+    """decision.json, decision.md, decision.html and the evaluation report with the decision, all from `record`."""
+    from headstart import report
+
+    (out_dir / "decision.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    markdown = to_markdown(decision, record)
+    (out_dir / "decision.md").write_text(markdown)
+    (out_dir / "decision.html").write_text(to_html(markdown, f"decision: v{record['version']}"))
+    report.write(eval_dir, out_dir / "report.html", record, history, record["links"])

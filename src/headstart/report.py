@@ -216,13 +216,11 @@ def _matrix_table(matrix: np.ndarray, classes: list[str], model: str) -> str:
 
 
 def confusion_section(ev: Evaluation) -> str:
-    from headstart.steps.evaluate import confusion
-
     parts = []
     n = len(ev.classes)
     for m in ev.pred:
         parts.append("<div class='block'>")
-        matrix = confusion(ev.y, ev.pred[m], n)
+        matrix = stats.confusion(ev.y, ev.pred[m], n)
         if n <= TABLE_MATRIX_MAX:
             parts.append(_matrix_table(matrix, ev.classes, ev.label(m)))
         elif (png := ev.dir / f"confusion_{m}.png").is_file():  # the compact picture evaluate drew

@@ -395,3 +395,8 @@ def paired_recall_diff(
         diff = np.where(n > 0, (gained - lost) / np.maximum(n, 1), np.nan)
         half = z * np.sqrt(np.maximum(gained + lost - (gained - lost) ** 2 / np.maximum(n, 1), 0)) / np.maximum(n, 1)
     return diff, diff - half, diff + half
+
+
+def confusion(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> np.ndarray:
+    """Counts of (true, predicted) class pairs: row = true class, column = predicted."""
+    return np.bincount(y_true * n + y_pred, minlength=n * n).reshape(n, n)

@@ -76,10 +76,10 @@ def _make_venv(venv: Path, requirements: Path) -> Path:
 
 @pytest.fixture(scope="module", autouse=True)
 def served_venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list[str], Future[Path]]]:
-    """A venv made from the requirements a registration logs (register.pip_requirements, the same pins the
+    """A venv made from the requirements a registration logs (logged_model.pip_requirements, the same pins the
     images install), built in the background from the module's start: ~2.5 min of pip beside the pipeline runs.
     The serving test uses it only if the champion's logged requirements.txt lists exactly these."""
-    from headstart.steps.register import pip_requirements
+    from headstart.logged_model import pip_requirements
 
     folder = tmp_path_factory.mktemp("served-venv")
     pins = pip_requirements()

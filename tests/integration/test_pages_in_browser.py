@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from headstart.config import load_params
+from headstart.serving import verify
 from headstart.steps import evaluate, register, train, validate
 from tests.conftest import CLASSES, make_imagefolder
 from tests.helpers import browser_dom, params_cfg, serving_check_in_process
@@ -66,7 +67,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         cands[role] = Path(train.run(cfg, data, root / role, tracking).model_dir)
     folders = {"validation": root / "validation"}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(register, "_run_check", serving_check_in_process)  # the pages, not the serving process
+        mp.setattr(verify, "_run_check", serving_check_in_process)  # the pages, not the serving process
         for name, thresholds in (("first", LENIENT), ("promoted", LENIENT), ("refused", STRICT)):
             ev = params_cfg("evaluate", bootstrap_samples=200, tensor_cache_dir=None, prediction_store=None)
             evaluate.run(ev, data, cands, root / f"eval-{name}", tracking)

@@ -14,7 +14,7 @@ failing run's requests reaches the server until it is back, so the server's stat
 leave. What a stop could add, the server losing what it had not yet written, cannot happen between two
 answered requests. The strongest proof stays where it matters most: before the alias move, the commit
 point, the real server is stopped (SIGTERM to its process group) and started again. Restarting the server
-for every stage cost ~10 s each. The serving check runs in this process (register._run_check replaced): the
+for every stage cost ~10 s each. The serving check runs in this process (serving.verify._run_check replaced): the
 sweep is about the registry, and every other registering test runs it in a fresh process.
 """
 
@@ -33,6 +33,7 @@ import pytest
 from headstart import registry, registry_lock
 from headstart.config import TrackingConfig, load_params
 from headstart.errors import RegistryError
+from headstart.serving import verify
 from headstart.steps import evaluate, promote, register, train
 
 from ..conftest import make_imagefolder
@@ -113,7 +114,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         mp.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         mp.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        mp.setattr(register, "_run_check", serving_check_in_process)
+        mp.setattr(verify, "_run_check", serving_check_in_process)
         port = free_port()
         w = World(root, data, candidates, port, stack, stack.enter_context(FaultProxy(port)))
         w.start()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from headstart import git_refs
 from headstart.errors import DataError, StorageError
 from headstart.steps import fetch
 from tests.conftest import make_imagefolder
@@ -129,32 +130,32 @@ def git_repo(tmp_path) -> tuple[Path, Callable[..., str]]:
 def test_resolve_rev_follows_a_branch_to_its_newest_commit(git_repo):
     repo, git = git_repo
     first = git("rev-parse", "HEAD")
-    assert fetch.resolve_rev(str(repo), "main") == first
+    assert git_refs.resolve_rev(str(repo), "main") == first
     git("commit", "-q", "--allow-empty", "-m", "new data")
     second = git("rev-parse", "HEAD")
     assert second != first
-    assert fetch.resolve_rev(str(repo), "main") == second  # the cache key moves with the branch
-    assert fetch.resolve_rev(str(repo), "") == second  # the default branch
-    assert fetch.resolve_rev(f"file://{repo}", "refs/heads/main") == second
+    assert git_refs.resolve_rev(str(repo), "main") == second  # the cache key moves with the branch
+    assert git_refs.resolve_rev(str(repo), "") == second  # the default branch
+    assert git_refs.resolve_rev(f"file://{repo}", "refs/heads/main") == second
 
 
 def test_tags_and_commits_pass_through_as_commits(git_repo):
     repo, git = git_repo
     first = git("rev-parse", "HEAD")
-    assert fetch.resolve_rev(str(repo), "v1") == first  # an annotated tag: its commit, not the tag object
-    assert fetch.resolve_rev(str(repo), "light") == first
-    assert fetch.resolve_rev(str(repo), first) == first
-    assert fetch.resolve_rev(str(repo), first.upper()) == first
-    assert fetch.resolve_rev(str(repo), first[:10]) == first[:10]  # an abbreviation: fetch checks it
-    assert fetch.resolve_rev("", "main") == "main"  # the working copy: nothing to resolve
+    assert git_refs.resolve_rev(str(repo), "v1") == first  # an annotated tag: its commit, not the tag object
+    assert git_refs.resolve_rev(str(repo), "light") == first
+    assert git_refs.resolve_rev(str(repo), first) == first
+    assert git_refs.resolve_rev(str(repo), first.upper()) == first
+    assert git_refs.resolve_rev(str(repo), first[:10]) == first[:10]  # an abbreviation: fetch checks it
+    assert git_refs.resolve_rev("", "main") == "main"  # the working copy: nothing to resolve
 
 
 def test_bad_rev_or_repo_names_the_run_parameter(git_repo, tmp_path):
     repo, _ = git_repo
     with pytest.raises(DataError, match=r"data_rev='no-such-branch'.*\(data_repo\) has no branch or tag"):
-        fetch.resolve_rev(str(repo), "no-such-branch")
+        git_refs.resolve_rev(str(repo), "no-such-branch")
     with pytest.raises(StorageError, match=r"data_repo=.*could not list its branches and tags"):
-        fetch.resolve_rev(str(tmp_path / "not-a-repo"), "main")
+        git_refs.resolve_rev(str(tmp_path / "not-a-repo"), "main")
 
 
 def test_a_pinned_listing_with_a_name_that_leaves_the_folder_is_refused_and_writes_nothing(dvc_repo, tmp_path):

@@ -20,6 +20,7 @@ from headstart import modelio, registry
 from headstart.config import TrackingConfig, load_params
 from headstart.engine import predict_logits
 from headstart.gate import GateThresholds
+from headstart.serving import verify
 from headstart.steps import evaluate, register, train
 
 from ..conftest import CLASSES, make_imagefolder
@@ -86,7 +87,7 @@ def loop(first_promotion, tmp_path: Path) -> Loop:
 def serving_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
     """For tests about the registry and the gate: the serving check runs in this process. The first promotion,
     the class sampling and the timeout below keep the real subprocess."""
-    monkeypatch.setattr(register, "_run_check", serving_check_in_process)
+    monkeypatch.setattr(verify, "_run_check", serving_check_in_process)
 
 
 def _evaluate_and_register(loop: Loop, name: str, thresholds: GateThresholds):
@@ -218,7 +219,7 @@ def cpu_build_registration(first_promotion, tmp_path_factory: pytest.TempPathFac
     recording the images and labels the serving check is handed."""
     import importlib.metadata
 
-    real_version, real_check = importlib.metadata.version, register.serving_check
+    real_version, real_check = importlib.metadata.version, verify.serving_check
     seen: dict[str, list] = {}
 
     def recording_check(tracking, version, images, expected, *args, **kwargs):
@@ -229,7 +230,7 @@ def cpu_build_registration(first_promotion, tmp_path_factory: pytest.TempPathFac
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(importlib.metadata, "version",
                    lambda name: real_version(name) + ("+cpu" if name == "torch" else ""))
-        mp.setattr(register, "serving_check", recording_check)
+        mp.setattr(verify, "serving_check", recording_check)
         result = _evaluate_and_register(loop, "cpu-build", LENIENT)
     return loop, result, seen, real_version("torch").split("+")[0]
 
@@ -290,8 +291,8 @@ def test_serving_check_timeout_rejects_the_version_and_names_the_step(loop, tmp_
     mv = mlflow.MlflowClient().get_model_version(tracking.registered_model, result.version)
     assert mv.tags["decision"] == "rejected" and "timed out after 2s" in mv.tags["decision_reason"]
     assert mv.tags[registry.REGISTRATION_TAG] == registry.COMPLETE
-    with pytest.raises(register.ServingCheckTimeout, match=rf"serving check of v{result.version} timed out after 1s"):
-        register.serving_check(tracking, result.version, [data / "test/circle/test_0000.png"], ["circle"], 1)
+    with pytest.raises(verify.ServingCheckTimeout, match=rf"serving check of v{result.version} timed out after 1s"):
+        verify.serving_check(tracking, result.version, [data / "test/circle/test_0000.png"], ["circle"], 1)
 
 
 def test_a_changed_label_set_is_named_and_not_promoted_on_its_own(loop, serving_in_process, tmp_path):

@@ -11,6 +11,7 @@ import torch
 
 from headstart import scoring
 from headstart.data import shards
+from headstart.serving import verify
 from headstart.steps import evaluate, register
 
 from ..conftest import make_imagefolder
@@ -46,6 +47,6 @@ def test_serving_images_of_a_packed_root_are_the_imagefolder_bytes(tmp_path: Pat
     root = tmp_path / "shards"
     shards.pack(folder, root, target_shard_bytes=1024)
     names = sorted(str(p.relative_to(folder)) for p in (folder / "test").rglob("*.png"))[::2]
-    got = register.serving_images(root, names, tmp_path / "staged")
+    got = verify.serving_images(root, names, tmp_path / "staged")
     assert [p.read_bytes() for p in got] == [(folder / n).read_bytes() for n in names]
-    assert register.serving_images(folder, names, tmp_path / "unused") == [folder / n for n in names]
+    assert verify.serving_images(folder, names, tmp_path / "unused") == [folder / n for n in names]

@@ -11,7 +11,6 @@ import pytest
 
 from headstart import decision_record as dr
 from headstart.gate import Check, GateThresholds, ModelEval, decide
-from headstart.steps.register import decision_numbers
 from tests.helpers import params_cfg
 
 CLASSES = ("cat", "dog", "owl")
@@ -26,7 +25,7 @@ def _decision(th: GateThresholds, champion: bool = True, serving_failure: str | 
     champ[200:215] = 0
     d = decide(ModelEval("finetune", y, cand, CLASSES), ModelEval("scratch", y, y * 0, CLASSES),
                ModelEval("champion", y, champ, CLASSES, version="6") if champion else None, th)
-    if serving_failure:  # as headstart.steps.register adds it
+    if serving_failure:  # as headstart.serving.verify adds it
         d = replace(d, checks=d.checks + (Check("serving_check", False, True, detail=serving_failure),),
                     promote=False, reasons=d.reasons + (serving_failure,))
     d = replace(d, candidate_version="7")
@@ -89,7 +88,7 @@ def test_a_refusal_says_what_to_do_for_each_failed_check_and_the_exact_override(
 def test_the_kfp_metrics_carry_the_verdict_and_the_version(promoted: bool):
     th = params_cfg("gate", min_accuracy=0.0 if promoted else 0.99)
     _, record = _decision(th, champion=False)
-    numbers = decision_numbers(record)
+    numbers = dr.decision_numbers(record)
     assert numbers["gate_passed"] == (1.0 if promoted else 0.0) and numbers["version"] == 7.0
     assert numbers["test_accuracy"] == pytest.approx(0.9)
 

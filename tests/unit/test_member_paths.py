@@ -11,7 +11,7 @@ import pytest
 
 from headstart.data import shards
 from headstart.errors import DataError
-from headstart.steps import register
+from headstart.serving import verify
 from tests.conftest import make_imagefolder
 
 # an ASCII PGM decodes as an image, and its comment lines can be any text (a .pth line, a shell rc line)
@@ -58,7 +58,7 @@ def test_serving_images_of_a_crafted_shard_write_nothing_outside_dest(tmp_path: 
     work = tmp_path / "work"
     dest = work / "staged"  # dest / "test/../../escape.pgm" would be work/escape.pgm
     try:
-        register.serving_images(root, [f"test/{ESCAPE}", "test/b/fine.pgm"], dest)
+        verify.serving_images(root, [f"test/{ESCAPE}", "test/b/fine.pgm"], dest)
         refused = None
     except DataError as exc:
         refused = str(exc)
@@ -73,7 +73,7 @@ def test_serving_images_are_named_by_position_not_by_the_data(tmp_path: Path) ->
     shards.pack(folder, root, target_shard_bytes=1024)
     names = sorted(p.relative_to(folder).as_posix() for p in (folder / "test").rglob("*.png"))[::-1]
     dest = tmp_path / "staged"
-    got = register.serving_images(root, names, dest)
+    got = verify.serving_images(root, names, dest)
     assert got == [dest / f"{i}.png" for i in range(len(names))]
     assert [p.read_bytes() for p in got] == [(folder / n).read_bytes() for n in names]
 
@@ -81,7 +81,7 @@ def test_serving_images_are_named_by_position_not_by_the_data(tmp_path: Path) ->
 def test_serving_images_refuse_an_evaluation_name_that_leaves_the_data_folder(tmp_path: Path) -> None:
     folder = make_imagefolder(tmp_path / "folder", per_class={"train": 1, "test": 1}, size=16)
     with pytest.raises(DataError, match="not a plain relative path"):
-        register.serving_images(folder, ["test/../../secret.png"], tmp_path / "unused")
+        verify.serving_images(folder, ["test/../../secret.png"], tmp_path / "unused")
 
 
 def test_pack_refuses_a_file_name_the_imagefolder_scan_refuses(tmp_path: Path) -> None:

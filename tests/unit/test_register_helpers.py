@@ -1,11 +1,16 @@
-"""The register step's pure helpers: which test images the serving check uses, and what it pins."""
+"""The register step's pure helpers: which test images the serving check uses, what it pins, the tags a
+registered version carries, and the check that the evaluation saw the current champion."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from headstart.steps.register import public_version, serving_sample
+from headstart.errors import RegistryError
+from headstart.eval_folder import require_champion
+from headstart.lineage import data_only, version_tags
+from headstart.logged_model import public_version
+from headstart.serving.verify import serving_sample
 
 SORTED_BY_CLASS = np.repeat(np.arange(10), 50)  # how evaluate lists the test split: class folder by folder
 
@@ -41,3 +46,26 @@ def test_serving_sample_with_fewer_images_than_classes_or_than_asked() -> None:
 ])
 def test_public_version_strips_local_labels_only(installed: str, pinned: str) -> None:
     assert public_version(installed) == pinned
+
+
+def test_version_tags_name_the_data_the_code_both_runs_and_every_models_numbers() -> None:
+    data = {"data.dvc_md5": "abc.dir", "git.commit": "f00d", "data.source": "git@host:p"}
+    models = {"finetune": {"accuracy": 0.91234, "macro_f1": 0.9}, "scratch": {"accuracy": 0.5, "macro_f1": 0.25},
+              "champion": {"accuracy": 0.875, "macro_f1": 0.86}}
+    tags = version_tags(data, "finetune", {"finetune": "r1", "scratch": None}, True, models, "resnet18", 224)
+    assert tags == {**data, "headstart.winner": "finetune", "headstart.finetune_run_id": "r1",
+                    "headstart.scratch_run_id": "", "headstart.pretraining_paid": "True",
+                    "metric.finetune.accuracy": "0.9123", "metric.finetune.macro_f1": "0.9000",
+                    "metric.scratch.accuracy": "0.5000", "metric.scratch.macro_f1": "0.2500",
+                    "metric.champion.accuracy": "0.8750", "metric.champion.macro_f1": "0.8600",
+                    "params.arch": "resnet18", "params.image_size": "224"}
+    assert data_only(data) == {"data.dvc_md5": "abc.dir", "data.source": "git@host:p"}  # the logged dataset's
+
+
+def test_an_evaluation_of_another_champion_is_refused_naming_both() -> None:
+    require_champion("3", "3")
+    require_champion(None, None)  # no champion then, none now
+    with pytest.raises(RegistryError, match=r"evaluated v3, now v4\); re-run evaluate"):
+        require_champion("3", "4")
+    with pytest.raises(RegistryError, match=r"evaluated vNone, now v1"):
+        require_champion(None, "1")

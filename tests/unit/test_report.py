@@ -15,7 +15,8 @@ from PIL import Image
 
 from headstart import examples, report, stats
 from headstart.gate import ModelEval, decide
-from headstart.steps.evaluate import confusion, summarise
+from headstart.model_metrics import summarise
+from headstart.stats import confusion
 from tests.helpers import params_cfg
 
 CLASSES = [f"class{k}" for k in range(10)]

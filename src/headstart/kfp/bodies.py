@@ -27,9 +27,9 @@ class GateOutputs(NamedTuple):
 
 def resolve_data_rev(data_repo: str, data_rev: str) -> str:
     """The commit `data_rev` names in `data_repo` now. Never cached: its output is fetch's cache key."""
-    from headstart.steps import fetch
+    from headstart.git_refs import resolve_rev
 
-    commit = fetch.resolve_rev(data_repo, data_rev)
+    commit = resolve_rev(data_repo, data_rev)
     print(f"data_rev {data_rev or '(default branch)'} of {data_repo or 'the working copy'}: {commit or '-'}")
     return commit
 
@@ -158,6 +158,8 @@ def register_and_gate(dataset: ArtifactLike, finetune: ArtifactLike, scratch: Ar
                       report: ArtifactLike) -> GateOutputs:
     """Register a new model version and decide; the champion alias is left to the promote task. The gate's
     numbers and `gate_passed` (1/0) go to `gate_metrics`, the decision record and the report to the UI."""
+    from headstart import decision_record as record
+    from headstart import lineage
     from headstart.steps import register
 
     kfp_io.use_loop(dict(dataset.metadata))
@@ -170,11 +172,11 @@ def register_and_gate(dataset: ArtifactLike, finetune: ArtifactLike, scratch: Ar
     out = Path(decision_files.path)
     result = register.run(
         cfg, thresholds, Path(dataset.path), models, Path(evaluation.path), out, kfp_io.tracking(p), promote=False,
-        data_version=register.lineage_from_metadata(dict(dataset.metadata)),  # a pod has no git nor data.dvc
+        data_version=lineage.lineage_from_metadata(dict(dataset.metadata)),  # a pod has no git nor data.dvc
     )
     kfp_io.copy_text(decision_record.path, out / "decision.md")
     kfp_io.copy_text(report.path, out / "report.html")
-    kfp_io.log_metrics(gate_metrics, register.decision_numbers(result.decision))
+    kfp_io.log_metrics(gate_metrics, record.decision_numbers(result.decision))
     return GateOutputs(result.decision["decision"], result.version, result.winner)
 
 
