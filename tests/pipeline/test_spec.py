@@ -390,7 +390,7 @@ def test_fetch_is_cached_on_the_commit_an_uncached_resolver_finds(compiled):
         "taskOutputParameter": {"producerTask": "resolve-data-rev", "outputParameterKey": "Output"}
     }
     assert "resolve-data-rev" in fetched["dependentTasks"]
-    assert "fetch.resolve_rev(data_repo, data_rev)" in body_source(spec, resolver)
+    assert "resolve_rev(data_repo, data_rev)" in body_source(spec, resolver)
     assert resolver["retryPolicy"]["maxRetryCount"] == fetched["retryPolicy"]["maxRetryCount"]
 
 
