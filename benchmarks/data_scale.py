@@ -1,22 +1,29 @@
-"""Data at scale (issue 16): memory and time-to-first-step flat in N, the loader against the training step,
-DVC push/pull of an ImageFolder against its shards, and the default-size run against today's code.
+"""Data at scale (issues 16 and 21): memory and time-to-first-step flat in N on both dataset forms (an
+ImageFolder and its shards), the bytes a per-class subset reads per epoch, the loader against the training
+step, DVC push/pull of an ImageFolder against its shards, and the default-size run against today's code.
 
 Synthetic ImageFolders of random JPEGs (10 classes named like Fashion-MNIST's, so params.yaml's label set
 holds; a smooth random field + a class-specific stripe pattern + pixel noise, so no two images are near
 duplicates), generated in parallel from a fixed seed and cached under .headstart/bench/data_scale/
-(reruns reuse them; only folders this script marked as its own are ever replaced). Each measured command
-runs as a fresh subprocess; its peak memory is sampled every 50 ms over the whole process tree (the
-command and its DataLoader/validation workers): the peak of the summed RSS, and of the summed PSS
-(/proc/<pid>/smaps_rollup: shared pages split between the processes that share them, so forked workers'
-torch pages are not counted twice). Ratios compare the large run with the small one of the same run.
+(reruns reuse them; only folders this script marked as its own are ever replaced), packed once with
+`headstart data pack`. Each measured command runs as a fresh subprocess (`headstart ...` with
+PYTHONPATH=<this tree>/src, so it runs this tree's code); its peak memory is sampled every 50 ms over the
+whole process tree (the command and its DataLoader/validation workers): the peak of the summed RSS, and of
+the summed PSS (/proc/<pid>/smaps_rollup: shared pages split between the processes that share them, so
+forked workers' torch pages are not counted twice). Ratios compare the large run with the small one of the
+same form in the same run. data_loading is `auto` (params.yaml's) with memory_budget_gib 2 at 96 px
+(params.yaml's size): 5,000 images (138 MB decoded) stay in memory, 120,000 (3.1 GiB) and the 100,000-image
+test split (2.6 GiB) stream; each row records the mode auto picks (and the loader workers seen).
 
-    python benchmarks/data_scale.py --quick                    # 500 vs 5,000 images: ~5 min on 2 cores
-    python benchmarks/data_scale.py                            # 5,000 vs 200,000 (eval 5,000 vs 100,000)
-    python benchmarks/data_scale.py --parts dvc --dvc-files 100000
-    python benchmarks/data_scale.py --parts default --default-size  # make run's recipe, new vs /tmp/base
+    python benchmarks/data_scale.py --quick        # 500 vs 5,000, budget 0.1 GiB: ~15 min on 2 cores
+    python benchmarks/data_scale.py                # 5,000 vs 120,000 (eval 5,000 vs 100,000), both forms
+    python benchmarks/data_scale.py --parts loader dvc --out benchmarks/results/data_scale.json
+    python benchmarks/data_scale.py --parts dvc --dvc-files 100000 --out benchmarks/results/data_scale.json
+    python benchmarks/data_scale.py --parts default --default-size --out benchmarks/results/data_scale.json
 
-Parts: train, evaluate, validate (the pairs), loader, dvc, default (only with --default-size). A run of some
-parts merges its results into the existing JSON.
+Parts: train, evaluate, validate (the pairs, per form), subset (100 per class of the large set, streamed:
+bytes read per epoch), loader, dvc, default (only with --default-size). A run of some parts merges its
+results into the existing JSON (default results/data_scale_forms.json, and its .png).
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ from PIL import Image  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-RESULT = Path(__file__).parent / "results" / "data_scale.json"
+RESULT = Path(__file__).parent / "results" / "data_scale_forms.json"
 PLOT = RESULT.with_suffix(".png")
 CACHE = REPO / ".headstart" / "bench" / "data_scale"
 MARK = "bench.json"  # marks a folder this script wrote (and may replace)
@@ -150,13 +157,15 @@ def _pss(pid: int) -> int:
 def _env(**extra: str) -> dict[str, str]:
     env = {**os.environ, "HEADSTART_NO_PROGRESS": "1", "OMP_WAIT_POLICY": "PASSIVE", "DVC_NO_ANALYTICS": "1",
            "PATH": f"{BIN}:{os.environ['PATH']}"}
-    env.pop("PYTHONPATH", None)
+    env["PYTHONPATH"] = str(REPO / "src")  # this tree's code, whatever the venv's editable install points at
     env.update(extra)
     return env
 
 
-def measured(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 3600) -> dict[str, Any]:
-    """Run `cmd`; wall time and peak memory of its process tree, sampled every 50 ms."""
+def measured(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 3600,
+             sample: bool = True) -> dict[str, Any]:
+    """Run `cmd`; wall time and peak memory of its process tree, sampled every 50 ms (`sample`: off where the
+    sampler's own reads of /proc would count in this process's I/O)."""
     cwd.mkdir(parents=True, exist_ok=True)
     log = cwd / f"{Path(cmd[0]).name}-{uuid.uuid4().hex[:6]}.log"
     peak = {"rss": 0, "pss": 0, "main_rss": 0, "processes": 1}
@@ -165,7 +174,7 @@ def measured(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 36
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
 
-        def sample() -> None:
+        def sampler() -> None:
             try:
                 root = psutil.Process(proc.pid)
             except psutil.Error:
@@ -187,15 +196,17 @@ def measured(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 36
                     pass
                 stop.wait(0.05)
 
-        thread = threading.Thread(target=sample, daemon=True)
-        thread.start()
+        thread = threading.Thread(target=sampler, daemon=True)
+        if sample:
+            thread.start()
         try:
             rc = proc.wait(timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             rc = proc.wait()
         stop.set()
-        thread.join()
+        if sample:
+            thread.join()
     wall = time.perf_counter() - t0
     tail = log.read_text(errors="replace")[-1500:]
     if rc != 0:
@@ -223,7 +234,10 @@ def _pair(rows: dict[str, dict[str, Any]], key: str) -> float | None:
     return _ratio(rows["small"].get(key), rows["large"].get(key))
 
 
-# ---- the pairs: train, evaluate, validate --------------------------------------------------------------
+# ---- the pairs: train, evaluate, validate, each on each form ----------------------------------------------
+
+FORMS = ("imagefolder", "packed")
+
 
 def datasets(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     out = {}
@@ -231,84 +245,272 @@ def datasets(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         counts = {"train": n_train, "val": args.val, "test": n_test}
         folder = imagefolder(f"if-{n_train}-{args.val}-{n_test}-{args.image_size}px", counts, args.image_size,
                              args.seed, args.gen_workers)
-        shards, pack_s = packed(folder)
-        index = json.loads((shards / "index.json").read_text())
-        out[label] = {"imagefolder": folder, "shards": shards, "counts": counts, "pack_s": pack_s,
-                      "shard_files": sum(len(s["shards"]) for s in index["splits"].values())}
+        shards, pack_s = packed(folder) if "packed" in args.forms else (None, None)
+        index = json.loads((shards / "index.json").read_text()) if shards else None
+        out[label] = {"imagefolder": folder, "packed": shards, "counts": counts, "pack_s": pack_s,
+                      "shard_files": sum(len(s["shards"]) for s in index["splits"].values()) if index else None,
+                      "bytes": {form: {split: sum(f.stat().st_size for f in split_files(root, form, split))
+                                       for split in counts} for form, root in (("imagefolder", folder),
+                                                                               ("packed", shards)) if root}}
     return out
+
+
+def split_files(root: Path, form: str, split: str) -> list[Path]:
+    """The files holding `split`: its images (an ImageFolder) or its shards (index.json's list)."""
+    if form == "imagefolder":
+        return sorted(p for p in (root / split).rglob("*") if p.is_file())
+    index = json.loads((root / "index.json").read_text())
+    return [root / s["file"] for s in index["splits"][split]["shards"]]
+
+
+def loading_mode(loading: str, n: int, image_size: int, budget_gib: float, channels: int = 3) -> str:
+    """What the step does with a split of `n` images: headstart.data.dataset.streams' rule (auto streams a split
+    whose decoded uint8 size passes memory_budget_gib), restated here so the benchmark imports no moved module.
+    The run's process count corroborates it: a streamed split adds a loader worker process."""
+    if loading != "auto":
+        return loading
+    return "stream" if n * image_size * image_size * channels > budget_gib * 2**30 else "memory"
 
 
 def train_sets(args: argparse.Namespace, runs: Path) -> list[str]:
     return ["--set", f"train.shared.max_steps={args.max_steps}", "--set", f"train.shared.data_loading={args.loading}",
+            "--set", f"train.shared.memory_budget_gib={args.budget_gib}",
             "--set", "train.shared.images_per_class=null", "--set", "train.shared.tensor_cache_dir=null",
             "--set", f"train.finetune.image_size={args.image_size}",
             "--set", f"train.scratch.image_size={args.image_size}",
             "--set", f"train.shared.checkpoint_dir={runs / 'checkpoints'}"]
 
 
+def _summarise(rows: dict[str, dict[str, Any]], time_key: str, n_key: str, targets: dict[str, float]) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "rows": rows, "pss_ratio": _pair(rows, "peak_tree_pss_mib"), "rss_ratio": _pair(rows, "peak_tree_rss_mib"),
+        "time": time_key, "time_ratio": _pair(rows, time_key), "wall_ratio": _pair(rows, "wall_s"),
+        "n_ratio": _pair(rows, n_key), "targets": targets}
+    out["met"] = {k: (out[k] is not None and out[k] <= v) for k, v in targets.items()}
+    return out
+
+
+def _print(what: str, row: dict[str, Any]) -> None:
+    print(f"  {what}: {json.dumps({k: v for k, v in row.items() if k != 'log_tail'})}", file=sys.stderr)
+
+
 def bench_train(args: argparse.Namespace, data: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    rows = {}
-    for label in ("small", "large"):
-        runs = _fresh(CACHE / "runs" / f"train-{label}")
-        cmd = [str(BIN / "headstart"), "train", "finetune", "--data", str(data[label]["shards"]),
-               "--out", str(runs / "finetune"), "--params", str(REPO / "params.yaml"), *train_sets(args, runs)]
-        row = measured(cmd, runs, _env(MLFLOW_TRACKING_URI=f"sqlite:///{runs}/mlflow.db"))
-        metrics = runs / "finetune" / "metrics.json"
-        if metrics.exists():
-            m = json.loads(metrics.read_text())
-            row["first_step_seconds"] = round(m["first_step_seconds"], 2) if m.get("first_step_seconds") else None
-            row["train_seconds"] = round(m["seconds"], 2)
-        row["train_images"] = data[label]["counts"]["train"]
-        rows[label] = row
-        print(f"  train {label}: {json.dumps({k: v for k, v in row.items() if k != 'log_tail'})}", file=sys.stderr)
-    return {"rows": rows, "rss_ratio": _pair(rows, "peak_tree_rss_mib"), "pss_ratio": _pair(rows, "peak_tree_pss_mib"),
-            "first_step_ratio": _pair(rows, "first_step_seconds"), "wall_ratio": _pair(rows, "wall_s"),
-            "targets": {"rss_ratio": 1.3, "first_step_ratio": 1.5}}
+    forms = {}
+    for form in args.forms:
+        rows = {}
+        for label in ("small", "large"):
+            runs = _fresh(CACHE / "runs" / f"train-{form}-{label}")
+            cmd = [str(BIN / "headstart"), "train", "finetune", "--data", str(data[label][form]),
+                   "--out", str(runs / "finetune"), "--params", str(REPO / "params.yaml"), *train_sets(args, runs)]
+            row = measured(cmd, runs, _env(MLFLOW_TRACKING_URI=f"sqlite:///{runs}/mlflow.db"))
+            metrics = runs / "finetune" / "metrics.json"
+            if metrics.exists():
+                m = json.loads(metrics.read_text())
+                row["first_step_seconds"] = round(m["first_step_seconds"], 2) if m.get("first_step_seconds") else None
+                row["train_seconds"] = round(m["seconds"], 2)
+            counts = data[label]["counts"]
+            row["train_images"] = counts["train"]
+            row["loading"] = {split: loading_mode(args.loading, counts[split], args.image_size, args.budget_gib)
+                              for split in ("train", "val")}
+            row["loader_workers_seen"] = row["max_processes"] - 1  # > 0: a split streamed (val stays in memory)
+            rows[label] = row
+            _print(f"train {form} {label}", row)
+        forms[form] = _summarise(rows, "first_step_seconds", "train_images",
+                                 {"pss_ratio": 1.3, "time_ratio": 1.5})
+    return {"forms": forms}
 
 
 def bench_evaluate(args: argparse.Namespace, data: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    model = CACHE / "runs" / "train-small" / "finetune" / "model"
+    model = CACHE / "runs" / f"train-{args.forms[0]}-small" / "finetune" / "model"
     if not model.is_dir():
         runs = _fresh(CACHE / "runs" / "eval-model")
-        cmd = [str(BIN / "headstart"), "train", "finetune", "--data", str(data["small"]["shards"]),
+        cmd = [str(BIN / "headstart"), "train", "finetune", "--data", str(data["small"][args.forms[0]]),
                "--out", str(runs / "finetune"), "--params", str(REPO / "params.yaml"), *train_sets(args, runs)]
         measured(cmd, runs, _env(MLFLOW_TRACKING_URI=f"sqlite:///{runs}/mlflow.db"))
         model = runs / "finetune" / "model"
-    rows = {}
-    for label in ("small", "large"):
-        runs = _fresh(CACHE / "runs" / f"evaluate-{label}")
-        # the same model as both candidates: what is measured is the streamed test split, not the models
-        cmd = [str(BIN / "headstart"), "evaluate", "--data", str(data[label]["shards"]), "--finetune", str(model),
-               "--scratch", str(model), "--out", str(runs / "evaluation"), "--params", str(REPO / "params.yaml"),
-               "--set", "evaluate.prediction_store=null",
-               "--set", "evaluate.tensor_cache_dir=null", "--set", f"evaluate.data_loading={args.loading}",
-               "--set", f"evaluate.bootstrap_samples={args.bootstrap}"]
-        row = measured(cmd, runs, _env(MLFLOW_TRACKING_URI=f"sqlite:///{runs}/mlflow.db"))
-        row["test_images"] = data[label]["counts"]["test"]
-        rows[label] = row
-        print(f"  evaluate {label}: {json.dumps({k: v for k, v in row.items() if k != 'log_tail'})}", file=sys.stderr)
-    return {"rows": rows, "rss_ratio": _pair(rows, "peak_tree_rss_mib"), "pss_ratio": _pair(rows, "peak_tree_pss_mib"),
-            "wall_ratio": _pair(rows, "wall_s"), "targets": {"rss_ratio": 1.3}}
+    forms = {}
+    for form in args.forms:
+        rows = {}
+        for label in ("small", "large"):
+            runs = _fresh(CACHE / "runs" / f"evaluate-{form}-{label}")
+            # the same model as both candidates, a fresh prediction store (the default's store, empty): the split
+            # is scored once and the second candidate's predictions are read back; what is measured is the test
+            # split read (memory or streamed), not two models
+            cmd = [str(BIN / "headstart"), "evaluate", "--data", str(data[label][form]), "--finetune", str(model),
+                   "--scratch", str(model), "--out", str(runs / "evaluation"), "--params", str(REPO / "params.yaml"),
+                   "--set", f"evaluate.prediction_store={runs / 'predictions'}",
+                   "--set", "evaluate.tensor_cache_dir=null", "--set", f"evaluate.data_loading={args.loading}",
+                   "--set", f"evaluate.memory_budget_gib={args.budget_gib}",
+                   "--set", f"evaluate.bootstrap_samples={args.bootstrap}"]
+            row = measured(cmd, runs, _env(MLFLOW_TRACKING_URI=f"sqlite:///{runs}/mlflow.db"))
+            n = data[label]["counts"]["test"]
+            row["test_images"] = n
+            row["loading"] = {"test": loading_mode(args.loading, n, args.image_size, args.budget_gib)}
+            row["loader_workers_seen"] = row["max_processes"] - 1  # > 0: the test split streamed
+            row["wall_ms_per_image"] = round(1000 * row["wall_s"] / n, 2)
+            rows[label] = row
+            _print(f"evaluate {form} {label}", row)
+        # no time to the first batch is logged or written by evaluate: the wall time (it scores every image)
+        forms[form] = _summarise(rows, "wall_s", "test_images", {"pss_ratio": 1.3})
+    return {"forms": forms, "model": str(model.relative_to(CACHE))}
 
 
 def bench_validate(args: argparse.Namespace, data: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    rows = {}
-    for label in ("small", "large"):
-        runs = _fresh(CACHE / "runs" / f"validate-{label}")
-        cmd = [str(BIN / "headstart"), "validate", "--data", str(data[label]["shards"]), "--out", str(runs / "report"),
-               "--params", str(REPO / "params.yaml"), "--no-track", "--set", "validate.cache_dir=null",
-               "--set", f"validate.state_dir={runs / 'state'}",
-               "--set", f"validate.min_images_per_class={max(1, args.val // len(CLASSES))}"]
-        row = measured(cmd, runs, _env())
-        row["images"] = sum(data[label]["counts"].values())
-        report = runs / "report" / "report.json"
-        if report.exists():
-            rep = json.loads(report.read_text())
-            row["passed"] = rep.get("passed", rep.get("success"))
-        rows[label] = row
-        print(f"  validate {label}: {json.dumps({k: v for k, v in row.items() if k != 'log_tail'})}", file=sys.stderr)
-    return {"rows": rows, "rss_ratio": _pair(rows, "peak_tree_rss_mib"), "pss_ratio": _pair(rows, "peak_tree_pss_mib"),
-            "wall_ratio": _pair(rows, "wall_s"), "targets": {"rss_ratio": 1.3}}
+    forms = {}
+    for form in args.forms:
+        rows = {}
+        for label in ("small", "large"):
+            runs = _fresh(CACHE / "runs" / f"validate-{form}-{label}")
+            cmd = [str(BIN / "headstart"), "validate", "--data", str(data[label][form]), "--out",
+                   str(runs / "report"), "--params", str(REPO / "params.yaml"), "--no-track",
+                   "--set", "validate.cache_dir=null", "--set", f"validate.state_dir={runs / 'state'}",
+                   "--set", f"validate.min_images_per_class={max(1, args.val // len(CLASSES))}"]
+            row = measured(cmd, runs, _env())
+            row["images"] = sum(data[label]["counts"].values())
+            row["wall_ms_per_image"] = round(1000 * row["wall_s"] / row["images"], 2)
+            report = runs / "report" / "report.json"
+            if report.exists():
+                rep = json.loads(report.read_text())
+                row["passed"] = rep.get("passed", rep.get("success"))
+            rows[label] = row
+            _print(f"validate {form} {label}", row)
+        # validation reads every image (it has no data_loading): the wall time, no first-batch time
+        forms[form] = _summarise(rows, "wall_s", "images", {"pss_ratio": 1.3})
+    return {"forms": forms}
+
+
+# ---- a per-class subset of the large set: bytes read per epoch ---------------------------------------------
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _libc() -> Any:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    return libc
+
+
+def evict(files: list[Path]) -> None:
+    """Drop these files' pages from the page cache (POSIX_FADV_DONTNEED on clean pages; os.sync first), so that
+    what the next run reads of them comes from the disk and shows in read_bytes and in `resident`."""
+    os.sync()
+    for f in files:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def resident(files: list[Path]) -> dict[str, int]:
+    """Bytes of these files in the page cache (mincore over a read-only mapping of each) and how many files
+    have any: after `evict`, what a run read of them (page granular, with the kernel's readahead)."""
+    import ctypes
+    import mmap
+
+    libc, total, touched = _libc(), 0, 0
+    for f in files:
+        size = f.stat().st_size
+        if not size:
+            continue
+        pages = (size + PAGE - 1) // PAGE
+        vec = (ctypes.c_ubyte * pages)()
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+            if addr in (None, ctypes.c_void_p(-1).value):
+                raise OSError(ctypes.get_errno(), f"mmap {f}")
+            try:
+                if libc.mincore(addr, size, vec) != 0:
+                    raise OSError(ctypes.get_errno(), f"mincore {f}")
+            finally:
+                libc.munmap(addr, size)
+        finally:
+            os.close(fd)
+        bits = np.frombuffer(vec, dtype=np.uint8) & 1
+        n = int(bits.sum())
+        total += n * PAGE - (pages * PAGE - size if bits[-1] else 0)
+        touched += n > 0
+    return {"bytes": total, "files": touched}
+
+
+def _io() -> dict[str, int]:
+    with open("/proc/self/io") as f:
+        return {k: int(v) for k, v in (line.split(": ") for line in f if line.strip())}
+
+
+def bench_subset(args: argparse.Namespace, data: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """`train finetune` with images_per_class=args.subset (10 classes) streamed from the large set, one epoch
+    and `subset_epochs` epochs, fresh checkpoint and tensor-cache folders each, the dataset's files evicted from
+    the page cache before each run. Per run: rchar and read_bytes of the whole process tree (our own
+    /proc/self/io around the run: a reaped child's counts are added to its parent's, so the command's and its
+    loader workers' all arrive here), and, by mincore, the bytes of the dataset's train split in the page cache
+    after it (= the distinct bytes read from it). Bytes read per epoch = (rchar(E epochs) - rchar(1)) / (E - 1):
+    every read() an epoch makes, page-cache hits included (an epoch's re-reads of the subset are hits here
+    but go to the storage on a real volume or bucket), the start-up's reads (imports, weights, listing, a
+    packed subset's one-off copy) cancelled out."""
+    large, k, epochs = data["large"], args.subset, args.subset_epochs
+    val_k = max(1, args.subset // 10)
+    forms = {}
+    for form in args.forms:
+        root = large[form]
+        train_files, val_files = split_files(root, form, "train"), split_files(root, form, "val")
+        split_bytes = large["bytes"][form]["train"]
+        per_image = large["bytes"]["imagefolder"]["train"] / large["counts"]["train"]  # a JPEG's mean size
+        runs_out: dict[str, Any] = {}
+        for e in (1, epochs):
+            runs = _fresh(CACHE / "runs" / f"subset-{form}-{e}ep")
+            cmd = [str(BIN / "headstart"), "train", "finetune", "--data", str(root), "--out", str(runs / "finetune"),
+                   "--params", str(REPO / "params.yaml"),
+                   "--set", f"train.shared.images_per_class={k}", "--set", f"train.shared.val_images_per_class={val_k}",
+                   "--set", f"train.shared.epochs={e}", "--set", f"train.shared.patience={e}",
+                   "--set", "train.shared.max_steps=0", "--set", "train.shared.data_loading=stream",
+                   "--set", f"train.shared.tensor_cache_dir={runs / 'tensors'}",
+                   "--set", f"train.finetune.image_size={args.image_size}",
+                   "--set", f"train.shared.checkpoint_dir={runs / 'checkpoints'}"]
+            evict(train_files + val_files)
+            before = _io()
+            row = measured(cmd, runs, _env(MLFLOW_TRACKING_URI=f"sqlite:///{runs}/mlflow.db"), sample=False)
+            after = _io()
+            row["rchar"] = after["rchar"] - before["rchar"]
+            row["read_bytes"] = after["read_bytes"] - before["read_bytes"]
+            row["train_split_resident"] = resident(train_files)
+            row["val_split_resident"] = resident(val_files)
+            subsets = {}
+            for idx in (runs / "tensors" / "subsets").glob("*/index.json"):  # a packed subset's one-off copy
+                ix = json.loads(idx.read_text())
+                for split, s in ix["splits"].items():
+                    subsets[split] = {"images": s["count"], "bytes": sum(sh["bytes"] for sh in s["shards"])}
+            if subsets:
+                row["subset_copies"] = subsets
+            runs_out[f"{e}_epochs"] = row
+            _print(f"subset {form} {e} epoch(s)", row)
+        one, many = runs_out["1_epochs"], runs_out[f"{epochs}_epochs"]
+        per_epoch = (many["rchar"] - one["rchar"]) / (epochs - 1) if epochs > 1 else None
+        val_image = large["bytes"]["imagefolder"]["val"] / large["counts"]["val"]
+        subset_est = {"train": round(k * len(CLASSES) * per_image), "val": round(val_k * len(CLASSES) * val_image)}
+        if "subset_copies" in one:  # the packed subset's own size on disk (tar headers included)
+            subset_est = {s: v["bytes"] for s, v in one["subset_copies"].items()}
+        forms[form] = {
+            "runs": runs_out, "split_bytes": split_bytes, "split_images": large["counts"]["train"],
+            "subset_images": k * len(CLASSES), "val_subset_images": val_k * len(CLASSES),
+            "subset_bytes": subset_est,
+            "read_per_epoch_bytes": round(per_epoch) if per_epoch is not None else None,
+            "read_per_epoch_vs_subset": _ratio(subset_est["train"] + subset_est["val"], per_epoch),
+            "read_per_epoch_vs_split": _ratio(split_bytes, per_epoch),
+            "subset_vs_split": _ratio(split_bytes, subset_est["train"]),
+            "first_run_train_split_read_vs_split": _ratio(split_bytes, one["train_split_resident"]["bytes"]),
+        }
+        print(f"  subset {form}: {json.dumps({k2: v for k2, v in forms[form].items() if k2 != 'runs'})}",
+              file=sys.stderr)
+    return {"forms": forms, "images_per_class": k, "val_images_per_class": val_k, "epochs": [1, epochs],
+            "measure": "rchar and read_bytes from /proc/self/io around each run (children reaped into it); "
+                       "resident: mincore after POSIX_FADV_DONTNEED before the run"}
 
 
 # ---- the loader against the training step ---------------------------------------------------------------
@@ -466,34 +668,63 @@ def bench_default(args: argparse.Namespace) -> dict[str, Any]:
 
 # ---- plot and main ---------------------------------------------------------------------------------------
 
+def _forms(part: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A pair part's results per form (results written before --forms hold the packed form alone)."""
+    return part.get("forms", {"packed": part})
+
+
 def plot(result: dict[str, Any], path: Path = PLOT) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    styles = {"imagefolder": ("o", "-"), "packed": ("s", "--")}
     for i, (cmd, nkey) in enumerate((("train", "train_images"), ("evaluate", "test_images"), ("validate", "images"))):
         part, color = result.get(cmd), f"C{i}"
         if not part:
             continue
-        rows = [part["rows"]["small"], part["rows"]["large"]]
-        ns = [r[nkey] for r in rows]
-        axes[0].plot(ns, [r["peak_tree_pss_mib"] for r in rows], "o-", color=color, label=f"{cmd} (PSS)")
-        axes[0].plot(ns, [r["peak_tree_rss_mib"] for r in rows], "o--", color=color, alpha=0.5,
-                     label=f"{cmd} (RSS sum)")
-        axes[1].plot(ns, [r["wall_s"] for r in rows], "o-", color=color, label=f"{cmd} wall")
-        if cmd == "train" and all(r.get("first_step_seconds") for r in rows):
-            axes[1].plot(ns, [r["first_step_seconds"] for r in rows], "s:", color=color,
-                         label="train: time to first step")
-    for ax, title in ((axes[0], "peak memory of the process tree (MiB)"), (axes[1], "seconds")):
+        for form, res in _forms(part).items():
+            marker, line = styles.get(form, ("^", ":"))
+            rows = [res["rows"]["small"], res["rows"]["large"]]
+            ns = [r[nkey] for r in rows]
+            modes = "/".join(r.get("loading", {}).get("train" if cmd == "train" else "test", "") for r in rows)
+            axes[0].plot(ns, [r["peak_tree_pss_mib"] for r in rows], marker + line, color=color,
+                         label=f"{cmd}, {form} (PSS x{res['pss_ratio']}" + (f", {modes})" if modes.strip("/") else ")"))
+            if cmd == "train":
+                if all(r.get("first_step_seconds") for r in rows):
+                    axes[1].plot(ns, [r["first_step_seconds"] for r in rows], marker + line, color=color,
+                                 label=f"train, {form}: time to first step (x{res['time_ratio']})")
+            else:
+                axes[1].plot(ns, [r["wall_s"] for r in rows], marker + line, color=color,
+                             label=f"{cmd}, {form}: wall (x{res['wall_ratio']})")
+    for ax, title in ((axes[0], "peak PSS of the process tree (MiB); legend: ratio, loading small/large"),
+                      (axes[1], "seconds")):
         ax.set_xscale("log")
         ax.set_xlabel("images (N)")
-        ax.set_title(title)
+        ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-    dvc = result.get("dvc")
-    if dvc:
+    subset, dvc = result.get("subset"), result.get("dvc")
+    if subset:
+        forms = list(subset["forms"])
+        xs = np.arange(len(forms))
+        mib = 2**20
+        bars = (("whole train split on disk", lambda f: f["split_bytes"]),
+                ("subset on disk (train + val)", lambda f: f["subset_bytes"]["train"] + f["subset_bytes"]["val"]),
+                ("read per epoch (rchar)", lambda f: f["read_per_epoch_bytes"] or 0),
+                ("train split read from disk, 1-epoch run",
+                 lambda f: f["runs"]["1_epochs"]["train_split_resident"]["bytes"]))
+        for j, (label, get) in enumerate(bars):
+            axes[2].bar(xs + (j - 1.5) * 0.2, [get(subset["forms"][f]) / mib for f in forms], 0.2, label=label)
+        axes[2].set_yscale("log")
+        axes[2].set_xticks(xs, forms)
+        f0 = subset["forms"][forms[0]]
+        axes[2].set_title(f"{subset['images_per_class']} per class of {f0['split_images']:,} images, streamed: MiB",
+                          fontsize=9)
+        axes[2].legend(fontsize=7)
+    elif dvc:
         kinds = list(dvc["rows"])
         xs = np.arange(len(kinds))
         axes[2].bar(xs - 0.2, [dvc["rows"][k]["push_s"] for k in kinds], 0.4, label="dvc push")
@@ -507,21 +738,31 @@ def plot(result: dict[str, Any], path: Path = PLOT) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="500 vs 5,000 (eval 500 vs 5,000), DVC 5,000 files")
+    ap.add_argument("--quick", action="store_true",
+                    help="500 vs 5,000 (eval 500 vs 5,000), val 200, memory budget 0.1 GiB, DVC 5,000 files")
     ap.add_argument("--small", type=int, default=5000)
-    ap.add_argument("--large", type=int, default=200000)
+    ap.add_argument("--large", type=int, default=120000)
     ap.add_argument("--eval-small", type=int, default=5000)
-    ap.add_argument("--eval-large", type=int, default=100000)
+    ap.add_argument("--eval-large", type=int, default=100000,
+                    help="test split of the large set: > 77,672 so that auto streams it at 96 px under 2 GiB")
     ap.add_argument("--val", type=int, default=1000, help="val split size of both datasets")
+    ap.add_argument("--forms", nargs="+", default=list(FORMS), choices=FORMS,
+                    help="measure each command on the ImageFolder, on its shards, or both")
     ap.add_argument("--dvc-files", type=int, default=100000)
     ap.add_argument("--loader-images", type=int, default=1280)
     ap.add_argument("--train-steps", type=int, default=5, help="timed 224 px training steps (after 2 warm-up)")
-    ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--image-size", type=int, default=96, help="params.yaml's: 120,000 images are 3.1 GiB decoded")
     ap.add_argument("--max-steps", type=int, default=50, help="capped at --small / 64: within the first epoch")
-    ap.add_argument("--loading", default="stream", choices=["stream", "auto", "memory"])
+    ap.add_argument("--loading", default="auto", choices=["stream", "auto", "memory"],
+                    help="train.shared.data_loading and evaluate.data_loading (the subset part always streams)")
+    ap.add_argument("--budget-gib", type=float, default=None,
+                    help="memory_budget_gib of train and evaluate: auto streams a split decoded past it "
+                         "(default 2, params.yaml's; 0.1 with --quick)")
+    ap.add_argument("--subset", type=int, default=100, help="images_per_class of the subset part")
+    ap.add_argument("--subset-epochs", type=int, default=3, help="the subset part runs 1 epoch and this many")
     ap.add_argument("--bootstrap", type=int, default=2000, help="evaluate.bootstrap_samples")
-    ap.add_argument("--parts", nargs="+", default=["train", "evaluate", "validate", "loader", "dvc"],
-                    choices=["train", "evaluate", "validate", "loader", "dvc", "default"])
+    ap.add_argument("--parts", nargs="+", default=["train", "evaluate", "validate", "subset"],
+                    choices=["train", "evaluate", "validate", "subset", "loader", "dvc", "default"])
     ap.add_argument("--default-size", action="store_true", help="also run the default-size comparison (minutes)")
     ap.add_argument("--base", default="/tmp/base", help="today's code: a worktree of the base commit")
     ap.add_argument("--threads", type=int, default=2)
@@ -532,32 +773,45 @@ def main() -> None:
     if args.quick:
         args.small, args.large, args.eval_small, args.eval_large = 500, 5000, 500, 5000
         args.val, args.dvc_files = min(args.val, 200), min(args.dvc_files, 5000)
+        # the full run's pattern, small in memory and large streamed under auto: 500 images at 96 px are
+        # 13 MiB decoded, 5,000 are 132 MiB, past 0.1 GiB
+        args.budget_gib = 0.1 if args.budget_gib is None else args.budget_gib
+    args.budget_gib = 2.0 if args.budget_gib is None else args.budget_gib
     # both training runs stay inside their first epoch (no per-epoch validation or worker restarts in one only)
     args.max_steps = min(args.max_steps, max(1, args.small // BATCH))
     parts = [p for p in args.parts if p != "default"] + (["default"] if args.default_size else [])
     CACHE.mkdir(parents=True, exist_ok=True)
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
+    code = subprocess.run([sys.executable, "-c", "import headstart; print(headstart.__file__)"], env=_env(),
+                          capture_output=True, text=True, check=True).stdout.strip()
     result: dict[str, Any] = {
         **previous,
         "command": "python benchmarks/data_scale.py " + " ".join(sys.argv[1:]),
+        "code": code,  # the headstart the subprocesses import (PYTHONPATH=<this tree>/src)
         "sizes": {"train": [args.small, args.large], "evaluate": [args.eval_small, args.eval_large], "val": args.val,
-                  "image_size": args.image_size, "max_steps": args.max_steps, "loading": args.loading},
+                  "image_size": args.image_size, "max_steps": args.max_steps, "loading": args.loading,
+                  "memory_budget_gib": args.budget_gib, "forms": args.forms},
         "memory": "peak over 50 ms samples of the summed RSS and summed PSS of the command's process tree",
+        "loading": "the mode auto picks per split, by headstart.data.dataset.streams' rule (decoded uint8 size "
+                   "vs memory_budget_gib); a streamed run shows a loader worker in max_processes",
         "cpus": os.cpu_count(), "load_avg_start": os.getloadavg(),
     }
     started = time.perf_counter()
-    data = datasets(args) if {"train", "evaluate", "validate"} & set(parts) else None
+    data = datasets(args) if {"train", "evaluate", "validate", "subset"} & set(parts) else None
     if data:
-        result["datasets"] = {k: {"counts": v["counts"], "shard_files": v["shard_files"], "pack_s": v["pack_s"]}
-                              for k, v in data.items()}
+        result["datasets"] = {k: {"counts": v["counts"], "shard_files": v["shard_files"], "pack_s": v["pack_s"],
+                                  "bytes": v["bytes"]} for k, v in data.items()}
     for part in parts:
         print(f"data_scale: {part}", file=sys.stderr)
-        fn = {"train": bench_train, "evaluate": bench_evaluate, "validate": bench_validate}.get(part)
+        fn = {"train": bench_train, "evaluate": bench_evaluate, "validate": bench_validate,
+              "subset": bench_subset}.get(part)
+        t = time.perf_counter()
         if fn is not None:
             result[part] = fn(args, data)
         else:
             result[part] = {"loader": bench_loader, "dvc": bench_dvc, "default": bench_default}[part](args)
         result[part]["load_avg"] = os.getloadavg()
+        result[part]["seconds"] = round(time.perf_counter() - t, 1)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")  # after every part: a partial run is kept
     result["seconds"] = round(time.perf_counter() - started, 1)
