@@ -211,9 +211,9 @@ def measured(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 36
     tail = log.read_text(errors="replace")[-1500:]
     if rc != 0:
         print(f"  ! {' '.join(cmd[:3])} exited {rc}; log {log}:\n{tail}", file=sys.stderr)
-    return {"rc": rc, "wall_s": round(wall, 2), "peak_tree_rss_mib": round(peak["rss"] / 2**20, 1),
-            "peak_tree_pss_mib": round(peak["pss"] / 2**20, 1),
-            "peak_main_rss_mib": round(peak["main_rss"] / 2**20, 1), "max_processes": peak["processes"],
+    memory = {"peak_tree_rss_mib": round(peak["rss"] / 2**20, 1), "peak_tree_pss_mib": round(peak["pss"] / 2**20, 1),
+              "peak_main_rss_mib": round(peak["main_rss"] / 2**20, 1), "max_processes": peak["processes"]}
+    return {"rc": rc, "wall_s": round(wall, 2), **(memory if sample else {}),
             "log": str(log.relative_to(REPO)) if log.is_relative_to(REPO) else str(log),
             **({"log_tail": tail} if rc != 0 else {})}
 
@@ -694,8 +694,9 @@ def plot(result: dict[str, Any], path: Path = PLOT) -> None:
                          label=f"{cmd}, {form} (PSS x{res['pss_ratio']}" + (f", {modes})" if modes.strip("/") else ")"))
             if cmd == "train":
                 if all(r.get("first_step_seconds") for r in rows):
+                    ratio = res.get("time_ratio", res.get("first_step_ratio"))  # the issue-16 JSON's name
                     axes[1].plot(ns, [r["first_step_seconds"] for r in rows], marker + line, color=color,
-                                 label=f"train, {form}: time to first step (x{res['time_ratio']})")
+                                 label=f"train, {form}: time to first step (x{ratio})")
             else:
                 axes[1].plot(ns, [r["wall_s"] for r in rows], marker + line, color=color,
                              label=f"{cmd}, {form}: wall (x{res['wall_ratio']})")
