@@ -28,10 +28,10 @@ def worker(train_steps: int, eval_batches: int) -> dict[str, float]:
     import torch
     from torch import nn
 
-    from headstart.engine import predict_logits
     from headstart.models import build_model
     from headstart.presets import Preset
     from headstart.runtime import tune_allocator
+    from headstart.training.engine import predict_logits
 
     tuned = tune_allocator()
     torch.set_num_threads(2)

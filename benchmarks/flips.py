@@ -36,7 +36,7 @@ import torch  # noqa: E402
 
 from headstart.config import load_params  # noqa: E402
 from headstart.data.imagefolder import list_classes  # noqa: E402
-from headstart.stats import wilson_interval  # noqa: E402
+from headstart.evaluation.stats import wilson_interval  # noqa: E402
 from headstart.steps import evaluate, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Does the gate promote only real improvements? A Monte-Carlo check of `headstart.gate.decide`.
+"""Does the gate promote only real improvements? A Monte-Carlo check of `headstart.evaluation.gate.decide`.
 
 Each draw is a fresh test set from one population, scored by a champion, a candidate whose true
 accuracy is the champion's plus 0, 1, 2 or 5 points, and a weaker scratch baseline. Errors are
@@ -35,10 +35,10 @@ import numpy as np
 from scipy.optimize import brentq
 from scipy.stats import norm
 
-from headstart import gate as new_gate
-from headstart import stats
 from headstart.config import load_params
-from headstart.gate import CHECK_NAMES, GateThresholds, ModelEval, decide, thresholds_from_params
+from headstart.evaluation import gate as new_gate
+from headstart.evaluation import stats
+from headstart.evaluation.gate import CHECK_NAMES, GateThresholds, ModelEval, decide, thresholds_from_params
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"

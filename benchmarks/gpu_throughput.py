@@ -5,7 +5,7 @@ For EfficientNet-Lite0 and ResNet-50 (random init: throughput does not depend on
               persistent workers): images/s on its own
   synthetic   training steps on a batch already on the GPU: the model's ceiling
   fed         training steps fed by that DataLoader (uint8 NHWC -> GPU -> normalise, as the engine does)
-  engine      headstart.engine.fit on pre-decoded uint8 tensors held on the GPU (the product's path)
+  engine      headstart.training.engine.fit on pre-decoded uint8 tensors held on the GPU (the product's path)
   sharded     training steps fed from WebDataset shards through headstart.data.stream (issue 16: the
               workers read and decode with the preset, pinned memory, non-blocking copies), on synthetic
               224 px JPEGs (benchmarks/data_scale.py's generator, packed with `headstart data pack`);
@@ -40,10 +40,10 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from headstart.config import load_params  # noqa: E402
 from headstart.data.imagefolder import list_classes, list_split, load_split, per_class_subset  # noqa: E402
-from headstart.engine import fit  # noqa: E402
 from headstart.models import build_model, head_and_backbone_params  # noqa: E402
 from headstart.presets import Preset  # noqa: E402
 from headstart.steps import train as train_step  # noqa: E402
+from headstart.training.engine import fit  # noqa: E402
 
 RESULT = Path(__file__).parent / "results" / "gpu_throughput.json"
 SHARDED_TARGET = {"images_per_s": 2500, "gpu_utilisation_pct": 90}  # issue 16: ResNet-50 bf16, one H200

@@ -34,11 +34,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep
 
 import torch  # noqa: E402
 
-from headstart import modelio  # noqa: E402
 from headstart.data.imagefolder import Split, list_classes, load_split  # noqa: E402
-from headstart.engine import predict_logits  # noqa: E402
+from headstart.models import modelio  # noqa: E402
 from headstart.presets import Preset  # noqa: E402
 from headstart.steps import train  # noqa: E402
+from headstart.training.engine import predict_logits  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 METHODS = ("probe", "small_cnn", "finetune", "scratch")

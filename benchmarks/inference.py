@@ -31,11 +31,11 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from headstart.data.imagefolder import load_split  # noqa: E402
-from headstart.engine import predict_logits  # noqa: E402
 from headstart.models import build_model  # noqa: E402
 from headstart.models.fold import fold_batchnorm  # noqa: E402
 from headstart.presets import Preset  # noqa: E402
 from headstart.runtime import tune_allocator  # noqa: E402
+from headstart.training.engine import predict_logits  # noqa: E402
 
 RESULT = Path(__file__).parent / "results" / "inference.json"
 CLASSES = ("t-shirt_top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
@@ -91,7 +91,7 @@ def measure(name: str, model: nn.Module, preset: Preset, x: torch.Tensor, rounds
 
 
 def trained(role: str, data: Path, cache: Path) -> dict | None:
-    from headstart import modelio
+    from headstart.models import modelio
 
     folder = Path("outputs") / role / "model"
     if not (folder / modelio.CARD_FILE).is_file():

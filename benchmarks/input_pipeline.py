@@ -30,10 +30,10 @@ import torch  # noqa: E402
 
 from headstart.config import load_params  # noqa: E402
 from headstart.data.imagefolder import list_classes, load_split  # noqa: E402
-from headstart.engine import fit  # noqa: E402
 from headstart.models import build_model, head_and_backbone_params  # noqa: E402
 from headstart.presets import Preset  # noqa: E402
 from headstart.steps import train as train_step  # noqa: E402
+from headstart.training.engine import fit  # noqa: E402
 
 RESULT = Path(__file__).parent / "results" / "input_pipeline.json"
 MODELS = [("efficientnet_lite0", "imagenet", 64, 3), ("small_cnn", None, 28, 1)]

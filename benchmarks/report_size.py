@@ -2,7 +2,7 @@
 
 Builds a synthetic evaluation folder as evaluate writes it (finetune, scratch and a champion; confidences;
 example thumbnails from real image files; training histories; the confusion PNGs), a decision record from
-the real gate, and 20 registry versions of history, then renders the page (headstart.report) and measures
+the real gate, and 20 registry versions of history, then renders the page (headstart.evaluation.report) and measures
 it. For the ClassificationMetrics artifact it measures the metadata as sent to the metadata store (a
 protobuf Struct) with every class, as before, and with the most-confused cap (kfp_io.log_confusion).
 
@@ -24,9 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def build(root: Path, n_classes: int, per_class: int, seed: int = 0) -> Path:
-    from headstart import examples, plots
-    from headstart.model_metrics import summarise
-    from headstart.stats import confusion
+    from headstart.evaluation import examples, plots
+    from headstart.evaluation.model_metrics import summarise
+    from headstart.evaluation.stats import confusion
 
     rng = np.random.default_rng(seed)
     out, data = root / "eval", root / "data"
@@ -61,7 +61,7 @@ def build(root: Path, n_classes: int, per_class: int, seed: int = 0) -> Path:
 
 def decision(out: Path) -> dict:
     from headstart.config import load_params
-    from headstart.gate import ModelEval, decide, thresholds_from_params
+    from headstart.evaluation.gate import ModelEval, decide, thresholds_from_params
 
     data = np.load(out / "predictions.npz")
     classes = tuple(json.loads((out / "metrics.json").read_text())["classes"])
@@ -85,8 +85,8 @@ def struct_bytes(metadata: dict) -> int:
 def kfp_sizes(out: Path) -> dict[str, int]:
     from kfp.dsl import ClassificationMetrics
 
+    from headstart.evaluation.stats import confusion
     from headstart.kfp import kfp_io
-    from headstart.stats import confusion
 
     data = np.load(out / "predictions.npz")
     classes = json.loads((out / "metrics.json").read_text())["classes"]
@@ -101,7 +101,7 @@ def kfp_sizes(out: Path) -> dict[str, int]:
 
 
 def measure(n_classes: int, per_class: int) -> dict:
-    from headstart import report
+    from headstart.evaluation import report
 
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()

@@ -32,10 +32,10 @@ from torch import nn  # noqa: E402
 
 from headstart.config import load_params  # noqa: E402
 from headstart.data.imagefolder import Split, list_classes, load_split  # noqa: E402
-from headstart.engine import EngineConfig, fit  # noqa: E402
 from headstart.models import build_model, flops, head_and_backbone_params  # noqa: E402
 from headstart.presets import Preset  # noqa: E402
 from headstart.steps import train as train_step  # noqa: E402
+from headstart.training.engine import EngineConfig, fit  # noqa: E402
 
 RESULT = Path(__file__).parent / "results" / "train_overhead.json"
 # (arch, weights, image size, channels, images): the fine-tune candidate and the small native-28 px CNN.
@@ -72,7 +72,7 @@ def plain_loop(model: nn.Module, preset: Preset, train: Split, cfg: EngineConfig
 
 def augment_micro(engine_file: Path, threads: int, calls: int = 40) -> dict[str, Any]:
     """ms per call of the batched shift+flip augmentation (64x3x64x64), this engine vs `engine_file`."""
-    from headstart.engine import augment
+    from headstart.training.engine import augment
 
     torch.set_num_threads(threads)
     old = _load_module(engine_file).augment

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from headstart.checkpoint import Checkpointer
+from headstart.training.checkpoint import Checkpointer
 
 
 class Killed(Exception):
@@ -107,8 +107,7 @@ def random_model(folder: Path, seed: int, role: str, tta: str = "none") -> Path:
     it: for tests where scoring, not training, is the point."""
     import torch
 
-    from headstart import modelio
-    from headstart.models import build_model
+    from headstart.models import build_model, modelio
     from headstart.presets import Preset
     from tests.conftest import CLASSES
 
@@ -160,7 +159,7 @@ class Trainer:
         import torch
         from torch import nn
 
-        from headstart.engine import FitResult
+        from headstart.training.engine import FitResult
 
         torch.manual_seed(0)
         self.model = nn.Linear(4, 3)
@@ -174,7 +173,7 @@ class Trainer:
     def epoch(self, ckpt: Checkpointer, steps: int = 3) -> None:
         import torch
 
-        from headstart.engine import EpochStats
+        from headstart.training.engine import EpochStats
 
         for _ in range(steps):
             x = torch.randn(8, 4, generator=self.gen)

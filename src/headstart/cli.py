@@ -160,9 +160,9 @@ def train(
     """Train one candidate with the shared engine; settings from train.shared + train.<role>."""
     import subprocess
 
-    from headstart import distributed
     from headstart.errors import ConfigError
     from headstart.steps import train as step
+    from headstart.training import distributed
 
     if role not in ("finetune", "scratch"):
         raise ConfigError(f"role {role!r}: choose finetune or scratch")
@@ -250,7 +250,7 @@ def champion_ref(
     overrides: SetOpt = None,
 ) -> None:
     """Write the champion's version for dvc.yaml, so evaluate and register re-run when the champion moves."""
-    from headstart import champion_ref as step
+    from headstart.registry import champion_ref as step
 
     ref, changed = step.write(_tracking(_params(params, overrides)), out, registration)
     console.print(f"{out}: {'changed' if changed else 'unchanged'} {json.dumps(ref, sort_keys=True)}",
@@ -280,7 +280,7 @@ def promote(
 
     It also opens a fresh window of the gate's false-promotion budget (the schedule `status` shows), and is
     how a person resets a corrupt schedule: promoting the current champion again keeps it and resets it."""
-    from headstart import lifecycle
+    from headstart.registry import lifecycle
 
     tracking = _tracking(_params(params, overrides))
     previous = lifecycle.override(tracking, version, reason)
@@ -294,7 +294,7 @@ def rollback(
     overrides: SetOpt = None,
 ) -> None:
     """Move `champion` back to the version it replaced, and record the rollback."""
-    from headstart import lifecycle
+    from headstart.registry import lifecycle
 
     tracking = _tracking(_params(params, overrides))
     old, new = lifecycle.rollback(tracking, reason)
@@ -309,7 +309,7 @@ def status(
 ) -> None:
     """Show the champion, its metrics and data version, the promotion history, recent rejections and the gate's
     schedule (runs used of the horizon, false-promotion level spent, last reset)."""
-    from headstart import lifecycle
+    from headstart.registry import lifecycle
     from headstart.summary import render_status
 
     info = lifecycle.status(_tracking(_params(params, overrides)))  # unreachable server: RegistryError, exit 2

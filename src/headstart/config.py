@@ -158,7 +158,7 @@ SECTIONS = {
     "train.finetune": "headstart.steps.train:TrainConfig",
     "train.scratch": "headstart.steps.train:TrainConfig",
     "evaluate": "headstart.steps.evaluate:EvaluateConfig",
-    "gate": "headstart.gate:GateThresholds",
+    "gate": "headstart.evaluation.gate:GateThresholds",
     "register": "headstart.steps.register:RegisterConfig",
     "pipeline": "headstart.kfp.settings:PipelineSettings",
 }
@@ -172,7 +172,7 @@ BUILDERS = {
     "train.finetune": "headstart.steps.train:config_from_params",
     "train.scratch": "headstart.steps.train:config_from_params",
     "evaluate": "headstart.steps.evaluate:config_from_params",
-    "gate": "headstart.gate:thresholds_from_params",
+    "gate": "headstart.evaluation.gate:thresholds_from_params",
     "register": "headstart.steps.register:config_from_params",
     "pipeline": "headstart.kfp.settings:settings_from_params",
 }

@@ -79,7 +79,7 @@ def served_venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list
     """A venv made from the requirements a registration logs (logged_model.pip_requirements, the same pins the
     images install), built in the background from the module's start: ~2.5 min of pip beside the pipeline runs.
     The serving test uses it only if the champion's logged requirements.txt lists exactly these."""
-    from headstart.logged_model import pip_requirements
+    from headstart.registry.logged_model import pip_requirements
 
     folder = tmp_path_factory.mktemp("served-venv")
     pins = pip_requirements()
@@ -191,8 +191,8 @@ def test_after_100_promotions_a_killed_training_resumes_and_registers_again(firs
     first checkpoint, the retry resumes from that checkpoint, and the run registers a second version."""
     import docker
 
-    from headstart import registry
     from headstart.kfp.containers import LABEL_FUNCTION
+    from headstart.registry import model_registry as registry
 
     tracking = _as(stack, monkeypatch, "pipeline", SECRET_PW)
     c = registry.client(tracking)

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from headstart import cli, registry
+from headstart import cli
 from headstart.config import TrackingConfig
+from headstart.registry import model_registry as registry
 from tests.helpers import params_cfg
 
 from .corpus import EXPECTED, corpus_config, make_variant

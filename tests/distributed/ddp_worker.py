@@ -17,15 +17,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from headstart import distributed
-from headstart.checkpoint import Checkpointer
 from headstart.config import load_params
 from headstart.data import stream
 from headstart.data.dataset import open_dataset
-from headstart.engine import EngineConfig, fit
 from headstart.models import build_model, head_and_backbone_params
 from headstart.presets import Preset
 from headstart.steps import train
+from headstart.training import distributed
+from headstart.training.checkpoint import Checkpointer
+from headstart.training.engine import EngineConfig, fit
 
 
 class PlainCNN(nn.Module):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from headstart import bundle, pytorchjob
+from headstart.cluster import bundle, pytorchjob
 from headstart.kfp.settings import settings_from_params
 
 from ..conftest import make_imagefolder

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from headstart import distributed
 from headstart.config import load_params
-from headstart.engine import augment
 from headstart.errors import ConfigError
 from headstart.steps import train
+from headstart.training import distributed
+from headstart.training.engine import augment
 
 
 def test_padding_repeats_the_head_like_distributed_sampler():

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from headstart import bundle, storage
+from headstart import storage
+from headstart.cluster import bundle
 from headstart.errors import StorageError
 
 from .conftest import fresh_bucket

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from headstart import champion_ref, registry
-from headstart.champion_ref import quick_champion, write
 from headstart.config import TrackingConfig
+from headstart.registry import champion_ref
+from headstart.registry import model_registry as registry
+from headstart.registry.champion_ref import quick_champion, write
 from tests.helpers import params_cfg
 
 
@@ -56,7 +57,7 @@ def test_the_champion_stage_does_not_import_mlflow_when_the_store_answers(tmp_pa
                           registered_model="lookup-model")
     version = _register(tracking, "m1", alias=True)
     code = ("import sys, json; from pathlib import Path; from headstart.config import TrackingConfig; "
-            "from headstart.champion_ref import write; "
+            "from headstart.registry.champion_ref import write; "
             f"ref, _ = write(TrackingConfig(**{tracking.model_dump()!r}), "
             f"Path({str(tmp_path / 'champion.json')!r}), Path({str(tmp_path / 'none.json')!r})); "
             "print(json.dumps([ref['champion_version'], 'mlflow' in sys.modules]))")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from dvc.repo import Repo
 
-from headstart.champion_ref import reference
+from headstart.registry.champion_ref import reference
 
 from .servers import mlflow_server
 

@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from headstart import lifecycle, registry
 from headstart.config import TrackingConfig
 from headstart.errors import RegistryError
-from headstart.gate import ModelEval, ScheduleState, alpha_per_run, decide
+from headstart.evaluation.gate import ModelEval, ScheduleState, alpha_per_run, decide
+from headstart.registry import lifecycle
+from headstart.registry import model_registry as registry
 from headstart.steps import promote, register
 from tests.helpers import params_cfg
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from headstart import registry
 from headstart.config import TrackingConfig
+from headstart.registry import model_registry as registry
 from tests.helpers import params_cfg
 
 from .servers import mlflow_server
@@ -59,7 +59,7 @@ def test_concurrent_first_promotions_elect_exactly_one_champion(tmp_path: Path):
 
 
 def _override(uri: str, version: str, barrier) -> str | None:
-    from headstart import lifecycle
+    from headstart.registry import lifecycle
 
     barrier.wait()
     return lifecycle.override(params_cfg("tracking", tracking_uri=uri, registered_model="race"), version, "race test")

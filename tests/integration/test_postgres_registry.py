@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from headstart import cli, lifecycle, registry
+from headstart import cli
+from headstart.registry import lifecycle
+from headstart.registry import model_registry as registry
 from headstart.steps import promote
 from tests.helpers import params_cfg
 

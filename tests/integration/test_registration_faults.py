@@ -30,9 +30,10 @@ from pathlib import Path
 
 import pytest
 
-from headstart import registry, registry_lock
 from headstart.config import TrackingConfig, load_params
 from headstart.errors import RegistryError
+from headstart.registry import lock as registry_lock
+from headstart.registry import model_registry as registry
 from headstart.serving import verify
 from headstart.steps import evaluate, promote, register, train
 
@@ -355,7 +356,8 @@ def test_a_lock_left_by_a_killed_process_on_this_host_is_broken_at_once(tmp_path
     import sys
 
     tracking = _local(tmp_path, 0)
-    code = ("import os, time, sys; from headstart import registry; from headstart.config import TrackingConfig\n"
+    code = ("import os, time, sys; from headstart.registry import model_registry as registry\n"
+            "from headstart.config import TrackingConfig\n"
             f"t = TrackingConfig(**{tracking.model_dump()!r})\n"
             "with registry.lock(t):\n    print('held', flush=True); time.sleep(600)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,

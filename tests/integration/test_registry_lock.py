@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from headstart import registry
 from headstart.config import TrackingConfig
+from headstart.registry import model_registry as registry
 from tests.helpers import params_cfg
 
 from .conftest import AuthServer
@@ -34,7 +34,8 @@ def _login(server: AuthServer, user: str, monkeypatch: pytest.MonkeyPatch) -> No
 
 def _crashed_holder(uri: str, model: str, owner: str, env: dict[str, str]) -> None:
     """A process on "another host" (its owner id names one) takes the lock and is killed while holding it."""
-    code = ("import time; from headstart import registry; from headstart.config import TrackingConfig\n"
+    code = ("import time; from headstart.registry import model_registry as registry\n"
+            "from headstart.config import TrackingConfig\n"
             f"t = TrackingConfig(**{params_cfg('tracking', tracking_uri=uri, registered_model=model).model_dump()!r})\n"
             f"with registry.lock(t, owner={owner!r}, ttl={TTL}):\n    print('held', flush=True); time.sleep(600)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
@@ -123,7 +124,8 @@ def test_a_holder_that_lost_its_lease_cannot_move_the_champion(tmp_path: Path):
     c.create_registered_model("frozen")
     for _ in range(2):
         c.create_model_version("frozen", str(tmp_path / "model"), tags={registry.REGISTRATION_TAG: "complete"})
-    code = ("import sys; from headstart import registry; from headstart.config import TrackingConfig\n"
+    code = ("import sys; from headstart.registry import model_registry as registry\n"
+            "from headstart.config import TrackingConfig\n"
             "from headstart.errors import RegistryError\n"
             f"t = TrackingConfig(**{tracking.model_dump()!r})\n"
             f"with registry.lock(t, owner='frozen-host:1:a', ttl={TTL}):\n"
@@ -150,7 +152,7 @@ def test_a_holder_that_lost_its_lease_cannot_move_the_champion(tmp_path: Path):
 
 _HOLDER = """\
 import sys
-from headstart import registry
+from headstart.registry import model_registry as registry
 from headstart.config import TrackingConfig
 from headstart.errors import RegistryError
 

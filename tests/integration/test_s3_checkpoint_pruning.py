@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from headstart import storage
-from headstart.checkpoint import Checkpointer
-from headstart.engine import EpochStats, FitResult
+from headstart.training.checkpoint import Checkpointer
+from headstart.training.engine import EpochStats, FitResult
 
 from .conftest import fresh_bucket
 

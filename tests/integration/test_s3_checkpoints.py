@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from headstart import storage
-from headstart.checkpoint import Checkpointer
+from headstart.training.checkpoint import Checkpointer
 
 from ..conftest import make_imagefolder
 from ..helpers import Payload, Trainer
@@ -77,7 +77,7 @@ def test_torn_corrupt_and_tampered_objects_fall_back_to_the_previous_one(bucket:
     torch.save(state, local)
     _put(bucket, "runs/b/fp/epoch-0003.pt", local.read_bytes())
     fresh = Trainer()
-    with caplog.at_level(logging.WARNING, logger="headstart.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="headstart.training.checkpoint"):
         restored = fresh.restore(Checkpointer(f"s3://{bucket}/runs/b", "fp"))
     assert restored is not None and restored.resumed_from == 2
     assert torch.equal(fresh.model.weight, trainer.weights_at[2])

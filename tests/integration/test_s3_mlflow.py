@@ -10,8 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from headstart import registry, storage
+from headstart import storage
 from headstart.config import load_params
+from headstart.registry import model_registry as registry
 from headstart.steps import evaluate, register, train
 from tests.helpers import params_cfg
 

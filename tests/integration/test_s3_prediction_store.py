@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from headstart import predictions, scoring, storage
+from headstart import storage
+from headstart.evaluation import predictions, scoring
 from headstart.steps import evaluate
 
 from ..conftest import make_imagefolder

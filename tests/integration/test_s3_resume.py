@@ -10,7 +10,8 @@ import pytest
 from botocore.exceptions import ResponseStreamingError
 from urllib3.exceptions import ProtocolError
 
-from headstart import bundle, storage
+from headstart import storage
+from headstart.cluster import bundle
 from headstart.data import shards
 
 from ..conftest import make_imagefolder

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from headstart import bundle, pytorchjob, storage
+from headstart import storage
+from headstart.cluster import bundle, pytorchjob
 from headstart.config import load_params
 from headstart.data import shards
 from headstart.kfp import bodies

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from headstart import pytorchjob, storage
+from headstart import storage
+from headstart.cluster import pytorchjob
 from headstart.data import shards
 
 from ..conftest import make_imagefolder
@@ -37,7 +38,7 @@ def _request(staging: str) -> pytorchjob.JobRequest:
 
 def _pod_fetch(req: pytorchjob.JobRequest, dest: Path) -> None:
     """The fetch line of the pod script, as the pod runs it."""
-    line = next(cmd for cmd in pytorchjob.command(req)[2].splitlines() if "headstart.bundle get" in cmd)
+    line = next(cmd for cmd in pytorchjob.command(req)[2].splitlines() if "headstart.cluster.bundle get" in cmd)
     script = f'WORK={dest}\n{line.replace("python ", f"{sys.executable} ", 1)}'
     out = subprocess.run(["sh", "-c", script], env=dict(os.environ), capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -55,7 +56,7 @@ def test_sharded_dataset_is_staged_as_its_shards_not_a_tar_gz(tmp_path, moto, mo
     assert req.sharded and req.data_uri() == f"s3://{bucket}/staging/job/data/"
     assert _keys(bucket) == sorted(f"staging/job/data/{name}" for name in files)  # the files, nothing else
     script = pytorchjob.command(req)[2]
-    assert f"headstart.bundle get-folder {req.data_uri()}" in script and "data.tar.gz" not in script
+    assert f"headstart.cluster.bundle get-folder {req.data_uri()}" in script and "data.tar.gz" not in script
 
     _pod_fetch(req, tmp_path / "pod")
     got = tmp_path / "pod" / "data"

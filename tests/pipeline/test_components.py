@@ -61,7 +61,7 @@ def test_data_rejected_fails_the_run_naming_the_report():
 
 
 def test_unstage_data_with_nothing_staged_deletes_nothing(monkeypatch):
-    from headstart import pytorchjob
+    from headstart.cluster import pytorchjob
 
     calls: list[str] = []
     monkeypatch.setattr(pytorchjob, "unstage", calls.append)

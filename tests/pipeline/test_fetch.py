@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from headstart import git_refs
+from headstart.data import git_refs
 from headstart.errors import DataError, StorageError
 from headstart.steps import fetch
 from tests.conftest import make_imagefolder

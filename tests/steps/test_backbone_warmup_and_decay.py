@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from headstart.checkpoint import Checkpointer
 from headstart.config import load_params
 from headstart.data.imagefolder import list_classes, load_split
-from headstart.engine import EngineConfig, fit
 from headstart.models import build_model, head_and_backbone_params
 from headstart.presets import Preset
 from headstart.steps import train
+from headstart.training.checkpoint import Checkpointer
+from headstart.training.engine import EngineConfig, fit
 
 ROOT = Path(__file__).resolve().parents[2]
 LR_HEAD, LR_BACKBONE, DECAY = 0.003, 0.001, 0.05

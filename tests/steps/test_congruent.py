@@ -1,4 +1,4 @@
-"""Positive-congruent training (headstart.congruent): focal distillation from the champion, on tiny data."""
+"""Positive-congruent training (headstart.training.congruent): focal distillation from the champion, on tiny data."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from headstart import congruent
-from headstart.checkpoint import Checkpointer
 from headstart.config import load_params
 from headstart.data.imagefolder import list_classes, load_split
-from headstart.engine import fit
 from headstart.models import build_model, head_and_backbone_params
 from headstart.presets import Preset
 from headstart.steps import train
+from headstart.training import congruent
+from headstart.training.checkpoint import Checkpointer
+from headstart.training.engine import fit
 from tests.conftest import make_imagefolder
 from tests.helpers import DiesAfterSaving, Killed, params_cfg
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from headstart import modelio, scoring
 from headstart.data import shards
-from headstart.models import build_model
+from headstart.evaluation import scoring
+from headstart.models import build_model, modelio
 from headstart.presets import Preset
 from headstart.steps import evaluate
 from tests.helpers import params_cfg

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from headstart import scoring
 from headstart.data import shards
+from headstart.evaluation import scoring
 from headstart.steps import evaluate
 
 from ..conftest import make_imagefolder

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from headstart import predictions, scoring
 from headstart.data import shards
 from headstart.errors import DataError
+from headstart.evaluation import predictions, scoring
 from headstart.steps import evaluate
 
 from ..conftest import CLASSES, make_imagefolder

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from headstart import lifecycle, registry
 from headstart.config import TrackingConfig
 from headstart.errors import ConfigError, RegistryError
+from headstart.registry import lifecycle
+from headstart.registry import model_registry as registry
 from headstart.steps import promote
 from tests.helpers import params_cfg
 

@@ -16,12 +16,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from headstart import modelio, registry
 from headstart.config import TrackingConfig, load_params
-from headstart.engine import predict_logits
-from headstart.gate import GateThresholds
+from headstart.evaluation.gate import GateThresholds
+from headstart.models import modelio
+from headstart.registry import model_registry as registry
 from headstart.serving import verify
 from headstart.steps import evaluate, register, train
+from headstart.training.engine import predict_logits
 
 from ..conftest import CLASSES, make_imagefolder
 from ..helpers import copy_store, params_cfg, serving_check_in_process

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from headstart import predictions, scoring
+from headstart.evaluation import predictions, scoring
 from headstart.serving import check
 from headstart.steps import evaluate, register
 

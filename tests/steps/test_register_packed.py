@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from headstart import scoring
 from headstart.data import shards
+from headstart.evaluation import scoring
 from headstart.serving import verify
 from headstart.steps import evaluate, register
 

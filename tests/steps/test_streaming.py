@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from headstart.checkpoint import Checkpointer
 from headstart.data import shards, stream
 from headstart.data.dataset import load_or_stream, open_dataset
 from headstart.data.imagefolder import load_split
-from headstart.engine import fit
 from headstart.models import build_model, head_and_backbone_params
 from headstart.presets import Preset
 from headstart.steps import train
+from headstart.training.checkpoint import Checkpointer
+from headstart.training.engine import fit
 from tests.helpers import DiesAfterSaving, Killed
 
 from ..conftest import make_imagefolder

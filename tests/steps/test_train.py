@@ -8,14 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from headstart import modelio
-from headstart.checkpoint import Checkpointer
 from headstart.config import load_params
 from headstart.data.imagefolder import list_classes, load_split
-from headstart.engine import fit, predict_logits
-from headstart.models import build_model, head_and_backbone_params
+from headstart.models import build_model, head_and_backbone_params, modelio
 from headstart.presets import Preset
 from headstart.steps import train
+from headstart.training.checkpoint import Checkpointer
+from headstart.training.engine import fit, predict_logits
 from tests.helpers import DiesAfterSaving, Killed, params_cfg, tiny_engine_cfg, tiny_train_cfg
 
 ROOT = Path(__file__).resolve().parents[2]

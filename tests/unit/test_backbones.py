@@ -192,7 +192,7 @@ def test_a_small_cnn_process_does_not_import_timm_or_torchvision():
     import sys
 
     code = ("import sys\n"
-            "from headstart import modelio\n"
+            "from headstart.models import modelio\n"
             "from headstart.models import build_model\n"
             "from headstart.models.fold import fold_batchnorm\n"
             "import torch\n"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from headstart.checkpoint import Checkpointer
+from headstart.training.checkpoint import Checkpointer
 from tests.helpers import Payload, Trainer
 
 
@@ -36,7 +36,7 @@ def test_malicious_checkpoint_is_refused_and_the_previous_one_used(tmp_path: Pat
     marker = tmp_path / "PWNED"
     _plant(tmp_path / "c" / "fp" / "epoch-0002.pt", marker)
     fresh = Trainer()
-    with caplog.at_level(logging.WARNING, logger="headstart.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="headstart.training.checkpoint"):
         result = fresh.restore(Checkpointer(tmp_path / "c", "fp"))
     assert not marker.exists(), "the payload ran"
     assert result is not None and result.resumed_from == 1
@@ -54,7 +54,7 @@ def test_only_a_malicious_checkpoint_means_a_fresh_start_with_a_clear_message(tm
     _plant(tmp_path / "c" / "fp" / "epoch-0001.pt", marker)
     fresh = Trainer()
     before = fresh.model.weight.detach().clone()
-    with caplog.at_level(logging.WARNING, logger="headstart.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="headstart.training.checkpoint"):
         assert fresh.restore(Checkpointer(tmp_path / "c", "fp")) is None
     assert not marker.exists()
     assert torch.equal(fresh.model.weight, before)

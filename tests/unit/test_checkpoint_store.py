@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from headstart.checkpoint import Checkpointer, _check
+from headstart.training.checkpoint import Checkpointer, _check
 from tests.helpers import Trainer
 
 
@@ -56,7 +56,7 @@ def test_torn_file_falls_back_with_a_warning_naming_it(tmp_path: Path, caplog):
     trainer.epoch(ckpt)
     newest = tmp_path / "fp" / "epoch-0002.pt"
     newest.write_bytes(newest.read_bytes()[:300])
-    with caplog.at_level(logging.WARNING, logger="headstart.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="headstart.training.checkpoint"):
         result = Trainer().restore(Checkpointer(tmp_path, "fp"))
     assert result is not None and result.resumed_from == 1
     assert "epoch-0002.pt is unreadable, torn" in caplog.text

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from headstart import plots
+from headstart.evaluation import plots
 
 MAX_SIDE = 2000  # px
 

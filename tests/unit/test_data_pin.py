@@ -8,7 +8,7 @@ import pytest
 
 from headstart.data.pin import pin_file, pinned_md5
 from headstart.errors import DataError
-from headstart.lineage import lineage
+from headstart.registry.lineage import lineage
 from headstart.steps import fetch
 from tests.conftest import make_imagefolder
 from tests.helpers import params_cfg

@@ -9,8 +9,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from headstart import decision_record as dr
-from headstart.gate import Check, GateThresholds, ModelEval, decide
+from headstart.evaluation.gate import Check, GateThresholds, ModelEval, decide
+from headstart.registry import decision_record as dr
 from tests.helpers import params_cfg
 
 CLASSES = ("cat", "dog", "owl")

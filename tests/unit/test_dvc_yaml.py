@@ -150,11 +150,11 @@ def test_the_import_walk_finds_what_it_must():
     """The walk itself: function-local imports (evaluate imports registry inside run), relative and
     `from package import module` forms, and the step module behind each command."""
     evaluate = {p.relative_to(SRC).as_posix() for p in code_of_stage("headstart evaluate")}
-    assert {"headstart/steps/evaluate.py", "headstart/stats.py", "headstart/registry.py", "headstart/cli.py",
-            "headstart/data/imagefolder.py"} <= evaluate
+    assert {"headstart/steps/evaluate.py", "headstart/evaluation/stats.py", "headstart/registry/model_registry.py",
+            "headstart/cli.py", "headstart/data/imagefolder.py"} <= evaluate
     assert "headstart/kfp/spec.py" not in evaluate
     train = {p.relative_to(SRC).as_posix() for p in code_of_stage("headstart train finetune")}
-    assert {"headstart/steps/train.py", "headstart/distributed.py", "headstart/engine.py"} <= train
+    assert {"headstart/steps/train.py", "headstart/training/distributed.py", "headstart/training/engine.py"} <= train
     register = {p.relative_to(SRC).as_posix() for p in code_of_stage("headstart register --data data")}
     assert "headstart/serving/check.py" in register  # run as `python -m headstart.serving.check`
     init = ast.parse((SRC / "headstart" / "__init__.py").read_text())

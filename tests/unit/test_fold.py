@@ -10,8 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from headstart import modelio
-from headstart.models import build_model
+from headstart.models import build_model, modelio
 from headstart.models.fold import fold_batchnorm
 from headstart.presets import Preset
 

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from headstart import gate
 from headstart.errors import ConfigError, DataError, RegistryError
-from headstart.gate import (
+from headstart.evaluation import gate
+from headstart.evaluation.gate import (
     Check,
     GateThresholds,
     IncomparableChampion,
@@ -28,7 +28,7 @@ from headstart.gate import (
     choose_winner,
     decide,
 )
-from headstart.stats import wilson_interval
+from headstart.evaluation.stats import wilson_interval
 from tests.helpers import params_cfg, repo_params
 
 K, PER_CLASS = 5, 600

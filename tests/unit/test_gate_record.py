@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from headstart.decision_record import gate_numbers
-from headstart.gate import ModelEval, ScheduleState, decide
+from headstart.evaluation.gate import ModelEval, ScheduleState, decide
+from headstart.registry.decision_record import gate_numbers
 from headstart.summary import render, render_status
 from tests.helpers import params_cfg
 

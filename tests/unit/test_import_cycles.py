@@ -137,4 +137,4 @@ def test_from_package_import_submodule_is_an_edge_to_the_submodule():
     graph = import_graph()
     assert "headstart.data.shards" in graph["headstart.data.stream"]  # `from headstart.data import shards as ...`
     assert "headstart.data.stream" not in graph["headstart.data.folder"]  # inside a method: lazy
-    assert "headstart.steps.evaluate" not in graph["headstart.scoring"]  # under TYPE_CHECKING
+    assert "headstart.steps.evaluate" not in graph["headstart.evaluation.scoring"]  # under TYPE_CHECKING

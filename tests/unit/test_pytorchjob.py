@@ -17,7 +17,7 @@ import jsonschema
 import pytest
 import yaml
 
-from headstart import bundle, pytorchjob
+from headstart.cluster import bundle, pytorchjob
 from headstart.config import load_params
 from headstart.data import shards
 from headstart.errors import StorageError

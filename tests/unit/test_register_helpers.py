@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from headstart.errors import RegistryError
-from headstart.eval_folder import require_champion
-from headstart.lineage import data_only, version_tags
-from headstart.logged_model import public_version
+from headstart.evaluation.eval_folder import require_champion
+from headstart.registry.lineage import data_only, version_tags
+from headstart.registry.logged_model import public_version
 from headstart.serving.verify import serving_sample
 
 SORTED_BY_CLASS = np.repeat(np.arange(10), 50)  # how evaluate lists the test split: class folder by folder

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from headstart import examples, report, stats
-from headstart.gate import ModelEval, decide
-from headstart.model_metrics import summarise
-from headstart.stats import confusion
+from headstart.evaluation import examples, report, stats
+from headstart.evaluation.gate import ModelEval, decide
+from headstart.evaluation.model_metrics import summarise
+from headstart.evaluation.stats import confusion
 from tests.helpers import params_cfg
 
 CLASSES = [f"class{k}" for k in range(10)]
@@ -216,7 +216,7 @@ def test_at_1000_classes_the_page_lists_the_50_worst_classes(tmp_path):
 def test_version_history_reads_each_complete_version_with_its_winners_metrics(tmp_path):
     from mlflow import MlflowClient
 
-    from headstart import registry
+    from headstart.registry import model_registry as registry
 
     tracking = params_cfg("tracking",
                           tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "art"),

@@ -1,5 +1,5 @@
 """Step modules wire the library; what one step needs from another's work lives in a library module both
-import (headstart.eval_folder between evaluate and register), so arrows do not run sideways between steps."""
+import (headstart.evaluation.eval_folder between evaluate and register), so arrows do not run sideways between steps."""
 
 from __future__ import annotations
 

@@ -22,10 +22,10 @@ def _imports(module: Path) -> set[str]:
 
 def test_checkpoint_does_not_import_engine():
     """The arrow runs engine -> checkpoint -> trainstate; checkpoint.py never reaches back into engine."""
-    assert "headstart.checkpoint" in _imports(SRC / "engine.py")
-    assert not {n for n in _imports(SRC / "checkpoint.py") if n.startswith("headstart.engine")}
-    shared_types = _imports(SRC / "trainstate.py")
-    assert not {n for n in shared_types if n.startswith(("headstart.engine", "headstart.checkpoint"))}
+    assert "headstart.training.checkpoint" in _imports(SRC / "training" / "engine.py")
+    assert not {n for n in _imports(SRC / "training" / "checkpoint.py") if n.startswith("headstart.training.engine")}
+    shared_types = _imports(SRC / "training" / "trainstate.py")
+    assert not {n for n in shared_types if n.startswith(("headstart.training.engine", "headstart.training.checkpoint"))}
 
 
 def _params() -> dict:
@@ -46,7 +46,7 @@ def test_train_config_has_no_defaults_of_its_own():
 def test_engine_config_has_no_defaults_for_any_knob_params_yaml_sets():
     import dataclasses
 
-    from headstart.engine import EngineConfig
+    from headstart.training.engine import EngineConfig
 
     knobs = set(_params()["train"]["shared"]) | set(_params()["train"]["finetune"])
     defaulted = {f.name for f in dataclasses.fields(EngineConfig)

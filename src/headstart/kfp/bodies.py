@@ -27,7 +27,7 @@ class GateOutputs(NamedTuple):
 
 def resolve_data_rev(data_repo: str, data_rev: str) -> str:
     """The commit `data_rev` names in `data_repo` now. Never cached: its output is fetch's cache key."""
-    from headstart.git_refs import resolve_rev
+    from headstart.data.git_refs import resolve_rev
 
     commit = resolve_rev(data_repo, data_rev)
     print(f"data_rev {data_rev or '(default branch)'} of {data_repo or 'the working copy'}: {commit or '-'}")
@@ -87,9 +87,9 @@ def train_distributed(role: str, dataset: ArtifactLike, params_json: str, overri
                       lr_backbone: float, nodes: int, gpus_per_node: int, staging_uri: str, job_image: str,
                       namespace: str, timeout_s: int, model: ArtifactLike, metrics: MetricsLike,
                       learning_curve: ArtifactLike, staged_data: str = "") -> None:
-    """Train on several GPU nodes as a PyTorchJob (headstart.pytorchjob.train_on_cluster) and hand its outputs
+    """Train on several GPU nodes as a PyTorchJob (headstart.cluster.pytorchjob.train_on_cluster) and hand its outputs
     on as this task's Model, with the MLflow run id and the job's name in the metadata."""
-    from headstart import pytorchjob
+    from headstart.cluster import pytorchjob
 
     p = kfp_io.train_params(
         params_json, overrides, role, backbone=backbone, weights=weights, image_size=image_size, epochs=epochs,
@@ -114,14 +114,14 @@ def _trained(role: str, model: ArtifactLike, metrics: MetricsLike, learning_curv
 
 def stage_data(dataset: ArtifactLike, staging_uri: str) -> str:
     """Stage the dataset once for both candidates' PyTorchJobs; returns where it is (their `staged_data`)."""
-    from headstart import pytorchjob
+    from headstart.cluster import pytorchjob
 
     return pytorchjob.stage(Path(dataset.path), pytorchjob.run_staging(staging_uri, dataset.uri))
 
 
 def unstage_data(staged_data: str = "") -> None:
     """Delete what `stage_data` staged; "" (stage_data never ran or failed) leaves nothing to do."""
-    from headstart import pytorchjob
+    from headstart.cluster import pytorchjob
 
     if staged_data:
         pytorchjob.unstage(staged_data)
@@ -147,7 +147,8 @@ def evaluate_candidates(dataset: ArtifactLike, finetune: ArtifactLike, scratch: 
         kfp_io.log_model_metrics(metrics, result.models, name, result.champion_version)
         kfp_io.log_confusion(confusion, out, name)
     kfp_io.log_metrics(comparison, result.comparison)
-    kfp_io.copy_text(report.path, out / "report.html")  # headstart.report's page, the same as local and MLflow
+    # headstart.evaluation.report's page, the same as local and MLflow
+    kfp_io.copy_text(report.path, out / "report.html")
     return result.champion_version or ""
 
 
@@ -158,8 +159,8 @@ def register_and_gate(dataset: ArtifactLike, finetune: ArtifactLike, scratch: Ar
                       report: ArtifactLike) -> GateOutputs:
     """Register a new model version and decide; the champion alias is left to the promote task. The gate's
     numbers and `gate_passed` (1/0) go to `gate_metrics`, the decision record and the report to the UI."""
-    from headstart import decision_record as record
-    from headstart import lineage
+    from headstart.registry import decision_record as record
+    from headstart.registry import lineage
     from headstart.steps import register
 
     kfp_io.use_loop(dict(dataset.metadata))

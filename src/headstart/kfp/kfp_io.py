@@ -201,7 +201,7 @@ def log_confusion(artifact: ConfusionLike, eval_dir: Path, name: str) -> bool:
     """Recompute `name`'s confusion matrix from predictions.npz; False, with a note, when that model was not
     evaluated. Past CONFUSION_FULL_MAX classes only the CONFUSION_TOP most confused classes go to the metadata
     store (the metadata says so); the full matrix stays in the evaluation's confusion_<name>.npz."""
-    from headstart.stats import confusion
+    from headstart.evaluation.stats import confusion
 
     data = np.load(eval_dir / "predictions.npz")
     meta = json.loads((eval_dir / "metrics.json").read_text())

@@ -12,9 +12,9 @@ from kfp import dsl, kubernetes
 from kfp.dsl import PipelineTask
 from kfp.dsl.graph_component import GraphComponent
 
+from headstart.cluster.pytorchjob import POD_NAME_ENV, POD_NAMESPACE_ENV, POD_UID_ENV
 from headstart.kfp.components import evaluate, fetch, promote, register, train, train_distributed, validate
 from headstart.kfp.settings import MLFLOW_KEYS, S3_KEYS, PipelineSettings, SecretKeys
-from headstart.pytorchjob import POD_NAME_ENV, POD_NAMESPACE_ENV, POD_UID_ENV
 
 # The downward API gives the PyTorchJob launcher its own pod, which the job names as its owner.
 OWNER_FIELDS = (

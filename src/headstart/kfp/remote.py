@@ -49,7 +49,7 @@ def check_cluster_run(package: Path, arguments: dict[str, Any], *, scheduled: bo
     """Refuse, before any request, a run that can only fail on the cluster: a multi-node run without an
     s3:// staging_uri, and a schedule without data_repo (an empty one means the working copy, which the
     pipeline's pods do not have, so every scheduled run would fail at fetch)."""
-    from headstart.pytorchjob import check_staging_uri
+    from headstart.cluster.pytorchjob import check_staging_uri
 
     values = {**root_inputs(package), **arguments}
     if scheduled and not values.get("data_repo"):

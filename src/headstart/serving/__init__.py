@@ -24,7 +24,7 @@ class Classifier:
     """Pure-Python core of the pyfunc: load once, predict labels from encoded images or arrays."""
 
     def __init__(self, model_dir: Path) -> None:
-        from headstart import modelio
+        from headstart.models import modelio
 
         self.model, self.card = modelio.load(model_dir)
 
@@ -32,7 +32,7 @@ class Classifier:
         import pandas as pd
         import torch
 
-        from headstart.engine import predict_logits
+        from headstart.training.engine import predict_logits
 
         preset = self.card.preset
         if isinstance(model_input, pd.DataFrame):

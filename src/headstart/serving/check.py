@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from headstart.predictions import CPU_FP32
+from headstart.evaluation.predictions import CPU_FP32
 
 SERVING_DEVICE = CPU_FP32  # what the pyfunc predicts on, whatever machine registers the model
 
@@ -25,7 +25,7 @@ def expected_labels(eval_dir: Path, name: str, model_dir: Path, sample: list[int
     made on the serving device and precision."""
     import numpy as np
 
-    from headstart import predictions
+    from headstart.evaluation import predictions
 
     meta: dict[str, Any] = json.loads((eval_dir / "metrics.json").read_text())
     made_on = meta["models"][name].get("predicted_on", CPU_FP32)  # evaluations before the store ran on CPU
@@ -47,8 +47,8 @@ def reference_labels(model_dir: Path, images: list[Path]) -> list[int]:
     import numpy as np
     import torch
 
-    from headstart import modelio
-    from headstart.engine import predict_logits
+    from headstart.models import modelio
+    from headstart.training.engine import predict_logits
 
     model, card = modelio.load(model_dir)
     model.to("cpu")

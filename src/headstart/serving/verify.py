@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from headstart import registry
 from headstart.config import TrackingConfig
 from headstart.errors import HeadstartError
-from headstart.gate import Check, Decision
+from headstart.evaluation.gate import Check, Decision
+from headstart.registry import model_registry as registry
 
 
 class ServingCheckTimeout(HeadstartError):
@@ -46,7 +46,7 @@ def serving_images(data_dir: Path, names: list[str], dest: Path) -> list[Path]:
     """The files of the sampled test images (`names` as evaluation lists them, 'test/<class>/<file>'): on disk
     in an ImageFolder; a packed root's streamed out of its test shards into `dest` as <i><ext>, i the name's
     position (examples.image_files, which the report's thumbnails use too)."""
-    from headstart.examples import image_files
+    from headstart.evaluation.examples import image_files
 
     dest.mkdir(parents=True, exist_ok=True)
     return image_files(data_dir, names, dest)

@@ -8,11 +8,12 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from headstart import eval_folder, model_metrics, modelio
 from headstart.config import Frozen, TrackingConfig, from_section
 from headstart.errors import DataError
-from headstart.eval_folder import EvaluateResult
-from headstart.scoring import Scored, predict_folder
+from headstart.evaluation import eval_folder, model_metrics
+from headstart.evaluation.eval_folder import EvaluateResult
+from headstart.evaluation.scoring import Scored, predict_folder
+from headstart.models import modelio
 
 __all__ = ["EvaluateConfig", "EvaluateResult", "Scored", "config_from_params", "predict_folder", "run"]
 
@@ -45,7 +46,7 @@ def run(
     tracking: TrackingConfig | None = None,
 ) -> EvaluateResult:
     """Write predictions.npz, metrics.json, confusion PNGs, example thumbnails, the candidates' training
-    histories and report.html to `out_dir` (headstart.eval_folder)."""
+    histories and report.html to `out_dir` (headstart.evaluation.eval_folder)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     cache = Path(cfg.tensor_cache_dir) if cfg.tensor_cache_dir else None
     fingerprints: dict[tuple[str, ...], str] = {}
@@ -64,7 +65,7 @@ def run(
     assert y_true is not None
     champion_version, champion_classes = None, None
     if tracking is not None:  # the champion is always scored: register's gate compares against it
-        from headstart import registry
+        from headstart.registry import model_registry as registry
 
         found = registry.champion_model_dir(tracking, out_dir / "champion_model")
         if found is not None:

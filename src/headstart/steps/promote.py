@@ -6,7 +6,7 @@ only for a version whose registration completed, and only if the champion is sti
 candidate was compared against; re-running it after the move was committed is a no-op.
 
 A run judged against a champion (its record has an `alpha_run`) spent part of the gate's error budget,
-promoted or not, so it is counted in the schedule state under the same lock (headstart.gate explains the
+promoted or not, so it is counted in the schedule state under the same lock (headstart.evaluation.gate explains the
 budget); two pipelines counting at once both count, and a re-run counts once.
 """
 
@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from headstart import registry
 from headstart.config import TrackingConfig
 from headstart.errors import RegistryError
+from headstart.registry import model_registry as registry
 
 
 @dataclass

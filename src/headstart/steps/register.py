@@ -1,12 +1,12 @@
 """Register the winner, run the gate, and promote it only when every check passes.
 
-Order matters for "nothing is half done" (see headstart.registry): the model is logged, then the version
+Order matters for "nothing is half done" (see headstart.registry.model_registry): the model is logged, then the version
 is created in one request with all its tags and marked pending; the serving check and the decision record
 follow, then the version is marked complete, the last write before promotion moves the champion alias.
 A run that fails before that leaves the champion unchanged and at most a pending version, which nothing
 uses; the next run registers a new version.
 
-The gate's schedule state (headstart.gate.ScheduleState) is read from the registry before anything is
+The gate's schedule state (headstart.evaluation.gate.ScheduleState) is read from the registry before anything is
 registered, so a corrupt one stops the run with nothing written; the run is counted in it later, under
 the registry lock, by headstart.steps.promote.
 """
@@ -21,10 +21,13 @@ from typing import Any
 
 from pydantic import Field
 
-from headstart import decision_record, eval_folder, lineage, logged_model, modelio, registry, report
 from headstart.config import Frozen, TrackingConfig, from_section
-from headstart.decision_record import gate_numbers
-from headstart.gate import Decision, GateThresholds, choose_winner, decide, thresholds_from_params
+from headstart.evaluation import eval_folder, report
+from headstart.evaluation.gate import Decision, GateThresholds, choose_winner, decide, thresholds_from_params
+from headstart.models import modelio
+from headstart.registry import decision_record, lineage, logged_model
+from headstart.registry import model_registry as registry
+from headstart.registry.decision_record import gate_numbers
 from headstart.serving import verify
 
 

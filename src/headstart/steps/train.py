@@ -19,14 +19,17 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 from tqdm import tqdm
 
-from headstart import congruent, distributed, modelio, plots, storage
-from headstart.checkpoint import Checkpointer
+from headstart import storage
 from headstart.config import Frozen, TrackingConfig, build, section
 from headstart.data import stream
 from headstart.data.dataset import Dataset, LoadOptions, load_or_stream, open_dataset
 from headstart.data.imagefolder import Split
-from headstart.engine import EngineConfig, EpochStats, FitResult, fit
+from headstart.evaluation import plots
+from headstart.models import modelio
 from headstart.presets import Preset
+from headstart.training import congruent, distributed
+from headstart.training.checkpoint import Checkpointer
+from headstart.training.engine import EngineConfig, EpochStats, FitResult, fit
 
 Role = Literal["finetune", "scratch"]
 
@@ -71,7 +74,7 @@ class Recipe(Frozen):
     data_loading: Literal["auto", "memory", "stream"]  # stream: images through loader workers; auto: by budget
     loader_workers: int | None = Field(ge=0)  # stream readers; None: the pod's CPUs minus one, at most 8
     shuffle_buffer: int = Field(ge=1)
-    congruent: bool  # positive-congruent training: focal distillation from the champion (headstart.congruent)
+    congruent: bool  # positive-congruent training: focal distillation from the champion (headstart.training.congruent)
     congruent_weight: float = Field(ge=0)  # the distillation term's weight against the cross-entropy
     congruent_alpha: float = Field(ge=0)  # every image's share of it...
     congruent_beta: float = Field(ge=0)  # ...plus this on the images the champion gets right
@@ -251,7 +254,8 @@ def _teacher(
     split's go to a memory-mapped file in a temporary folder, deleted on return while the map stays open."""
     import tempfile
 
-    from headstart import predictions, registry
+    from headstart.evaluation import predictions
+    from headstart.registry import model_registry as registry
 
     if not cfg.congruent:
         return None, None

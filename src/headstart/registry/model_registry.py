@@ -25,7 +25,7 @@ Nothing is half done, although MLflow has no transactions:
   (`previous-champion`, the decision tag, the history entry, written last). A run that dies after the
   move leaves the champion fully registered; whoever next takes the registry lock (or starts a
   registration) finishes the bookkeeping from the intent, so a re-run repairs it.
-- Moves happen under the registry lock (headstart.registry_lock: a lease with a compare-and-set on
+- Moves happen under the registry lock (headstart.registry.lock: a lease with a compare-and-set on
   unique names, renewed while held). An alias write (write_alias) is never re-sent without the lease:
   each attempt is one request, sent only after the lease check, with no MLflow client-side retries and a
   timeout inside the lease's margin; the alias read back afterwards says whether it landed.
@@ -49,10 +49,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from headstart import registry_lock
 from headstart.config import TrackingConfig
 from headstart.errors import RegistryError
-from headstart.gate import SCHEDULE_TAG, ScheduleState  # the window state, as JSON on the registered model
+from headstart.evaluation.gate import SCHEDULE_TAG, ScheduleState  # the window state, as JSON on the registered model
+from headstart.registry import lock as registry_lock
 
 CHAMPION = "champion"
 PREVIOUS = "previous-champion"
@@ -204,7 +204,7 @@ def download_model_dir(tracking: TrackingConfig, version: str, dest: Path) -> Pa
     """Download a registered version and return the folder holding model.json + weights."""
     import mlflow
 
-    from headstart.modelio import CARD_FILE
+    from headstart.models.modelio import CARD_FILE
 
     client(tracking)
     shutil.rmtree(dest, ignore_errors=True)
@@ -373,7 +373,7 @@ def move_champion(tracking: TrackingConfig, version: str, action: str, reason: s
 
 
 def read_schedule(tracking: TrackingConfig) -> ScheduleState:
-    """The gate's schedule state (headstart.gate.ScheduleState), kept beside the champion so it survives a
+    """The gate's schedule state (headstart.evaluation.gate.ScheduleState), kept beside the champion so it survives a
     restarted pipeline and is shared by every pipeline on this model; fresh before the first judged run.
     A corrupt tag raises RegistryError naming the model and how to reset it; a failing server raises too."""
     return ScheduleState.from_json(schedule_text(tracking), tracking.registered_model)
@@ -554,7 +554,7 @@ def set_previous(tracking: TrackingConfig, version: str | None) -> None:
 @contextlib.contextmanager
 def lock(tracking: TrackingConfig, owner: str | None = None, timeout: float = 120.0,
          ttl: float = 60.0) -> Iterator[str]:
-    """Serialise alias moves across concurrent runs, hosts and users (headstart.registry_lock explains
+    """Serialise alias moves across concurrent runs, hosts and users (headstart.registry.lock explains
     why it is safe): a lease of `ttl` seconds, renewed every ttl/3 while the body runs, broken by a waiter
     only once expired, or at once when its holder is a dead process on this host or this process's own
     unreleased lock. `timeout` > `ttl`, so a re-run waits out the lock of a run that died holding it.

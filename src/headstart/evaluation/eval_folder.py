@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from headstart import examples, plots, report, stats
 from headstart.config import TrackingConfig
 from headstart.errors import DataError, RegistryError
-from headstart.gate import IncomparableChampion, ModelEval
+from headstart.evaluation import examples, plots, report, stats
+from headstart.evaluation.gate import IncomparableChampion, ModelEval
 
 
 @dataclass

@@ -97,9 +97,11 @@ def library_versions() -> str:
 @functools.cache
 def _code_digest() -> str:
     """The source of the modules a prediction runs through: preprocessing, the engine, model loading, models."""
-    root = Path(__file__).parent
+    root = Path(__file__).parents[1]
+    models = root / "models"  # modelio.py is listed by itself, as before it moved into models/
     digest = hashlib.blake2b(digest_size=8)
-    for path in [root / "presets.py", root / "engine.py", root / "modelio.py", *sorted((root / "models").glob("*.py"))]:
+    for path in [root / "presets.py", root / "training" / "engine.py", models / "modelio.py",
+                 *sorted(p for p in models.glob("*.py") if p.name != "modelio.py")]:
         digest.update(path.name.encode() + b"|" + path.read_bytes())
     return digest.hexdigest()
 
@@ -131,7 +133,7 @@ def device_kind(device_type: str) -> str:
 
 def model_digest(model_dir: Path) -> str:
     """Hash of the saved model's files (weights, then card), read in chunks."""
-    from headstart.modelio import CARD_FILE, WEIGHTS_FILE
+    from headstart.models.modelio import CARD_FILE, WEIGHTS_FILE
 
     digest = hashlib.blake2b(digest_size=20)
     for name in (WEIGHTS_FILE, CARD_FILE):

@@ -30,12 +30,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from headstart import modelio
 from headstart.data import stream
 from headstart.data.imagefolder import Split
-from headstart.engine import device_for_training, predict_logits
 from headstart.errors import DataError
+from headstart.models import modelio
 from headstart.presets import Preset
+from headstart.training.engine import device_for_training, predict_logits
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from headstart import registry
 from headstart.config import TrackingConfig
 from headstart.errors import ConfigError, RegistryError
+from headstart.registry import model_registry as registry
 
 
 def _version_exists(tracking: TrackingConfig, version: str) -> None:
@@ -42,7 +42,7 @@ def override(tracking: TrackingConfig, version: str, reason: str) -> str | None:
 
 def rollback(tracking: TrackingConfig, reason: str = "rollback") -> tuple[str, str]:
     """Move `champion` back to the version it replaced, and further back on each further rollback (the
-    history is a stack of promotions; see headstart.registry). Returns (from_version, to_version)."""
+    history is a stack of promotions; see headstart.registry.model_registry). Returns (from_version, to_version)."""
     with registry.lock(tracking):
         current = registry.champion(tracking)
         if current is None:
@@ -120,7 +120,7 @@ def _schedule(tracking: TrackingConfig) -> dict[str, Any]:
     """The gate's schedule state for status; a corrupt one is shown with its error, not raised."""
     from dataclasses import asdict
 
-    from headstart.gate import ScheduleState
+    from headstart.evaluation.gate import ScheduleState
 
     text = registry.schedule_text(tracking)  # a failing server raises here
     try:

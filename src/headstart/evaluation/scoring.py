@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from headstart import modelio, predictions
 from headstart.data import stream
 from headstart.data.dataset import Dataset, default_loader_workers, open_dataset, streams
 from headstart.data.listing import Listing
-from headstart.engine import predict_logits
 from headstart.errors import DataError
+from headstart.evaluation import predictions
+from headstart.models import modelio
 from headstart.progress import progress_enabled
+from headstart.training.engine import predict_logits
 
 if TYPE_CHECKING:
     from headstart.steps.evaluate import EvaluateConfig

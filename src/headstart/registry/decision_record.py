@@ -1,6 +1,6 @@
 """The decision record as people read it: what the pure gate cannot know, added after registration.
 
-headstart.gate decides on predictions alone; the registered version, the data version (git commit and
+headstart.evaluation.gate decides on predictions alone; the registered version, the data version (git commit and
 data.dvc md5) and the MLflow run and version exist only once register has written them. `complete` adds
 them to the record (decision.json), `to_markdown` renders decision.md from both, ending, after a
 rejection, with what to do next for each failed check and the exact override command; `to_html` makes
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from headstart.gate import (
+from headstart.evaluation.gate import (
     ACCURACY_FLOOR,
     BEATS_BASELINE,
     CLASS_RECALL,
@@ -236,7 +236,7 @@ def decision_numbers(record: dict[str, Any]) -> dict[str, float]:
 def write(out_dir: Path, eval_dir: Path, decision: Decision, record: dict[str, Any],
           history: list[dict[str, Any]]) -> None:
     """decision.json, decision.md, decision.html and the evaluation report with the decision, all from `record`."""
-    from headstart import report
+    from headstart.evaluation import report
 
     (out_dir / "decision.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     markdown = to_markdown(decision, record)

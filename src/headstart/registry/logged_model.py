@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from headstart import registry
 from headstart.config import TrackingConfig
 from headstart.errors import RegistryError
+from headstart.registry import model_registry as registry
 
 
 def log_model(tracking: TrackingConfig, model_dir: Path, card_run: str | None, sample: list[Path],

@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from headstart import stats
 from headstart.config import Frozen, from_section
 from headstart.errors import DataError, RegistryError
+from headstart.evaluation import stats
 
 ACCURACY_FLOOR = "accuracy_floor"
 MACRO_F1_FLOOR = "macro_f1_floor"

@@ -7,8 +7,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from headstart import stats
-from headstart.predictions import PredictionKey
+from headstart.evaluation import stats
+from headstart.evaluation.predictions import PredictionKey
 
 
 class Provenance(Protocol):

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from headstart import plots, stats
 from headstart.config import TrackingConfig
+from headstart.evaluation import plots, stats
 
 TOP_K = 50  # rows per per-class table past this many classes
 TABLE_MATRIX_MAX = plots.LABELLED_MAX  # up to this many classes the matrix is an HTML table of percentages
@@ -374,7 +374,7 @@ def version_history(tracking: TrackingConfig, limit: int = 50, current: str | No
     the champion marked; versions still pending or incomplete are left out, except `current` (the version
     this run is recording, pending until register completes it). The MLflow and Kubeflow UIs cannot chart
     one metric across model versions: this is that chart's data."""
-    from headstart import registry
+    from headstart.registry import model_registry as registry
 
     c = registry.client(tracking)
     name = tracking.registered_model

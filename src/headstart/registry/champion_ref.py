@@ -18,7 +18,8 @@ from typing import Any
 
 from headstart.config import TrackingConfig
 
-# headstart.registry's CHAMPION and _NOT_FOUND (a missing alias), not imported: importing registry imports mlflow
+# headstart.registry.model_registry's CHAMPION and _NOT_FOUND (a missing alias), not imported: importing
+# registry imports mlflow
 CHAMPION = "champion"
 NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}
 
@@ -57,7 +58,7 @@ def write(tracking: TrackingConfig, out: Path, registration: Path) -> tuple[dict
     the second value says."""
     found, version = quick_champion(tracking)
     if not found:
-        from headstart import registry
+        from headstart.registry import model_registry as registry
 
         current = registry.champion(tracking)
         version = current.version if current else None

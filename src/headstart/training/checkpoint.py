@@ -54,9 +54,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from headstart import distributed, storage
+from headstart import storage
 from headstart.errors import StorageError
-from headstart.trainstate import EpochStats, FitResult, PartialEpoch
+from headstart.training import distributed
+from headstart.training.trainstate import EpochStats, FitResult, PartialEpoch
 
 KEEP = 2
 KEEP_FINISHED = 2  # finished fingerprints kept per location: this data version's run and the one before

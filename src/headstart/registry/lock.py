@@ -29,7 +29,7 @@ within the margin (ttl/6; 10 s at the default ttl of 60 s). MLflow offers no fen
 timing assumption is the one a lease needs; everything else rests on unique-name creation. It holds only
 if nothing re-sends a commit later: MLflow's client retries each request for minutes by itself, so an
 alias write goes out once, with no client-side retries and a timeout of the margin, the lease checked
-before each attempt and the alias read back after it (headstart.registry.write_alias).
+before each attempt and the alias read back after it (headstart.registry.model_registry.write_alias).
 
 Basic auth: breaking a lock never touches the other user's object, so a lock left by a person's crashed
 `headstart promote` is taken over by the pipeline's user once it expires. Each user needs READ on the
@@ -55,7 +55,7 @@ CLOCK_SKEW_S = 1.0
 Call = Callable[..., Any]  # registry.retry(what, fn, attempts=...)
 _unreleased: dict[str, str] = {}  # model -> our token, for locks this process failed to release
 _DESCRIPTION = ("Headstart registry lock (one generation of it); it expires by itself if its holder died. "
-                "See headstart/registry_lock.py.")
+                "See headstart/registry/lock.py.")
 
 
 def lock_name(model: str, gen: int) -> str:

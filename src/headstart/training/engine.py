@@ -3,7 +3,7 @@
 Works on pre-decoded uint8 tensors; augmentation and normalisation run batched on the device.
 Batches are channels_last on every device; with a GPU, also the model and bf16 autocast (fp32 on CPU).
 
-Runs unchanged under `torchrun --nproc-per-node N` (see headstart.distributed): `batch_size` stays the
+Runs unchanged under `torchrun --nproc-per-node N` (see headstart.training.distributed): `batch_size` stays the
 global batch, every rank draws the same seeded permutation and takes rows rank::world of each global
 batch (DistributedSampler's split, padded the same way), gradients are averaged by DDP, and train and
 validation metrics are summed over ranks, so the step count, LR schedule and metrics do not depend on N
@@ -28,18 +28,23 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from headstart import distributed, runtime
-from headstart.checkpoint import Checkpointer
+from headstart import runtime
 from headstart.data import stream
 from headstart.data.imagefolder import Split
 from headstart.data.stream import StreamSplit
 from headstart.presets import Preset
 from headstart.progress import progress_enabled
 from headstart.runtime import tune_allocator
-from headstart.trainstate import EpochStats, FitResult, PartialEpoch  # EpochStats, FitResult: also imported from here
+from headstart.training import distributed
+from headstart.training.checkpoint import Checkpointer
+from headstart.training.trainstate import (  # EpochStats, FitResult: also imported from here
+    EpochStats,
+    FitResult,
+    PartialEpoch,
+)
 
 if TYPE_CHECKING:
-    from headstart.congruent import Teacher
+    from headstart.training.congruent import Teacher
 
 TTA_MODES = ("none", "flip")
 
@@ -247,7 +252,7 @@ def fit(
     workers read and decode the shards, batches are copied to the device as they come, and under DDP each
     rank reads its own shards (headstart.data.stream). Everything else is the same code.
 
-    `teacher` (positive-congruent training, headstart.congruent): the champion's logits per training
+    `teacher` (positive-congruent training, headstart.training.congruent): the champion's logits per training
     sample (a streamed split: by the sample's position); its focal distillation term is added to the loss.
     """
     start_time = time.perf_counter()

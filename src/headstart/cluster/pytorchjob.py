@@ -4,7 +4,7 @@
 torchrun with `gpus_per_node` processes. The operator sets MASTER_ADDR, MASTER_PORT, RANK (the pod's
 rank) and PET_NODE_RANK in every pod; torchrun turns them into one rank per GPU. The pods share no disk
 with the pipeline step, so the dataset comes in and the outputs go out as bundles under `staging_uri`
-(headstart.bundle; a packed dataset's shards are copied as they are, `stage_dataset`); rank 0 (in the
+(headstart.cluster.bundle; a packed dataset's shards are copied as they are, `stage_dataset`); rank 0 (in the
 Master pod) writes the outputs and the MLflow run.
 `create`, `wait`, `logs` and `delete` drive the job with the `kubernetes` client; `launch` runs them so
 that the job is deleted on every way out of the launcher (success, failure, timeout, exception, SIGTERM),
@@ -112,7 +112,7 @@ def stage(folder: Path, staging: str) -> str:
     Called again with the same dataset (the run's other candidate), it finds the upload there and sends
     nothing: the .tar.gz exists, or every file is there with its size and the same index (whose sha256s
     name the shards)."""
-    from headstart import bundle
+    from headstart.cluster import bundle
     from headstart.data.shards import INDEX, is_sharded
 
     base = staging.rstrip("/")
@@ -178,7 +178,7 @@ def train_on_cluster(
     import os
     import uuid
 
-    from headstart import bundle
+    from headstart.cluster import bundle
 
     name = f"headstart-{role}-{uuid.uuid4().hex[:8]}"
     staging = staging_folder(staging_uri, name)  # before any work: "" is not readable by the pods
@@ -209,7 +209,7 @@ def command(req: JobRequest) -> list[str]:
         "set -eu",
         "WORK=`mktemp -d`",  # backticks: Kubernetes would read $(...) as a variable reference
         'printf "%s" "$HEADSTART_PARAMS" > "$WORK/params.yaml"',
-        f'python -m headstart.bundle {"get-folder" if req.sharded else "get"} {shlex.quote(req.data_uri())} '
+        f'python -m headstart.cluster.bundle {"get-folder" if req.sharded else "get"} {shlex.quote(req.data_uri())} '
         '"$WORK/data"',
         'NODE_RANK="${PET_NODE_RANK:-$RANK}"',
         f"python -m torch.distributed.run --nnodes={req.nodes} --nproc-per-node={req.gpus_per_node} "
@@ -217,7 +217,7 @@ def command(req: JobRequest) -> list[str]:
         f'-m headstart.cli train {shlex.quote(req.role)} --data "$WORK/data" --out "$WORK/out" '
         f'--params "$WORK/params.yaml" {sets}',
         'if [ "$NODE_RANK" = 0 ]; then',
-        f'  python -m headstart.bundle put "$WORK/out" {shlex.quote(req.outputs_uri())}',
+        f'  python -m headstart.cluster.bundle put "$WORK/out" {shlex.quote(req.outputs_uri())}',
         "fi",
     ])
     return ["/bin/sh", "-c", script]

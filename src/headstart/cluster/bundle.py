@@ -5,7 +5,7 @@ A packed dataset (headstart.data.shards) is already in its staging form: `put_fo
 its files as they are, many at a time through one s3transfer manager, instead of gzipping hundreds of
 GB on one core into one archive and unpacking it again in every pod.
 
-`python -m headstart.bundle put FOLDER URI` / `get URI FOLDER` / `get-folder URI FOLDER` are the commands
+`python -m headstart.cluster.bundle put FOLDER URI` / `get URI FOLDER` / `get-folder URI FOLDER` are the commands
 the job's pods run.
 """
 
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         elif len(args) == 3 and args[0] == "get-folder":
             get_folder(args[1], Path(args[2]))
         else:
-            print("usage: python -m headstart.bundle put FOLDER URI | get URI FOLDER | get-folder URI FOLDER",
+            print("usage: python -m headstart.cluster.bundle put FOLDER URI | get URI FOLDER | get-folder URI FOLDER",
                   file=sys.stderr)
             return 2
     except HeadstartError as exc:
