@@ -113,10 +113,11 @@ def stage(folder: Path, staging: str) -> str:
     nothing: the .tar.gz exists, or every file is there with its size and the same index (whose sha256s
     name the shards)."""
     from headstart.cluster import bundle
-    from headstart.data.shards import INDEX, is_sharded
+    from headstart.data.dataset import open_dataset
+    from headstart.data.shards import INDEX
 
     base = staging.rstrip("/")
-    if not is_sharded(folder):
+    if open_dataset(folder).form != "packed":
         if not storage.exists(f"{base}/data.tar.gz"):
             bundle.put(folder, f"{base}/data.tar.gz")
         return f"{base}/data.tar.gz"
