@@ -1,14 +1,12 @@
-"""Inference throughput of the evaluate/serving path: plain, BatchNorm folded, and folded with the weights
-and inputs channels-last (NHWC), which is what `modelio.load` returns and `predict_logits` feeds.
+"""Inference throughput of the evaluate/serving path, BatchNorm folded (`modelio.load`'s default) vs not.
 
 Times the engine's own `predict_logits` (batch 256, flip TTA as `make run` scores, 2 threads) on real
 Fashion-MNIST test images decoded with each model's preset, interleaved (plain, folded, folded, plain, ...),
 best and median of the rounds. Models: EfficientNet-Lite0 with the offline ImageNet weights at 96 px (the
 `make run` candidates' architecture and size), the small CNN at 28 px and ResNet-18 at 96 px (random
 BatchNorm statistics, as after training). If `outputs/<role>/model` exists (after `make run`), the trained
-models are scored on the whole test split both ways (plain, and as modelio.load gives them) and their
-agreement is recorded. bf16 autocast on CPU is measured for reference only (not applied: it changes
-predictions, see the README).
+models are scored on the whole test split both ways and their agreement is recorded. bf16 autocast on CPU is
+measured for reference only (not applied: it changes predictions, see the README).
 
     python benchmarks/inference.py               # ~5 min on 2 idle cores
 """
@@ -16,7 +14,6 @@ predictions, see the README).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
@@ -62,10 +59,8 @@ def measure(name: str, model: nn.Module, preset: Preset, x: torch.Tensor, rounds
     probe = torch.randn(2, preset.channels, preset.image_size, preset.image_size)
     folded = fold_batchnorm(model, probe)
     assert folded is not model, f"{name}: folding fell back"
-    nhwc = copy.deepcopy(folded).to(memory_format=torch.channels_last)  # what modelio.load returns
     variants = {"plain": lambda p, v: predict_logits(model, p, v, 256, tta="flip"),
-                "folded": lambda p, v: predict_logits(folded, p, v, 256, tta="flip"),
-                "folded_channels_last": lambda p, v: predict_logits(nhwc, p, v, 256, tta="flip")}
+                "folded": lambda p, v: predict_logits(folded, p, v, 256, tta="flip")}
     if bf16:
         variants["bf16_autocast_plain"] = _bf16(model)
     rates: dict[str, list[float]] = {k: [] for k in variants}

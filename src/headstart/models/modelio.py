@@ -67,10 +67,8 @@ def load(folder: Path, fold: bool = True) -> tuple[nn.Module, ModelCard]:
     """Rebuild the architecture with random init, then load the trained weights (safetensors), for inference.
 
     `fold`: BatchNorms folded into their convolutions (models/fold.py; same outputs to float rounding,
-    ~1.3x faster on CPU), checked on a probe batch of the card's input size, and the weights laid out
-    channels-last (NHWC), where oneDNN's CPU convolutions run ~1.7x faster than NCHW (benchmarks/inference.py);
-    engine.predict_logits feeds such a model NHWC inputs. Evaluation and serving both load through here, so
-    they predict alike."""
+    ~1.3x faster on CPU), checked on a probe batch of the card's input size. Evaluation and serving both
+    load through here, so they predict alike."""
     from headstart.models import build_model, load_weights
     from headstart.models.fold import fold_batchnorm
 
@@ -82,4 +80,4 @@ def load(folder: Path, fold: bool = True) -> tuple[nn.Module, ModelCard]:
         return built.model, card
     size, channels = card.preset.image_size, card.preset.channels
     probe = torch.randn(2, channels, size, size, generator=torch.Generator().manual_seed(0))
-    return fold_batchnorm(built.model, probe).to(memory_format=torch.channels_last), card
+    return fold_batchnorm(built.model, probe), card

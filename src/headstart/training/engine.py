@@ -203,12 +203,11 @@ def predict_logits(
         raise ValueError(f"tta={tta!r}: choose one of {', '.join(TTA_MODES)}")
     tune_allocator()
     device = next(model.parameters()).device
-    nhwc = device.type == "cuda" or _is_channels_last(model)  # inputs in the layout the weights are in
     model.eval()
     out = []
     for start in range(0, len(x), batch_size):
         xb = preset.normalize(x[start : start + batch_size].to(device, non_blocking=True))
-        if nhwc:
+        if device.type == "cuda":
             xb = xb.contiguous(memory_format=torch.channels_last)
         with _autocast(device):
             logits = model(xb).float()
@@ -217,12 +216,6 @@ def predict_logits(
                 logits = (logits + model(mirrored).float()) / 2
             out.append(logits.cpu())
     return torch.cat(out) if out else torch.empty(0)
-
-
-def _is_channels_last(model: nn.Module) -> bool:
-    """Whether the first convolution's weights are NHWC (modelio.load gives inference models that layout)."""
-    conv = next((p for p in model.parameters() if p.ndim == 4), None)
-    return conv is not None and conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
 
 
 def _set_backbone_trainable(backbone: list[nn.Parameter], trainable: bool) -> None:
