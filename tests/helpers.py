@@ -277,3 +277,27 @@ def assert_loop_outputs(out: Path, version: str) -> None:
     assert (out / "evaluation/report.html").is_file()
     record = (out / "decision/decision.md").read_text()
     assert record.splitlines()[0].endswith(f"v{version}: promoted"), record[:300]
+
+
+def assert_mid_epoch_resume_is_bit_identical(setup, preset, tmp_path: Path) -> None:
+    """Kill a streamed fit right after the checkpoint at epoch 2, step 3 of 5, resume it with another worker count,
+    and compare with the uninterrupted fit: every epoch's numbers and the best weights, to the bit (CPU).
+    `setup(workers)` gives (model, head, backbone, train, val) for the streamed split under test."""
+    import pytest
+    import torch
+
+    from headstart.training.engine import fit
+
+    cfg = tiny_engine_cfg(epochs=3, batch_size=8, patience=10, seed=3, checkpoint_every_steps=2, probe_epochs=1)
+    model, head, backbone, tr, va = setup(2)
+    full = fit(model, head, backbone, preset, tr, va, cfg)
+    model, head, backbone, tr, va = setup(2)
+    with pytest.raises(Killed):  # global step 8 = epoch 2, step 3 of 5
+        fit(model, head, backbone, preset, tr, va, cfg, checkpointer=DiesAfterSaving(tmp_path / "c", (2, 3)))
+    model, head, backbone, tr, va = setup(1)  # another worker count: the checkpoint's wins
+    resumed = fit(model, head, backbone, preset, tr, va, cfg, checkpointer=Checkpointer(tmp_path / "c", "fp"))
+    assert resumed.resumed_at == "epoch 2, step 3 of 5"
+    for field in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"):
+        assert [getattr(h, field) for h in resumed.history] == [getattr(h, field) for h in full.history], field
+    for key, value in full.best_state.items():
+        assert torch.equal(value, resumed.best_state[key]), key

@@ -16,12 +16,9 @@ from headstart.data.dataset import load_or_stream, open_dataset, streams
 from headstart.models import build_model, head_and_backbone_params
 from headstart.presets import Preset
 from headstart.steps import train
-from headstart.training.checkpoint import Checkpointer
-from headstart.training.engine import fit
-from tests.helpers import DiesAfterSaving, Killed
 
 from ..conftest import make_imagefolder
-from ..helpers import tiny_engine_cfg, tiny_train_cfg
+from ..helpers import assert_mid_epoch_resume_is_bit_identical, tiny_train_cfg
 
 PRESET = Preset(32, 1, (0.5,), (0.5,))
 
@@ -79,20 +76,7 @@ def test_an_epoch_streams_every_file_once_in_a_seeded_order_and_scoring_gives_lo
 
 
 def test_mid_epoch_resume_of_a_streamed_imagefolder_is_bit_identical_on_cpu(folder: Path, tmp_path: Path):
-    cfg = tiny_engine_cfg(epochs=3, batch_size=8, patience=10, seed=3, checkpoint_every_steps=2, probe_epochs=1)
-    model, head, backbone, tr, va = _setup(folder, workers=2)
-    full = fit(model, head, backbone, PRESET, tr, va, cfg)
-
-    model, head, backbone, tr, va = _setup(folder, workers=2)
-    with pytest.raises(Killed):  # global step 8 = epoch 2, step 3 of 5
-        fit(model, head, backbone, PRESET, tr, va, cfg, checkpointer=DiesAfterSaving(tmp_path / "c", (2, 3)))
-    model, head, backbone, tr, va = _setup(folder, workers=1)  # another worker count: the checkpoint's wins
-    resumed = fit(model, head, backbone, PRESET, tr, va, cfg, checkpointer=Checkpointer(tmp_path / "c", "fp"))
-    assert resumed.resumed_at == "epoch 2, step 3 of 5"
-    for field in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"):
-        assert [getattr(h, field) for h in resumed.history] == [getattr(h, field) for h in full.history], field
-    for key, value in full.best_state.items():
-        assert torch.equal(value, resumed.best_state[key]), key
+    assert_mid_epoch_resume_is_bit_identical(lambda workers: _setup(folder, workers=workers), PRESET, tmp_path)
 
 
 def test_a_per_class_subset_reads_only_its_own_files_once_an_epoch(folder: Path, reads: list[str]):

@@ -19,10 +19,9 @@ from headstart.presets import Preset
 from headstart.steps import train
 from headstart.training.checkpoint import Checkpointer
 from headstart.training.engine import fit
-from tests.helpers import DiesAfterSaving, Killed
 
 from ..conftest import make_imagefolder
-from ..helpers import tiny_engine_cfg, tiny_train_cfg
+from ..helpers import assert_mid_epoch_resume_is_bit_identical, tiny_engine_cfg, tiny_train_cfg
 
 PRESET = Preset(32, 1, (0.5,), (0.5,))
 
@@ -84,20 +83,7 @@ def test_resume_plan_restarts_the_round_robin_where_it_stopped(packed: Path):
 
 
 def test_mid_epoch_resume_on_shards_is_bit_identical_on_cpu(packed: Path, tmp_path: Path):
-    cfg = tiny_engine_cfg(epochs=3, batch_size=8, patience=10, seed=3, checkpoint_every_steps=2, probe_epochs=1)
-    model, head, backbone, tr, va = _setup(packed, workers=2)
-    full = fit(model, head, backbone, PRESET, tr, va, cfg)
-
-    model, head, backbone, tr, va = _setup(packed, workers=2)
-    with pytest.raises(Killed):  # global step 8 = epoch 2, step 3 of 5
-        fit(model, head, backbone, PRESET, tr, va, cfg, checkpointer=DiesAfterSaving(tmp_path / "c", (2, 3)))
-    model, head, backbone, tr, va = _setup(packed, workers=1)  # another worker count: the checkpoint's wins
-    resumed = fit(model, head, backbone, PRESET, tr, va, cfg, checkpointer=Checkpointer(tmp_path / "c", "fp"))
-    assert resumed.resumed_at == "epoch 2, step 3 of 5"
-    for field in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"):
-        assert [getattr(h, field) for h in resumed.history] == [getattr(h, field) for h in full.history], field
-    for key, value in full.best_state.items():
-        assert torch.equal(value, resumed.best_state[key]), key
+    assert_mid_epoch_resume_is_bit_identical(lambda workers: _setup(packed, workers=workers), PRESET, tmp_path)
 
 
 def test_max_steps_ends_training_checkpointed_and_a_rerun_trains_no_further(packed: Path, tmp_path: Path):
