@@ -118,9 +118,9 @@ bench: data  ## benchmarks (see benchmarks/README.md); results land in benchmark
 	$(BIN)/python benchmarks/input_pipeline.py
 	$(BIN)/python benchmarks/head_start.py
 
-# BENCH_DATA_ARGS=--quick for a ~5 min run; the default sizes (200k images) take hours on 2 cores
+# BENCH_DATA_ARGS=--quick for a ~15 min run; the default sizes (5,000 vs 120,000 images, both forms) take ~1 h on 2 cores
 BENCH_DATA_ARGS ?=
-bench-data: setup  ## data at scale: memory/first step vs N, loader vs training, DVC folder vs shards (issue 16)
+bench-data: setup  ## data at scale, ImageFolder and packed: memory/first step vs N, subset bytes per epoch (~1 h)
 	$(BIN)/python benchmarks/data_scale.py $(BENCH_DATA_ARGS)
 
 bench-containers: setup postgres images  ## image build, start-up and DockerRunner-vs-SubprocessRunner wall time
