@@ -8,9 +8,7 @@ from pathlib import Path
 
 STEPS = Path(__file__).resolve().parents[2] / "src" / "headstart" / "steps"
 # a step calling another step's `run` is wiring: register promotes through headstart.steps.promote.
-# evaluate -> train: default_loader_workers in the scoring functions, which are leaving evaluate for a module of
-# their own.
-ALLOWED = {("register", "promote"), ("evaluate", "train")}
+ALLOWED = {("register", "promote")}
 
 
 def _steps_imported(path: Path) -> set[str]:
