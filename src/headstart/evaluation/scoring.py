@@ -26,8 +26,6 @@ from headstart.training.engine import predict_logits
 if TYPE_CHECKING:
     from headstart.steps.evaluate import EvaluateConfig
 
-DEFAULT_MEMORY_BUDGET_GIB = 2.0  # without a config (a benchmark): as params.yaml's evaluate.memory_budget_gib
-
 
 @dataclass
 class Scored:
@@ -50,15 +48,9 @@ def scoring_device() -> Any:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def test_listing(data_dir: Any, cache_dir: Path | None = None) -> Listing:
-    """Names and labels of the test split in load order, and each row's stream position, without decoding an
-    image (a packed split's listing is remembered per shard sha256 in `cache_dir`)."""
-    return open_dataset(data_dir).items("test", cache_dir=cache_dir)
-
-
 def predict_folder(
-    model_dir: Path, data_dir: Any, batch_size: int, cache_dir: Path | None = None,
-    cfg: EvaluateConfig | None = None, fingerprints: dict[tuple[str, ...], str] | None = None,
+    model_dir: Path, data_dir: Any, batch_size: int, cache_dir: Path | None = None, *,
+    cfg: EvaluateConfig, fingerprints: dict[tuple[str, ...], str] | None = None,
 ) -> Scored:
     """Predictions of a saved model on the test split, decoded with the model's own preset.
 
@@ -72,7 +64,7 @@ def predict_folder(
     data.require_classes("test", card.classes, f"model {model_dir}")  # every path below: memory, stream, store
     device = scoring_device()
     kind = predictions.device_kind(device.type)
-    store = cfg.prediction_store if cfg else None
+    store = cfg.prediction_store
     listing = data.items("test", cache_dir=cache_dir)  # a directory listing, or the index's (no image decoded)
     key = None
     if store:
@@ -89,14 +81,12 @@ def predict_folder(
     model, card = modelio.load(model_dir)
     model.to(device)
     preset = card.preset
-    mode = cfg.data_loading if cfg else "auto"
-    budget = cfg.memory_budget_gib if cfg else DEFAULT_MEMORY_BUDGET_GIB
-    if streams(mode, len(listing), preset, budget):
+    if streams(cfg.data_loading, len(listing), preset, cfg.memory_budget_gib):
         y_pred, conf = _predict_streaming(model, card, data, batch_size, listing, cfg)
         y_true, paths = listing.labels, listing.names
     else:
-        cache_budget = int(cfg.tensor_cache_budget_gib * 2**30) if cfg else None
-        test = data.load("test", preset, card.classes, cache_dir=cache_dir, cache_budget_bytes=cache_budget)
+        test = data.load("test", preset, card.classes, cache_dir=cache_dir,
+                         cache_budget_bytes=int(cfg.tensor_cache_budget_gib * 2**30))
         y_pred, conf = _top(predict_logits(model, preset, test.x, batch_size, tta=card.tta))
         y_true, paths = test.y.numpy(), list(test.paths)
         if paths != listing.names or not np.array_equal(y_true, listing.labels):
@@ -117,13 +107,13 @@ def _top(logits: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _predict_streaming(model: Any, card: modelio.ModelCard, data: Dataset, batch_size: int, listing: Listing,
-                       cfg: EvaluateConfig | None) -> tuple[np.ndarray, np.ndarray]:
+                       cfg: EvaluateConfig) -> tuple[np.ndarray, np.ndarray]:
     """Score the test split batch by batch as the readers deliver it, returned in load order (`listing`'s
     rows, by their stream positions); memory: a label and a confidence per image."""
     from tqdm import tqdm
 
     n = len(listing)
-    workers = cfg.loader_workers if cfg and cfg.loader_workers is not None else default_loader_workers()
+    workers = cfg.loader_workers if cfg.loader_workers is not None else default_loader_workers()
     split = data.stream("test", card.preset, seed=0, workers=workers)
     device = next(model.parameters()).device
     by_position = np.full(split.positions, -1, dtype=np.int64)  # the stream's positions

@@ -56,7 +56,7 @@ def run(
     paths: list[str] = []
     classes: list[str] = []
     for name, folder in candidates.items():
-        s = predict_folder(folder, data_dir, cfg.batch_size, cache, cfg, fingerprints)
+        s = predict_folder(folder, data_dir, cfg.batch_size, cache, cfg=cfg, fingerprints=fingerprints)
         card = modelio.load_card(folder)
         classes_ = list(card.classes)
         if y_true is not None and (s.paths != paths or classes_ != classes):
@@ -73,7 +73,8 @@ def run(
             champ_card = modelio.load_card(champ_dir)
             champion_classes = list(champ_card.classes)  # recorded either way: the gate names a change
             if champion_classes == classes:
-                scored["champion"] = predict_folder(champ_dir, data_dir, cfg.batch_size, cache, cfg, fingerprints)
+                scored["champion"] = predict_folder(champ_dir, data_dir, cfg.batch_size, cache, cfg=cfg,
+                                                    fingerprints=fingerprints)
                 tta["champion"] = champ_card.tta
     preds = {name: s.y_pred for name, s in scored.items()}
     models = {name: {**model_metrics.summarise(y_true, s.y_pred, s.conf, classes), "tta": tta[name],
