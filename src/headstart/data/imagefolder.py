@@ -26,6 +26,7 @@ from headstart.progress import progress_enabled
 if TYPE_CHECKING:
     import torch
 
+    from headstart.data.shards import Root
     from headstart.presets import Preset
 
 CACHE_MAX_BYTES = 2 << 30  # larger decoded splits are not written to the tensor cache (a disk-size limit)
@@ -54,11 +55,13 @@ def list_classes(data_dir: Path, split: str = "train") -> tuple[str, ...]:
     return classes
 
 
-def require_classes(data_dir: Path, split: str, classes: tuple[str, ...], whose: str) -> None:
+def require_classes(data_dir: Path | Root, split: str, classes: tuple[str, ...], whose: str,
+                    found: tuple[str, ...] | None = None) -> None:
     """Refuse `split` unless it holds exactly `classes`, in order. Labels are indices into a class list, so
     another list (('ant', 'cat', 'dog') against ('cat', 'dog', 'fox')) would silently score one class's
-    images as another's. `whose` names who expects `classes`: the model at fault."""
-    found = list_classes(data_dir, split)
+    images as another's. `whose` names who expects `classes`: the model at fault. `found`: the split's classes
+    when the caller has them (a packed dataset's index); else its class folders."""
+    found = list_classes(Path(data_dir), split) if found is None else found
     if tuple(found) != tuple(classes):
         raise DataError(f"{whose} has classes {list(classes)}, but {data_dir} ({split} split) has classes "
                         f"{list(found)}; use the dataset it was trained on, or train on this one")

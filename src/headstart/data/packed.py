@@ -13,8 +13,8 @@ import numpy as np
 import PIL
 from tqdm import tqdm
 
-from headstart.data import shards
-from headstart.data.imagefolder import CACHE_MAX_BYTES, Split, per_class_subset, read_cached, write_cached
+from headstart.data import imagefolder, shards
+from headstart.data.imagefolder import CACHE_MAX_BYTES, Split, read_cached, write_cached
 from headstart.data.listing import Listing
 from headstart.data.parts import DEFAULT_SHUFFLE_BUFFER
 from headstart.data.suffixes import IMAGE_SUFFIXES
@@ -40,13 +40,15 @@ class PackedDataset:
         return shards.read_index(self.root).classes
 
     def require_classes(self, split: str, classes: tuple[str, ...], whose: str) -> None:
-        found = self.classes(split)
-        if tuple(found) != tuple(classes):
-            raise DataError(f"{whose} has classes {list(classes)}, but {self.root} ({split} split) has classes "
-                            f"{list(found)}; use the dataset it was trained on, or train on this one")
+        imagefolder.require_classes(self.root, split, classes, whose, found=self.classes(split))
 
     def _listed(self, split: str, cache_dir: Path | None) -> list[tuple[str, int]]:
         return shards.split_items(self.root, split, Path(cache_dir) if cache_dir is not None else None)
+
+    @staticmethod
+    def _subset(listed: list[tuple[str, int]], per_class: int | None, seed: int) -> list[tuple[PurePosixPath, int]]:
+        """The per-class subset of a listing, by the rule an ImageFolder's files are chosen by (on the names)."""
+        return imagefolder.per_class_subset([(PurePosixPath(n), c) for n, c in listed], per_class, seed)
 
     def items(self, split: str, per_class: int | None = None, seed: int = 0,
               cache_dir: Path | None = None) -> Listing:
@@ -54,7 +56,7 @@ class PackedDataset:
         position in the index (the order the stream delivers)."""
         listed = self._listed(split, cache_dir)
         if per_class is not None:
-            chosen = {str(p) for p, _ in per_class_subset([(PurePosixPath(n), c) for n, c in listed], per_class, seed)}
+            chosen = {str(p) for p, _ in self._subset(listed, per_class, seed)}
             listed = [(n, c) if n in chosen else ("", -1) for n, c in listed]  # positions stay the split's
         rows = _folder_order(listed)
         rows = rows[[listed[i][1] >= 0 for i in rows]]
@@ -76,8 +78,8 @@ class PackedDataset:
         root = self.root
         index = shards.read_index(root)
         entries = shards.split_of(root, index, split).shards
-        items = [(PurePosixPath(name), label) for name, label in self._listed(split, cache_dir)]
-        chosen = sorted(per_class_subset(items, per_class, seed), key=lambda it: (it[1], str(it[0])))
+        chosen = sorted(self._subset(self._listed(split, cache_dir), per_class, seed),
+                        key=lambda it: (it[1], str(it[0])))
         rows = {str(p): i for i, (p, _) in enumerate(chosen)}
         if len(rows) != len(chosen):
             twice = next(str(p) for i, (p, _) in enumerate(chosen) if rows[str(p)] != i)
@@ -125,8 +127,7 @@ class PackedDataset:
         keep, listed = None, None
         if per_class is not None:
             listed = self._listed(split, cache_dir)
-            items = [(PurePosixPath(name), label) for name, label in listed]
-            keep = frozenset(str(p) for p, _ in per_class_subset(items, per_class, seed))
+            keep = frozenset(str(p) for p, _ in self._subset(listed, per_class, seed))
         return open_split(self.root, split, preset, seed, workers, keep, shuffle_buffer, cache_dir, listed)
 
     def fingerprint(self, split: str, classes: tuple[str, ...], cache_dir: Path | None = None) -> str:
