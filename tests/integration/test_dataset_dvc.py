@@ -11,11 +11,18 @@ from pathlib import Path
 import pytest
 
 from headstart.data import fashion_mnist as fm
+from tests.helpers import repo_params
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 DVC = str(Path(sys.executable).parent / "dvc")
-SETTINGS = {"val_per_class": 500, "seed": 42, "near_duplicate_max_rms": 0.01, "near_duplicate_max_hamming": 12}
+
+def _settings() -> dict:
+    """What `make data` imports with: params.yaml's data and near-duplicate knobs, as the CLI reads them."""
+    p = repo_params()
+    return {"val_per_class": p["data"]["val_per_class"], "seed": p["seed"],
+            "near_duplicate_max_rms": p["validate"]["near_duplicate_max_rms"],
+            "near_duplicate_max_hamming": p["validate"]["near_duplicate_max_hamming"]}
 
 
 def _checkout_import_is_current() -> bool:
@@ -24,7 +31,7 @@ def _checkout_import_is_current() -> bool:
     does not write 70,000 images twice (`make data` has just imported and checked them)."""
     record = fm.read_record(ROOT / "data")
     return (record is not None and record.get("importer") == fm.importer_version()
-            and record.get("settings") == SETTINGS and fm.contents(ROOT / "data")["sha256"] == record.get("sha256"))
+            and record.get("settings") == _settings() and fm.contents(ROOT / "data")["sha256"] == record.get("sha256"))
 
 
 def _dvc_status_clean(repo: Path) -> None:
@@ -45,10 +52,11 @@ def test_import_reproduces_data_dvc_and_dvc_status_is_clean(tmp_path: Path):
     # hardlinks into the cache instead of 70,000 copies (~10 s); the hashes do not depend on the link type
     subprocess.run([DVC, "config", "cache.type", "hardlink"], cwd=tmp_path, check=True)
     shutil.copy(ROOT / "data.dvc", tmp_path / "data.dvc")
-    result = fm.import_fashion_mnist(tmp_path / "data", **SETTINGS)
+    settings = _settings()
+    result = fm.import_fashion_mnist(tmp_path / "data", **settings)
     assert result.counts == {"train": 54_992, "val": 5_000, "test": 10_000, "left_out": 8}
     record = fm.read_record(tmp_path / "data")
-    assert record is not None and record["importer"] == fm.importer_version() and record["settings"] == SETTINGS
+    assert record is not None and record["importer"] == fm.importer_version() and record["settings"] == settings
     # what `make data` does: fill the cache; dvc would rewrite data.dvc if the hash differed
     subprocess.run([DVC, "commit", "-f", "-q", "data.dvc"], cwd=tmp_path, check=True)
     assert (tmp_path / "data.dvc").read_text() == (ROOT / "data.dvc").read_text()
