@@ -6,6 +6,10 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 # OpenMP threads spin-wait by default; beside another busy process that made CPU steps 2-10x slower
 export OMP_WAIT_POLICY ?= PASSIVE
+# setup installs without byte-compiling (below), so Python must be free to cache the bytecode of what a run
+# imports: where the environment sets PYTHONDONTWRITEBYTECODE (this kind of VM does), every process compiled
+# torch and mlflow from source again, +8 s a process, so make drops it for the commands it runs
+unexport PYTHONDONTWRITEBYTECODE
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 # make test spreads the test modules over every core (pytest-xdist; a module's tests stay on one worker, with its
@@ -23,7 +27,7 @@ help:  ## list the targets
 setup: $(VENV)/.installed  ## create .venv (pip; torch from this machine's disk) and install headstart
 
 # --no-compile: pip byte-compiles every installed module (torch's and mlflow's thousands), ~25 s on 2 cores;
-# Python compiles the ones a run imports, once, on first import
+# Python compiles the ones a run imports, once, on first import (PYTHONDONTWRITEBYTECODE is dropped above)
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
