@@ -39,6 +39,7 @@ from headstart.models import modelio  # noqa: E402
 from headstart.presets import Preset  # noqa: E402
 from headstart.steps import train  # noqa: E402
 from headstart.training.engine import predict_logits  # noqa: E402
+from headstart.training.recipe import TrainConfig  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 METHODS = ("probe", "small_cnn", "finetune", "scratch")
@@ -91,7 +92,7 @@ class Bench:
             self._tests[preset] = load_split(self.data, "test", preset, self.classes, self.test_per_class, 0)
         return self._tests[preset]
 
-    def trained(self, name: str, cfg: train.TrainConfig) -> dict[str, Any]:
+    def trained(self, name: str, cfg: TrainConfig) -> dict[str, Any]:
         out = self.work / name
         start = time.perf_counter()
         res = train.run(cfg, self.data, out)
@@ -285,7 +286,7 @@ def main() -> None:
         rows = [r for r in json.loads(out.read_text())["runs"] if r["method"] not in args.recipe]
     with tempfile.TemporaryDirectory() as tmp:
         bench = Bench(args.data, args.test_per_class or None, Path(tmp))  # type: ignore[arg-type]
-        jobs: list[tuple[str, int, int, train.TrainConfig | None, str]] = []
+        jobs: list[tuple[str, int, int, TrainConfig | None, str]] = []
         if args.recipes:
             for name, over in [r for r in RECIPES if args.recipe is None or r[0] in args.recipe]:
                 cfg = train.config_from_params(_params(), "finetune", **over, threads=args.threads,

@@ -66,10 +66,21 @@ def configure(tracking: TrackingConfig) -> str:
 
 
 @contextlib.contextmanager
-def run(tracking: TrackingConfig, name: str, tags: dict[str, str] | None = None) -> Iterator[str]:
-    """Start an MLflow run in the Headstart experiment, under its loop's parent run, and yield its id."""
+def run(
+    tracking: TrackingConfig | None, name: str, tags: dict[str, str] | None = None,
+    params: dict[str, Any] | None = None,
+) -> Iterator[str | None]:
+    """Start an MLflow run in the Headstart experiment, under its loop's parent run, log `params` (as text) and
+    yield its id; with tracking off (None), yield None and log nothing."""
+    if tracking is None:
+        yield None
+        return
+    import mlflow
+
     experiment_id = configure(tracking)
     with start(experiment_id, name, tags) as active:
+        if params:
+            mlflow.log_params({k: str(v) for k, v in params.items()})
         yield active.info.run_id
 
 

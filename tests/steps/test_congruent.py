@@ -14,7 +14,7 @@ from headstart.data.imagefolder import list_classes, load_split
 from headstart.models import build_model, head_and_backbone_params
 from headstart.presets import Preset
 from headstart.steps import train
-from headstart.training import congruent
+from headstart.training import congruent, recipe
 from headstart.training.checkpoint import Checkpointer
 from headstart.training.engine import fit
 from tests.conftest import make_imagefolder
@@ -23,7 +23,7 @@ from tests.helpers import DiesAfterSaving, Killed, params_cfg
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _cfg(**kw) -> train.TrainConfig:
+def _cfg(**kw) -> recipe.TrainConfig:
     """params.yaml's finetune recipe on small_cnn, shrunk to the tiny dataset (32 px, 2 epochs, batch 16);
     plain training unless a test turns `congruent` on."""
     base = dict(backbone="small_cnn", weights="none", channels=1, image_size=32, epochs=2, patience=3, tta="none",

@@ -16,6 +16,7 @@ from headstart.data.dataset import load_or_stream, open_dataset, streams
 from headstart.models import build_model, head_and_backbone_params
 from headstart.presets import Preset
 from headstart.steps import train
+from headstart.training import recipe
 
 from ..conftest import make_imagefolder
 from ..helpers import assert_mid_epoch_resume_is_bit_identical, tiny_train_cfg
@@ -93,9 +94,9 @@ def test_train_streams_an_imagefolder_when_asked_and_auto_streams_it_past_the_me
     folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ):
     data = open_dataset(folder)
-    tiny = train.load_options(tiny_train_cfg(data_loading="auto", memory_budget_gib=1e-9))
+    tiny = recipe.load_options(tiny_train_cfg(data_loading="auto", memory_budget_gib=1e-9))
     assert isinstance(load_or_stream(data, "val", PRESET, data.classes(), None, tiny), stream.StreamSplit)
-    roomy = train.load_options(tiny_train_cfg(data_loading="auto"))
+    roomy = recipe.load_options(tiny_train_cfg(data_loading="auto"))
     assert not isinstance(load_or_stream(data, "val", PRESET, data.classes(), None, roomy), stream.StreamSplit)
     streamed: list[int] = []
     real = stream.epoch_batches

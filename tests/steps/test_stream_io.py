@@ -18,6 +18,7 @@ from headstart.data import shards, stream
 from headstart.data.dataset import load_or_stream, open_dataset
 from headstart.presets import Preset
 from headstart.steps import train
+from headstart.training import recipe
 
 from ..conftest import make_imagefolder
 from ..helpers import tiny_train_cfg
@@ -77,7 +78,7 @@ def test_auto_decides_to_stream_from_the_index_counts_alone(packed: Path, reads,
     data = open_dataset(packed)
     classes = data.classes()
     for split_name, count in (("train", 36), ("val", 12)):
-        split = load_or_stream(data, split_name, PRESET, classes, None, train.load_options(cfg))
+        split = load_or_stream(data, split_name, PRESET, classes, None, recipe.load_options(cfg))
         assert isinstance(split, stream.StreamSplit) and len(split) == count
     assert reads["opened"] == []
 
@@ -87,7 +88,7 @@ def test_an_epoch_of_a_per_class_subset_reads_only_the_subset(packed: Path, tmp_
     the read-everything-and-filter stream gave, so checkpoints and resume are unaffected."""
     data = open_dataset(packed)
     cfg = tiny_train_cfg(data_loading="stream", loader_workers=0, tensor_cache_dir=str(tmp_path / "cache"))
-    split = load_or_stream(data, "train", PRESET, data.classes(), 2, train.load_options(cfg))
+    split = load_or_stream(data, "train", PRESET, data.classes(), 2, recipe.load_options(cfg))
     assert isinstance(split, stream.StreamSplit) and len(split) == 6 and split.keep is not None
     reads["samples"].clear()
     epoch = list(stream.epoch_batches(split, 1, 4, 0, 1, 2, positions=True))

@@ -17,6 +17,7 @@ from headstart.data.imagefolder import load_split
 from headstart.models import build_model, head_and_backbone_params
 from headstart.presets import Preset
 from headstart.steps import train
+from headstart.training import recipe
 from headstart.training.checkpoint import Checkpointer
 from headstart.training.engine import fit
 
@@ -108,13 +109,13 @@ def test_the_train_step_streams_a_packed_split_when_asked(packed: Path, tmp_path
     sharded, folder = open_dataset(packed / "shards"), open_dataset(packed / "data")
     classes = sharded.classes()
     assert classes == folder.classes()
-    split = load_or_stream(sharded, "train", PRESET, classes, 8, train.load_options(cfg))
+    split = load_or_stream(sharded, "train", PRESET, classes, 8, recipe.load_options(cfg))
     assert isinstance(split, stream.StreamSplit) and len(split) == 24 and split.workers == 2
     in_memory = load_split(packed / "data", "train", PRESET, classes, 8, cfg.seed)
     names = {n.split("/", 1)[1] for n in in_memory.paths}
     assert split.keep == names  # the same per-class subset as the ImageFolder's
     auto_cfg = tiny_train_cfg(data_loading="auto")
-    auto = load_or_stream(sharded, "train", PRESET, classes, None, train.load_options(auto_cfg))
+    auto = load_or_stream(sharded, "train", PRESET, classes, None, recipe.load_options(auto_cfg))
     assert not isinstance(auto, stream.StreamSplit)  # 36 small images: decoded into memory...
     packed_rows = sharded.load("train", PRESET, classes, 8, cfg.seed)
     assert packed_rows.paths == in_memory.paths  # ...the same rows, labels and pixels as the ImageFolder's

@@ -13,6 +13,7 @@ from headstart.data.imagefolder import list_classes, load_split
 from headstart.models import build_model, head_and_backbone_params, modelio
 from headstart.presets import Preset
 from headstart.steps import train
+from headstart.training import recipe
 from headstart.training.checkpoint import Checkpointer
 from headstart.training.engine import fit, predict_logits
 from tests.helpers import DiesAfterSaving, Killed, params_cfg, tiny_engine_cfg, tiny_train_cfg
@@ -253,13 +254,13 @@ def test_the_data_fingerprint_is_the_loaded_content(tiny_imagefolder: Path):
     classes = list_classes(tiny_imagefolder)
     preset = Preset(32, 1, (0.5,), (0.5,))
     split = load_split(tiny_imagefolder, "train", preset, classes)
-    key = train.data_fingerprint(split)
-    assert train.data_fingerprint(load_split(tiny_imagefolder, "train", preset, classes)) == key
+    key = recipe.data_fingerprint(split)
+    assert recipe.data_fingerprint(load_split(tiny_imagefolder, "train", preset, classes)) == key
     relabelled = dataclasses.replace(split, y=split.y.flip(0))
-    assert train.data_fingerprint(relabelled) != key
+    assert recipe.data_fingerprint(relabelled) != key
     edited = split.x.clone()
     edited[0, 0, 0, 0] ^= 1
-    assert train.data_fingerprint(dataclasses.replace(split, x=edited)) != key
+    assert recipe.data_fingerprint(dataclasses.replace(split, x=edited)) != key
 
 
 def test_a_bad_shared_key_is_named_as_written_under_train_shared():

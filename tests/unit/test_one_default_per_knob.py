@@ -14,7 +14,7 @@ from headstart.config import SECTIONS, InvalidParams, config_for, section
 from tests.helpers import repo_params
 
 # Fields a class may default because params.yaml does not set them: not knobs of a run.
-NOT_IN_PARAMS = {"headstart.steps.train:TrainConfig": {"role", "threads"}}
+NOT_IN_PARAMS = {"headstart.training.recipe:TrainConfig": {"role", "threads"}}
 OPEN_CLASSES = {"headstart.kfp.settings:PipelineSettings"}  # compile-time settings: params.yaml sets a few
 BUILT = ["data", "tracking", "fetch", "validate", "train.finetune", "train.scratch", "evaluate", "gate", "register",
          "pipeline"]

@@ -6,7 +6,7 @@ import typing
 
 import pytest
 
-from headstart.steps.train import Recipe, TrainConfig
+from headstart.training.recipe import Recipe, TrainConfig
 from tests.helpers import tiny_train_cfg
 
 

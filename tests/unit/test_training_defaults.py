@@ -37,7 +37,7 @@ def _params() -> dict:
 def test_train_config_has_no_defaults_of_its_own():
     """params.yaml is the one place a training knob's default lives: TrainConfig, EngineConfig and
     params.yaml said 10/8/12 epochs, 3/3/12 patience, -/none/flip tta."""
-    from headstart.steps.train import TrainConfig
+    from headstart.training.recipe import TrainConfig
 
     with_default = {name for name, f in TrainConfig.model_fields.items() if not f.is_required()}
     assert with_default == {"threads"}  # how many CPU threads: not a knob of the recipe
@@ -58,7 +58,8 @@ def test_engine_config_has_no_defaults_for_any_knob_params_yaml_sets():
 def test_params_yaml_sets_every_knob_and_the_engine_gets_exactly_those_values():
     import dataclasses
 
-    from headstart.steps.train import TrainConfig, config_from_params
+    from headstart.steps.train import config_from_params
+    from headstart.training.recipe import TrainConfig
 
     params = _params()
     for role in ("finetune", "scratch"):

@@ -22,6 +22,7 @@ They are deterministic, so a resumed run recomputes exactly the same ones.
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,12 +31,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from headstart.config import TrackingConfig
 from headstart.data import stream
+from headstart.data.dataset import Dataset
 from headstart.data.imagefolder import Split
 from headstart.errors import DataError
 from headstart.models import modelio
 from headstart.presets import Preset
+from headstart.training import distributed
 from headstart.training.engine import device_for_training, predict_logits
+from headstart.training.recipe import TrainConfig, load_options
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,48 @@ def focal_distillation(
     kl = F.kl_div(F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1), reduction="none",
                   log_target=True).sum(1)
     return (focal_weights(teacher, y, alpha, beta) * kl).mean() * t * t
+
+
+def for_run(
+    cfg: TrainConfig, data: Dataset, train: Split | stream.StreamSplit, classes: tuple[str, ...],
+    tracking: TrackingConfig | None, champion_dir: Path | None,
+) -> tuple[tuple[Teacher, str] | None, str | None]:
+    """((the champion's logits, its model digest for the checkpoint fingerprint) or None, a note for people)
+    for a training run: `champion_dir` (a model folder), else the registry's champion (downloaded through
+    `tracking`); with neither, or with `cfg.congruent` off, none.
+
+    Every rank computes the same logits itself (each downloads the champion): nothing to broadcast. A streamed
+    split's go to a memory-mapped file in a temporary folder, deleted on return while the map stays open."""
+    from headstart.evaluation import predictions
+    from headstart.registry import model_registry as registry
+
+    if not cfg.congruent:
+        return None, None
+    with tempfile.TemporaryDirectory(prefix="headstart-champion-") as tmp:
+        source = f"champion {champion_dir}"
+        if champion_dir is None and tracking is not None:
+            # rank 0 first, the others after it: two ranks opening a new SQLite store raced its migration
+            if not distributed.is_main():
+                distributed.barrier()
+            found = registry.champion_model_dir(tracking, Path(tmp) / "champion")
+            if distributed.is_main():
+                distributed.barrier()
+            if found is not None:
+                champion_dir, source = found[0], f"champion v{found[1]} of {tracking.registered_model}"
+        if champion_dir is None:
+            where = f"in {tracking.registered_model}" if tracking is not None else "given (no tracking)"
+            return None, f"no champion {where} yet: trained without distillation"
+
+        def reload(champion_preset: Preset) -> Split:
+            how = load_options(cfg)
+            return data.load("train", champion_preset, classes, cfg.images_per_class, cfg.seed, how.cache_dir,
+                             int(cfg.tensor_cache_budget_gib * 2**30))
+
+        made = teacher(champion_dir, source, train, classes, reload, cfg.congruent_weight, cfg.congruent_alpha,
+                       cfg.congruent_beta, cfg.congruent_temperature, Path(tmp))
+        if isinstance(made, str):
+            return None, made
+        return (made, predictions.model_digest(champion_dir)), f"distilling from {source}"
 
 
 def teacher(
