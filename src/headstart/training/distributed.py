@@ -98,15 +98,6 @@ def all_reduce_sum(values: list[float]) -> list[float]:
     return t.cpu().tolist()
 
 
-def all_gather_ints(value: int) -> list[int]:
-    if not is_distributed():
-        return [value]
-    t = torch.tensor([value], dtype=torch.int64, device=_comm_device())
-    out = [torch.zeros_like(t) for _ in range(world_size())]
-    dist.all_gather(out, t)
-    return [int(o.item()) for o in out]
-
-
 def all_gather_bytes(t: torch.Tensor) -> list[torch.Tensor]:
     """Every rank's uint8 tensor of the same length (used for the per-rank RNG states)."""
     if not is_distributed():

@@ -62,7 +62,7 @@ def index_layout(root: Path, splits: tuple[str, ...]) -> tuple[Layout, shards.Sh
         if split not in index.splits:
             layout.findings.append(Finding("splits", f"split missing from {INDEX}", split + "/"))
     listed = {s.file for split in index.splits.values() for s in split.shards}
-    layout.findings += _unlisted_files(root, listed, set(index.splits))
+    layout.findings += _unlisted_files(root, listed)
     known = set(index.classes)
     for split, info in sorted(index.splits.items()):
         if split not in splits:
@@ -94,7 +94,7 @@ def index_layout(root: Path, splits: tuple[str, ...]) -> tuple[Layout, shards.Sh
     return layout, index, tasks
 
 
-def _unlisted_files(root: Path, listed: set[str], split_names: set[str]) -> list[Finding]:
+def _unlisted_files(root: Path, listed: set[str]) -> list[Finding]:
     """Files under the root the index does not name: a shard left out of the index, or a stray."""
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
