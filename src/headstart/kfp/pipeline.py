@@ -110,21 +110,110 @@ def _on_gpu(task: PipelineTask, s: PipelineSettings) -> PipelineTask:
     return _common(task, s, (s.s3_secret, S3_KEYS), (s.mlflow_secret, MLFLOW_KEYS))
 
 
+class _Sections:
+    """The pipeline's sections: each method adds one section's tasks to the pipeline being defined."""
+
+    def __init__(self, params: dict[str, Any], s: PipelineSettings) -> None:
+        cpu, self.gpu = s.cpu_image(), s.cuda_image()
+        self.resolve_op, self.fetch_op = fetch.resolve_component(cpu), fetch.component(cpu)
+        self.validate_op, self.rejected_op = validate.component(cpu), validate.rejected_component(cpu)
+        self.train_op, self.evaluate_op = train.component(self.gpu), evaluate.component(cpu)
+        self.evaluate_gpu_op, self.distributed_op = evaluate.component(self.gpu), train_distributed.component(cpu)
+        self.stage_op = train_distributed.stage_component(cpu)
+        self.unstage_op = train_distributed.unstage_component(cpu)
+        self.register_op, self.promote_op = register.component(cpu), promote.component(cpu)
+        self.s, self.params_json = s, json.dumps(params, sort_keys=True)
+        self.s3, self.mlflow = (s.s3_secret, S3_KEYS), (s.mlflow_secret, MLFLOW_KEYS)
+        self.checkpoint_root = dsl.WORKSPACE_PATH_PLACEHOLDER if s.workspace_size else ""
+
+    def fetch_and_validate(self, data_repo: Any, data_rev: Any, dvc_remote: Any,
+                           overrides: Any) -> tuple[Any, PipelineTask]:
+        """The fetched dataset, and the task that validates it."""
+        s = self.s
+        # A branch name as fetch's cache key would return its first download forever: the uncached
+        # resolver turns it into the commit, and fetch is cached on that.
+        resolved = self.resolve_op(data_repo=data_repo, data_rev=data_rev)
+        _on_cpu(resolved, s).set_caching_options(False).set_display_name("resolve-data-rev")
+        fetched = self.fetch_op(
+            data_repo=data_repo, data_rev=resolved.output, dvc_remote=dvc_remote, params_json=self.params_json
+        )
+        _on_cpu(fetched, s, self.s3).set_caching_options(True).set_display_name("fetch-data")
+        for task in (resolved, fetched):
+            _retry(task, s, s.fetch_retries)
+        dataset = fetched.outputs["dataset"]
+        checked = self.validate_op(dataset=dataset, params_json=self.params_json, overrides=overrides)
+        _on_cpu(checked, s, self.mlflow).set_caching_options(True).set_display_name("validate-data")
+        return dataset, checked
+
+    def train_in_pod(self, knobs: dict[str, Any], role: str) -> PipelineTask:
+        task = self.train_op(**knobs, checkpoint_root=self.checkpoint_root)
+        return _on_gpu(task, self.s).set_caching_options(True).set_display_name(f"train-{role}")
+
+    def train(self, dataset: Any, knobs: dict[str, dict[str, Any]], distributed_nodes: Any, gpus_per_node: Any,
+              staging_uri: Any) -> dict[str, Any]:
+        """Both candidates' models, by role: trained in the pipeline pod, or as PyTorchJobs when offered."""
+        s = self.s
+        if not s.multi_node_training:
+            return {role: self.train_in_pod(knobs[role], role).outputs["model"] for role in knobs}
+        jobs, tasks = {}, {}
+        # one group for both roles: the dataset is staged once per run for both PyTorchJobs and deleted
+        # after both (a task may not read outputs of a sibling dsl.If group)
+        with dsl.If(distributed_nodes > 1, name="multi-node"):
+            staged = self.stage_op(dataset=dataset, staging_uri=staging_uri)
+            _on_cpu(staged, s, self.s3).set_caching_options(False).set_display_name("stage-data")
+            for role in knobs:
+                job = self.distributed_op(
+                    **knobs[role], nodes=distributed_nodes, gpus_per_node=gpus_per_node,
+                    staging_uri=staging_uri, staged_data=staged.output, job_image=self.gpu, namespace="",
+                    timeout_s=s.distributed_timeout_s,
+                )
+                _on_cpu(job, s, self.s3, self.mlflow).set_caching_options(True).set_display_name(f"train-{role}-job")
+                for env, path in OWNER_FIELDS:  # the PyTorchJob names this pod as its owner
+                    kubernetes.use_field_path_as_env(job, env, path)
+                jobs[role] = job
+            unstaged = self.unstage_op(staged_data=staged.output).after(*jobs.values()).ignore_upstream_failure()
+            _on_cpu(unstaged, s, self.s3).set_caching_options(False).set_display_name("unstage-data")
+        with dsl.Else(name="in-pod"):
+            for role in knobs:
+                tasks[role] = self.train_in_pod(knobs[role], role)
+        return {role: dsl.OneOf(jobs[role].outputs["model"], tasks[role].outputs["model"]) for role in knobs}
+
+    def evaluate(self, scoring: dict[str, Any], evaluate_gpu: Any) -> Any:
+        """The evaluation artifact: scored on the CPU, or on one GPU of the pool when offered and asked for."""
+        s = self.s
+        if not s.gpu_evaluation:
+            on_cpu = self.evaluate_op(**scoring)
+            _on_cpu(on_cpu, s, self.s3, self.mlflow).set_caching_options(False).set_display_name("evaluate")
+            return on_cpu.outputs["evaluation"]
+        with dsl.If(evaluate_gpu == False, name="evaluate-on-cpu"):  # noqa: E712 - a KFP condition
+            on_cpu = self.evaluate_op(**scoring)
+            _on_cpu(on_cpu, s, self.s3, self.mlflow).set_caching_options(False).set_display_name("evaluate")
+        with dsl.Else(name="evaluate-on-gpu"):  # CUDA image, one GPU of the pool
+            on_gpu = self.evaluate_gpu_op(**scoring)
+            _on_gpu(on_gpu, s).set_caching_options(False).set_display_name("evaluate")
+        return dsl.OneOf(on_cpu.outputs["evaluation"], on_gpu.outputs["evaluation"])
+
+    def gate(self, scoring: dict[str, Any], evaluation: Any, **thresholds: Any) -> None:
+        """Register the winner and judge it; then promote it, or record the rejection."""
+        gated = self.register_op(**scoring, evaluation=evaluation, **thresholds)
+        _on_cpu(gated, self.s, self.mlflow).set_caching_options(False).set_display_name("register-and-gate")
+        acting = dict(decision=gated.outputs["decision_files"], params_json=self.params_json,
+                      overrides=scoring["overrides"], registered_model=scoring["registered_model"])
+        with dsl.If(gated.outputs["decision"] == "promoted", name="gate-passed"):
+            moved = self.promote_op(**acting)
+            _on_cpu(moved, self.s, self.mlflow).set_caching_options(False).set_display_name("promote-champion")
+        with dsl.Else(name="gate-failed"):
+            kept = self.promote_op(**acting)
+            _on_cpu(kept, self.s, self.mlflow).set_caching_options(False).set_display_name("record-rejection")
+
+    def stop(self, checked: PipelineTask) -> None:
+        stop = self.rejected_op(report=checked.outputs["report"])
+        _on_cpu(stop, self.s).set_caching_options(False).set_display_name("stop-on-invalid-data")
+
+
 def build(params: dict[str, Any], s: PipelineSettings) -> GraphComponent:
     """The pipeline for these params.yaml contents and settings (images, pool, resources)."""
-    cpu, gpu = s.cpu_image(), s.cuda_image()
-    resolve_op, fetch_op, validate_op, rejected_op = (
-        fetch.resolve_component(cpu),
-        fetch.component(cpu),
-        validate.component(cpu),
-        validate.rejected_component(cpu),
-    )
-    train_op, evaluate_op, evaluate_gpu_op = train.component(gpu), evaluate.component(cpu), evaluate.component(gpu)
-    distributed_op = train_distributed.component(cpu)
-    stage_op, unstage_op = train_distributed.stage_component(cpu), train_distributed.unstage_component(cpu)
-    register_op, promote_op = register.component(cpu), promote.component(cpu)
-    params_json = json.dumps(params, sort_keys=True)
-    s3, mlflow = (s.s3_secret, S3_KEYS), (s.mlflow_secret, MLFLOW_KEYS)
+    sections = _Sections(params, s)
     d = defaults(params)
     config = None
     if s.workspace_size:
@@ -133,7 +222,6 @@ def build(params: dict[str, Any], s: PipelineSettings) -> GraphComponent:
                 size=s.workspace_size, kubernetes=dsl.KubernetesWorkspaceConfig(pvcSpecPatch=s.pvc_patch())
             )
         )
-    checkpoint_root = dsl.WORKSPACE_PATH_PLACEHOLDER if s.workspace_size else ""
 
     def headstart(
         data_repo: str = d["data_repo"],
@@ -196,113 +284,29 @@ def build(params: dict[str, Any], s: PipelineSettings) -> GraphComponent:
             evaluate_gpu: Score the test split on one GPU of the pool (CUDA image, bf16) instead of the CPU.
                 kfp.local runs evaluate as one task, on the machine's GPU when it has one.
         """
-        # A branch name as fetch's cache key would return its first download forever: the uncached
-        # resolver turns it into the commit, and fetch is cached on that.
-        resolved = resolve_op(data_repo=data_repo, data_rev=data_rev)
-        _on_cpu(resolved, s).set_caching_options(False).set_display_name("resolve-data-rev")
-        fetched = fetch_op(
-            data_repo=data_repo, data_rev=resolved.output, dvc_remote=dvc_remote, params_json=params_json
-        )
-        _on_cpu(fetched, s, s3).set_caching_options(True).set_display_name("fetch-data")
-        for task in (resolved, fetched):
-            _retry(task, s, s.fetch_retries)
-        dataset = fetched.outputs["dataset"]
-        checked = validate_op(dataset=dataset, params_json=params_json, overrides=overrides)
-        _on_cpu(checked, s, mlflow).set_caching_options(True).set_display_name("validate-data")
-
+        dataset, checked = sections.fetch_and_validate(data_repo, data_rev, dvc_remote, overrides)
         with dsl.If(checked.outputs["Output"] == True, name="data-valid"):  # noqa: E712 - a KFP condition
-            trained, knobs = {}, {}
+            knobs = {}
             for role, lr_head, lr_backbone, role_weights in (
                 ("finetune", finetune_lr_head, finetune_lr_backbone, weights),
                 ("scratch", scratch_lr_head, scratch_lr_backbone, ""),
             ):
                 knobs[role] = dict(
-                    role=role, dataset=dataset, params_json=params_json, overrides=overrides, backbone=backbone,
-                    weights=role_weights, image_size=image_size, epochs=epochs, images_per_class=images_per_class,
-                    lr_head=lr_head, lr_backbone=lr_backbone,
+                    role=role, dataset=dataset, params_json=sections.params_json, overrides=overrides,
+                    backbone=backbone, weights=role_weights, image_size=image_size, epochs=epochs,
+                    images_per_class=images_per_class, lr_head=lr_head, lr_backbone=lr_backbone,
                 )
-            if not s.multi_node_training:
-                for role in knobs:
-                    task = train_op(**knobs[role], checkpoint_root=checkpoint_root)
-                    _on_gpu(task, s).set_caching_options(True).set_display_name(f"train-{role}")
-                    trained[role] = task.outputs["model"]
-            else:
-                jobs, tasks = {}, {}
-                # one group for both roles: the dataset is staged once per run for both PyTorchJobs and deleted
-                # after both (a task may not read outputs of a sibling dsl.If group)
-                with dsl.If(distributed_nodes > 1, name="multi-node"):
-                    staged = stage_op(dataset=dataset, staging_uri=staging_uri)
-                    _on_cpu(staged, s, s3).set_caching_options(False).set_display_name("stage-data")
-                    for role in knobs:
-                        job = distributed_op(
-                            **knobs[role], nodes=distributed_nodes, gpus_per_node=gpus_per_node,
-                            staging_uri=staging_uri, staged_data=staged.output, job_image=gpu, namespace="",
-                            timeout_s=s.distributed_timeout_s,
-                        )
-                        _on_cpu(job, s, s3, mlflow).set_caching_options(True).set_display_name(f"train-{role}-job")
-                        for env, path in OWNER_FIELDS:  # the PyTorchJob names this pod as its owner
-                            kubernetes.use_field_path_as_env(job, env, path)
-                        jobs[role] = job
-                    unstaged = unstage_op(staged_data=staged.output).after(*jobs.values()).ignore_upstream_failure()
-                    _on_cpu(unstaged, s, s3).set_caching_options(False).set_display_name("unstage-data")
-                with dsl.Else(name="in-pod"):
-                    for role in knobs:
-                        tasks[role] = train_op(**knobs[role], checkpoint_root=checkpoint_root)
-                        _on_gpu(tasks[role], s).set_caching_options(True).set_display_name(f"train-{role}")
-                for role in knobs:
-                    trained[role] = dsl.OneOf(jobs[role].outputs["model"], tasks[role].outputs["model"])
+            trained = sections.train(dataset, knobs, distributed_nodes, gpus_per_node, staging_uri)
             scoring = dict(
-                dataset=dataset, finetune=trained["finetune"], scratch=trained["scratch"], params_json=params_json,
-                overrides=overrides, registered_model=registered_model,
+                dataset=dataset, finetune=trained["finetune"], scratch=trained["scratch"],
+                params_json=sections.params_json, overrides=overrides, registered_model=registered_model,
             )
-            if not s.gpu_evaluation:
-                on_cpu = evaluate_op(**scoring)
-                _on_cpu(on_cpu, s, s3, mlflow).set_caching_options(False).set_display_name("evaluate")
-                evaluation = on_cpu.outputs["evaluation"]
-            else:
-                with dsl.If(evaluate_gpu == False, name="evaluate-on-cpu"):  # noqa: E712 - a KFP condition
-                    on_cpu = evaluate_op(**scoring)
-                    _on_cpu(on_cpu, s, s3, mlflow).set_caching_options(False).set_display_name("evaluate")
-                with dsl.Else(name="evaluate-on-gpu"):  # CUDA image, one GPU of the pool
-                    on_gpu = evaluate_gpu_op(**scoring)
-                    _on_gpu(on_gpu, s).set_caching_options(False).set_display_name("evaluate")
-                evaluation = dsl.OneOf(on_cpu.outputs["evaluation"], on_gpu.outputs["evaluation"])
-            gated = register_op(
-                dataset=dataset,
-                finetune=trained["finetune"],
-                scratch=trained["scratch"],
-                evaluation=evaluation,
-                params_json=params_json,
-                overrides=overrides,
-                min_accuracy=min_accuracy,
-                min_gain_over_baseline=min_gain_over_baseline,
-                max_regression=max_regression,
-                max_class_recall_drop=max_class_recall_drop,
-                registered_model=registered_model,
-            )
-            _on_cpu(gated, s, mlflow).set_caching_options(False).set_display_name("register-and-gate")
-            decision = gated.outputs["decision_files"]
-            with dsl.If(gated.outputs["decision"] == "promoted", name="gate-passed"):
-                moved = promote_op(
-                    decision=decision,
-                    params_json=params_json,
-                    overrides=overrides,
-                    registered_model=registered_model,
-                )
-                _on_cpu(moved, s, mlflow).set_caching_options(False).set_display_name("promote-champion")
-            with dsl.Else(name="gate-failed"):
-                kept = promote_op(
-                    decision=decision,
-                    params_json=params_json,
-                    overrides=overrides,
-                    registered_model=registered_model,
-                )
-                _on_cpu(kept, s, mlflow).set_caching_options(False).set_display_name("record-rejection")
+            sections.gate(scoring, sections.evaluate(scoring, evaluate_gpu), min_accuracy=min_accuracy,
+                       min_gain_over_baseline=min_gain_over_baseline, max_regression=max_regression,
+                       max_class_recall_drop=max_class_recall_drop)
         with dsl.Else(name="data-invalid"):
-            stop = rejected_op(report=checked.outputs["report"])
-            _on_cpu(stop, s).set_caching_options(False).set_display_name("stop-on-invalid-data")
+            sections.stop(checked)
 
     return dsl.pipeline(
         name=NAME, description=DESCRIPTION, display_name="Headstart retraining", pipeline_config=config
     )(headstart)
-
