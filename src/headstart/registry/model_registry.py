@@ -164,8 +164,17 @@ def _hint() -> str:
 
 def error_code(exc: BaseException) -> str | None:
     """The MLflow error code behind a RegistryError raised by retry()."""
-    cause = exc.__cause__
-    return getattr(cause, "error_code", None)
+    return getattr(exc.__cause__, "error_code", None)
+
+
+def _unless_missing(what: str, fn: Callable[[], T]) -> T | None:
+    """retry(what, fn), or None when what it reads does not exist."""
+    try:
+        return retry(what, fn)
+    except RegistryError as exc:
+        if error_code(exc) in _NOT_FOUND:
+            return None
+        raise
 
 
 @dataclass(frozen=True)
@@ -233,12 +242,9 @@ def history(tracking: TrackingConfig) -> list[dict[str, Any]]:
 def _read_history(tracking: TrackingConfig) -> tuple[list[dict[str, Any]], list[int]]:
     """The entries, and the seqs of the per-move tags holding them (oldest first)."""
     c = client(tracking)
-    try:
-        rm = retry("reading the champion history", lambda: c.get_registered_model(tracking.registered_model))
-    except RegistryError as exc:
-        if error_code(exc) in _NOT_FOUND:
-            return [], []
-        raise
+    rm = _unless_missing("reading the champion history", lambda: c.get_registered_model(tracking.registered_model))
+    if rm is None:
+        return [], []
     legacy = json.loads(rm.tags.get(HISTORY_TAG, "[]"))
     moves = sorted((int(k.removeprefix(HISTORY_PREFIX)), v) for k, v in rm.tags.items()
                    if k.startswith(HISTORY_PREFIX) and k.removeprefix(HISTORY_PREFIX).isdigit())
@@ -382,13 +388,8 @@ def read_schedule(tracking: TrackingConfig) -> ScheduleState:
 def schedule_text(tracking: TrackingConfig) -> str | None:
     """The schedule tag as stored (None: none yet); only a failing server raises."""
     c = client(tracking)
-    try:
-        rm = retry("reading the gate schedule", lambda: c.get_registered_model(tracking.registered_model))
-    except RegistryError as exc:
-        if error_code(exc) in _NOT_FOUND:
-            return None
-        raise
-    return rm.tags.get(SCHEDULE_TAG)
+    rm = _unless_missing("reading the gate schedule", lambda: c.get_registered_model(tracking.registered_model))
+    return None if rm is None else rm.tags.get(SCHEDULE_TAG)
 
 
 def write_schedule(tracking: TrackingConfig, state: ScheduleState) -> None:
@@ -497,13 +498,8 @@ def _alias_request(c: Any, name: str, alias: str, version: str | None, timeout: 
 
 def _alias_target(c: Any, name: str, alias: str) -> str | None:
     """The version `alias` points at now (None: no such alias); a read, retried as usual."""
-    try:
-        mv = retry(f"reading alias {alias} of {name!r}", lambda: c.get_model_version_by_alias(name, alias))
-    except RegistryError as exc:
-        if error_code(exc) in _NOT_FOUND:
-            return None
-        raise
-    return str(mv.version)
+    mv = _unless_missing(f"reading alias {alias} of {name!r}", lambda: c.get_model_version_by_alias(name, alias))
+    return None if mv is None else str(mv.version)
 
 
 def _finish_move(tracking: TrackingConfig, entry: dict[str, Any],
@@ -538,12 +534,8 @@ def repair(tracking: TrackingConfig) -> dict[str, Any] | None:
     if pending_move(tracking) is None:
         return None
     with lock(tracking):  # lock() finishes it
-        return None if pending_move(tracking) else _last(tracking)
-
-
-def _last(tracking: TrackingConfig) -> dict[str, Any] | None:
-    items = history(tracking)
-    return items[-1] if items else None
+        items = [] if pending_move(tracking) else history(tracking)
+        return items[-1] if items else None
 
 
 def set_previous(tracking: TrackingConfig, version: str | None) -> None:
