@@ -7,9 +7,8 @@ with the pipeline step, so the dataset comes in and the outputs go out as bundle
 (headstart.cluster.bundle; a packed dataset's shards are copied as they are, `stage_dataset`); rank 0 (in the
 Master pod) writes the outputs and the MLflow run.
 `create`, `wait`, `logs` and `delete` drive the job with the `kubernetes` client; `launch` runs them so
-that the job is deleted on every way out of the launcher (success, failure, timeout, exception, SIGTERM),
-and the job names the launcher pod as its owner, so the cluster deletes it even after a SIGKILL. Every API
-call has a timeout, and a transient error (5xx, reset, timeout) is tried again, never read as the job's end.
+that no job outlives its launcher. Every API call has a timeout, and a transient error (5xx, reset,
+timeout) is tried again, never read as the job's end (`_retry`, `wait`).
 """
 
 from __future__ import annotations
@@ -482,9 +481,8 @@ def launch(req: JobRequest, settings: PipelineSettings, api: Any, timeout_s: flo
 
     Failed, timed out, an exception, or SIGTERM (a cancelled run): the pods' logs are printed (not after
     SIGTERM: the grace period is short) and the job is deleted before the error goes on, so no GPU node is
-    left training for nobody. A transient API error is not one of these: every call is tried again
-    (`_retry`, `wait`), so a leader election of the API server does not delete a job hours into training.
-    Returns the Succeeded condition's message.
+    left training for nobody; a transient API error is none of these. The job's owner reference (the
+    launcher pod) makes the cluster delete it even after a SIGKILL. Returns the Succeeded condition's message.
     """
     job = manifest(req, settings, owner)
     where = f"{req.namespace}/{req.name}"

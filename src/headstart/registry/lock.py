@@ -27,9 +27,7 @@ renewal gets through), and waiters break only once now > expires + CLOCK_SKEW_S:
 agree within CLOCK_SKEW_S (NTP does far better), and a request sent after check() must reach the server
 within the margin (ttl/6; 10 s at the default ttl of 60 s). MLflow offers no fencing token, so this
 timing assumption is the one a lease needs; everything else rests on unique-name creation. It holds only
-if nothing re-sends a commit later: MLflow's client retries each request for minutes by itself, so an
-alias write goes out once, with no client-side retries and a timeout of the margin, the lease checked
-before each attempt and the alias read back after it (headstart.registry.model_registry.write_alias).
+if nothing re-sends a commit later, as MLflow's client would for minutes: see model_registry.write_alias.
 
 Basic auth: breaking a lock never touches the other user's object, so a lock left by a person's crashed
 `headstart promote` is taken over by the pipeline's user once it expires. Each user needs READ on the

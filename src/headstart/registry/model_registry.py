@@ -26,9 +26,7 @@ Nothing is half done, although MLflow has no transactions:
   move leaves the champion fully registered; whoever next takes the registry lock (or starts a
   registration) finishes the bookkeeping from the intent, so a re-run repairs it.
 - Moves happen under the registry lock (headstart.registry.lock: a lease with a compare-and-set on
-  unique names, renewed while held). An alias write (write_alias) is never re-sent without the lease:
-  each attempt is one request, sent only after the lease check, with no MLflow client-side retries and a
-  timeout inside the lease's margin; the alias read back afterwards says whether it landed.
+  unique names, renewed while held), and an alias write is never re-sent without the lease (write_alias).
 Every other MLflow call retries transient failures with backoff and then raises RegistryError naming what
 failed; `stage()` marks each step so tests can stop the server right before any one of them.
 """
@@ -75,8 +73,7 @@ _leases: dict[str, list[registry_lock.Lease]] = {}  # model -> the leases this p
 
 
 def stage(name: str) -> None:
-    """Mark the start of a registry stage (e.g. "champion_alias"). A seam for fault-injection tests, which
-    set `_stage_hook` to stop the server right before a given stage; nothing happens otherwise."""
+    """A seam for fault-injection tests (module docstring): calls `_stage_hook`, when set, with the stage."""
     if _stage_hook is not None:
         _stage_hook(name)
 
@@ -546,11 +543,10 @@ def set_previous(tracking: TrackingConfig, version: str | None) -> None:
 @contextlib.contextmanager
 def lock(tracking: TrackingConfig, owner: str | None = None, timeout: float = 120.0,
          ttl: float = 60.0) -> Iterator[str]:
-    """Serialise alias moves across concurrent runs, hosts and users (headstart.registry.lock explains
-    why it is safe): a lease of `ttl` seconds, renewed every ttl/3 while the body runs, broken by a waiter
-    only once expired, or at once when its holder is a dead process on this host or this process's own
-    unreleased lock. `timeout` > `ttl`, so a re-run waits out the lock of a run that died holding it.
-    Taking the lock first finishes a committed move that its run could not record (module docstring)."""
+    """Serialise alias moves across concurrent runs, hosts and users: a lease of `ttl` seconds, renewed while
+    the body runs (headstart.registry.lock says when a waiter may break it and why that is safe). `timeout` >
+    `ttl`, so a re-run waits out the lock of a run that died holding it. Taking the lock first finishes a
+    committed move that its run could not record (module docstring)."""
     c = client(tracking)
     model = tracking.registered_model
     me = owner or f"{registry_lock.host_id()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
