@@ -475,12 +475,9 @@ def _paired(
 
 
 def _no_regression(cand: ModelEval, champ: ModelEval, th: GateThresholds, alpha_run: float, candidates: int) -> Check:
-    """Passes when a one-sided test at `alpha_run` says acc(cand) - acc(champ) > -max_regression.
-
-    Analytic, not the bootstrap: at levels near 0.001 a 2,000-sample bootstrap has a few draws in the
-    tail. At max_regression 0 the test is McNemar's exact one (it keeps its level with few discordant
-    images); with a margin, Tango's score test. The interval recorded has `alpha_run` in each tail and
-    is the inverted test: its lower end is the bound the verdict rests on."""
+    """Passes when a one-sided test at `alpha_run` says acc(cand) - acc(champ) > -max_regression: McNemar's
+    exact test at margin 0, else Tango's score test (why not the bootstrap: stats.paired_gain_pvalue). The
+    interval recorded has `alpha_run` in each tail and is the inverted test: its lower end is the bound."""
     gained = int(np.count_nonzero(cand.correct & ~champ.correct))
     lost = int(np.count_nonzero(champ.correct & ~cand.correct))
     n = cand.correct.size
@@ -608,10 +605,6 @@ def _label_set(
     return Check(LABEL_SET, False, True, detail=detail, subject=subject), change
 
 
-def _reason(c: Check) -> str:
-    return f"{c.name} failed: {c.detail}."
-
-
 def decide(
     candidate: ModelEval,
     baseline: ModelEval,
@@ -699,7 +692,7 @@ def decide(
         checks=tuple(checks),
         first_run=champion is None,
         pretraining_paid=pretraining_paid,
-        reasons=tuple(_reason(c) for c in failed),
+        reasons=tuple(f"{c.name} failed: {c.detail}." for c in failed),
         notes=tuple(notes),
         thresholds=th.model_dump(),
         label_change=label_change,
