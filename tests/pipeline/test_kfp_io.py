@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
+from headstart.config import tracking_from_params
 from headstart.errors import ConfigError
 from headstart.kfp import kfp_io
 from headstart.steps import train
@@ -103,7 +104,7 @@ def test_gate_params():
         "max_regression": 0.0,
         "max_class_recall_drop": 0.1,
     }
-    assert kfp_io.tracking(p).registered_model == "clf"
+    assert tracking_from_params(p).registered_model == "clf"
 
 
 def test_log_metrics_keeps_numbers_only():

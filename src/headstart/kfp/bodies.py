@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import NamedTuple
 
+from headstart.config import tracking_from_params
 from headstart.kfp import kfp_io
 from headstart.kfp.kfp_io import ArtifactLike, ConfusionLike, MetricsLike
 
@@ -51,7 +52,7 @@ def validate_data(dataset: ArtifactLike, params_json: str, overrides: list[str],
     kfp_io.use_loop(dict(dataset.metadata))
     p = kfp_io.validate_params(params_json, overrides)
     out = Path(validation.path)
-    result = validate.run(validate.config_from_params(p), Path(dataset.path), out, kfp_io.tracking(p))
+    result = validate.run(validate.config_from_params(p), Path(dataset.path), out, tracking_from_params(p))
     kfp_io.copy_text(report.path, out / "report.html")
     kfp_io.log_metrics(summary, kfp_io.validation_metrics(result.to_dict()))
     return result.passed
@@ -77,7 +78,7 @@ def train_candidate(role: str, dataset: ArtifactLike, params_json: str, override
         images_per_class=images_per_class, lr_head=lr_head, lr_backbone=lr_backbone,
         checkpoints=kfp_io.checkpoint_dir(checkpoint_root, model.path),
     )
-    result = train.run(train.config_from_params(p, role), Path(dataset.path), Path(model.path), kfp_io.tracking(p))
+    result = train.run(train.config_from_params(p, role), Path(dataset.path), Path(model.path), tracking_from_params(p))
     _trained(role, model, metrics, learning_curve, dataclasses.asdict(result))
     model.metadata.update(role=role, backbone=backbone, mlflow_run_id=result.run_id or "")
 
@@ -140,7 +141,7 @@ def evaluate_candidates(dataset: ArtifactLike, finetune: ArtifactLike, scratch: 
     p = kfp_io.params(params_json, overrides, {"tracking.registered_model": registered_model})
     out = Path(evaluation.path)
     models = {"finetune": Path(finetune.path) / "model", "scratch": Path(scratch.path) / "model"}
-    result = evaluate.run(evaluate.config_from_params(p), Path(dataset.path), models, out, kfp_io.tracking(p))
+    result = evaluate.run(evaluate.config_from_params(p), Path(dataset.path), models, out, tracking_from_params(p))
     for name, metrics, confusion in (("finetune", finetune_metrics, finetune_confusion),
                                      ("scratch", scratch_metrics, scratch_confusion),
                                      ("champion", champion_metrics, champion_confusion)):
@@ -172,7 +173,7 @@ def register_and_gate(dataset: ArtifactLike, finetune: ArtifactLike, scratch: Ar
     models = {"finetune": Path(finetune.path) / "model", "scratch": Path(scratch.path) / "model"}
     out = Path(decision_files.path)
     result = register.run(
-        cfg, thresholds, Path(dataset.path), models, Path(evaluation.path), out, kfp_io.tracking(p), promote=False,
+        cfg, thresholds, Path(dataset.path), models, Path(evaluation.path), out, tracking_from_params(p), promote=False,
         data_version=lineage.lineage_from_metadata(dict(dataset.metadata)),  # a pod has no git nor data.dvc
     )
     kfp_io.copy_text(decision_record.path, out / "decision.md")
@@ -187,5 +188,5 @@ def act_on_decision(decision: ArtifactLike, params_json: str, overrides: list[st
     from headstart.steps import promote
 
     p = kfp_io.params(params_json, overrides, {"tracking.registered_model": registered_model})
-    result = promote.run(Path(decision.path) / "decision.json", kfp_io.tracking(p))
+    result = promote.run(Path(decision.path) / "decision.json", tracking_from_params(p))
     return result.previous_champion or ""

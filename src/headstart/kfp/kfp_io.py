@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from headstart.config import TrackingConfig, apply_override, check_params, tracking_from_params
+from headstart.config import apply_override, check_params
 from headstart.tracking import LOOP_ENV
 
 
@@ -66,11 +66,6 @@ def params(
     check_params(merged, [str(o) for o in overrides or []], "the pipeline's compiled params.yaml",
                  set_label="the run's overrides parameter")
     return merged
-
-
-def tracking(merged: dict[str, Any]) -> TrackingConfig:
-    """MLFLOW_TRACKING_URI in the task's environment (the headstart-mlflow secret) wins, as everywhere."""
-    return tracking_from_params(merged)
 
 
 def checkpoint_dir(root: str, model_path: str) -> str:
