@@ -26,6 +26,7 @@ from ..conftest import make_imagefolder
 from ..helpers import Payload, Trainer
 from .conftest import fresh_bucket
 from .faultproxy import FaultProxy
+from .servers import sqlite_store
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -121,8 +122,9 @@ def test_unreachable_store_on_restore_is_an_error_not_a_silent_fresh_start(bucke
 # ---- the whole training step, killed and re-run on "another node" ----------------------------------------
 
 
-def _project(folder: Path) -> Path:
-    """A working directory as a fresh pod gets it: params, data and data.dvc, no local state."""
+def _project(folder: Path, factory: pytest.TempPathFactory) -> Path:
+    """A working directory as a fresh pod gets it: params, data and data.dvc, no local state but a migrated
+    MLflow store (a pod's is a server; a fresh SQLite file would spend 3-6 s in its migrations)."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["train"]["shared"].update(images_per_class=None, val_images_per_class=None, epochs=4, batch_size=8,
                                      patience=10)
@@ -132,6 +134,7 @@ def _project(folder: Path) -> Path:
     make_imagefolder(folder / "data", per_class={"train": 40, "val": 6, "test": 6})
     # the checkpoint fingerprint hashes the data loaded: the same images give the same one on every node
     (folder / "data.dvc").write_text("outs:\n- md5: 0123456789abcdef0123456789abcdef.dir\n  path: data\n")
+    sqlite_store(folder / "mlflow.db", factory)
     return folder
 
 
@@ -141,13 +144,14 @@ def _train(ckpt: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_killed_training_resumes_from_s3_on_another_node(bucket: str, tmp_path: Path):
+def test_killed_training_resumes_from_s3_on_another_node(bucket: str, tmp_path: Path,
+                                                         tmp_path_factory: pytest.TempPathFactory):
     env = {**os.environ, "HEADSTART_NO_PROGRESS": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    ref = _project(tmp_path / "ref")
+    ref = _project(tmp_path / "ref", tmp_path_factory)
     subprocess.run(_train("null"), cwd=ref, env=env, check=True, capture_output=True, timeout=600)
 
-    node_a = _project(tmp_path / "node-a")
+    node_a = _project(tmp_path / "node-a", tmp_path_factory)
     ckpt = f"s3://{bucket}/pipelines/run-1/checkpoints"
     proc = subprocess.Popen(_train(ckpt), cwd=node_a, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
@@ -161,7 +165,7 @@ def test_killed_training_resumes_from_s3_on_another_node(bucket: str, tmp_path: 
     assert not (node_a / "run" / "model").exists()
     shutil.rmtree(node_a)  # the node is gone with everything on its disk
 
-    node_b = _project(tmp_path / "node-b")
+    node_b = _project(tmp_path / "node-b", tmp_path_factory)
     rerun = subprocess.run(_train(ckpt), cwd=node_b, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     # killed while in epoch 3 (or just after its checkpoint landed): resumes there, not from scratch

@@ -21,6 +21,7 @@ from headstart.steps import train
 from ..conftest import make_imagefolder
 from ..helpers import tiny_train_cfg
 from .conftest import fresh_bucket
+from .servers import sqlite_store
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[2]
@@ -114,13 +115,15 @@ def test_a_missing_shard_object_and_an_unpushed_version_are_named(env, tmp_path:
 
 
 @pytest.mark.integration
-def test_headstart_train_from_dvc_remote_through_the_cli(env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_headstart_train_from_dvc_remote_through_the_cli(env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         tmp_path_factory: pytest.TempPathFactory):
     from typer.testing import CliRunner
 
     from headstart.cli import app
 
     _, repo, _ = env
     monkeypatch.chdir(tmp_path)
+    sqlite_store(tmp_path / "mlflow.db", tmp_path_factory)  # migrated
     sets = ["train.scratch.backbone=small_cnn", "train.scratch.weights=none", "train.scratch.channels=1",
             "train.shared.image_size=16", "train.shared.epochs=1", "train.shared.max_steps=2",
             "train.shared.batch_size=4", "train.shared.loader_workers=0", "train.shared.checkpoint_dir=null",
