@@ -7,7 +7,7 @@ holds; a smooth random field + a class-specific stripe pattern + pixel noise, so
 duplicates), generated in parallel from a fixed seed and cached under .headstart/bench/data_scale/
 (reruns reuse them; only folders this script marked as its own are ever replaced), packed once with
 `headstart data pack`. Each measured command runs as a fresh subprocess (`headstart ...` with
-PYTHONPATH=<this tree>/src, so it runs this tree's code); its peak memory is sampled every 50 ms over the
+PYTHONPATH=<this tree>/src, so it runs this tree's code); its peak memory is sampled every 200 ms over the
 whole process tree (the command and its DataLoader/validation workers): the peak of the summed RSS, and of
 the summed PSS (/proc/<pid>/smaps_rollup: shared pages split between the processes that share them, so
 forked workers' torch pages are not counted twice). Ratios compare the large run with the small one of the
@@ -164,8 +164,9 @@ def _env(**extra: str) -> dict[str, str]:
 
 def measured(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 3600,
              sample: bool = True) -> dict[str, Any]:
-    """Run `cmd`; wall time and peak memory of its process tree, sampled every 50 ms (`sample`: off where the
-    sampler's own reads of /proc would count in this process's I/O)."""
+    """Run `cmd`; wall time and peak memory of its process tree, sampled every 200 ms (`sample`: off where the
+    sampler's own reads of /proc would count in this process's I/O). Every 50 ms, the reads of smaps_rollup
+    took half a core beside a 3 GB process, slowing the command they measure."""
     cwd.mkdir(parents=True, exist_ok=True)
     log = cwd / f"{Path(cmd[0]).name}-{uuid.uuid4().hex[:6]}.log"
     peak = {"rss": 0, "pss": 0, "main_rss": 0, "processes": 1}
@@ -194,7 +195,7 @@ def measured(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 36
                     peak["processes"] = max(peak["processes"], len(tree))
                 except psutil.Error:
                     pass
-                stop.wait(0.05)
+                stop.wait(0.2)
 
         thread = threading.Thread(target=sampler, daemon=True)
         if sample:
@@ -792,7 +793,7 @@ def main() -> None:
         "sizes": {"train": [args.small, args.large], "evaluate": [args.eval_small, args.eval_large], "val": args.val,
                   "image_size": args.image_size, "max_steps": args.max_steps, "loading": args.loading,
                   "memory_budget_gib": args.budget_gib, "forms": args.forms},
-        "memory": "peak over 50 ms samples of the summed RSS and summed PSS of the command's process tree",
+        "memory": "peak over 200 ms samples of the summed RSS and summed PSS of the command's process tree",
         "loading": "the mode auto picks per split, by headstart.data.dataset.streams' rule (decoded uint8 size "
                    "vs memory_budget_gib); a streamed run shows a loader worker in max_processes",
         "cpus": os.cpu_count(), "load_avg_start": os.getloadavg(),
