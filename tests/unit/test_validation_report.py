@@ -75,3 +75,24 @@ def test_format_failures_is_one_line_when_all_pass(validated: tuple[Path, Valida
 def test_missing_data_dir_raises_data_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="data folder not found"):
         run(corpus_config(tmp_path), tmp_path / "nope", tmp_path / "out")
+
+
+def test_manifest_csv_names_each_files_sha256_and_dhash_whatever_its_chunking(
+    validated: tuple[Path, ValidationResult], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The manifest keeps digests as raw bytes; manifest.csv shows them as hex, written a chunk at a time."""
+    import hashlib
+
+    import pandas as pd
+
+    from headstart.validation import manifest as manifest_module
+    from headstart.validation.decode import inspect_bytes
+
+    root, _ = validated
+    table = pd.read_csv(root / "out/manifest.csv", dtype=str)
+    for rel, sha, dhash in table[["path", "sha256", "dhash"]].head(12).itertuples(index=False):
+        data = (root / "data" / rel).read_bytes()
+        assert sha == hashlib.sha256(data).hexdigest() and dhash == inspect_bytes(data, 1 << 24)["dhash"]
+    monkeypatch.setattr(manifest_module, "CSV_ROWS", 7)  # 66 rows: ten chunks, one header
+    run(corpus_config(root, state_dir=None), root / "data", tmp_path / "chunked")
+    assert (tmp_path / "chunked/manifest.csv").read_bytes() == (root / "out/manifest.csv").read_bytes()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from headstart.config import TrackingConfig
 from headstart.data.dataset import open_dataset
+from headstart.runtime import give_back_freed
 from headstart.validation import distribution, leakage
 from headstart.validation.cache import ResultCache
 from headstart.validation.config import ValidateConfig, config_from_params  # noqa: F401  (the drivers' builder)
@@ -30,7 +31,7 @@ from headstart.validation.report import class_chart, render_html, sample_thumbs
 from headstart.validation.result import ValidationResult
 from headstart.validation.scan import scan_entries
 from headstart.validation.state import load_accepted, save_accepted
-from headstart.validation.summary import summarize, write_json
+from headstart.validation.summary import summarize, with_checks, write_json
 
 
 def run(
@@ -50,6 +51,7 @@ def run(
         manifest, scan = scan_entries(layout.entries, cfg.max_pixels, cfg.workers, cache)
         del layout.entries[:]  # the manifest holds what the checks need, compactly
         thumbs = {}
+    give_back_freed()  # the per-file entries and scan chunks are gone: the later peaks need not stand on them
 
     previous = load_accepted(cfg.state_dir)
     if previous is None and tracking is not None:
@@ -60,6 +62,7 @@ def run(
     counts = class_counts(manifest)
     stats = distribution.pixel_stats(manifest)
 
+    current = summarize(manifest, labels, counts, stats, {})
     findings, numbers = list(layout.findings), integrity_numbers(manifest)
     for found, nums in (
         label_checks(cfg, layout, manifest, labels, source),
@@ -67,7 +70,7 @@ def run(
         leakage.near_duplicates(cfg, manifest),
         distribution.class_balance(cfg, counts, labels),
         distribution.pixel_checks(cfg, stats),
-        drift_checks(cfg, summarize(manifest, labels, counts, stats, {}), previous),
+        drift_checks(cfg, current, previous),
     ):
         findings += found
         numbers.update(nums)
@@ -81,7 +84,7 @@ def run(
         first = "no earlier accepted version to compare with (first run)"
         not_applicable |= {"label_drift": first, "pixel_drift": first}
     checks = assemble(findings + suite.findings, numbers, cfg, suite.totals, not_applicable)
-    summary = summarize(manifest, labels, counts, stats, {c.name: c.status for c in checks})
+    summary = with_checks(current, {c.name: c.status for c in checks})
     result = ValidationResult(
         passed=summary["passed"],
         checks=checks,

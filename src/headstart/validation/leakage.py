@@ -16,10 +16,11 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
+from headstart.runtime import give_back_freed
 from headstart.validation.config import ValidateConfig
 from headstart.validation.decode import hamming
 from headstart.validation.findings import Finding
-from headstart.validation.manifest import digest_bytes, thumb_bytes
+from headstart.validation.manifest import decoded_mask, digest_bytes, thumb_bytes
 
 NEIGHBOURS = 4
 QUERY_CHUNK = 8192
@@ -33,15 +34,15 @@ def exact_duplicates(
     cfg: ValidateConfig, manifest: pd.DataFrame
 ) -> tuple[list[Finding], dict[str, dict[str, Any]]]:
     findings: list[Finding] = []
-    ok = (manifest["sha256"].notna() & (manifest["bytes"].fillna(0) > 0)).to_numpy()
     digests = digest_bytes(manifest)  # numpy sort of raw digests: no Python string per row
+    ok = (digests != np.void(bytes(32))) & (manifest["bytes"].fillna(0) > 0).to_numpy(bool)
     _, inverse, counts = np.unique(digests[ok], return_inverse=True, return_counts=True)
     repeated = np.zeros(len(manifest), dtype=bool)
     repeated[np.flatnonzero(ok)] = counts[inverse.ravel()] > 1
-    dups = manifest.loc[repeated, ["sha256", "split", "path"]]
-    groups: dict[str, list[tuple[int, str, str]]] = {}
-    for sha, split, path in zip(dups["sha256"], dups["split"], dups["path"], strict=True):
-        groups.setdefault(sha, []).append((_split_rank(cfg, split), path, split))
+    dups = manifest.loc[repeated, ["split", "path"]]
+    groups: dict[bytes, list[tuple[int, str, str]]] = {}
+    for sha, split, path in zip(digests[repeated], dups["split"], dups["path"], strict=True):
+        groups.setdefault(sha.tobytes(), []).append((_split_rank(cfg, split), path, split))
     within: dict[str, int] = {}
     leaked = 0
     for group in groups.values():
@@ -115,13 +116,14 @@ def near_duplicates(
     Works on row positions and one uint8 thumbnail array, so the only copy the size of a split
     is the float64 thumbnails the k-d tree is built on; queries go a chunk at a time.
     """
-    ok = (manifest["error"].isna() & manifest["dhash"].notna()).to_numpy()
+    ok = decoded_mask(manifest)
     split_col = manifest["split"]
     order = sorted(split_col[ok].unique(), key=lambda s: (_split_rank(cfg, s), s))
     rows = {s: np.flatnonzero(ok & (split_col == s).to_numpy()) for s in order}
     cells = thumb_bytes(manifest)
-    dhashes, shas, paths = manifest["dhash"].array, manifest["sha256"].array, manifest["path"].array
-    hashes = {s: np.array([int(dhashes[i], 16) for i in idx], dtype=np.uint64) for s, idx in rows.items()}
+    dhashes = manifest["dhash"].to_numpy(np.uint64, na_value=0)
+    shas, paths = digest_bytes(manifest), manifest["path"].array
+    hashes = {s: dhashes[idx] for s, idx in rows.items()}
     findings: list[Finding] = []
     for i, earlier in enumerate(order):
         ref_rows = rows[earlier]
@@ -147,6 +149,8 @@ def near_duplicates(
                     original = paths[ref_rows[ri]]
                     reason = f"near-duplicate of {original} (thumbnail RMS {rms:.4f}, dHash distance {bits})"
                     findings.append(Finding("near_duplicates_across_splits", reason, paths[part[qi]]))
+    tree = None
+    give_back_freed()  # the k-d tree and the query chunks, a split's size, are freed: hand their pages back
     numbers = {
         "max_rms": cfg.near_duplicate_max_rms,
         "max_hamming": cfg.near_duplicate_max_hamming,

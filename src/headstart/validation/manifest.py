@@ -32,11 +32,12 @@ COLUMNS = (
 )
 _INTS = ("width", "height", "bytes")
 THUMB_COLUMNS = tuple(f"thumb{i}" for i in range(8))  # the 64 thumbnail bytes as eight uint64 columns
-SHA_COLUMNS = tuple(f"sha{i}" for i in range(4))  # the digest's 32 bytes, for duplicate search in numpy
+SHA_COLUMNS = tuple(f"sha{i}" for i in range(4))  # the digest's 32 bytes, big-endian: numeric order is hex order
 
 
 STAT_COLUMNS = ("mean0", "mean1", "mean2", "msq0", "msq1", "msq2")
-_STRS = ("path", "split", "label", "mode", "format", "sha256", "dhash", "error_kind", "error", "shard")
+_STRS = ("path", "split", "label", "mode", "format", "error_kind", "error", "shard")
+CSV_ROWS = 65536  # manifest.csv is written this many rows at a time, hex digests made per chunk
 
 
 def build_manifest(
@@ -60,20 +61,24 @@ def frame(
     """One row per image with compact columns, so memory per image is a few hundred bytes, not kilobytes.
 
     Strings use pandas' string dtype (Arrow-backed), the 8x8 thumbnail is 64 raw bytes in eight
-    uint64 columns (zeros when the image did not decode), the pixel statistics are six
-    float columns (channels 1-2 NaN for grey images); `shard` names the shard a sample came from.
+    uint64 columns (zeros when the image did not decode), the SHA-256 32 raw bytes in four (zeros
+    when unreadable) and the dHash one nullable uint64: as hex strings they took 90 bytes an image
+    more, and only manifest.csv shows them (`public`). The pixel statistics are six float columns
+    (channels 1-2 NaN for grey images); `shard` names the shard a sample came from.
     Built per scan chunk and concatenated, so no per-image dict outlives its chunk.
     """
     columns: dict[str, Any] = {"path": list(paths), "split": list(splits), "label": list(labels)}
     for key in COLUMNS[3:]:
-        columns[key] = [f.get(key) for f in facts]
+        if key != "sha256":
+            columns[key] = [f.get(key) for f in facts]
+    columns["dhash"] = pd.array([int(h, 16) if h else None for h in columns["dhash"]], dtype="UInt64")
     columns["shard"] = list(shards) if shards is not None else [None] * len(paths)
     raw = b"".join(bytes.fromhex(f["thumb"]) if f.get("thumb") else bytes(64) for f in facts)
     packed = np.frombuffer(raw, dtype=np.uint64).reshape(len(facts), 8)
     for j, name in enumerate(THUMB_COLUMNS):
         columns[name] = packed[:, j]
     digests = b"".join(bytes.fromhex(f["sha256"]) if f.get("sha256") else bytes(32) for f in facts)
-    raw_sha = np.frombuffer(digests, dtype=np.uint64).reshape(len(facts), 4)
+    raw_sha = np.frombuffer(digests, dtype=">u8").reshape(len(facts), 4).astype(np.uint64)
     for j, name in enumerate(SHA_COLUMNS):
         columns[name] = raw_sha[:, j]
     columns["channels"] = [(f.get("stats") or {}).get("channels") for f in facts]
@@ -101,21 +106,32 @@ def concat(frames: list[pd.DataFrame], sort: bool = True) -> pd.DataFrame:
         return frame([], [], [], [])
     out = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     frames.clear()
-    return out.sort_values(["path", "sha256"], kind="stable", ignore_index=True) if sort else out
+    return out.sort_values(["path", *SHA_COLUMNS], kind="stable", ignore_index=True) if sort else out
 
 
 def sharded(frame: pd.DataFrame) -> bool:
     return bool(frame["shard"].notna().any())
 
 
-def public(frame: pd.DataFrame) -> pd.DataFrame:
-    """The columns GX validates and manifest.csv holds; sharded datasets add the shard of each sample."""
-    return frame.loc[:, [*COLUMNS, "shard"] if sharded(frame) else list(COLUMNS)]
+def public(frame: pd.DataFrame, shard: bool) -> pd.DataFrame:
+    """manifest.csv's columns, digests and dHashes as hex; a sharded dataset adds each sample's shard."""
+    out = frame.assign(
+        sha256=sha_hex(frame), dhash=[None if pd.isna(h) else f"{h:016x}" for h in frame["dhash"]]
+    )
+    return out.loc[:, [*COLUMNS, "shard"] if shard else list(COLUMNS)]
+
+
+def sha_hex(frame: pd.DataFrame) -> list[str | None]:
+    """The hex SHA-256 of each row, None where the file could not be read."""
+    raw = digest_bytes(frame)
+    hexed = raw.tobytes().hex()
+    zero = bytes(32)
+    return [None if raw[i].tobytes() == zero else hexed[64 * i : 64 * i + 64] for i in range(len(frame))]
 
 
 def decoded_mask(frame: pd.DataFrame) -> np.ndarray:
     """Which rows decoded: the only ones with a thumbnail, hash and pixel statistics."""
-    return (frame["error"].isna() & frame["dhash"].notna()).to_numpy()
+    return (frame["error"].isna() & frame["dhash"].notna()).to_numpy(bool)
 
 
 def decoded(frame: pd.DataFrame) -> pd.DataFrame:
@@ -130,7 +146,7 @@ def thumb_bytes(frame: pd.DataFrame) -> np.ndarray:
 
 def digest_bytes(frame: pd.DataFrame) -> np.ndarray:
     """(n,) 32-byte void view of the SHA-256 digests (zeros where unreadable): sortable, comparable."""
-    packed = np.ascontiguousarray(frame.loc[:, list(SHA_COLUMNS)].to_numpy(np.uint64))
+    packed = np.ascontiguousarray(frame.loc[:, list(SHA_COLUMNS)].to_numpy(np.uint64).astype(">u8"))
     return packed.view(np.dtype((np.void, 32))).ravel()
 
 
@@ -140,7 +156,11 @@ def thumbs(frame: pd.DataFrame) -> np.ndarray:
 
 
 def write_manifest(frame: pd.DataFrame, path: Path) -> Path:
-    public(frame).to_csv(path, index=False, lineterminator="\n")
+    shard = sharded(frame)
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        for start in range(0, max(len(frame), 1), CSV_ROWS):
+            chunk = public(frame.iloc[start : start + CSV_ROWS], shard)
+            chunk.to_csv(fh, header=start == 0, index=False, lineterminator="\n")
     return path
 
 

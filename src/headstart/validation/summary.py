@@ -13,12 +13,15 @@ from typing import Any
 
 import pandas as pd
 
+from headstart.validation.manifest import sha_hex
+
 SCHEMA = 1
 
 
 def fingerprint(manifest: pd.DataFrame) -> str:
     """SHA-256 over sorted `path<TAB>sha256` lines: changes when any file is added, removed or edited."""
-    lines = sorted(f"{p}\t{s}" for p, s in zip(manifest["path"], manifest["sha256"], strict=True))
+    shas = ("nan" if s is None else s for s in sha_hex(manifest))  # "nan": what an unreadable file always gave
+    lines = sorted(f"{p}\t{s}" for p, s in zip(manifest["path"], shas, strict=True))
     return hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
 
 
@@ -30,7 +33,7 @@ def summarize(
     checks: dict[str, str],
 ) -> dict[str, Any]:
     splits = sorted(set(counts) | set(stats))
-    return {
+    summary = {
         "schema": SCHEMA,
         "fingerprint": fingerprint(manifest),
         "n_images": int(len(manifest)),
@@ -43,9 +46,13 @@ def summarize(
             }
             for s in splits
         },
-        "passed": all(status != "fail" for status in checks.values()),
-        "checks": checks,
     }
+    return with_checks(summary, checks)
+
+
+def with_checks(summary: dict[str, Any], checks: dict[str, str]) -> dict[str, Any]:
+    """`summary` with the checks' verdicts, without a second pass over every path for the fingerprint."""
+    return summary | {"passed": all(status != "fail" for status in checks.values()), "checks": checks}
 
 
 def dump(data: Any) -> str:
