@@ -134,10 +134,6 @@ def decoded_mask(frame: pd.DataFrame) -> np.ndarray:
     return (frame["error"].isna() & frame["dhash"].notna()).to_numpy(bool)
 
 
-def decoded(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame[decoded_mask(frame)]
-
-
 def thumb_bytes(frame: pd.DataFrame) -> np.ndarray:
     """(n, 64) uint8 8x8 thumbnails, zeros for rows that did not decode."""
     packed = np.ascontiguousarray(frame.loc[:, list(THUMB_COLUMNS)].to_numpy(np.uint64))
@@ -148,11 +144,6 @@ def digest_bytes(frame: pd.DataFrame) -> np.ndarray:
     """(n,) 32-byte void view of the SHA-256 digests (zeros where unreadable): sortable, comparable."""
     packed = np.ascontiguousarray(frame.loc[:, list(SHA_COLUMNS)].to_numpy(np.uint64).astype(">u8"))
     return packed.view(np.dtype((np.void, 32))).ravel()
-
-
-def thumbs(frame: pd.DataFrame) -> np.ndarray:
-    """(n, 64) float32 thumbnails in [0, 1]."""
-    return thumb_bytes(frame).astype(np.float32) / 255.0
 
 
 def write_manifest(frame: pd.DataFrame, path: Path) -> Path:
