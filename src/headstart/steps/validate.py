@@ -74,6 +74,7 @@ def run(
     ):
         findings += found
         numbers.update(nums)
+    give_back_freed()  # the checks' per-image arrays (thumbnails, digests, the k-d tree) are freed by now
 
     out_dir.mkdir(parents=True, exist_ok=True)
     docs_dir = out_dir / "data_docs"

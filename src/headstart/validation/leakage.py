@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
-from headstart.runtime import give_back_freed
 from headstart.validation.config import ValidateConfig
 from headstart.validation.decode import hamming
 from headstart.validation.findings import Finding
@@ -188,8 +187,6 @@ def near_duplicates(
                     original = paths[ref_rows[ri]]
                     reason = f"near-duplicate of {original} (thumbnail RMS {rms:.4f}, dHash distance {bits})"
                     findings.append(Finding("near_duplicates_across_splits", reason, paths[part[qi]]))
-    tree = None
-    give_back_freed()  # the k-d tree and the query chunks, a split's size, are freed: hand their pages back
     numbers = {
         "max_rms": cfg.near_duplicate_max_rms,
         "max_hamming": cfg.near_duplicate_max_hamming,
