@@ -20,7 +20,7 @@ from scipy.spatial import cKDTree
 from headstart.validation.config import ValidateConfig
 from headstart.validation.decode import hamming
 from headstart.validation.findings import Finding
-from headstart.validation.manifest import decoded_mask, digest_bytes, thumb_bytes
+from headstart.validation.manifest import NO_DIGEST, decoded_mask, digest_bytes, thumb_bytes
 
 NEIGHBOURS = 4
 QUERY_CHUNK = 8192
@@ -78,7 +78,7 @@ def exact_duplicates(
 ) -> tuple[list[Finding], dict[str, dict[str, Any]]]:
     findings: list[Finding] = []
     digests = digest_bytes(manifest)  # numpy sort of raw digests: no Python string per row
-    ok = (digests != np.void(bytes(32))) & (manifest["bytes"].fillna(0) > 0).to_numpy(bool)
+    ok = (digests != NO_DIGEST) & (manifest["bytes"].fillna(0) > 0).to_numpy(bool)
     _, inverse, counts = np.unique(digests[ok], return_inverse=True, return_counts=True)
     repeated = np.zeros(len(manifest), dtype=bool)
     repeated[np.flatnonzero(ok)] = counts[inverse.ravel()] > 1

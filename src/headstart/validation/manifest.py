@@ -37,6 +37,7 @@ SHA_COLUMNS = tuple(f"sha{i}" for i in range(4))  # the digest's 32 bytes, big-e
 
 STAT_COLUMNS = ("mean0", "mean1", "mean2", "msq0", "msq1", "msq2")
 _STRS = ("path", "split", "label", "mode", "format", "error_kind", "error", "shard")
+NO_DIGEST = np.void(bytes(32))  # digest_bytes' value for a file that could not be read
 CSV_ROWS = 65536  # manifest.csv is written this many rows at a time, hex digests made per chunk
 
 
@@ -124,9 +125,8 @@ def public(frame: pd.DataFrame, shard: bool) -> pd.DataFrame:
 def sha_hex(frame: pd.DataFrame) -> list[str | None]:
     """The hex SHA-256 of each row, None where the file could not be read."""
     raw = digest_bytes(frame)
-    hexed = raw.tobytes().hex()
-    zero = bytes(32)
-    return [None if raw[i].tobytes() == zero else hexed[64 * i : 64 * i + 64] for i in range(len(frame))]
+    hexed, unread = raw.tobytes().hex(), raw == NO_DIGEST
+    return [None if unread[i] else hexed[64 * i : 64 * i + 64] for i in range(len(frame))]
 
 
 def decoded_mask(frame: pd.DataFrame) -> np.ndarray:
