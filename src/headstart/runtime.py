@@ -61,10 +61,13 @@ def tune_allocator() -> bool:
 
 
 def give_back_freed() -> None:
-    """Return the heap's free pages to the OS (glibc's malloc_trim); a no-op on other C libraries."""
+    """Return free pages to the OS: the heap's (glibc's malloc_trim; a no-op on other C libraries) and, when
+    pandas' string columns have loaded it, Arrow's memory pool (mimalloc keeps what Arrow freed for reuse)."""
     libc = _glibc()
     if libc is not None:
         libc.malloc_trim(0)
+    if "pyarrow" in sys.modules:
+        sys.modules["pyarrow"].default_memory_pool().release_unused()
 
 
 def cpu_count(cgroup_root: str = "/sys/fs/cgroup") -> int:

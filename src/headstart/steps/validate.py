@@ -26,7 +26,7 @@ from headstart.validation.expectations import run_suite
 from headstart.validation.findings import assemble
 from headstart.validation.labels import class_counts, expected_labels, label_checks
 from headstart.validation.layout import scan_layout
-from headstart.validation.manifest import integrity_numbers, write_manifest
+from headstart.validation.manifest import STAT_COLUMNS, THUMB_COLUMNS, integrity_numbers, write_manifest
 from headstart.validation.report import class_chart, render_html, sample_thumbs
 from headstart.validation.result import ValidationResult
 from headstart.validation.scan import scan_entries
@@ -74,12 +74,14 @@ def run(
     ):
         findings += found
         numbers.update(nums)
+    manifest = manifest.drop(columns=[*THUMB_COLUMNS, *STAT_COLUMNS])  # read by the checks above only
     give_back_freed()  # the checks' per-image arrays (thumbnails, digests, the k-d tree) are freed by now
 
     out_dir.mkdir(parents=True, exist_ok=True)
     docs_dir = out_dir / "data_docs"
     shutil.rmtree(docs_dir, ignore_errors=True)
     suite = run_suite(cfg, manifest, labels, docs_dir)
+    give_back_freed()  # GX's copy of the manifest's columns and its per-row metrics
     not_applicable = {} if sharded else {"shards": "an ImageFolder has no shards"}
     if previous is None:
         first = "no earlier accepted version to compare with (first run)"
