@@ -6,6 +6,7 @@ headstart.steps, the components in headstart.kfp.components and what their bodie
 """
 
 import json
+from functools import partial
 from typing import Any
 
 from kfp import dsl, kubernetes
@@ -114,14 +115,17 @@ class _Sections:
     """The pipeline's sections: each method adds one section's tasks to the pipeline being defined."""
 
     def __init__(self, params: dict[str, Any], s: PipelineSettings) -> None:
-        cpu, self.gpu = s.cpu_image(), s.cuda_image()
-        self.resolve_op, self.fetch_op = fetch.resolve_component(cpu), fetch.component(cpu)
-        self.validate_op, self.rejected_op = validate.component(cpu), validate.rejected_component(cpu)
-        self.train_op, self.evaluate_op = train.component(self.gpu), evaluate.component(cpu)
-        self.evaluate_gpu_op, self.distributed_op = evaluate.component(self.gpu), train_distributed.component(cpu)
-        self.stage_op = train_distributed.stage_component(cpu)
-        self.unstage_op = train_distributed.unstage_component(cpu)
-        self.register_op, self.promote_op = register.component(cpu), promote.component(cpu)
+        self.gpu = s.cuda_image()
+        # the images hold the package and its kfp: a component installs nothing
+        cpu = partial(dsl.component, base_image=s.cpu_image(), install_kfp_package=False)
+        gpu = partial(dsl.component, base_image=self.gpu, install_kfp_package=False)
+        self.resolve_op, self.fetch_op = cpu(fetch.resolve_data_rev), cpu(fetch.fetch_data)
+        self.validate_op, self.rejected_op = cpu(validate.validate_data), cpu(validate.data_rejected)
+        self.train_op, self.evaluate_op = gpu(train.train_candidate), cpu(evaluate.evaluate_candidates)
+        self.evaluate_gpu_op = gpu(evaluate.evaluate_candidates)
+        self.distributed_op = cpu(train_distributed.train_distributed)
+        self.stage_op, self.unstage_op = cpu(train_distributed.stage_data), cpu(train_distributed.unstage_data)
+        self.register_op, self.promote_op = cpu(register.register_and_gate), cpu(promote.act_on_decision)
         self.s, self.params_json = s, json.dumps(params, sort_keys=True)
         self.s3, self.mlflow = (s.s3_secret, S3_KEYS), (s.mlflow_secret, MLFLOW_KEYS)
         self.checkpoint_root = dsl.WORKSPACE_PATH_PLACEHOLDER if s.workspace_size else ""

@@ -1,8 +1,6 @@
 """KFP component: evaluate both candidates and the champion on one test split (headstart.steps.evaluate)."""
 
-from kfp import dsl
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
-from kfp.dsl.python_component import PythonComponent
 
 
 def evaluate_candidates(
@@ -32,7 +30,3 @@ def evaluate_candidates(
         finetune_confusion=finetune_confusion, scratch_confusion=scratch_confusion,
         champion_confusion=champion_confusion,
     )
-
-
-def component(image: str) -> PythonComponent:
-    return dsl.component(evaluate_candidates, base_image=image, install_kfp_package=False)

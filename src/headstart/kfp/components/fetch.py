@@ -1,9 +1,7 @@
 """KFP components: resolve the data revision to a commit, then materialise the dataset version it pins as a
 Dataset artifact (headstart.steps.fetch)."""
 
-from kfp import dsl
 from kfp.dsl import Dataset, Output
-from kfp.dsl.python_component import PythonComponent
 
 
 def resolve_data_rev(data_repo: str, data_rev: str) -> str:
@@ -20,11 +18,3 @@ def fetch_data(data_repo: str, data_rev: str, dvc_remote: str, params_json: str,
     bodies.fetch_data(
         data_repo=data_repo, data_rev=data_rev, dvc_remote=dvc_remote, params_json=params_json, dataset=dataset,
     )
-
-
-def component(image: str) -> PythonComponent:
-    return dsl.component(fetch_data, base_image=image, install_kfp_package=False)
-
-
-def resolve_component(image: str) -> PythonComponent:
-    return dsl.component(resolve_data_rev, base_image=image, install_kfp_package=False)

@@ -4,9 +4,7 @@ The pipeline runs it in both branches of the dsl.If on the decision: it moves th
 for a promoted version and tags a rejected one with the reasons.
 """
 
-from kfp import dsl
 from kfp.dsl import Artifact, Input
-from kfp.dsl.python_component import PythonComponent
 
 
 def act_on_decision(
@@ -18,7 +16,3 @@ def act_on_decision(
     return bodies.act_on_decision(
         decision=decision, params_json=params_json, overrides=overrides, registered_model=registered_model,
     )
-
-
-def component(image: str) -> PythonComponent:
-    return dsl.component(act_on_decision, base_image=image, install_kfp_package=False)

@@ -2,9 +2,7 @@
 
 from typing import NamedTuple
 
-from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
-from kfp.dsl.python_component import PythonComponent
 
 
 def register_and_gate(
@@ -36,7 +34,3 @@ def register_and_gate(
         max_regression=max_regression, max_class_recall_drop=max_class_recall_drop, registered_model=registered_model,
         decision_files=decision_files, decision_record=decision_record, gate_metrics=gate_metrics, report=report,
     )
-
-
-def component(image: str) -> PythonComponent:
-    return dsl.component(register_and_gate, base_image=image, install_kfp_package=False)

@@ -1,8 +1,6 @@
 """KFP component: train one candidate, finetune or scratch (headstart.steps.train)."""
 
-from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
-from kfp.dsl.python_component import PythonComponent
 
 
 def train_candidate(
@@ -31,7 +29,3 @@ def train_candidate(
         lr_backbone=lr_backbone, checkpoint_root=checkpoint_root, model=model, metrics=metrics,
         learning_curve=learning_curve,
     )
-
-
-def component(image: str) -> PythonComponent:
-    return dsl.component(train_candidate, base_image=image, install_kfp_package=False)

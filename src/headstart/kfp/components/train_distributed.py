@@ -9,9 +9,7 @@ deleted by `unstage_data` once both are done; a task given no `staged_data` stag
 deletes its job's staging folder (its outputs, and its own copy of the data) when it ends.
 """
 
-from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
-from kfp.dsl.python_component import PythonComponent
 
 
 def train_distributed(
@@ -65,15 +63,3 @@ def unstage_data(staged_data: str = ""):
     from headstart.kfp import bodies
 
     bodies.unstage_data(staged_data=staged_data)
-
-
-def component(image: str) -> PythonComponent:
-    return dsl.component(train_distributed, base_image=image, install_kfp_package=False)
-
-
-def stage_component(image: str) -> PythonComponent:
-    return dsl.component(stage_data, base_image=image, install_kfp_package=False)
-
-
-def unstage_component(image: str) -> PythonComponent:
-    return dsl.component(unstage_data, base_image=image, install_kfp_package=False)

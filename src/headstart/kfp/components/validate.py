@@ -1,8 +1,6 @@
 """KFP components: validate the dataset (headstart.steps.validate), and stop the run when it fails."""
 
-from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Output
-from kfp.dsl.python_component import PythonComponent
 
 
 def validate_data(
@@ -27,11 +25,3 @@ def data_rejected(report: Input[HTML]):
     from headstart.kfp import bodies
 
     bodies.data_rejected(report=report)
-
-
-def component(image: str) -> PythonComponent:
-    return dsl.component(validate_data, base_image=image, install_kfp_package=False)
-
-
-def rejected_component(image: str) -> PythonComponent:
-    return dsl.component(data_rejected, base_image=image, install_kfp_package=False)
