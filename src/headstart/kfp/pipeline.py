@@ -35,37 +35,6 @@ DESCRIPTION = (
 )
 
 
-def defaults(params: dict[str, Any]) -> dict[str, Any]:
-    """The run parameters' defaults, read through the step configs so they match a local run."""
-    from headstart.config import section
-    from headstart.steps import register, train
-
-    ft, sc = train.config_from_params(params, "finetune"), train.config_from_params(params, "scratch")
-    _, gate = register.configs_from_params(params)
-    fetch = section(params, "fetch")
-    min_gain = gate.min_gain_over_baseline
-    return {
-        "data_repo": fetch.get("repo", ""),
-        "data_rev": fetch.get("rev", ""),
-        "dvc_remote": fetch.get("remote", ""),
-        "backbone": ft.backbone,
-        "weights": ft.weights or "none",
-        "image_size": ft.image_size,
-        "epochs": ft.epochs,
-        "images_per_class": ft.images_per_class or 0,
-        "finetune_lr_head": ft.lr_head,
-        "finetune_lr_backbone": ft.lr_backbone,
-        "scratch_lr_head": sc.lr_head,
-        "scratch_lr_backbone": sc.lr_backbone,
-        "min_accuracy": gate.min_accuracy,
-        "min_gain_over_baseline": -1.0 if min_gain is None else min_gain,
-        "max_regression": gate.max_regression,
-        "max_class_recall_drop": gate.max_class_recall_drop,
-        "registered_model": section(params, "tracking").get("registered_model", "headstart-classifier"),
-        "overrides": [],
-    }
-
-
 def _on_cpu(task: PipelineTask, s: PipelineSettings, *secrets: tuple[str, SecretKeys]) -> PipelineTask:
     task.set_cpu_request(s.cpu_request).set_cpu_limit(s.cpu_limit)
     task.set_memory_request(s.memory_request).set_memory_limit(s.memory_limit)
@@ -217,8 +186,16 @@ class _Sections:
 
 def build(params: dict[str, Any], s: PipelineSettings) -> GraphComponent:
     """The pipeline for these params.yaml contents and settings (images, pool, resources)."""
+    from headstart.config import section
+    from headstart.steps import register as register_step
+    from headstart.steps import train as train_step
+
     sections = _Sections(params, s)
-    d = defaults(params)
+    # The run parameters' defaults, read through the step configs so they match a local run.
+    ft, sc = train_step.config_from_params(params, "finetune"), train_step.config_from_params(params, "scratch")
+    gate, data = register_step.configs_from_params(params)[1], section(params, "fetch")
+    repo, rev, remote = data.get("repo", ""), data.get("rev", ""), data.get("remote", "")
+    model_name = section(params, "tracking").get("registered_model", "headstart-classifier")
     config = None
     if s.workspace_size:
         config = dsl.PipelineConfig(
@@ -228,24 +205,24 @@ def build(params: dict[str, Any], s: PipelineSettings) -> GraphComponent:
         )
 
     def headstart(
-        data_repo: str = d["data_repo"],
-        data_rev: str = d["data_rev"],
-        dvc_remote: str = d["dvc_remote"],
-        backbone: str = d["backbone"],
-        weights: str = d["weights"],
-        image_size: int = d["image_size"],
-        epochs: int = d["epochs"],
-        images_per_class: int = d["images_per_class"],
-        finetune_lr_head: float = d["finetune_lr_head"],
-        finetune_lr_backbone: float = d["finetune_lr_backbone"],
-        scratch_lr_head: float = d["scratch_lr_head"],
-        scratch_lr_backbone: float = d["scratch_lr_backbone"],
-        min_accuracy: float = d["min_accuracy"],
-        min_gain_over_baseline: float = d["min_gain_over_baseline"],
-        max_regression: float = d["max_regression"],
-        max_class_recall_drop: float = d["max_class_recall_drop"],
-        registered_model: str = d["registered_model"],
-        overrides: list = d["overrides"],
+        data_repo: str = repo,
+        data_rev: str = rev,
+        dvc_remote: str = remote,
+        backbone: str = ft.backbone,
+        weights: str = ft.weights or "none",
+        image_size: int = ft.image_size,
+        epochs: int = ft.epochs,
+        images_per_class: int = ft.images_per_class or 0,
+        finetune_lr_head: float = ft.lr_head,
+        finetune_lr_backbone: float = ft.lr_backbone,
+        scratch_lr_head: float = sc.lr_head,
+        scratch_lr_backbone: float = sc.lr_backbone,
+        min_accuracy: float = gate.min_accuracy,
+        min_gain_over_baseline: float = -1.0 if gate.min_gain_over_baseline is None else gate.min_gain_over_baseline,
+        max_regression: float = gate.max_regression,
+        max_class_recall_drop: float = gate.max_class_recall_drop,
+        registered_model: str = model_name,
+        overrides: list = [],  # noqa: B006 - KFP reads the default; the function is only traced
         distributed_nodes: int = 0,
         gpus_per_node: int = 1,
         staging_uri: str = "",
