@@ -35,51 +35,6 @@ DESCRIPTION = (
 )
 
 
-def _on_cpu(task: PipelineTask, s: PipelineSettings, *secrets: tuple[str, SecretKeys]) -> PipelineTask:
-    task.set_cpu_request(s.cpu_request).set_cpu_limit(s.cpu_limit)
-    task.set_memory_request(s.memory_request).set_memory_limit(s.memory_limit)
-    return _common(task, s, *secrets)
-
-
-def _common(task: PipelineTask, s: PipelineSettings, *secrets: tuple[str, SecretKeys]) -> PipelineTask:
-    kubernetes.add_pod_label(task, s.pod_label_key, s.pod_label_value)
-    for name, keys in secrets:
-        kubernetes.use_secret_as_env(task, secret_name=name, secret_key_to_env={k: k for k in keys.required})
-        if keys.optional:  # a key the secret lacks leaves the variable unset instead of stopping the pod
-            kubernetes.use_secret_as_env(task, secret_name=name, secret_key_to_env={k: k for k in keys.optional},
-                                         optional=True)
-    return task
-
-
-def _retry(task: PipelineTask, s: PipelineSettings, retries: int) -> PipelineTask:
-    return task.set_retry(
-        num_retries=retries,
-        backoff_duration=s.retry_backoff,
-        backoff_factor=s.retry_backoff_factor,
-        backoff_max_duration=s.retry_backoff_max,
-    )
-
-
-def _on_gpu(task: PipelineTask, s: PipelineSettings) -> PipelineTask:
-    """One GPU of the pool (training and GPU evaluation): the training pod's CPU and memory, the pool's
-    toleration and node label, both secrets, and retries, since a spot node may be taken away mid-task."""
-    _retry(task, s, s.train_retries)
-    task.set_accelerator_type(s.accelerator_type).set_accelerator_limit(s.accelerator_limit)
-    task.set_cpu_request(s.train_cpu_request).set_cpu_limit(s.train_cpu_limit)
-    task.set_memory_request(s.train_memory_request).set_memory_limit(s.train_memory_limit)
-    kubernetes.add_toleration(
-        task,
-        key=s.gpu_toleration_key,
-        operator="Equal",
-        value=s.gpu_toleration_value,
-        effect=s.gpu_toleration_effect,
-    )
-    kubernetes.add_node_selector(
-        task, label_key=s.gpu_node_selector_key, label_value=s.gpu_node_selector_value
-    )
-    return _common(task, s, (s.s3_secret, S3_KEYS), (s.mlflow_secret, MLFLOW_KEYS))
-
-
 class _Sections:
     """The pipeline's sections: each method adds one section's tasks to the pipeline being defined."""
 
@@ -99,53 +54,81 @@ class _Sections:
         self.s3, self.mlflow = (s.s3_secret, S3_KEYS), (s.mlflow_secret, MLFLOW_KEYS)
         self.checkpoint_root = dsl.WORKSPACE_PATH_PLACEHOLDER if s.workspace_size else ""
 
+    def on_cpu(self, task: PipelineTask, name: str, *secrets: tuple[str, SecretKeys],
+               cache: bool = False) -> PipelineTask:
+        s = self.s
+        task.set_cpu_request(s.cpu_request).set_cpu_limit(s.cpu_limit)
+        task.set_memory_request(s.memory_request).set_memory_limit(s.memory_limit)
+        return self._common(task, name, cache, *secrets)
+
+    def on_gpu(self, task: PipelineTask, name: str, cache: bool = False) -> PipelineTask:
+        """One GPU of the pool (training and GPU evaluation): the training pod's CPU and memory, the pool's
+        toleration and node label, both secrets, and retries, since a spot node may be taken away mid-task."""
+        s = self.s
+        self.retry(task, s.train_retries)
+        task.set_accelerator_type(s.accelerator_type).set_accelerator_limit(s.accelerator_limit)
+        task.set_cpu_request(s.train_cpu_request).set_cpu_limit(s.train_cpu_limit)
+        task.set_memory_request(s.train_memory_request).set_memory_limit(s.train_memory_limit)
+        kubernetes.add_toleration(task, key=s.gpu_toleration_key, operator="Equal", value=s.gpu_toleration_value,
+                                  effect=s.gpu_toleration_effect)
+        kubernetes.add_node_selector(task, label_key=s.gpu_node_selector_key, label_value=s.gpu_node_selector_value)
+        return self._common(task, name, cache, self.s3, self.mlflow)
+
+    def _common(self, task: PipelineTask, name: str, cache: bool, *secrets: tuple[str, SecretKeys]) -> PipelineTask:
+        task.set_caching_options(cache).set_display_name(name)
+        kubernetes.add_pod_label(task, self.s.pod_label_key, self.s.pod_label_value)
+        for secret, keys in secrets:
+            kubernetes.use_secret_as_env(task, secret_name=secret, secret_key_to_env={k: k for k in keys.required})
+            if keys.optional:  # a key the secret lacks leaves the variable unset instead of stopping the pod
+                kubernetes.use_secret_as_env(task, secret_name=secret, secret_key_to_env={k: k for k in keys.optional},
+                                             optional=True)
+        return task
+
+    def retry(self, task: PipelineTask, retries: int) -> PipelineTask:
+        s = self.s
+        return task.set_retry(num_retries=retries, backoff_duration=s.retry_backoff,
+                              backoff_factor=s.retry_backoff_factor, backoff_max_duration=s.retry_backoff_max)
+
     def fetch_and_validate(self, data_repo: Any, data_rev: Any, dvc_remote: Any,
                            overrides: Any) -> tuple[Any, PipelineTask]:
         """The fetched dataset, and the task that validates it."""
-        s = self.s
         # A branch name as fetch's cache key would return its first download forever: the uncached
         # resolver turns it into the commit, and fetch is cached on that.
-        resolved = self.resolve_op(data_repo=data_repo, data_rev=data_rev)
-        _on_cpu(resolved, s).set_caching_options(False).set_display_name("resolve-data-rev")
+        resolved = self.on_cpu(self.resolve_op(data_repo=data_repo, data_rev=data_rev), "resolve-data-rev")
         fetched = self.fetch_op(
             data_repo=data_repo, data_rev=resolved.output, dvc_remote=dvc_remote, params_json=self.params_json
         )
-        _on_cpu(fetched, s, self.s3).set_caching_options(True).set_display_name("fetch-data")
+        self.on_cpu(fetched, "fetch-data", self.s3, cache=True)
         for task in (resolved, fetched):
-            _retry(task, s, s.fetch_retries)
+            self.retry(task, self.s.fetch_retries)
         dataset = fetched.outputs["dataset"]
         checked = self.validate_op(dataset=dataset, params_json=self.params_json, overrides=overrides)
-        _on_cpu(checked, s, self.mlflow).set_caching_options(True).set_display_name("validate-data")
-        return dataset, checked
+        return dataset, self.on_cpu(checked, "validate-data", self.mlflow, cache=True)
 
     def train_in_pod(self, knobs: dict[str, Any], role: str) -> PipelineTask:
-        task = self.train_op(**knobs, checkpoint_root=self.checkpoint_root)
-        return _on_gpu(task, self.s).set_caching_options(True).set_display_name(f"train-{role}")
+        return self.on_gpu(self.train_op(**knobs, checkpoint_root=self.checkpoint_root), f"train-{role}", cache=True)
 
     def train(self, dataset: Any, knobs: dict[str, dict[str, Any]], distributed_nodes: Any, gpus_per_node: Any,
               staging_uri: Any) -> dict[str, Any]:
         """Both candidates' models, by role: trained in the pipeline pod, or as PyTorchJobs when offered."""
-        s = self.s
-        if not s.multi_node_training:
+        if not self.s.multi_node_training:
             return {role: self.train_in_pod(knobs[role], role).outputs["model"] for role in knobs}
         jobs, tasks = {}, {}
         # one group for both roles: the dataset is staged once per run for both PyTorchJobs and deleted
         # after both (a task may not read outputs of a sibling dsl.If group)
         with dsl.If(distributed_nodes > 1, name="multi-node"):
-            staged = self.stage_op(dataset=dataset, staging_uri=staging_uri)
-            _on_cpu(staged, s, self.s3).set_caching_options(False).set_display_name("stage-data")
+            staged = self.on_cpu(self.stage_op(dataset=dataset, staging_uri=staging_uri), "stage-data", self.s3)
             for role in knobs:
-                job = self.distributed_op(
+                jobs[role] = job = self.distributed_op(
                     **knobs[role], nodes=distributed_nodes, gpus_per_node=gpus_per_node,
                     staging_uri=staging_uri, staged_data=staged.output, job_image=self.gpu, namespace="",
-                    timeout_s=s.distributed_timeout_s,
+                    timeout_s=self.s.distributed_timeout_s,
                 )
-                _on_cpu(job, s, self.s3, self.mlflow).set_caching_options(True).set_display_name(f"train-{role}-job")
+                self.on_cpu(job, f"train-{role}-job", self.s3, self.mlflow, cache=True)
                 for env, path in OWNER_FIELDS:  # the PyTorchJob names this pod as its owner
                     kubernetes.use_field_path_as_env(job, env, path)
-                jobs[role] = job
             unstaged = self.unstage_op(staged_data=staged.output).after(*jobs.values()).ignore_upstream_failure()
-            _on_cpu(unstaged, s, self.s3).set_caching_options(False).set_display_name("unstage-data")
+            self.on_cpu(unstaged, "unstage-data", self.s3)
         with dsl.Else(name="in-pod"):
             for role in knobs:
                 tasks[role] = self.train_in_pod(knobs[role], role)
@@ -153,35 +136,27 @@ class _Sections:
 
     def evaluate(self, scoring: dict[str, Any], evaluate_gpu: Any) -> Any:
         """The evaluation artifact: scored on the CPU, or on one GPU of the pool when offered and asked for."""
-        s = self.s
-        if not s.gpu_evaluation:
-            on_cpu = self.evaluate_op(**scoring)
-            _on_cpu(on_cpu, s, self.s3, self.mlflow).set_caching_options(False).set_display_name("evaluate")
-            return on_cpu.outputs["evaluation"]
+        if not self.s.gpu_evaluation:
+            return self.on_cpu(self.evaluate_op(**scoring), "evaluate", self.s3, self.mlflow).outputs["evaluation"]
         with dsl.If(evaluate_gpu == False, name="evaluate-on-cpu"):  # noqa: E712 - a KFP condition
-            on_cpu = self.evaluate_op(**scoring)
-            _on_cpu(on_cpu, s, self.s3, self.mlflow).set_caching_options(False).set_display_name("evaluate")
+            on_cpu = self.on_cpu(self.evaluate_op(**scoring), "evaluate", self.s3, self.mlflow)
         with dsl.Else(name="evaluate-on-gpu"):  # CUDA image, one GPU of the pool
-            on_gpu = self.evaluate_gpu_op(**scoring)
-            _on_gpu(on_gpu, s).set_caching_options(False).set_display_name("evaluate")
+            on_gpu = self.on_gpu(self.evaluate_gpu_op(**scoring), "evaluate")
         return dsl.OneOf(on_cpu.outputs["evaluation"], on_gpu.outputs["evaluation"])
 
     def gate(self, scoring: dict[str, Any], evaluation: Any, **thresholds: Any) -> None:
         """Register the winner and judge it; then promote it, or record the rejection."""
         gated = self.register_op(**scoring, evaluation=evaluation, **thresholds)
-        _on_cpu(gated, self.s, self.mlflow).set_caching_options(False).set_display_name("register-and-gate")
+        self.on_cpu(gated, "register-and-gate", self.mlflow)
         acting = dict(decision=gated.outputs["decision_files"], params_json=self.params_json,
                       overrides=scoring["overrides"], registered_model=scoring["registered_model"])
         with dsl.If(gated.outputs["decision"] == "promoted", name="gate-passed"):
-            moved = self.promote_op(**acting)
-            _on_cpu(moved, self.s, self.mlflow).set_caching_options(False).set_display_name("promote-champion")
+            self.on_cpu(self.promote_op(**acting), "promote-champion", self.mlflow)
         with dsl.Else(name="gate-failed"):
-            kept = self.promote_op(**acting)
-            _on_cpu(kept, self.s, self.mlflow).set_caching_options(False).set_display_name("record-rejection")
+            self.on_cpu(self.promote_op(**acting), "record-rejection", self.mlflow)
 
     def stop(self, checked: PipelineTask) -> None:
-        stop = self.rejected_op(report=checked.outputs["report"])
-        _on_cpu(stop, self.s).set_caching_options(False).set_display_name("stop-on-invalid-data")
+        self.on_cpu(self.rejected_op(report=checked.outputs["report"]), "stop-on-invalid-data")
 
 
 def build(params: dict[str, Any], s: PipelineSettings) -> GraphComponent:
