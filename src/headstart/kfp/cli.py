@@ -157,17 +157,8 @@ def submit(
     """Start one run of the compiled pipeline on a Kubeflow Pipelines cluster."""
     from headstart.kfp.remote import submit as do_submit
 
-    result = do_submit(
-        host,
-        package,
-        arguments=parse_arguments(args),
-        run_name=run_name,
-        experiment=experiment,
-        namespace=namespace,
-        service_account=service_account,
-        enable_caching=cache,
-        token=token,
-    )
+    result = do_submit(host, package, arguments=parse_arguments(args), run_name=run_name, experiment=experiment,
+                       namespace=namespace, service_account=service_account, enable_caching=cache, token=token)
     typer.echo(json.dumps({"experiment_id": result.experiment_id, "run_id": result.run_id}))
 
 
@@ -187,18 +178,6 @@ def schedule(
     """Schedule retraining: a recurring run, one at a time, skipping missed slots (no catch-up)."""
     from headstart.kfp.remote import schedule as do_schedule
 
-    result = do_schedule(
-        host,
-        cron,
-        package,
-        name=name,
-        arguments=parse_arguments(args),
-        experiment=experiment,
-        namespace=namespace,
-        service_account=service_account,
-        enable_caching=cache,
-        token=token,
-    )
-    typer.echo(
-        json.dumps({"experiment_id": result.experiment_id, "recurring_run_id": result.recurring_run_id})
-    )
+    result = do_schedule(host, cron, package, name=name, arguments=parse_arguments(args), experiment=experiment,
+                         namespace=namespace, service_account=service_account, enable_caching=cache, token=token)
+    typer.echo(json.dumps({"experiment_id": result.experiment_id, "recurring_run_id": result.recurring_run_id}))

@@ -66,20 +66,18 @@ def check_cluster_run(package: Path, arguments: dict[str, Any], *, scheduled: bo
         check_staging_uri(str(values.get("staging_uri") or ""))
 
 
-def _experiment_id(client: Any, name: str, namespace: str | None) -> str:
-    return str(client.create_experiment(name=name, namespace=namespace).experiment_id)
-
-
 def _create(
     host: str, package: Path, arguments: dict[str, Any], experiment: str, namespace: str | None,
-    token: str | None, create: Callable[[Any, str], Any],
+    token: str | None, create: Callable[[Any, str], Any], *, scheduled: bool = False,
 ) -> tuple[str, Any]:
-    """Check the arguments against the package, connect, find or make the experiment, then
-    `create(client, experiment_id)`; an API that does not answer becomes a ConfigError naming --host."""
+    """Check the run (`check_cluster_run`) and its arguments against the package, connect, find or make the
+    experiment, then `create(client, experiment_id)`; an API that does not answer becomes a ConfigError naming
+    --host."""
+    check_cluster_run(package, arguments, scheduled=scheduled)
     check_arguments(package, arguments)
     client = _client(host, namespace, token)
     try:
-        exp = _experiment_id(client, experiment, namespace)
+        exp = str(client.create_experiment(name=experiment, namespace=namespace).experiment_id)
         return exp, create(client, exp)
     except ConfigError:
         raise
@@ -88,20 +86,12 @@ def _create(
 
 
 def submit(
-    host: str,
-    package: Path = DEFAULT_PACKAGE,
-    *,
-    arguments: dict[str, Any] | None = None,
-    run_name: str | None = None,
-    experiment: str = EXPERIMENT,
-    namespace: str | None = None,
-    service_account: str = SERVICE_ACCOUNT,
-    enable_caching: bool | None = None,
-    token: str | None = None,
+    host: str, package: Path = DEFAULT_PACKAGE, *, arguments: dict[str, Any] | None = None,
+    run_name: str | None = None, experiment: str = EXPERIMENT, namespace: str | None = None,
+    service_account: str = SERVICE_ACCOUNT, enable_caching: bool | None = None, token: str | None = None,
 ) -> Submitted:
     """Create one run of the compiled package."""
     arguments = arguments or {}
-    check_cluster_run(package, arguments)
     exp, run = _create(host, package, arguments, experiment, namespace, token, lambda client, exp: (
         client.create_run_from_pipeline_package(
             str(package),
@@ -132,22 +122,13 @@ def check_cron(cron: str) -> str:
 
 
 def schedule(
-    host: str,
-    cron: str,
-    package: Path = DEFAULT_PACKAGE,
-    *,
-    name: str = "headstart-retraining",
-    arguments: dict[str, Any] | None = None,
-    experiment: str = EXPERIMENT,
-    namespace: str | None = None,
-    service_account: str = SERVICE_ACCOUNT,
-    enable_caching: bool | None = None,
-    token: str | None = None,
+    host: str, cron: str, package: Path = DEFAULT_PACKAGE, *, name: str = "headstart-retraining",
+    arguments: dict[str, Any] | None = None, experiment: str = EXPERIMENT, namespace: str | None = None,
+    service_account: str = SERVICE_ACCOUNT, enable_caching: bool | None = None, token: str | None = None,
 ) -> Submitted:
     """A recurring run: one at a time (max concurrency 1), no catch-up of missed slots."""
     cron = check_cron(cron)
     arguments = arguments or {}
-    check_cluster_run(package, arguments, scheduled=True)
     exp, job = _create(host, package, arguments, experiment, namespace, token, lambda client, exp: (
         client.create_recurring_run(
             experiment_id=exp,
@@ -161,5 +142,5 @@ def schedule(
             enabled=True,
             enable_caching=enable_caching,
             service_account=service_account or None,
-        )))
+        )), scheduled=True)
     return Submitted(experiment_id=exp, recurring_run_id=str(job.recurring_run_id))
