@@ -31,15 +31,6 @@ class LocalRun:
     containers: list[dict[str, Any]] = field(default_factory=list)  # docker runner: one entry per container
 
 
-def _task_dirs(run_dir: Path) -> dict[str, list[str]]:
-    return {d.name: sorted(p.name for p in d.iterdir()) for d in sorted(run_dir.iterdir()) if d.is_dir()}
-
-
-def _validation_rejected(run_dir: Path) -> bool:
-    out = run_dir / "validate-data" / "executor_output.json"
-    return out.is_file() and json.loads(out.read_text()).get("parameterValues", {}).get("Output") is False
-
-
 def find_output(run_dir: Path, name: str) -> Path | None:
     """An output of any task in a local run (kfp.local writes <root>/<run>/<task>/<output>)."""
     return next(iter(sorted(run_dir.glob(f"*/{name}"))), None)
@@ -153,7 +144,8 @@ def _run(pipeline: Any, root: Path, workspace: Path, *, local_runner: Any, argum
         for i, r in enumerate(runs.records):
             (logs / f"{i:02d}-{r.function}-{r.attempt}.log").write_text(r.log)
     if error is not None:
-        if _validation_rejected(run_dir):
+        validated = run_dir / "validate-data" / "executor_output.json"
+        if validated.is_file() and json.loads(validated.read_text()).get("parameterValues", {}).get("Output") is False:
             raise ValidationFailed(
                 f"the dataset failed validation; see {find_output(run_dir, 'report')}. "
                 "No training was started."
@@ -161,8 +153,7 @@ def _run(pipeline: Any, root: Path, workspace: Path, *, local_runner: Any, argum
         raise HeadstartError(
             f"the local pipeline run failed ({error}); the task's log is above, its outputs under {run_dir}"
         )
-    decision_file = find_output(run_dir, "decision_files")
-    decision = None
-    if decision_file and (decision_file / "decision.json").is_file():
-        decision = json.loads((decision_file / "decision.json").read_text())
-    return LocalRun(run_dir=run_dir, decision=decision, artifacts=_task_dirs(run_dir), containers=records)
+    decision = find_output(run_dir, "decision_files/decision.json")
+    artifacts = {d.name: sorted(p.name for p in d.iterdir()) for d in sorted(run_dir.iterdir()) if d.is_dir()}
+    return LocalRun(run_dir=run_dir, decision=json.loads(decision.read_text()) if decision else None,
+                    artifacts=artifacts, containers=records)
