@@ -130,17 +130,14 @@ def get_folder(uri: str, dest: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    commands = {"put": lambda folder, uri: put(Path(folder), uri), "get": lambda uri, dest: get(uri, Path(dest)),
+                "get-folder": lambda uri, dest: get_folder(uri, Path(dest))}
+    if len(args) != 3 or args[0] not in commands:
+        print("usage: python -m headstart.cluster.bundle put FOLDER URI | get URI FOLDER | get-folder URI FOLDER",
+              file=sys.stderr)
+        return 2
     try:
-        if len(args) == 3 and args[0] == "put":
-            put(Path(args[1]), args[2])
-        elif len(args) == 3 and args[0] == "get":
-            get(args[1], Path(args[2]))
-        elif len(args) == 3 and args[0] == "get-folder":
-            get_folder(args[1], Path(args[2]))
-        else:
-            print("usage: python -m headstart.cluster.bundle put FOLDER URI | get URI FOLDER | get-folder URI FOLDER",
-                  file=sys.stderr)
-            return 2
+        commands[args[0]](*args[1:])
     except HeadstartError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

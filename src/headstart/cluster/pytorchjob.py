@@ -361,11 +361,9 @@ def state(name: str, namespace: str, api: Any) -> tuple[str, str]:
     job = client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
                                                                     _request_timeout=REQUEST_TIMEOUT)
     conditions = [c for c in (job.get("status") or {}).get("conditions") or [] if c.get("status") == "True"]
-    for final in ("Failed", "Succeeded"):
-        for c in conditions:
-            if c.get("type") == final:
-                return final, c.get("message", "")
-    return (conditions[-1]["type"], conditions[-1].get("message", "")) if conditions else ("Pending", "")
+    final = next((c for end in ("Failed", "Succeeded") for c in conditions if c.get("type") == end), None)
+    latest = final or (conditions[-1] if conditions else {"type": "Pending"})
+    return latest["type"], latest.get("message", "")
 
 
 def wait(name: str, namespace: str, api: Any, timeout_s: float, poll_s: float = 15.0) -> str:

@@ -146,9 +146,8 @@ def use_loop(dataset_metadata: dict[str, Any]) -> str:
 def log_metrics(artifact: MetricsLike, values: dict[str, Any]) -> None:
     """Numbers only (the UI's scalar metrics table); None and text are left out."""
     for key, value in values.items():
-        if isinstance(value, bool) or value is None or not isinstance(value, int | float):
-            continue
-        artifact.log_metric(key, float(value))
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            artifact.log_metric(key, float(value))
 
 
 def model_metrics(summary: dict[str, Any]) -> dict[str, float]:
