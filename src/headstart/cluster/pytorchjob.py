@@ -260,10 +260,8 @@ def manifest(req: JobRequest, settings: PipelineSettings, owner: dict[str, Any] 
     ownerReference (see `owner_reference`), makes the cluster delete the job when its owner goes."""
     if req.nodes < 1 or req.gpus_per_node < 1:
         raise HeadstartError(f"nodes={req.nodes}, gpus_per_node={req.gpus_per_node}: both must be at least 1")
-    def replica(count: int) -> dict[str, Any]:
-        return {"replicas": count, "restartPolicy": "OnFailure", "template": _pod(req, settings)}
-
-    replicas = {"Master": replica(1), **({"Worker": replica(req.nodes - 1)} if req.nodes > 1 else {})}
+    replicas = {kind: {"replicas": count, "restartPolicy": "OnFailure", "template": _pod(req, settings)}
+                for kind, count in (("Master", 1), ("Worker", req.nodes - 1)) if count}
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "PyTorchJob",

@@ -81,18 +81,8 @@ def validate_params(params_json: str, overrides: list[str]) -> dict[str, Any]:
 
 
 def train_params(
-    params_json: str,
-    overrides: list[str],
-    role: str,
-    *,
-    backbone: str,
-    weights: str,
-    image_size: int,
-    epochs: int,
-    images_per_class: int,
-    lr_head: float,
-    lr_backbone: float,
-    checkpoints: str,
+    params_json: str, overrides: list[str], role: str, *, backbone: str, weights: str, image_size: int, epochs: int,
+    images_per_class: int, lr_head: float, lr_backbone: float, checkpoints: str,
 ) -> dict[str, Any]:
     """One candidate's settings: the run's knobs go to train.<role>; `weights` "" keeps params.yaml's."""
     knobs: dict[str, Any] = {
@@ -110,14 +100,8 @@ def train_params(
 
 
 def gate_params(
-    params_json: str,
-    overrides: list[str],
-    *,
-    min_accuracy: float,
-    min_gain_over_baseline: float,
-    max_regression: float,
-    max_class_recall_drop: float,
-    registered_model: str,
+    params_json: str, overrides: list[str], *, min_accuracy: float, min_gain_over_baseline: float,
+    max_regression: float, max_class_recall_drop: float, registered_model: str,
 ) -> dict[str, Any]:
     knobs = {
         "gate.min_accuracy": min_accuracy,

@@ -171,13 +171,9 @@ def build(params: dict[str, Any], s: PipelineSettings) -> GraphComponent:
     gate, data = register_step.configs_from_params(params)[1], section(params, "fetch")
     repo, rev, remote = data.get("repo", ""), data.get("rev", ""), data.get("remote", "")
     model_name = section(params, "tracking").get("registered_model", "headstart-classifier")
-    config = None
-    if s.workspace_size:
-        config = dsl.PipelineConfig(
-            workspace=dsl.WorkspaceConfig(
-                size=s.workspace_size, kubernetes=dsl.KubernetesWorkspaceConfig(pvcSpecPatch=s.pvc_patch())
-            )
-        )
+    config = dsl.PipelineConfig(workspace=dsl.WorkspaceConfig(
+        size=s.workspace_size, kubernetes=dsl.KubernetesWorkspaceConfig(pvcSpecPatch=s.pvc_patch()),
+    )) if s.workspace_size else None
 
     def headstart(
         data_repo: str = repo,
