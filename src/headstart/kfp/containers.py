@@ -140,11 +140,8 @@ def _answers(host: str) -> bool:
     import docker
 
     try:
-        client = docker.DockerClient(base_url=host, timeout=5)
-        try:
+        with contextlib.closing(docker.DockerClient(base_url=host, timeout=5)) as client:
             return bool(client.ping())
-        finally:
-            client.close()
     except docker.errors.DockerException:
         return False
 

@@ -6,6 +6,7 @@ the component images, as the image's user, under kfp.local.DockerRunner; see hea
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import warnings
@@ -91,12 +92,10 @@ def run_local(
     with containers.engine():
         import docker
 
-        client = docker.from_env()
-        try:  # before the first task: a missing image is named at once, not after the earlier tasks ran
+        # before the first task: a missing image is named at once, not after the earlier tasks ran
+        with contextlib.closing(docker.from_env()) as client:
             for ref in {settings.cpu_image(), settings.cuda_image()}:
                 containers.local_image(client, ref)
-        finally:
-            client.close()
         runs = containers.Runs()
         from kfp import local
 
