@@ -79,8 +79,7 @@ def train_candidate(role: str, dataset: ArtifactLike, params_json: str, override
         checkpoints=kfp_io.checkpoint_dir(checkpoint_root, model.path),
     )
     result = train.run(train.config_from_params(p, role), Path(dataset.path), Path(model.path), tracking_from_params(p))
-    _trained(role, model, metrics, learning_curve, dataclasses.asdict(result))
-    model.metadata.update(role=role, backbone=backbone, mlflow_run_id=result.run_id or "")
+    _trained(role, backbone, model, metrics, learning_curve, dataclasses.asdict(result))
 
 
 def train_distributed(role: str, dataset: ArtifactLike, params_json: str, overrides: list[str], backbone: str,
@@ -102,15 +101,16 @@ def train_distributed(role: str, dataset: ArtifactLike, params_json: str, overri
         loop_id=kfp_io.use_loop(dict(dataset.metadata)),  # the pods' MLflow run joins the loop's parent
     )
     result = json.loads((Path(model.path) / "metrics.json").read_text())
-    _trained(role, model, metrics, learning_curve, result)
-    model.metadata.update(role=role, backbone=backbone, mlflow_run_id=result.get("run_id") or "",
-                          pytorchjob=f"{req.namespace}/{req.name}", world=f"{nodes}x{gpus_per_node}")
+    _trained(role, backbone, model, metrics, learning_curve, result, pytorchjob=f"{req.namespace}/{req.name}",
+             world=f"{nodes}x{gpus_per_node}")
 
 
-def _trained(role: str, model: ArtifactLike, metrics: MetricsLike, learning_curve: ArtifactLike,
-             result: dict) -> None:
+def _trained(role: str, backbone: str, model: ArtifactLike, metrics: MetricsLike, learning_curve: ArtifactLike,
+             result: dict, **metadata: str) -> None:
+    """A trained candidate for the UI: its metrics and learning curve; the run id and `metadata` on the Model."""
     kfp_io.log_metrics(metrics, result)
     kfp_io.write_png_html(learning_curve.path, Path(model.path) / "learning_curve.png", f"{role}: learning curve")
+    model.metadata.update(role=role, backbone=backbone, mlflow_run_id=result.get("run_id") or "", **metadata)
 
 
 def stage_data(dataset: ArtifactLike, staging_uri: str) -> str:
