@@ -55,7 +55,7 @@ class ShardParts:
 
     root: shardlib.Root
     shards: tuple[shardlib.ShardInfo, ...]
-    kept: tuple[int, ...]
+    counts: tuple[int, ...]
     n_classes: int
     keep: frozenset[str] | None = field(default=None, repr=False)
     subset: tuple[str, tuple[shardlib.ShardInfo, ...]] | None = field(default=None, repr=False)
@@ -68,15 +68,11 @@ class ShardParts:
         return str(self.root)
 
     @property
-    def counts(self) -> tuple[int, ...]:
-        return self.kept
-
-    @property
     def positions(self) -> int:
         return sum(s.count for s in self.shards)
 
     def read(self, i: int) -> Iterator[Sample]:
-        if not self.kept[i]:
+        if not self.counts[i]:
             return
         if self.subset is not None:
             yield from shardlib.iter_shard(self.subset[0], self.subset[1][i], self.n_classes)
@@ -87,7 +83,7 @@ class ShardParts:
 
     def stamp(self) -> str:
         """Each shard's sha256 (checked against the shards by validation) and the kept names."""
-        text = "".join(f"|{s.file}|{s.sha256}|{n}" for s, n in zip(self.shards, self.kept, strict=True))
+        text = "".join(f"|{s.file}|{s.sha256}|{n}" for s, n in zip(self.shards, self.counts, strict=True))
         return text + ("|".join(sorted(self.keep)) if self.keep is not None else "")
 
 

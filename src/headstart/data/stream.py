@@ -115,7 +115,7 @@ def open_split(
                               digest_size=16).hexdigest()
         local = Path(cache_dir) / "subsets" / key
         subset = (str(local), shardlib.pack_subset(root, index, split, keep, counts, local))
-    source = ShardParts(root=root if not isinstance(root, Path) else str(root), shards=entries, kept=counts,
+    source = ShardParts(root=root if not isinstance(root, Path) else str(root), shards=entries, counts=counts,
                         n_classes=len(index.classes), keep=keep, subset=subset)
     return StreamSplit(source=source, split=split, classes=index.classes, preset=preset, seed=seed,
                        workers=workers, shuffle_buffer=shuffle_buffer)
@@ -148,9 +148,9 @@ def rank_shards(data: StreamSplit, epoch: int, rank: int, world: int) -> list[in
     return torch.randperm(n, generator=gen)[rank::world].tolist()
 
 
-def stream_shards(data: StreamSplit, epoch: int, rank: int, world: int) -> list[list[int]]:
-    """The shards of each of this rank's streams, in reading order."""
-    mine = rank_shards(data, epoch, rank, world)
+def stream_shards(data: StreamSplit, epoch: int, rank: int, world: int, shuffle: bool = True) -> list[list[int]]:
+    """The shards of each of this rank's streams, in reading order (`shuffle` False: index order, for scoring)."""
+    mine = rank_shards(data, epoch, rank, world) if shuffle else list(range(data.parts))[rank::world]
     return [mine[s :: data.streams] for s in range(data.streams)]
 
 
@@ -256,7 +256,7 @@ def _loader(dataset: _Chunks, workers: int) -> DataLoader:
 def _pass(data: StreamSplit, epoch: int, rank: int, world: int, skip: int,
           shuffle: bool = True) -> Iterator[tuple[torch.Tensor, ...]]:
     """One pass over this rank's shards, from sample `skip` on, as chunks in the deterministic order."""
-    streams = stream_shards(data, epoch, rank, world) if shuffle else _in_order(data, rank, world)
+    streams = stream_shards(data, epoch, rank, world, shuffle)
     sizes = [sum(data.counts[i] for i in ids) for ids in streams]
     done, order, drop = resume_plan(sizes, data.chunk, skip)
     plan = [(s, streams[s], done[s]) for s in order]
@@ -331,11 +331,6 @@ def _rebatch(
 
 # ---- in index order, for scoring ----------------------------------------------------------------------
 
-def _in_order(data: StreamSplit, rank: int, world: int) -> list[list[int]]:
-    mine = list(range(data.parts))[rank::world]
-    return [mine[s :: data.streams] for s in range(data.streams)]
-
-
 class _Ordered(_Chunks):
     """Scoring: no shuffle buffer; each stream reads its shards front to back."""
 
@@ -358,9 +353,4 @@ def scoring_batches(
         yield _to(x, device), _to(y, device), pos
 
 
-def predict_batches(
-    data: StreamSplit, batch_size: int, device: torch.device | None = None,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """A whole split for prediction, in batches of at most `batch_size`: (uint8 NHWC, int64 labels,
-    int64 positions in the split). Memory: a few batches, whatever the split's size."""
-    yield from scoring_batches(data, batch_size, device=device)
+predict_batches = scoring_batches  # a whole split for prediction; memory: a few batches, whatever the split's size
