@@ -75,15 +75,12 @@ class LoadOptions:
     cache_budget_gib: float | None = None
 
 
-def decoded_bytes(n: int, preset: Preset) -> int:
-    """What `n` images take decoded into memory at `preset` (uint8 HWC)."""
-    return n * preset.image_size * preset.image_size * preset.channels
-
-
 def streams(mode: Loading, n: int, preset: Preset, memory_budget_gib: float) -> bool:
-    """The rule: stream when asked, or (auto) when the decoded split would pass the memory budget, where holding
-    it in RAM stops fitting; memory otherwise, which is faster for a split that fits (no per-epoch decoding)."""
-    return mode == "stream" or (mode == "auto" and decoded_bytes(n, preset) > memory_budget_gib * 2**30)
+    """The rule: stream when asked, or (auto) when the decoded split (uint8 HWC) would pass the memory budget,
+    where holding it in RAM stops fitting; memory otherwise, which is faster for a split that fits (no per-epoch
+    decoding)."""
+    decoded = n * preset.image_size * preset.image_size * preset.channels
+    return mode == "stream" or (mode == "auto" and decoded > memory_budget_gib * 2**30)
 
 
 def load_or_stream(

@@ -11,6 +11,7 @@ import os
 import sqlite3
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -111,23 +112,36 @@ def load_split(
     import torch
 
     items = per_class_subset(list_split(data_dir, split, classes), per_class, seed)
-    labels = torch.tensor([c for _, c in items], dtype=torch.int64)
     rel = tuple(str(p.relative_to(data_dir)) for p, _ in items)
-    shape = (len(items), preset.image_size, preset.image_size, preset.channels)
+
+    def fill(arrays: np.ndarray) -> None:
+        for i, (path, _) in enumerate(
+            tqdm(items, desc=f"decoding {split}", unit="img", disable=not progress_enabled(), leave=False)
+        ):
+            arrays[i] = preset.decode(path)
+
+    x = decode_cached((len(items), preset.image_size, preset.image_size, preset.channels), cache_dir,
+                      lambda: content_key(items, rel, preset, cache_dir), fill, cache_budget_bytes, cache_max_bytes)
+    return Split(x=torch.from_numpy(x), y=torch.tensor([c for _, c in items], dtype=torch.int64), paths=rel,
+                 classes=classes)
+
+
+def decode_cached(
+    shape: tuple[int, ...], cache_dir: Path | None, key: Callable[[], str], fill: Callable[[np.ndarray], None],
+    budget_bytes: int | None, max_bytes: int = CACHE_MAX_BYTES,
+) -> np.ndarray:
+    """The uint8 array of `shape` that `fill` decodes, read instead from `<cache_dir>/<key()>.npy` where a load
+    wrote it; a fresh one is written there unless it passes `max_bytes` (both forms' `load` share this)."""
     cache_file = None
-    if cache_dir is not None and math.prod(shape) <= cache_max_bytes:
-        cache_file = Path(cache_dir) / f"{content_key(items, rel, preset, Path(cache_dir))}.npy"
-        cached = read_cached(cache_file, shape)
-        if cached is not None:
-            return Split(x=torch.from_numpy(cached), y=labels, paths=rel, classes=classes)
+    if cache_dir is not None and math.prod(shape) <= max_bytes:
+        cache_file = Path(cache_dir) / f"{key()}.npy"
+        if (cached := read_cached(cache_file, shape)) is not None:
+            return cached
     arrays = np.empty(shape, dtype=np.uint8)
-    for i, (path, _) in enumerate(
-        tqdm(items, desc=f"decoding {split}", unit="img", disable=not progress_enabled(), leave=False)
-    ):
-        arrays[i] = preset.decode(path)
+    fill(arrays)
     if cache_file is not None:
-        write_cached(cache_file, arrays, cache_budget_bytes)
-    return Split(x=torch.from_numpy(arrays), y=labels, paths=rel, classes=classes)
+        write_cached(cache_file, arrays, budget_bytes)
+    return arrays
 
 
 def content_key(

@@ -5,7 +5,6 @@ with the tensor cache, or streamed shard by shard through DataLoader workers."""
 from __future__ import annotations
 
 import hashlib
-import math
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Literal
 
@@ -14,7 +13,7 @@ import PIL
 from tqdm import tqdm
 
 from headstart.data import imagefolder, shards
-from headstart.data.imagefolder import CACHE_MAX_BYTES, Split, read_cached, write_cached
+from headstart.data.imagefolder import Split, decode_cached
 from headstart.data.listing import Listing
 from headstart.data.parts import DEFAULT_SHUFFLE_BUFFER
 from headstart.data.suffixes import IMAGE_SUFFIXES
@@ -42,9 +41,6 @@ class PackedDataset:
     def require_classes(self, split: str, classes: tuple[str, ...], whose: str) -> None:
         imagefolder.require_classes(self.root, split, classes, whose, found=self.classes(split))
 
-    def _listed(self, split: str, cache_dir: Path | None) -> list[tuple[str, int]]:
-        return shards.split_items(self.root, split, Path(cache_dir) if cache_dir is not None else None)
-
     @staticmethod
     def _subset(listed: list[tuple[str, int]], per_class: int | None, seed: int) -> list[tuple[PurePosixPath, int]]:
         """The per-class subset of a listing, by the rule an ImageFolder's files are chosen by (on the names)."""
@@ -54,7 +50,7 @@ class PackedDataset:
               cache_dir: Path | None = None) -> Listing:
         """The rows its ImageFolder would give (class by class, "<split>/<class>/<file>"), each with its
         position in the index (the order the stream delivers)."""
-        listed = self._listed(split, cache_dir)
+        listed = shards.split_items(self.root, split, cache_dir)
         if per_class is not None:
             chosen = {str(p) for p, _ in self._subset(listed, per_class, seed)}
             listed = [(n, c) if n in chosen else ("", -1) for n, c in listed]  # positions stay the split's
@@ -64,8 +60,9 @@ class PackedDataset:
                        labels=np.array([listed[i][1] for i in rows], dtype=np.int64), positions=rows)
 
     def count(self, split: str, per_class: int | None = None) -> int:
-        """From the index's counts: no shard is read."""
-        return shards.split_count(self.root, split, per_class)
+        """From the index's counts: no shard is read (a per-class subset takes up to `per_class` of each class)."""
+        counts = shards.split_of(self.root, shards.read_index(self.root), split).class_counts.values()
+        return sum(counts) if per_class is None else sum(min(per_class, n) for n in counts)
 
     def load(self, split: str, preset: Preset, classes: tuple[str, ...], per_class: int | None = None,
              seed: int = 0, cache_dir: Path | None = None, cache_budget_bytes: int | None = None) -> Split:
@@ -78,45 +75,40 @@ class PackedDataset:
         root = self.root
         index = shards.read_index(root)
         entries = shards.split_of(root, index, split).shards
-        chosen = sorted(self._subset(self._listed(split, cache_dir), per_class, seed),
+        chosen = sorted(self._subset(shards.split_items(self.root, split, cache_dir), per_class, seed),
                         key=lambda it: (it[1], str(it[0])))
         rows = {str(p): i for i, (p, _) in enumerate(chosen)}
         if len(rows) != len(chosen):
             twice = next(str(p) for i, (p, _) in enumerate(chosen) if rows[str(p)] != i)
             raise DataError(f"{root}: split {split!r} holds {twice!r} more than once (.path members); re-pack it")
         rel = tuple(f"{split}/{p}" for p, _ in chosen)
-        labels = torch.tensor([c for _, c in chosen], dtype=torch.int64)
-        shape = (len(chosen), preset.image_size, preset.image_size, preset.channels)
-        cache_file = None
-        if cache_dir is not None and math.prod(shape) <= CACHE_MAX_BYTES:
-            digest = hashlib.blake2b(digest_size=20)
-            digest.update(f"packed-v1|{PIL.__version__}|{preset.image_size}|{preset.channels}|{split}".encode())
+
+        def key() -> str:  # the index's shard sha256s and the chosen names
+            text = f"packed-v1|{PIL.__version__}|{preset.image_size}|{preset.channels}|{split}"
+            text += "".join(f"|{shard.file}|{shard.sha256}" for shard in entries) + "|".join(rel)
+            return hashlib.blake2b(text.encode(), digest_size=20).hexdigest()
+
+        def fill(arrays: np.ndarray) -> None:
+            bar = tqdm(total=len(chosen), desc=f"decoding {split}", unit="img", disable=not progress_enabled(),
+                       leave=False)
             for shard in entries:
-                digest.update(f"|{shard.file}|{shard.sha256}".encode())
-            digest.update("|".join(rel).encode())
-            cache_file = Path(cache_dir) / f"{digest.hexdigest()}.npy"
-            cached = read_cached(cache_file, shape)
-            if cached is not None:
-                return Split(x=torch.from_numpy(cached), y=labels, paths=rel, classes=classes)
-        arrays = np.empty(shape, dtype=np.uint8)
-        bar = tqdm(total=len(chosen), desc=f"decoding {split}", unit="img", disable=not progress_enabled(),
-                   leave=False)
-        for shard in entries:
-            for sample in shards.iter_shard(root, shard, len(classes)):
-                row = rows.pop(sample.name, None)
-                if row is not None:
-                    try:
-                        arrays[row] = preset.decode(sample.data)
-                    except DataError as exc:
-                        raise DataError(f"{root}/{shard.file}: sample {sample.key} ({sample.name}): {exc}") from exc
-                    bar.update(1)
-        bar.close()
-        if rows:  # a shard replaced since it was listed: never hand back unfilled rows
-            raise DataError(f"{root}: split {split!r}: {len(rows)} listed samples not found in its shards (first: "
-                            f"{next(iter(rows))}); the shards differ from index.json: re-fetch or re-pack")
-        if cache_file is not None:
-            write_cached(cache_file, arrays, cache_budget_bytes)
-        return Split(x=torch.from_numpy(arrays), y=labels, paths=rel, classes=classes)
+                for sample in shards.iter_shard(root, shard, len(classes)):
+                    row = rows.pop(sample.name, None)
+                    if row is not None:
+                        try:
+                            arrays[row] = preset.decode(sample.data)
+                        except DataError as exc:
+                            raise DataError(f"{root}/{shard.file}: sample {sample.key} ({sample.name}): {exc}") from exc
+                        bar.update(1)
+            bar.close()
+            if rows:  # a shard replaced since it was listed: never hand back unfilled rows
+                raise DataError(f"{root}: split {split!r}: {len(rows)} listed samples not found in its shards (first: "
+                                f"{next(iter(rows))}); the shards differ from index.json: re-fetch or re-pack")
+
+        x = decode_cached((len(chosen), preset.image_size, preset.image_size, preset.channels), cache_dir, key, fill,
+                          cache_budget_bytes)
+        return Split(x=torch.from_numpy(x), y=torch.tensor([c for _, c in chosen], dtype=torch.int64), paths=rel,
+                     classes=classes)
 
     def stream(self, split: str, preset: Preset, seed: int, workers: int, per_class: int | None = None,
                shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, cache_dir: Path | None = None) -> StreamSplit:
@@ -126,7 +118,7 @@ class PackedDataset:
 
         keep, listed = None, None
         if per_class is not None:
-            listed = self._listed(split, cache_dir)
+            listed = shards.split_items(self.root, split, cache_dir)
             keep = frozenset(str(p) for p, _ in self._subset(listed, per_class, seed))
         return open_split(self.root, split, preset, seed, workers, keep, shuffle_buffer, cache_dir, listed)
 

@@ -67,10 +67,7 @@ class ShardIndex:
     target_shard_bytes: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "version": VERSION, "classes": list(self.classes),
-                "target_shard_bytes": self.target_shard_bytes,
-                "splits": {name: {"count": s.count, "class_counts": s.class_counts,
-                                  "shards": [asdict(i) for i in s.shards]} for name, s in self.splits.items()}}
+        return {"format": FORMAT, "version": VERSION, **asdict(self)}
 
 
 # ---- where a root lives: a folder, or s3:// --------------------------------------------------------------
@@ -151,12 +148,6 @@ def split_of(root: Root, index: ShardIndex, split: str) -> SplitIndex:
         raise DataError(f"{_join(root, INDEX)}: no split {split!r} (has {', '.join(index.splits) or 'none'})")
     return index.splits[split]
 
-
-def split_count(root: Root, split: str, per_class: int | None = None) -> int:
-    """Samples in `split` (`per_class`: in its per-class subset, which takes up to that many of each class),
-    from the index's counts: no shard is read."""
-    counts = split_of(root, read_index(root), split).class_counts.values()
-    return sum(counts) if per_class is None else sum(min(per_class, n) for n in counts)
 
 # ---- reading -----------------------------------------------------------------------------------------------
 
@@ -440,9 +431,7 @@ class _ShardWriter:
     def close(self) -> ShardInfo:
         self.tar.close()
         path = self.root / self.rel
-        digest = hashlib.sha256()
         with open(path, "rb") as fh:  # in blocks: a shard is hundreds of MB
-            while block := fh.read(1 << 20):
-                digest.update(block)
-        return ShardInfo(file=self.rel, count=self.count, bytes=path.stat().st_size, sha256=digest.hexdigest(),
+            sha256 = hashlib.file_digest(fh, "sha256").hexdigest()
+        return ShardInfo(file=self.rel, count=self.count, bytes=path.stat().st_size, sha256=sha256,
                          class_counts=self.class_counts)
