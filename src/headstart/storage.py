@@ -17,7 +17,7 @@ import os
 import shutil
 import time
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, TypeGuard
 
 from headstart.errors import StorageError
 
@@ -30,7 +30,7 @@ _MISSING_CODES = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
 RESUME_BACKOFF_S = 0.5  # before the first resumed read of a streamed object; doubles for each next one
 
 
-def is_s3(uri: str | Path) -> bool:
+def is_s3(uri: str | Path) -> TypeGuard[str]:
     """True for `s3://bucket/key` strings; a Path is always local."""
     return isinstance(uri, str) and uri.startswith(S3_SCHEME)
 
@@ -61,10 +61,7 @@ def split_folder(uri: str) -> tuple[str, str]:
 
 def endpoint_url() -> str | None:
     """The S3 endpoint from the environment, None for AWS itself."""
-    for var in ENDPOINT_VARS:
-        if os.environ.get(var):
-            return os.environ[var]
-    return None
+    return next((os.environ[var] for var in ENDPOINT_VARS if os.environ.get(var)), None)
 
 
 def _client() -> Any:
@@ -151,7 +148,6 @@ def fetch(uri: str | Path, dest_dir: Path) -> Path:
                 f"{uri}: no such file or directory (relative to {Path.cwd()}); check the path."
             )
         return path
-    uri = str(uri)
     bucket, key = split_s3(uri)
     dest = Path(dest_dir) / PurePosixPath(key).name
     try:
@@ -180,7 +176,6 @@ def upload(path: Path, uri: str | Path, metadata: dict[str, str] | None = None) 
         except OSError as exc:
             raise StorageError(f"{uri}: could not copy {path} there: {exc}; check permissions.") from exc
         return
-    uri = str(uri)
     bucket, key = split_s3(uri)
     try:
         extra = {"Metadata": metadata} if metadata else None
@@ -193,7 +188,6 @@ def exists(uri: str | Path) -> bool:
     """Whether the file or s3 object exists; errors other than 'not found' raise StorageError."""
     if not is_s3(uri):
         return _local(uri).exists()
-    uri = str(uri)
     bucket, key = split_s3(uri)
     try:
         _client().head_object(Bucket=bucket, Key=key)
@@ -209,8 +203,7 @@ def list_names(folder: str | Path, prefix: str = "") -> list[str]:
     if not is_s3(folder):
         path = _local(folder)
         return sorted(p.name for p in path.glob(f"{prefix}*") if p.is_file()) if path.is_dir() else []
-    uri = str(folder)
-    bucket, key = split_folder(uri)
+    bucket, key = split_folder(folder)
     names: list[str] = []
     try:
         pages = _client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key + prefix,
@@ -218,7 +211,7 @@ def list_names(folder: str | Path, prefix: str = "") -> list[str]:
         for page in pages:
             names += [item["Key"][len(key) :] for item in page.get("Contents", [])]
     except _s3_errors() as exc:
-        raise _error(uri, "list", exc) from exc
+        raise _error(folder, "list", exc) from exc
     return sorted(names)
 
 
@@ -229,7 +222,6 @@ def read_bytes(uri: str | Path) -> tuple[bytes, dict[str, str]]:
             return _local(uri).read_bytes(), {}
         except OSError as exc:
             raise StorageError(f"{uri}: could not read: {exc}") from exc
-    uri = str(uri)
     bucket, key = split_s3(uri)
     buffer = io.BytesIO()
     try:
@@ -316,13 +308,12 @@ def sizes(folder: str | Path) -> dict[str, int]:
     if not is_s3(folder):
         path = _local(folder)
         return {p.relative_to(path).as_posix(): p.stat().st_size for p in path.rglob("*") if p.is_file()}
-    uri = str(folder)
-    bucket, prefix = split_folder(uri)
+    bucket, prefix = split_folder(folder)
     try:
         pages = _client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
         return {item["Key"][len(prefix):]: int(item["Size"]) for page in pages for item in page.get("Contents", [])}
     except _s3_errors() as exc:
-        raise _error(uri, "list", exc) from exc
+        raise _error(folder, "list", exc) from exc
 
 
 def delete_folder(folder: str | Path) -> int:
@@ -339,10 +330,9 @@ def delete_folder(folder: str | Path) -> int:
         except OSError as exc:
             raise StorageError(f"{folder}: could not delete: {exc}") from exc
         return count
-    uri = str(folder)
-    bucket, prefix = split_folder(uri)
+    bucket, prefix = split_folder(folder)
     if not prefix:
-        raise StorageError(f"{uri}: refusing to delete a whole bucket; give a folder inside it")
+        raise StorageError(f"{folder}: refusing to delete a whole bucket; give a folder inside it")
     count = 0
     try:
         client = _client()
@@ -351,11 +341,11 @@ def delete_folder(folder: str | Path) -> int:
             if keys:  # a page holds at most 1,000 keys, as many as one delete_objects takes
                 failed = client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True}).get("Errors")
                 if failed:
-                    raise StorageError(f"{uri}: could not delete {len(failed)} object(s), e.g. "
+                    raise StorageError(f"{folder}: could not delete {len(failed)} object(s), e.g. "
                                        f"{failed[0].get('Key')}: {failed[0].get('Message')}. {_hint()}")
                 count += len(keys)
     except _s3_errors() as exc:
-        raise _error(uri, "delete", exc) from exc
+        raise _error(folder, "delete", exc) from exc
     return count
 
 
@@ -367,7 +357,6 @@ def delete(uri: str | Path) -> None:
         except OSError as exc:
             raise StorageError(f"{uri}: could not delete: {exc}") from exc
         return
-    uri = str(uri)
     bucket, key = split_s3(uri)
     try:
         _client().delete_object(Bucket=bucket, Key=key)
