@@ -23,7 +23,6 @@ from headstart.errors import DataError, StorageError
 REMOTE_NAME = "headstart-pipeline"
 
 
-
 class FetchConfig(Frozen):
     """Where the dataset version comes from: the `fetch` section of params.yaml (no defaults here)."""
 
@@ -84,16 +83,7 @@ def _from_working_copy(cfg: FetchConfig, out_dir: Path) -> FetchResult:
         )
     md5 = pinned_md5(source)
     shutil.copytree(source, out_dir, copy_function=_link_or_copy if cfg.link else shutil.copy2)
-    return FetchResult(
-        data_dir=str(out_dir), source=str(source.resolve()), rev=None, md5=md5, files=_count(out_dir)
-    )
-
-
-def _dvc_config(remote: str) -> dict[str, Any] | None:
-    """A named remote made the default, so the given URL wins over the repository's own."""
-    if not remote:
-        return None
-    return {"core": {"remote": REMOTE_NAME}, "remote": {REMOTE_NAME: {"url": remote}}}
+    return FetchResult(data_dir=str(out_dir), source=str(source.resolve()), rev=None, md5=md5, files=_count(out_dir))
 
 
 def _check_names(fs: Any, path: str, where: str) -> None:
@@ -117,14 +107,14 @@ def _from_repo(cfg: FetchConfig, out_dir: Path) -> FetchResult:
     from scmrepo.exceptions import SCMError
 
     where = f"{cfg.repo}@{cfg.rev or 'default branch'}"
+    # a given remote URL is made the default under a name of its own, so it wins over the repository's
+    config = {"core": {"remote": REMOTE_NAME}, "remote": {REMOTE_NAME: {"url": cfg.remote}}} if cfg.remote else None
     try:
-        fs = DVCFileSystem(cfg.repo, rev=cfg.rev or None, config=_dvc_config(cfg.remote))
+        fs = DVCFileSystem(cfg.repo, rev=cfg.rev or None, config=config)
         pin = f"{cfg.path}.dvc"
         if not fs.exists(pin):
-            raise DataError(
-                f"{where}: no {pin} at this revision; check that the revision exists and "
-                f"pins the dataset with {pin}"
-            )
+            raise DataError(f"{where}: no {pin} at this revision; check that the revision exists and "
+                            f"pins the dataset with {pin}")
         md5 = parse_pin(fs.read_text(pin), f"{where}:{pin}")
         _check_names(fs, cfg.path, where)
         fs.get(cfg.path, str(out_dir), recursive=True, **({"batch_size": cfg.jobs} if cfg.jobs else {}))
