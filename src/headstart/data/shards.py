@@ -84,14 +84,15 @@ def _join(root: Root, rel: str) -> str:
 
 @contextlib.contextmanager
 def _open(root: Root, rel: str) -> Iterator[IO[bytes]]:
-    """A readable stream of one file under `root`: streamed from S3, never downloaded whole."""
-    uri = root.url(rel) if isinstance(root, RemoteRoot) else _join(root, rel)
-    if not storage.is_s3(uri):
-        with open(uri, "rb") as fh:
+    """A readable stream of one file under `root`: streamed from S3, never downloaded whole (ObjectStream resumes
+    a dropped connection from the byte reached). A missing file is a DataError."""
+    try:
+        uri = root.url(rel) if isinstance(root, RemoteRoot) else _join(root, rel)
+        with storage.ObjectStream(uri, _join(root, rel)) if storage.is_s3(uri) else open(uri, "rb") as fh:
             yield fh
-        return
-    with storage.ObjectStream(uri, _join(root, rel)) as body:  # resumes a dropped connection from the byte reached
-        yield body
+    except FileNotFoundError as exc:
+        raise DataError(f"{_join(root, rel)}: " + ("not found; a packed dataset has one (headstart data pack)"
+                        if rel == INDEX else "shard listed in index.json is missing")) from exc
 
 
 def is_sharded(root: Root) -> bool:
@@ -108,8 +109,6 @@ def read_index(root: Root) -> ShardIndex:
     try:
         with _open(root, INDEX) as fh:
             raw = json.loads(fh.read().decode("utf-8"))
-    except FileNotFoundError as exc:
-        raise DataError(f"{where}: not found; a packed dataset has one (headstart data pack)") from exc
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"{where}: not valid JSON ({exc}); re-pack the dataset (headstart data pack)") from exc
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
@@ -167,8 +166,6 @@ def iter_shard(root: Root, shard: ShardInfo, n_classes: int) -> Iterator[Sample]
                 key = sample.get("__key__")
                 count += 1
                 yield _sample(sample, shard.file, n_classes)
-    except FileNotFoundError as exc:
-        raise DataError(f"{where}: shard listed in index.json is missing") from exc
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
         after = f" after sample {key}" if key is not None else ""
         why = str(exc).split(" @ ")[0]  # webdataset appends the file object's repr
@@ -204,18 +201,14 @@ def _sample(raw: dict[str, Any], shard: str, n_classes: int) -> Sample:
 def verify_shard(root: Root, shard: ShardInfo) -> None:
     """The shard's bytes are the ones the index recorded (size and sha256)."""
     digest, size = hashlib.sha256(), 0
-    where = _join(root, shard.file)
-    try:
-        with _open(root, shard.file) as fh:
-            while block := fh.read(1 << 20):
-                digest.update(block)
-                size += len(block)
-    except FileNotFoundError as exc:
-        raise DataError(f"{where}: shard listed in index.json is missing") from exc
+    with _open(root, shard.file) as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+            size += len(block)
     if size != shard.bytes or digest.hexdigest() != shard.sha256:
-        raise DataError(f"{where}: does not match index.json ({size} bytes, sha256 {digest.hexdigest()[:12]}...; "
-                        f"index: {shard.bytes} bytes, {shard.sha256[:12]}...): corrupt or replaced; "
-                        "re-fetch or re-pack")
+        raise DataError(f"{_join(root, shard.file)}: does not match index.json ({size} bytes, sha256 "
+                        f"{digest.hexdigest()[:12]}...; index: {shard.bytes} bytes, {shard.sha256[:12]}...): corrupt "
+                        "or replaced; re-fetch or re-pack")
 
 
 def split_items(root: Root, split: str, cache_dir: Path | None = None) -> list[tuple[str, int]]:

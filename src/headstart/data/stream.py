@@ -58,11 +58,7 @@ class StreamSplit:
     chunk: int = DEFAULT_CHUNK
 
     def __len__(self) -> int:
-        return sum(self.counts)
-
-    @property
-    def counts(self) -> tuple[int, ...]:
-        return self.source.counts
+        return sum(self.source.counts)
 
     @property
     def parts(self) -> int:
@@ -76,10 +72,6 @@ class StreamSplit:
     @property
     def keep(self) -> frozenset[str] | None:
         return self.source.keep
-
-    @property
-    def root(self) -> str:
-        return self.source.where
 
     @property
     def streams(self) -> int:
@@ -141,8 +133,8 @@ def rank_shards(data: StreamSplit, epoch: int, rank: int, world: int) -> list[in
     """Indices of the parts (shards) that `rank` reads in `epoch`: a seeded permutation, every world-th."""
     n = data.parts
     if n < world:
-        raise ConfigError(f"{data.root}: split {data.split!r} has {n} shard(s), fewer than the {world} training "
-                          "processes; every process reads its own shards. Re-pack with a smaller --shard-size "
+        raise ConfigError(f"{data.source.where}: split {data.split!r} has {n} shard(s), fewer than the {world} "
+                          "training processes; every process reads its own shards. Re-pack with a smaller --shard-size "
                           "(headstart data pack) or train with fewer processes.")
     gen = torch.Generator().manual_seed(data.seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=gen)[rank::world].tolist()
@@ -257,7 +249,7 @@ def _pass(data: StreamSplit, epoch: int, rank: int, world: int, skip: int,
           shuffle: bool = True) -> Iterator[tuple[torch.Tensor, ...]]:
     """One pass over this rank's shards, from sample `skip` on, as chunks in the deterministic order."""
     streams = stream_shards(data, epoch, rank, world, shuffle)
-    sizes = [sum(data.counts[i] for i in ids) for ids in streams]
+    sizes = [sum(data.source.counts[i] for i in ids) for ids in streams]
     done, order, drop = resume_plan(sizes, data.chunk, skip)
     plan = [(s, streams[s], done[s]) for s in order]
     if not plan:
@@ -281,9 +273,9 @@ def epoch_batches(
     (`world` > 1): exactly `steps` batches of `batch_size` samples per rank (`batch_size` is the per-rank
     batch here), the rank's sequence repeated or cut to fill them."""
     device = device or torch.device("cpu")
-    per_pass = sum(data.counts[i] for i in rank_shards(data, epoch, rank, world))
+    per_pass = sum(data.source.counts[i] for i in rank_shards(data, epoch, rank, world))
     if per_pass == 0:
-        raise DataError(f"{data.root}: split {data.split!r}: rank {rank} got no samples in epoch {epoch}")
+        raise DataError(f"{data.source.where}: split {data.split!r}: rank {rank} got no samples in epoch {epoch}")
     start = skip_steps * batch_size
     total = steps * batch_size if world > 1 else len(data)
     skip = start % per_pass
