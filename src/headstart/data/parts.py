@@ -18,7 +18,7 @@ from typing import Protocol
 
 from headstart.data import shards as shardlib
 from headstart.data.imagefolder import file_digests
-from headstart.data.sample import Sample
+from headstart.data.shards import Sample
 from headstart.errors import DataError
 
 DEFAULT_SHUFFLE_BUFFER = 2048  # samples each stream shuffles among

@@ -33,7 +33,6 @@ from headstart import storage
 from headstart.data.imagefolder import list_classes, list_split
 from headstart.data.names import shown, unsafe_path_reason
 from headstart.data.remote import RemoteRoot
-from headstart.data.sample import Sample
 from headstart.errors import DataError
 from headstart.progress import progress_enabled
 
@@ -68,6 +67,18 @@ class ShardIndex:
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": VERSION, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sample as the stream engine reads it, whichever form it came from (a tar shard or a file)."""
+
+    key: str  # 9-digit position in the split: the packed index's order, or an ImageFolder's load order
+    name: str  # the original path inside the split, e.g. "coat/img_00042.png"
+    label: int
+    data: bytes
+    ext: str
+    shard: str  # where it was read from, for messages: the shard's file, or the image file
 
 
 # ---- where a root lives: a folder, or s3:// --------------------------------------------------------------

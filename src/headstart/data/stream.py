@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from headstart.data import shards as shardlib
 from headstart.data.parts import DEFAULT_CHUNK, DEFAULT_SHUFFLE_BUFFER, PartSource, ShardParts
-from headstart.data.sample import Sample
+from headstart.data.shards import Sample
 from headstart.errors import ConfigError, DataError
 from headstart.presets import Preset
 
