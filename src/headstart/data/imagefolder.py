@@ -135,8 +135,12 @@ def decode_cached(
     cache_file = None
     if cache_dir is not None and math.prod(shape) <= max_bytes:
         cache_file = Path(cache_dir) / f"{key()}.npy"
-        if (cached := read_cached(cache_file, shape)) is not None:
-            return cached
+        with contextlib.suppress(OSError, ValueError):  # absent or unreadable: decode again and rewrite it
+            cached = np.load(cache_file, allow_pickle=False)
+            if cached.shape == shape and cached.dtype == np.uint8:
+                with contextlib.suppress(OSError):
+                    os.utime(cache_file)  # used now: the mtime orders the LRU pruning (atime: noatime, relatime)
+                return cached
     arrays = np.empty(shape, dtype=np.uint8)
     fill(arrays)
     if cache_file is not None:
@@ -191,18 +195,6 @@ def file_digests(paths: list[Path], cache_dir: Path | None) -> list[str]:
             db.executemany("INSERT OR REPLACE INTO digest VALUES (?, ?, ?, ?, ?)", fresh)
         db.close()
     return out
-
-
-def read_cached(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except (OSError, ValueError):
-        return None  # absent or unreadable: decode again and rewrite it
-    if arr.shape != shape or arr.dtype != np.uint8:
-        return None
-    with contextlib.suppress(OSError):
-        os.utime(path)  # used now: the mtime orders the LRU pruning (atime is often not kept: noatime, relatime)
-    return arr
 
 
 def write_cached(path: Path, arrays: np.ndarray, budget_bytes: int | None = None) -> None:

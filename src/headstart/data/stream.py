@@ -182,10 +182,8 @@ class _Chunks(IterableDataset):
         self.plan = plan  # per worker slot: (stream id, its shard indices, whole chunks to skip)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        info = get_worker_info()
-        slot = 0 if info is None else info.id
-        slots = [slot] if info is not None else range(len(self.plan))
-        for s in slots:
+        info = get_worker_info()  # None: no workers, the main process reads every stream
+        for s in [info.id] if info is not None else range(len(self.plan)):
             if s < len(self.plan):
                 stream, shard_ids, skip_chunks = self.plan[s]
                 yield from self._stream(stream, shard_ids, skip_chunks)
@@ -206,23 +204,14 @@ class _Chunks(IterableDataset):
         yield from buffer
 
     def _stream(self, stream: int, shard_ids: list[int], skip_chunks: int) -> Iterator[tuple[torch.Tensor, ...]]:
-        data, size = self.data, self.data.preset.image_size
-        pending: list[Sample] = []
-        skip = skip_chunks * data.chunk
-        for sample in self._samples(stream, shard_ids):
-            if skip:
-                skip -= 1  # resumed: this sample was trained on before the checkpoint; not decoded
-                continue
-            pending.append(sample)
-            if len(pending) == data.chunk:
-                yield _decode(pending, data.preset, size)
-                pending = []
-        if pending:
-            yield _decode(pending, data.preset, size)
+        # resumed: the skipped samples were trained on before the checkpoint; they are read, not decoded
+        samples = itertools.islice(self._samples(stream, shard_ids), skip_chunks * self.data.chunk, None)
+        while chunk := list(itertools.islice(samples, self.data.chunk)):
+            yield _decode(chunk, self.data.preset)
 
 
-def _decode(samples: list[Sample], preset: Preset, size: int) -> tuple[torch.Tensor, ...]:
-    x = np.empty((len(samples), size, size, preset.channels), dtype=np.uint8)
+def _decode(samples: list[Sample], preset: Preset) -> tuple[torch.Tensor, ...]:
+    x = np.empty((len(samples), preset.image_size, preset.image_size, preset.channels), dtype=np.uint8)
     for i, sample in enumerate(samples):
         try:
             x[i] = preset.decode(sample.data)
