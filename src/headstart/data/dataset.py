@@ -24,7 +24,6 @@ if TYPE_CHECKING:  # torch: validation opens a dataset without it
     from headstart.data.imagefolder import Split
     from headstart.data.stream import StreamSplit
     from headstart.presets import Preset
-from headstart.data.remote import RemoteRoot
 
 Loading = Literal["auto", "memory", "stream"]
 
@@ -57,7 +56,7 @@ def open_dataset(root: shards.Root | Dataset) -> Dataset:
     """The dataset at `root`: packed when it has an index.json (s3:// and DVC remotes hold packed ones only)."""
     if isinstance(root, FolderDataset | PackedDataset):
         return root
-    if isinstance(root, RemoteRoot) or storage.is_s3(root) or shards.is_sharded(root):
+    if isinstance(root, shards.RemoteRoot) or storage.is_s3(root) or shards.is_sharded(root):
         return PackedDataset(root)
     return FolderDataset(Path(root))
 

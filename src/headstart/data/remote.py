@@ -19,7 +19,8 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+import yaml
 
 from headstart import storage
 from headstart.data.pin import parse_pin, pin_file
@@ -69,7 +70,9 @@ def open_remote(data: Path, remote: str = "") -> RemoteRoot:
     if not dvc_file.is_file():
         raise DataError(f"{dvc_file}: not found; reading {data} from its DVC remote needs the .dvc file that "
                         f"`dvc add {data}` wrote (check out the repository at the revision you want)")
-    out = _first_out(dvc_file)
+    text = dvc_file.read_text(encoding="utf-8")
+    parse_pin(text, str(dvc_file))  # the same DataError as every other step for a broken .dvc file
+    out = dict(yaml.safe_load(text)["outs"][0])
     md5 = out.get("md5") or ""
     if not md5.endswith(".dir"):
         raise DataError(f"{dvc_file}: tracks a file ({md5 or 'no md5'}), not a folder; the remote read takes "
@@ -92,14 +95,6 @@ def open_remote(data: Path, remote: str = "") -> RemoteRoot:
         raise DataError(f"{label}: the tracked folder has no {INDEX}; it is not a packed dataset "
                         "(headstart data pack --data <ImageFolder> --out <folder>, then dvc add and push it)")
     return RemoteRoot(label=label, objects=objects)
-
-
-def _first_out(dvc_file: Path) -> dict[str, Any]:
-    import yaml
-
-    text = dvc_file.read_text(encoding="utf-8")
-    parse_pin(text, str(dvc_file))  # the same DataError as every other step for a broken .dvc file
-    return dict(yaml.safe_load(text)["outs"][0])
 
 
 def _repo_root(start: Path) -> Path:

@@ -268,17 +268,14 @@ def _write_items(memo: Path, items: list[tuple[str, int]]) -> None:
 
 # ---- packing -----------------------------------------------------------------------------------------------
 
-def pack(
-    data_dir: Path, out_dir: Path, target_shard_bytes: int = DEFAULT_SHARD_BYTES,
-    splits: tuple[str, ...] | None = None,
-) -> ShardIndex:
+def pack(data_dir: Path, out_dir: Path, target_shard_bytes: int = DEFAULT_SHARD_BYTES) -> ShardIndex:
     """Pack the ImageFolder `data_dir` into shards in `out_dir` (replacing only a folder pack wrote)."""
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     if target_shard_bytes < 1:
         raise DataError(f"--shard-size {target_shard_bytes}: must be at least 1 byte")
     if is_sharded(data_dir):
         raise DataError(f"{data_dir}: already packed (it has {INDEX}); pack reads an ImageFolder")
-    names = splits or tuple(s for s in SPLITS if (data_dir / s).is_dir())
+    names = tuple(s for s in SPLITS if (data_dir / s).is_dir())
     if not names:
         raise DataError(f"{data_dir}: no split folders ({', '.join(SPLITS)}); "
                         f"expected {data_dir}/<split>/<class>/<image>")
