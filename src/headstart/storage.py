@@ -135,8 +135,7 @@ def _s3_errors() -> tuple[type[Exception], ...]:
 
 
 def _local(uri: str | Path) -> Path:
-    text = str(uri)
-    return Path(text[len(FILE_SCHEME) :] if text.startswith(FILE_SCHEME) else text).expanduser()
+    return Path(str(uri).removeprefix(FILE_SCHEME)).expanduser()
 
 
 def fetch(uri: str | Path, dest_dir: Path) -> Path:

@@ -54,10 +54,10 @@ class PackedDataset:
         if per_class is not None:
             chosen = {str(p) for p, _ in self._subset(listed, per_class, seed)}
             listed = [(n, c) if n in chosen else ("", -1) for n, c in listed]  # positions stay the split's
-        rows = _folder_order(listed)
-        rows = rows[[listed[i][1] >= 0 for i in rows]]
-        return Listing(names=[f"{split}/{listed[i][0]}" for i in rows],
-                       labels=np.array([listed[i][1] for i in rows], dtype=np.int64), positions=rows)
+        labels = np.fromiter((label for _, label in listed), dtype=np.int64, count=len(listed))
+        rows = np.lexsort((np.array([name for name, _ in listed]), labels))  # its ImageFolder's order: class, name
+        rows = rows[labels[rows] >= 0]
+        return Listing(names=[f"{split}/{listed[i][0]}" for i in rows], labels=labels[rows], positions=rows)
 
     def count(self, split: str, per_class: int | None = None) -> int:
         """From the index's counts: no shard is read (a per-class subset takes up to `per_class` of each class)."""
@@ -153,9 +153,3 @@ class PackedDataset:
             raise DataError(f"{self.root}: the evaluation's test images {missing[:3]} are not in the packed "
                             "dataset's shards; re-run evaluate on this data")
         return [found[n] for n in names]
-
-
-def _folder_order(items: list[tuple[str, int]]) -> np.ndarray:
-    """Index positions of a packed split's samples in its ImageFolder's order (by class, then name)."""
-    labels = np.fromiter((label for _, label in items), dtype=np.int64, count=len(items))
-    return np.lexsort((np.array([name for name, _ in items]), labels))

@@ -169,7 +169,7 @@ def resume_plan(sizes: Sequence[int], chunk: int, skip: int) -> tuple[list[int],
                 return done, order, skip - position
             position += size
             done[s] += 1
-        if all(d == n for d, n in zip(done, left, strict=True)):
+        if done == left:
             return done, [], 0
 
 
@@ -267,17 +267,10 @@ def epoch_batches(
         raise DataError(f"{data.source.where}: split {data.split!r}: rank {rank} got no samples in epoch {epoch}")
     start = skip_steps * batch_size
     total = steps * batch_size if world > 1 else len(data)
-    skip = start % per_pass
-
-    def chunks() -> Iterator[tuple[torch.Tensor, ...]]:
-        nonlocal skip
-        while True:
-            yield from _pass(data, epoch, rank, world, skip)
-            skip = 0
-            if world == 1:
-                return
-
-    for xb, yb, pos in _rebatch(chunks(), batch_size, total - start):
+    passes = range(1) if world == 1 else itertools.count()  # DDP: the rank's sequence again, to fill `steps`
+    chunks = itertools.chain.from_iterable(_pass(data, epoch, rank, world, start % per_pass if i == 0 else 0)
+                                           for i in passes)
+    for xb, yb, pos in _rebatch(chunks, batch_size, total - start):
         yield (_to(xb, device), _to(yb, device), pos) if positions else (_to(xb, device), _to(yb, device))
 
 
