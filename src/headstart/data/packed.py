@@ -126,12 +126,9 @@ class PackedDataset:
         """The class lists and the index's shards (file, sample count, sha256; validation checks the shards
         against the index)."""
         index = shards.read_index(self.root)
-        digest = hashlib.blake2b(digest_size=20)
-        digest.update(f"v2|{split}|{'|'.join(classes)}".encode())
-        digest.update(f"|shards|{'|'.join(index.classes)}".encode())
-        for entry in shards.split_of(self.root, index, split).shards:
-            digest.update(f"|{entry.file}|{entry.count}|{entry.sha256}".encode())
-        return digest.hexdigest()
+        text = f"v2|{split}|{'|'.join(classes)}|shards|{'|'.join(index.classes)}" + "".join(
+            f"|{entry.file}|{entry.count}|{entry.sha256}" for entry in shards.split_of(self.root, index, split).shards)
+        return hashlib.blake2b(text.encode(), digest_size=20).hexdigest()
 
     def image_files(self, names: list[str], dest: Path) -> list[Path]:
         """The files of images named as `items` lists them, streamed out of their splits' shards (stopping once

@@ -121,10 +121,8 @@ def check_workers(workers: int) -> None:
 def fingerprint(data: StreamSplit) -> str:
     """What training sees: classes, preset and what the parts hold (shards: their sha256s and the kept names;
     an ImageFolder: its files' digests), without decoding an image."""
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(f"v1|{data.split}|{'|'.join(data.classes)}|{data.preset.image_size}|{data.preset.channels}".encode())
-    digest.update(data.source.stamp().encode())
-    return digest.hexdigest()
+    text = f"v1|{data.split}|{'|'.join(data.classes)}|{data.preset.image_size}|{data.preset.channels}"
+    return hashlib.blake2b((text + data.source.stamp()).encode(), digest_size=16).hexdigest()
 
 
 # ---- the order of an epoch ----------------------------------------------------------------------------

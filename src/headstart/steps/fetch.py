@@ -69,11 +69,8 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
-def _count(folder: Path) -> int:
-    return sum(1 for p in folder.rglob("*") if p.is_file())
-
-
-def _from_working_copy(cfg: FetchConfig, out_dir: Path) -> FetchResult:
+def _from_working_copy(cfg: FetchConfig, out_dir: Path) -> tuple[str, str | None, str | None]:
+    """(source, rev, md5) of what was copied to `out_dir`, as are _from_repo's."""
     source = Path(cfg.path)
     if not source.is_dir():
         raise DataError(
@@ -83,7 +80,7 @@ def _from_working_copy(cfg: FetchConfig, out_dir: Path) -> FetchResult:
         )
     md5 = pinned_md5(source)
     shutil.copytree(source, out_dir, copy_function=_link_or_copy if cfg.link else shutil.copy2)
-    return FetchResult(data_dir=str(out_dir), source=str(source.resolve()), rev=None, md5=md5, files=_count(out_dir))
+    return str(source.resolve()), None, md5
 
 
 def _check_names(fs: Any, path: str, where: str) -> None:
@@ -100,7 +97,7 @@ def _check_names(fs: Any, path: str, where: str) -> None:
                 folders.append(entry["name"])
 
 
-def _from_repo(cfg: FetchConfig, out_dir: Path) -> FetchResult:
+def _from_repo(cfg: FetchConfig, out_dir: Path) -> tuple[str, str | None, str | None]:
     from dvc.api import DVCFileSystem
     from dvc.exceptions import DvcException
     from dvc_data.index.index import DataIndexError
@@ -127,12 +124,12 @@ def _from_repo(cfg: FetchConfig, out_dir: Path) -> FetchResult:
             "revision, the DVC remote URL and its credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
             "AWS_ENDPOINT_URL)"
         ) from exc
-    return FetchResult(data_dir=str(out_dir), source=cfg.repo, rev=rev, md5=md5, files=_count(out_dir))
+    return cfg.repo, rev, md5
 
 
 def run(cfg: FetchConfig, out_dir: Path) -> FetchResult:
     """Write the dataset version to `out_dir` (<split>/<class>/<image>) and say where it came from."""
     _clear(out_dir)
-    if not cfg.repo:
-        return _from_working_copy(cfg, out_dir)
-    return _from_repo(cfg, out_dir)
+    source, rev, md5 = _from_repo(cfg, out_dir) if cfg.repo else _from_working_copy(cfg, out_dir)
+    return FetchResult(data_dir=str(out_dir), source=source, rev=rev, md5=md5,
+                       files=sum(1 for p in out_dir.rglob("*") if p.is_file()))
