@@ -145,16 +145,14 @@ class ScheduleState:
         if s.window_runs == 0:
             s = replace(s, horizon_runs=horizon_runs)
         elif s.window_runs >= s.horizon_runs:
-            s = s._next(f"window {s.window} used up ({s.window_runs} runs)", horizon_runs)
+            s = s.reset(f"window {s.window} used up ({s.window_runs} runs)", horizon_runs)
         elif s.horizon_runs != horizon_runs:
-            s = s._next(f"horizon changed from {s.horizon_runs} to {horizon_runs} runs", horizon_runs)
+            s = s.reset(f"horizon changed from {s.horizon_runs} to {horizon_runs} runs", horizon_runs)
         return replace(s, window_runs=s.window_runs + 1, alpha_spent=s.alpha_spent + alpha_run)
 
     def reset(self, reason: str, horizon_runs: int) -> ScheduleState:
-        """A person took the decision (a manual promotion): a fresh budget from here, and why."""
-        return self._next(reason, horizon_runs)
-
-    def _next(self, reason: str, horizon_runs: int) -> ScheduleState:
+        """A new window with a fresh budget, and why: a person took the decision (a manual promotion), or
+        after_run found the old one ended."""
         return ScheduleState(0, horizon_runs, 0.0, self.window + 1, reason)
 
 
@@ -457,9 +455,7 @@ def _floor(
     return Check(name, passed, True, value, threshold, low, high, detail=detail)
 
 
-def _paired(
-    name: str, cand: ModelEval, other: ModelEval, bound: float, th: GateThresholds, stream: int
-) -> Check:
+def _paired(name: str, cand: ModelEval, other: ModelEval, bound: float, th: GateThresholds, stream: int) -> Check:
     """Passes when the CI lower bound of acc(cand) - acc(other) is strictly above `bound`."""
     ci = stats.paired_bootstrap_diff(
         cand.correct, other.correct, level=th.ci_level, n_boot=th.bootstrap_samples, seed=(th.seed, stream)
@@ -552,13 +548,8 @@ def _class_recall(cand: ModelEval, champ: ModelEval, th: GateThresholds) -> Chec
     worst = int(tested[np.lexsort((-res.drop[tested], res.p_adjusted[tested]))[0]])
     vetoed = [cand.class_names[k] for k in tested if res.p_adjusted[k] < th.alpha]
     mask = cand.y_true == worst
-    ci = stats.paired_bootstrap_diff(
-        champ.correct[mask],
-        cand.correct[mask],
-        level=th.ci_level,
-        n_boot=th.bootstrap_samples,
-        seed=(th.seed, 3),
-    )
+    ci = stats.paired_bootstrap_diff(champ.correct[mask], cand.correct[mask], level=th.ci_level,
+                                     n_boot=th.bootstrap_samples, seed=(th.seed, 3))
     name = cand.class_names[worst]
     detail = (
         f"worst class {name!r} (n={int(res.support[worst])}): recall {res.recall_reference[worst]:.4f} -> "
@@ -566,23 +557,12 @@ def _class_recall(cand: ModelEval, champ: ModelEval, th: GateThresholds) -> Chec
         f"{res.p_adjusted[worst]:.3g} for drop > {th.max_class_recall_drop:.4f} (alpha {th.alpha}); "
         + (f"vetoed: {', '.join(vetoed)}" if vetoed else "no class vetoed")
     )
-    return Check(
-        name=CLASS_RECALL,
-        passed=not vetoed,
-        applies=True,
-        value=float(res.drop[worst]),
-        threshold=th.max_class_recall_drop,
-        ci_low=ci.low,
-        ci_high=ci.high,
-        p_value=float(res.p_adjusted[worst]),
-        detail=detail,
-        subject=name,
-    )
+    return Check(CLASS_RECALL, not vetoed, True, float(res.drop[worst]), th.max_class_recall_drop, ci.low, ci.high,
+                 float(res.p_adjusted[worst]), detail, subject=name)
 
 
-def _label_set(
-    candidate: ModelEval, champion: ModelEval | IncomparableChampion | None
-) -> tuple[Check, dict[str, list[str]] | None]:
+def _label_set(candidate: ModelEval, champion: ModelEval | IncomparableChampion | None
+               ) -> tuple[Check, dict[str, list[str]] | None]:
     """Same classes, same order as the champion, or a failed check naming what changed.
 
     A label-set change is a product decision, not a statistical one: the gate never makes it alone."""
@@ -634,16 +614,9 @@ def decide(
             "re-run evaluate so the gate can compare against it"
         )
     acc = candidate.accuracy
-    checks = [
-        _floor(
-            ACCURACY_FLOOR,
-            acc,
-            th.min_accuracy,
-            "accuracy",
-            stats.wilson_interval(int(candidate.correct.sum()), candidate.correct.size, th.ci_level),
-        ),
-        _floor(MACRO_F1_FLOOR, candidate.macro_f1, th.min_macro_f1, "macro-F1", None),
-    ]
+    acc_ci = stats.wilson_interval(int(candidate.correct.sum()), candidate.correct.size, th.ci_level)
+    checks = [_floor(ACCURACY_FLOOR, acc, th.min_accuracy, "accuracy", acc_ci),
+              _floor(MACRO_F1_FLOOR, candidate.macro_f1, th.min_macro_f1, "macro-F1", None)]
     notes: list[str] = []
     claims_pretraining = candidate.name != baseline.name
     if claims_pretraining:
@@ -662,14 +635,11 @@ def decide(
         pretraining_paid = False
     label_check, label_change = _label_set(candidate, champion)
     checks.append(label_check)
-    if champion is None:
-        for name in (NO_REGRESSION, CLASS_RECALL, NEGATIVE_FLIPS):
-            checks.append(Check(name, True, False, detail="no champion yet"))
-        notes.append("No champion yet: first run, so only the floor and baseline checks apply.")
-    elif isinstance(champion, IncomparableChampion):
-        for name in (NO_REGRESSION, CLASS_RECALL, NEGATIVE_FLIPS):
-            checks.append(Check(name, True, False, detail=f"{champion.label} was trained on other classes"))
+    if not isinstance(champion, ModelEval):  # nothing to compare with: the champion-side checks do not apply
+        why = "no champion yet" if champion is None else f"{champion.label} was trained on other classes"
+        checks += [Check(name, True, False, detail=why) for name in (NO_REGRESSION, CLASS_RECALL, NEGATIVE_FLIPS)]
         notes.append(
+            "No champion yet: first run, so only the floor and baseline checks apply." if champion is None else
             f"The label set changed since {champion.label} ({label_check.subject}): its predictions cannot be "
             "compared on this test split. Promote with `headstart promote --version N --reason ...` if intended."
         )
