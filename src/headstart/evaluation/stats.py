@@ -65,6 +65,20 @@ def _as_bool_pair(a_correct: np.ndarray, b_correct: np.ndarray) -> tuple[np.ndar
     return a, b
 
 
+def _with_labels(y_true: np.ndarray, a_correct: np.ndarray, b_correct: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    y = np.asarray(y_true).ravel()
+    a, b = _as_bool_pair(a_correct, b_correct)
+    if y.shape != a.shape:
+        raise ValueError(f"labels and correctness differ in length: {y.size} vs {a.size}")
+    return y, a, b
+
+
+def _counts(n_classes: int, *labels: np.ndarray) -> list[np.ndarray]:
+    """Images of each class 0..n_classes-1 in each array of labels."""
+    return [np.bincount(y, minlength=n_classes)[:n_classes] for y in labels]
+
+
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """Fraction of exact label matches."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
@@ -73,24 +87,14 @@ def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
 def per_class_recall(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
     """Recall of each class 0..n_classes-1; NaN for a class with no test images."""
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    support = np.bincount(y_true, minlength=n_classes)[:n_classes]
-    hits = np.bincount(y_true[y_true == y_pred], minlength=n_classes)[:n_classes]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(support > 0, hits / np.maximum(support, 1), np.nan)
+    return per_class_prf(y_true, y_pred, n_classes)["recall"]
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
     """Unweighted mean F1 over the classes that occur in y_true or y_pred (as scikit-learn does)."""
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    tp = np.bincount(y_true[y_true == y_pred], minlength=n_classes)[:n_classes].astype(float)
-    n_true = np.bincount(y_true, minlength=n_classes)[:n_classes]
-    n_pred = np.bincount(y_pred, minlength=n_classes)[:n_classes]
-    present = (n_true + n_pred) > 0
-    if not present.any():
-        return float("nan")
-    f1 = 2 * tp[present] / (n_true[present] + n_pred[present])
-    return float(f1.mean())
+    f1 = per_class_prf(y_true, y_pred, n_classes)["f1"]
+    f1 = f1[~np.isnan(f1)]  # the classes that occur
+    return float(f1.mean()) if f1.size else float("nan")
 
 
 def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
@@ -114,14 +118,8 @@ def mcnemar_exact(a_correct: np.ndarray, b_correct: np.ndarray) -> McNemar:
     return McNemar(b01=b01, b10=b10, p_value=p)
 
 
-def paired_bootstrap_diff(
-    a_correct: np.ndarray,
-    b_correct: np.ndarray,
-    *,
-    level: float = 0.95,
-    n_boot: int = 2000,
-    seed: Seed = 0,
-) -> DiffCI:
+def paired_bootstrap_diff(a_correct: np.ndarray, b_correct: np.ndarray, *, level: float = 0.95, n_boot: int = 2000,
+                          seed: Seed = 0) -> DiffCI:
     """Percentile-bootstrap CI of `acc_a - acc_b`, resampling images (pairs) with replacement.
 
     Why multinomial counts: the difference depends only on how many resampled images fall in
@@ -240,47 +238,21 @@ def paired_gain_interval(gained: int, lost: int, n: int, alpha: float) -> tuple[
     return _gain_lower_bound(gained, lost, n, alpha), -_gain_lower_bound(lost, gained, n, alpha)
 
 
-def class_recall_drops(
-    y_true: np.ndarray,
-    candidate_correct: np.ndarray,
-    reference_correct: np.ndarray,
-    n_classes: int,
-    margin: float,
-) -> ClassRecallDrops:
+def class_recall_drops(y_true: np.ndarray, candidate_correct: np.ndarray, reference_correct: np.ndarray, n_classes: int,
+                       margin: float) -> ClassRecallDrops:
     """Per class, test whether the candidate's recall fell more than `margin` below the reference's.
 
     Why Holm: with ten classes, ten uncorrected 5% tests would veto an equal model about 40% of
     the time; Holm keeps the chance of any false veto at alpha without assuming independence.
     """
-    y = np.asarray(y_true).ravel()
-    cand, ref = _as_bool_pair(candidate_correct, reference_correct)
-    if y.shape != cand.shape:
-        raise ValueError(f"labels and correctness differ in length: {y.size} vs {cand.size}")
-    support = np.bincount(y, minlength=n_classes)[:n_classes]
-    cand_hits = np.bincount(y[cand], minlength=n_classes)[:n_classes]
-    ref_hits = np.bincount(y[ref], minlength=n_classes)[:n_classes]
-    lost = np.bincount(y[ref & ~cand], minlength=n_classes)[:n_classes]
-    gained = np.bincount(y[cand & ~ref], minlength=n_classes)[:n_classes]
+    y, cand, ref = _with_labels(y_true, candidate_correct, reference_correct)
+    support, cand_hits, ref_hits, lost, gained = _counts(n_classes, y, y[cand], y[ref], y[ref & ~cand], y[cand & ~ref])
     with np.errstate(invalid="ignore", divide="ignore"):
         rec_c = np.where(support > 0, cand_hits / np.maximum(support, 1), np.nan)
         rec_r = np.where(support > 0, ref_hits / np.maximum(support, 1), np.nan)
-    p = np.array(
-        [
-            paired_drop_pvalue(int(lost[k]), int(gained[k]), int(support[k]), margin)
-            if support[k] > 0
-            else np.nan
-            for k in range(n_classes)
-        ]
-    )
-    return ClassRecallDrops(
-        support=support,
-        recall_candidate=rec_c,
-        recall_reference=rec_r,
-        drop=rec_r - rec_c,
-        p_value=p,
-        p_adjusted=holm(p),
-        margin=margin,
-    )
+    p = np.array([paired_drop_pvalue(int(lost[k]), int(gained[k]), int(support[k]), margin) if support[k] > 0
+                  else np.nan for k in range(n_classes)])
+    return ClassRecallDrops(support, rec_c, rec_r, rec_r - rec_c, p, holm(p), margin)
 
 
 @dataclass(frozen=True)
@@ -318,37 +290,20 @@ class FlipRates:
         return self.negative / self.candidate_errors if self.candidate_errors else float("nan")
 
 
-def flip_rates(
-    y_true: np.ndarray,
-    candidate_correct: np.ndarray,
-    reference_correct: np.ndarray,
-    n_classes: int,
-    level: float = 0.95,
-) -> FlipRates:
+def flip_rates(y_true: np.ndarray, candidate_correct: np.ndarray, reference_correct: np.ndarray, n_classes: int,
+               level: float = 0.95) -> FlipRates:
     """Count negative and positive flips overall and per class: what a swap would break and fix."""
-    y = np.asarray(y_true).ravel()
-    cand, ref = _as_bool_pair(candidate_correct, reference_correct)
-    if y.shape != cand.shape:
-        raise ValueError(f"labels and correctness differ in length: {y.size} vs {cand.size}")
+    y, cand, ref = _with_labels(y_true, candidate_correct, reference_correct)
     neg, pos = ref & ~cand, cand & ~ref
-    return FlipRates(
-        n=int(y.size),
-        negative=int(neg.sum()),
-        positive=int(pos.sum()),
-        candidate_errors=int((~cand).sum()),
-        level=level,
-        support=np.bincount(y, minlength=n_classes)[:n_classes],
-        negative_per_class=np.bincount(y[neg], minlength=n_classes)[:n_classes],
-        positive_per_class=np.bincount(y[pos], minlength=n_classes)[:n_classes],
-    )
+    return FlipRates(int(y.size), int(neg.sum()), int(pos.sum()), int((~cand).sum()), level,
+                     *_counts(n_classes, y, y[neg], y[pos]))
 
 
 def per_class_prf(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict[str, np.ndarray]:
     """Precision, recall, F1 and support of each class; NaN where a ratio has no denominator."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    tp = np.bincount(y_true[y_true == y_pred], minlength=n_classes)[:n_classes].astype(float)
-    support = np.bincount(y_true, minlength=n_classes)[:n_classes]
-    predicted = np.bincount(y_pred, minlength=n_classes)[:n_classes]
+    tp, support, predicted = _counts(n_classes, y_true[y_true == y_pred], y_true, y_pred)
+    tp = tp.astype(float)
     with np.errstate(invalid="ignore", divide="ignore"):
         precision = np.where(predicted > 0, tp / np.maximum(predicted, 1), np.nan)
         recall = np.where(support > 0, tp / np.maximum(support, 1), np.nan)
@@ -387,9 +342,7 @@ def paired_recall_diff(
     so 1,000 classes cost one bincount (a per-class bootstrap would not fit in a report)."""
     y = np.asarray(y_true).ravel()
     a, b = _as_bool_pair(a_correct, b_correct)
-    n = np.bincount(y, minlength=n_classes)[:n_classes].astype(float)
-    gained = np.bincount(y[a & ~b], minlength=n_classes)[:n_classes].astype(float)
-    lost = np.bincount(y[b & ~a], minlength=n_classes)[:n_classes].astype(float)
+    n, gained, lost = (c.astype(float) for c in _counts(n_classes, y, y[a & ~b], y[b & ~a]))
     z = float(sps.norm.ppf(0.5 + level / 2))
     with np.errstate(invalid="ignore", divide="ignore"):
         diff = np.where(n > 0, (gained - lost) / np.maximum(n, 1), np.nan)
