@@ -499,26 +499,21 @@ def _flips(cand: ModelEval, champ: ModelEval, th: GateThresholds) -> tuple[dict[
     """The flips as the record shows them: plain numbers, every class (decision.md shows the worst)."""
     f = stats.flip_rates(cand.y_true, cand.correct, champ.correct, len(cand.class_names), th.ci_level)
 
-    def rate(k: int, n: int) -> tuple[float | None, list[float | None]]:
+    def rate(name: str, k: int, n: int) -> dict[str, Any]:  # {"nfr": share, "nfr_ci": [low, high]}
         v, ci = f.rate(k, n)
-        return _plain(v), [_plain(x) for x in ci]
+        return {name: _plain(v), f"{name}_ci": [_plain(x) for x in ci]}
 
-    nfr, nfr_ci = rate(f.negative, f.n)
-    pfr, pfr_ci = rate(f.positive, f.n)
-    nfi, nfi_ci = rate(f.negative, f.candidate_errors)
     per_class = []
     for k, name in enumerate(cand.class_names):
         support, neg, pos = int(f.support[k]), int(f.negative_per_class[k]), int(f.positive_per_class[k])
-        c_nfr, c_nfr_ci = rate(neg, support)
-        c_pfr, c_pfr_ci = rate(pos, support)
         mask = cand.y_true == k
-        recall = {"recall_candidate": _plain(cand.correct[mask].mean()) if support else None,
-                  "recall_champion": _plain(champ.correct[mask].mean()) if support else None}
-        per_class.append({"class": name, "support": support, "nfr": c_nfr, "nfr_ci": c_nfr_ci, "pfr": c_pfr,
-                          "pfr_ci": c_pfr_ci, "negative_flips": neg, "positive_flips": pos, **recall})
-    record = {"nfr": nfr, "nfr_ci": nfr_ci, "pfr": pfr, "pfr_ci": pfr_ci, "nfi": nfi, "nfi_ci": nfi_ci,
-              "negative_flips": f.negative, "positive_flips": f.positive, "n": f.n, "ci_level": th.ci_level,
-              "per_class": per_class}
+        per_class.append({"class": name, "support": support, **rate("nfr", neg, support), **rate("pfr", pos, support),
+                          "negative_flips": neg, "positive_flips": pos,
+                          "recall_candidate": _plain(cand.correct[mask].mean()) if support else None,
+                          "recall_champion": _plain(champ.correct[mask].mean()) if support else None})
+    record = {**rate("nfr", f.negative, f.n), **rate("pfr", f.positive, f.n),
+              **rate("nfi", f.negative, f.candidate_errors), "negative_flips": f.negative,
+              "positive_flips": f.positive, "n": f.n, "ci_level": th.ci_level, "per_class": per_class}
     return record, f
 
 
