@@ -17,6 +17,13 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    _pyplot().close(fig)
+    return path
+
+
 def learning_curve(history: Sequence[dict[str, float]], path: Path, title: str) -> Path:
     plt = _pyplot()
     epochs = [h["epoch"] for h in history]
@@ -28,10 +35,7 @@ def learning_curve(history: Sequence[dict[str, float]], path: Path, title: str) 
     ax2.plot(epochs, [h["val_accuracy"] for h in history], marker="o", label="val")
     ax2.set_xlabel("epoch"), ax2.set_ylabel("accuracy"), ax2.legend(), ax2.grid(alpha=0.3)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 LABELLED_MAX = 30  # up to this many classes: every cell written out; beyond: a compact view
@@ -80,10 +84,7 @@ def _labelled(matrix: np.ndarray, classes: Sequence[str], path: Path, title: str
             ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", fontsize=7,
                     color="white" if matrix[i, j] > peak / 2 else "black")
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _compact(matrix: np.ndarray, classes: Sequence[str], path: Path, title: str) -> Path:
@@ -104,10 +105,7 @@ def _compact(matrix: np.ndarray, classes: Sequence[str], path: Path, title: str)
         ax2.text(count, y, f" {count} ({frac:.0%})", va="center", fontsize=7)
     ax2.set_xlabel("images"), ax2.set_title(f"the {len(pairs)} most confused pairs (true -> predicted)")
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _short(name: str, width: int = 24) -> str:
