@@ -54,7 +54,8 @@ def _f(v: Any, spec: str = ".3f") -> str:
 
 
 def _png(fig: Any) -> str:
-    """A matplotlib figure as a data: URI, closed after."""
+    """A matplotlib figure, laid out, as a data: URI, closed after."""
+    fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=72)
     plots._pyplot().close(fig)
@@ -282,7 +283,6 @@ def calibration_section(ev: Evaluation) -> str:
                     f"<td>{float(ev.correct(m).mean()):.4f}</td></tr>")
     ax.set_xlabel("confidence"), ax.set_ylabel("accuracy"), ax.legend(), ax.grid(alpha=.3)
     ax.set_title("reliability (15 bins)")
-    fig.tight_layout()
     return ("<section id='calibration'><h2>Confidence</h2><table><thead><tr><th>model</th><th>ECE (15 bins)</th>"
             f"<th>mean confidence</th><th>accuracy</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
             f"{_img(_png(fig), 'reliability diagram')}</section>")
@@ -308,7 +308,6 @@ def curves_section(ev: Evaluation) -> str:
     for ax, what in zip(axes, ("accuracy (★ best epoch)", "loss", "learning rate"), strict=True):
         ax.set_xlabel("epoch"), ax.set_title(what), ax.legend(fontsize=7), ax.grid(alpha=.3)
     axes[2].set_yscale("log")
-    fig.tight_layout()
     return f"<section id='curves'><h2>Learning curves</h2>{_img(_png(fig), 'learning curves')}</section>"
 
 
@@ -325,7 +324,6 @@ def history_section(history: list[dict[str, Any]] | None) -> str:
             ax.plot([i], [h["accuracy"]], marker="*", markersize=16, color="gold", linestyle="", label="champion")
     ax.set_xticks(xs, [f"v{h['version']}" for h in history], rotation=45 if len(xs) > 12 else 0, fontsize=7)
     ax.set_ylabel("test"), ax.legend(fontsize=7), ax.grid(alpha=.3)
-    fig.tight_layout()
     rows = "".join(f"<tr><td>v{_e(h['version'])}{' ★' if h.get('champion') else ''}</td>"
                    f"<td>{_f(h.get('accuracy'), '.4f')}</td><td>{_f(h.get('macro_f1'), '.4f')}</td></tr>"
                    for h in reversed(history))
@@ -387,13 +385,8 @@ def version_history(tracking: TrackingConfig, limit: int = 50, current: str | No
     for mv in sorted(versions, key=lambda v: int(v.version)):
         if mv.tags.get(registry.REGISTRATION_TAG) == registry.PENDING and str(mv.version) != current:
             continue
-        winner = mv.tags.get("headstart.winner")
-
-        def metric(key: str, tags: dict[str, str] = mv.tags, winner: str | None = winner) -> float | None:
-            raw = tags.get(f"metric.{winner}.{key}")
-            return float(raw) if raw not in (None, "") else None
-
+        raw = {k: mv.tags.get(f"metric.{mv.tags.get('headstart.winner')}.{k}") for k in ("accuracy", "macro_f1")}
         rows.append({"version": str(mv.version), "created": int(mv.creation_timestamp or 0),
-                     "accuracy": metric("accuracy"), "macro_f1": metric("macro_f1"),
+                     **{k: float(v) if v not in (None, "") else None for k, v in raw.items()},
                      "champion": str(mv.version) == str(champion)})
     return rows[-limit:]
