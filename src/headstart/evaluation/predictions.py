@@ -107,22 +107,22 @@ def _code_digest() -> str:
 
 
 def _mac_key(store: str) -> bytes | None:
-    """The HMAC key for `store`'s entries (see the module docstring); None: an s3:// store with no secret."""
+    """The HMAC key for `store`'s entries (see the module docstring); None, with a warning: an s3:// store with no
+    secret, not used."""
     secret = os.environ.get(SECRET_VAR)
     if secret:
         return hmac.new(secret.encode(), b"headstart prediction store", hashlib.sha256).digest()
-    return None if storage.is_s3(store) else b""
+    if not storage.is_s3(store):
+        return b""
+    log.warning("prediction store %s: %s is not set, so its entries cannot be told from planted ones; not used "
+                "(set %s as the pipeline's MLflow secret does, or use a local folder)", store, SECRET_VAR, SECRET_VAR)
+    return None
 
 
 def _mac(mac_key: bytes, stamp: str, labels: np.ndarray, confidence: np.ndarray) -> str:
     body = (stamp.encode() + b"|" + np.ascontiguousarray(labels, dtype="<i4").tobytes() + b"|"
             + np.ascontiguousarray(confidence, dtype="<f4").tobytes())
     return hmac.new(mac_key, body, hashlib.sha256).hexdigest()
-
-
-def _unsigned(store: str) -> None:
-    log.warning("prediction store %s: %s is not set, so its entries cannot be told from planted ones; not used "
-                "(set %s as the pipeline's MLflow secret does, or use a local folder)", store, SECRET_VAR, SECRET_VAR)
 
 
 def device_kind(device_type: str) -> str:
@@ -166,9 +166,7 @@ def load(store: str, key: PredictionKey, n: int, n_classes: int) -> np.ndarray |
 
 def load_scored(store: str, key: PredictionKey, n: int, n_classes: int) -> tuple[np.ndarray, np.ndarray] | None:
     """The stored labels (int64) and confidences (float32) for `key`, or None when absent or unusable."""
-    mac_key = _mac_key(store)
-    if mac_key is None:
-        _unsigned(store)
+    if (mac_key := _mac_key(store)) is None:
         return None
     uri, stamp = entry_uri(store, key), key.stamp()
     try:
@@ -203,9 +201,7 @@ def load_scored(store: str, key: PredictionKey, n: int, n_classes: int) -> tuple
 def save(store: str, key: PredictionKey, labels: np.ndarray, confidence: np.ndarray) -> str | None:
     """Keep `labels` and their `confidence` under `key`; the entry's URI, or None when the store could not be
     written."""
-    mac_key = _mac_key(store)
-    if mac_key is None:
-        _unsigned(store)
+    if (mac_key := _mac_key(store)) is None:
         return None
     uri, stamp, labels = entry_uri(store, key), key.stamp(), np.asarray(labels, dtype=np.int32)
     confidence = np.asarray(confidence, dtype=np.float32)
