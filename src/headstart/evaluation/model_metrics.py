@@ -3,24 +3,17 @@ where its predictions came from) and about the two candidates as a pair (McNemar
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from headstart.evaluation import stats
-from headstart.evaluation.predictions import PredictionKey
+
+if TYPE_CHECKING:
+    from headstart.evaluation.scoring import Scored
 
 
-class Provenance(Protocol):
-    """How a model's predictions were obtained (steps.evaluate's Scored has these)."""
-
-    key: PredictionKey | None
-    device: str
-    reused: bool
-    seconds: float
-
-
-def provenance(s: Provenance) -> dict[str, Any]:
+def provenance(s: Scored) -> dict[str, Any]:
     """Where a model's predictions came from, for metrics.json, the report and the serving check."""
     return {"predictions": "reused from the store" if s.reused else "scored", "predicted_on": s.device,
             "scoring_seconds": round(s.seconds, 3), "prediction_key": s.key.to_dict() if s.key else None}
