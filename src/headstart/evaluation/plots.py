@@ -28,12 +28,10 @@ def learning_curve(history: Sequence[dict[str, float]], path: Path, title: str) 
     plt = _pyplot()
     epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train")
-    ax1.plot(epochs, [h["val_loss"] for h in history], marker="o", label="val")
-    ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.legend(), ax1.grid(alpha=0.3)
-    ax2.plot(epochs, [h["train_accuracy"] for h in history], marker="o", label="train")
-    ax2.plot(epochs, [h["val_accuracy"] for h in history], marker="o", label="val")
-    ax2.set_xlabel("epoch"), ax2.set_ylabel("accuracy"), ax2.legend(), ax2.grid(alpha=0.3)
+    for ax, what in ((ax1, "loss"), (ax2, "accuracy")):
+        ax.plot(epochs, [h[f"train_{what}"] for h in history], marker="o", label="train")
+        ax.plot(epochs, [h[f"val_{what}"] for h in history], marker="o", label="val")
+        ax.set_xlabel("epoch"), ax.set_ylabel(what), ax.legend(), ax.grid(alpha=0.3)
     fig.suptitle(title)
     return _save(fig, path)
 
