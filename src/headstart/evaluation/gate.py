@@ -444,9 +444,7 @@ def choose_winner(finetune: ModelEval, scratch: ModelEval) -> tuple[ModelEval, M
     return scratch, finetune
 
 
-def _floor(
-    name: str, value: float, threshold: float | None, what: str, ci: tuple[float, float] | None
-) -> Check:
+def _floor(name: str, value: float, threshold: float | None, what: str, ci: tuple[float, float] | None) -> Check:
     if threshold is None:
         return Check(name, True, False, value, None, detail=f"{what} {value:.4f}; no floor set")
     passed = bool(value >= threshold)
@@ -580,14 +578,8 @@ def _label_set(candidate: ModelEval, champion: ModelEval | IncomparableChampion 
     return Check(LABEL_SET, False, True, detail=detail, subject=subject), change
 
 
-def decide(
-    candidate: ModelEval,
-    baseline: ModelEval,
-    champion: ModelEval | IncomparableChampion | None,
-    thresholds: GateThresholds,
-    schedule: ScheduleState | None = None,
-    candidates_compared: int = 2,
-) -> Decision:
+def decide(candidate: ModelEval, baseline: ModelEval, champion: ModelEval | IncomparableChampion | None,
+           thresholds: GateThresholds, schedule: ScheduleState | None = None, candidates_compared: int = 2) -> Decision:
     """Decide whether `candidate` (the winner) replaces `champion`.
 
     `baseline` is always the from-scratch model. When the candidate *is* the baseline (scratch
