@@ -85,12 +85,11 @@ class PredictionKey:
 def library_versions() -> str:
     """What turns the same model and images into other labels: Pillow (decoding), numpy, torch, torchvision,
     and Headstart's own prediction path (a digest of its source)."""
-    import numpy
     import PIL
     import torch
     import torchvision
 
-    return f"pil={PIL.__version__}|numpy={numpy.__version__}|torch={torch.__version__}|" \
+    return f"pil={PIL.__version__}|numpy={np.__version__}|torch={torch.__version__}|" \
            f"torchvision={torchvision.__version__}|headstart={_code_digest()}"
 
 
