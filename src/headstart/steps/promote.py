@@ -55,7 +55,7 @@ def run(decision_file: Path, tracking: TrackingConfig) -> PromoteResult:
             with registry.lock(tracking):
                 state = asdict(registry.count_run(tracking, version, *spent))
         registry.set_version_tags(tracking, version, {"decision": "rejected", "decision_reason": reason[:250]})
-        return PromoteResult(version=version, promoted=False, previous_champion=None, reason=reason, schedule=state)
+        return PromoteResult(version, False, None, reason, state)
     registry.require_complete(tracking, version)
     compared = record.get("champion_version")
     with registry.lock(tracking):  # taking it finishes any committed but unrecorded move, this one's included
@@ -63,13 +63,11 @@ def run(decision_file: Path, tracking: TrackingConfig) -> PromoteResult:
         current = registry.champion(tracking)
         now = current.version if current else None
         if now == version:  # a re-run after this very promotion was committed
-            return PromoteResult(version=version, promoted=True, previous_champion=compared, reason=reason,
-                                 schedule=state)
+            return PromoteResult(version, True, compared, reason, state)
         if now != (str(compared) if compared is not None else None):
             reason = (f"rejected: the champion moved to v{now} while this run compared against "
                       f"v{compared}; re-run to compare against the new champion")
             registry.set_version_tags(tracking, version, {"decision": "rejected", "decision_reason": reason})
-            return PromoteResult(version=version, promoted=False, previous_champion=None, reason=reason,
-                                 schedule=state)
+            return PromoteResult(version, False, None, reason, state)
         previous = registry.move_champion(tracking, version, "promote", reason)  # tags it promoted once moved
-    return PromoteResult(version=version, promoted=True, previous_champion=previous, reason=reason, schedule=state)
+    return PromoteResult(version, True, previous, reason, state)
