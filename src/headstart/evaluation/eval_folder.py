@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +57,7 @@ def copy_histories(candidates: dict[str, Path], out_dir: Path) -> None:
 
 def write_metrics(out_dir: Path, result: EvaluateResult, prediction_store: str | None) -> None:
     """metrics.json, then report.html, which is rendered from the folder."""
-    payload = {"models": result.models, "comparison": result.comparison,
-               "champion_version": result.champion_version, "classes": result.classes,
-               "champion_classes": result.champion_classes, "prediction_store": prediction_store}
+    payload = {k: v for k, v in asdict(result).items() if k != "files"} | {"prediction_store": prediction_store}
     (out_dir / "metrics.json").write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
     report.write(out_dir, out_dir / "report.html")
 
@@ -94,11 +92,10 @@ def metrics(eval_dir: Path) -> dict[str, Any]:
 def eval_for_gate(out_dir: Path, name: str, version: str | None = None) -> ModelEval | None:
     """Load one model's predictions back as a gate.ModelEval; None when that model was not evaluated."""
     data = np.load(out_dir / "predictions.npz")
-    meta = json.loads((out_dir / "metrics.json").read_text())
     if f"pred_{name}" not in data:
         return None
     return ModelEval(name=name, y_true=data["y_true"], y_pred=data[f"pred_{name}"],
-                     class_names=tuple(meta["classes"]), version=version)
+                     class_names=tuple(metrics(out_dir)["classes"]), version=version)
 
 
 def candidates_for_gate(eval_dir: Path) -> tuple[ModelEval, ModelEval]:
@@ -127,7 +124,7 @@ def champion_for_gate(out_dir: Path, version: str | None) -> ModelEval | Incompa
     scored = eval_for_gate(out_dir, "champion", version)
     if scored is not None:
         return scored
-    classes = json.loads((out_dir / "metrics.json").read_text()).get("champion_classes")
+    classes = metrics(out_dir).get("champion_classes")
     if not classes:
         raise DataError(f"{out_dir / 'metrics.json'}: champion v{version} has neither predictions nor its "
                         "classes recorded (an evaluation from an older Headstart); re-run evaluate")
