@@ -247,9 +247,8 @@ def class_recall_drops(y_true: np.ndarray, candidate_correct: np.ndarray, refere
     """
     y, cand, ref = _with_labels(y_true, candidate_correct, reference_correct)
     support, cand_hits, ref_hits, lost, gained = _counts(n_classes, y, y[cand], y[ref], y[ref & ~cand], y[cand & ~ref])
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rec_c = np.where(support > 0, cand_hits / np.maximum(support, 1), np.nan)
-        rec_r = np.where(support > 0, ref_hits / np.maximum(support, 1), np.nan)
+    rec_c = np.where(support > 0, cand_hits / np.maximum(support, 1), np.nan)
+    rec_r = np.where(support > 0, ref_hits / np.maximum(support, 1), np.nan)
     p = np.array([paired_drop_pvalue(int(lost[k]), int(gained[k]), int(support[k]), margin) if support[k] > 0
                   else np.nan for k in range(n_classes)])
     return ClassRecallDrops(support, rec_c, rec_r, rec_r - rec_c, p, holm(p), margin)
@@ -304,10 +303,9 @@ def per_class_prf(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dic
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     tp, support, predicted = _counts(n_classes, y_true[y_true == y_pred], y_true, y_pred)
     tp = tp.astype(float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        precision = np.where(predicted > 0, tp / np.maximum(predicted, 1), np.nan)
-        recall = np.where(support > 0, tp / np.maximum(support, 1), np.nan)
-        f1 = np.where(support + predicted > 0, 2 * tp / np.maximum(support + predicted, 1), np.nan)
+    precision = np.where(predicted > 0, tp / np.maximum(predicted, 1), np.nan)
+    recall = np.where(support > 0, tp / np.maximum(support, 1), np.nan)
+    f1 = np.where(support + predicted > 0, 2 * tp / np.maximum(support + predicted, 1), np.nan)
     return {"precision": precision, "recall": recall, "f1": f1, "support": support}
 
 
@@ -344,9 +342,8 @@ def paired_recall_diff(
     a, b = _as_bool_pair(a_correct, b_correct)
     n, gained, lost = (c.astype(float) for c in _counts(n_classes, y, y[a & ~b], y[b & ~a]))
     z = float(sps.norm.ppf(0.5 + level / 2))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        diff = np.where(n > 0, (gained - lost) / np.maximum(n, 1), np.nan)
-        half = z * np.sqrt(np.maximum(gained + lost - (gained - lost) ** 2 / np.maximum(n, 1), 0)) / np.maximum(n, 1)
+    diff = np.where(n > 0, (gained - lost) / np.maximum(n, 1), np.nan)
+    half = z * np.sqrt(np.maximum(gained + lost - (gained - lost) ** 2 / np.maximum(n, 1), 0)) / np.maximum(n, 1)
     return diff, diff - half, diff + half
 
 
