@@ -53,17 +53,18 @@ def _f(v: Any, spec: str = ".3f") -> str:
     return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, spec)
 
 
-def _png(fig: Any) -> str:
-    """A matplotlib figure, laid out, as a data: URI, closed after."""
+def _png(fig: Any) -> bytes:
+    """A matplotlib figure, laid out, as PNG bytes, closed after."""
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=72)
     plots._pyplot().close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return buf.getvalue()
 
 
-def _img(uri: str, alt: str, cls: str = "plot") -> str:
-    return f'<img class="{cls}" alt="{_e(alt)}" src="{uri}"/>'
+def _img(data: bytes, alt: str, cls: str = "plot", mime: str = "png") -> str:
+    """An <img> that carries its picture (a data: URI): the page stays one file."""
+    return f'<img class="{cls}" alt="{_e(alt)}" src="data:image/{mime};base64,{base64.b64encode(data).decode()}"/>'
 
 
 class Evaluation:
@@ -225,8 +226,7 @@ def confusion_section(ev: Evaluation) -> str:
         if n <= TABLE_MATRIX_MAX:
             parts.append(_matrix_table(matrix, ev.classes, ev.label(m)))
         elif (png := ev.dir / f"confusion_{m}.png").is_file():  # the compact picture evaluate drew
-            uri = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
-            parts.append(f"<h3>{_e(ev.label(m))}</h3>" + _img(uri, f"{ev.label(m)}: confusion matrix"))
+            parts.append(f"<h3>{_e(ev.label(m))}</h3>" + _img(png.read_bytes(), f"{ev.label(m)}: confusion matrix"))
         pairs = plots.most_confused(matrix, ev.classes, 10)
         parts.append("<table class='pairs'><thead><tr><th>true</th><th>predicted</th><th>images</th><th>share of "
                      "true class</th></tr></thead><tbody>" + "".join(
@@ -258,8 +258,7 @@ def examples_section(ev: Evaluation) -> str:
             t, p = ev.classes[int(ev.y[r])], ev.classes[int(model_pred[r])]
             conf = ev.conf.get(model)
             caption = f"{t} → {p}" + (f" ({conf[r]:.0%})" if conf is not None else "")
-            uri = "data:image/jpeg;base64," + base64.b64encode(jpg.read_bytes()).decode()
-            figs.append(f"<figure>{_img(uri, f'test image {r}: true {t}, predicted {p}', 'thumb')}"
+            figs.append(f"<figure>{_img(jpg.read_bytes(), f'test image {r}: true {t}, predicted {p}', 'thumb', 'jpeg')}"
                         f"<figcaption>{_e(caption)}</figcaption></figure>")
         if figs:
             parts.append(f"<h3>{_e(title)}</h3><div>{''.join(figs)}</div>")
@@ -270,8 +269,7 @@ def examples_section(ev: Evaluation) -> str:
 def calibration_section(ev: Evaluation) -> str:
     if not ev.conf:
         return "<section id='calibration'><h2>Confidence</h2><p>No confidences recorded.</p></section>"
-    plt = plots._pyplot()
-    fig, ax = plt.subplots(figsize=(5, 4))
+    fig, ax = plots._pyplot().subplots(figsize=(5, 4))
     ax.plot([0, 1], [0, 1], color="#999", linestyle="--", label="perfect")
     rows = []
     for m, conf in ev.conf.items():
@@ -291,8 +289,7 @@ def calibration_section(ev: Evaluation) -> str:
 def curves_section(ev: Evaluation) -> str:
     if not ev.histories:
         return "<section id='curves'><h2>Learning curves</h2><p>No training history found.</p></section>"
-    plt = plots._pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig, axes = plots._pyplot().subplots(1, 3, figsize=(13, 3.6))
     for m, hist in ev.histories.items():
         epochs = [h["epoch"] for h in hist]
         val = [h["val_accuracy"] for h in hist]
@@ -314,8 +311,7 @@ def curves_section(ev: Evaluation) -> str:
 def history_section(history: list[dict[str, Any]] | None) -> str:
     if not history:
         return "<section id='history'><h2>History</h2><p>No registry history yet.</p></section>"
-    plt = plots._pyplot()
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    fig, ax = plots._pyplot().subplots(figsize=(7, 3.2))
     xs = list(range(len(history)))
     for key in ("accuracy", "macro_f1"):
         ax.plot(xs, [h.get(key) if h.get(key) is not None else np.nan for h in history], marker="o", label=key)
