@@ -79,13 +79,8 @@ class Checkpointer:
         self.root = str(location)
         self.location = storage.join(location, fingerprint) if storage.is_s3(location) else Path(location) / fingerprint
         self.fingerprint = fingerprint
-        self.resumed_epoch: int | None = None
         self.resumed_from_uri: str | None = None
         self.partial: PartialEpoch | None = None  # set by restore() when it resumed inside an epoch
-
-    @property
-    def remote(self) -> bool:
-        return storage.is_s3(self.location)
 
     def uri(self, name: str) -> str:
         return storage.join(self.location, name)
@@ -117,7 +112,7 @@ class Checkpointer:
         name = f"epoch-{state['epoch']:04d}.pt"
         if state.get("partial") is not None:
             name = f"epoch-{state['epoch']:04d}-step-{state['partial']['step']:08d}.pt"
-        if self.remote:
+        if storage.is_s3(self.location):
             with tempfile.TemporaryDirectory(prefix="headstart-ckpt-") as tmp:
                 staged = Path(tmp) / name
                 _save_file(state, staged, self.uri(name))
@@ -175,11 +170,11 @@ class Checkpointer:
         self, model: nn.Module, opt: Any, sched: Any, gen: torch.Generator, scaler: Any = None
     ) -> FitResult | None:
         """Load the newest valid checkpoint with a matching fingerprint; None to start fresh."""
+        found = self._newest_valid() if distributed.is_main() else None
         if distributed.is_distributed():
-            blob = distributed.broadcast_bytes(self._newest_bytes() if distributed.is_main() else None)
+            blob = distributed.broadcast_bytes(found[0] if found else None)
             state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True) if blob else None
         else:
-            found = self._newest_valid()
             state = found[1] if found else None
         if state is None:
             return None
@@ -191,17 +186,12 @@ class Checkpointer:
         gen.set_state(state["generator"])
         _restore_torch_rng(state)
         history = [EpochStats(**h) for h in state["history"]]
-        self.resumed_epoch = history[-1].epoch if history else 0
         self.partial = _partial(state.get("partial"))
         return FitResult(
             best_state=state["best_state"], best_epoch=state["best_epoch"],
             best_val_accuracy=state["best_val_accuracy"], history=history,
-            seconds=state["seconds"], resumed_from=self.resumed_epoch,
+            seconds=state["seconds"], resumed_from=history[-1].epoch if history else 0,
         )
-
-    def _newest_bytes(self) -> bytes:
-        found = self._newest_valid()
-        return found[0] if found else b""
 
     def _newest_valid(self) -> tuple[bytes, dict[str, Any]] | None:
         """The newest checkpoint that reads back, passes its checksum and the safe loader, and is ours.

@@ -220,11 +220,6 @@ def predict_logits(
     return torch.cat(out) if out else torch.empty(0)
 
 
-def _set_backbone_trainable(backbone: list[nn.Parameter], trainable: bool) -> None:
-    for p in backbone:
-        p.requires_grad_(trainable)
-
-
 def fit(
     model: nn.Module,
     head_params: list[nn.Parameter],
@@ -271,41 +266,38 @@ def fit(
     first_epoch, partial = 1, None
     if checkpointer is not None and (restored := checkpointer.restore(model, opt, sched, gen)) is not None:
         result, first_epoch, partial, train = _resumed(restored, checkpointer.partial, train, steps_per_epoch)
-    seconds_before = result.seconds  # time spent by earlier, interrupted attempts
-    bad_epochs = _epochs_since_best(result)
+    start_time -= result.seconds  # time spent by earlier, interrupted attempts counts too
     if not streaming:
         x_train, y_train = train.x.to(device), train.y.to(device)
-    teacher_logits = None  # rows per training sample; a streamed split's stay where they are (a memory map)
-    if teacher is not None:
-        teacher_logits = teacher.logits if streaming else teacher.logits.to(device)
+    # rows per training sample; a streamed split's stay where they are (a memory map)
+    teacher_logits = None if teacher is None else teacher.logits if streaming else teacher.logits.to(device)
     ddp: nn.Module = model
     ddp_trainable: bool | None = None
     for epoch in range(first_epoch, cfg.epochs + 1):
-        if bad_epochs >= cfg.patience:
+        if epoch - 1 - result.best_epoch >= cfg.patience:  # epochs done since the best one
             result.stopped_early = True
             break
         if _budget_spent(sched, cfg):
             break
         t0 = time.perf_counter()
         trainable = epoch > cfg.probe_epochs
-        _set_backbone_trainable(backbone_params, trainable)
+        for p in backbone_params:
+            p.requires_grad_(trainable)
         if world > 1 and trainable != ddp_trainable:  # DDP fixes its set of gradients when it is built
-            ddp, ddp_trainable = _wrap(model, device), trainable
+            ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+            ddp_trainable = trainable
         model.train()
-        first_step, prior_seconds = 0, 0.0
-        # running sums stay on the device as tensors: no host sync per batch
-        total_loss = torch.zeros((), device=device)
-        correct = torch.zeros((), dtype=torch.long, device=device)
-        seen = 0
+        first_step, prior_seconds, sums = 0, 0.0, (0.0, 0, 0)
         perm = torch.empty(0, dtype=torch.int64)
         if partial is not None and partial.epoch == epoch:  # resume inside this epoch: same order, same sums
             perm, first_step, prior_seconds = partial.order, partial.step, partial.seconds
-            loss_sum, correct_sum, seen = _own_sums(partial.sums, rank, world)
-            total_loss += torch.tensor(loss_sum, dtype=torch.float32)
-            correct += correct_sum
-            partial = None
+            sums, partial = _own_sums(partial.sums, rank, world), None
         elif not streaming:
             perm = torch.randperm(n_train, generator=gen)
+        # running sums stay on the device as tensors: no host sync per batch
+        total_loss = torch.tensor(sums[0], dtype=torch.float32, device=device)
+        correct = torch.tensor(sums[1], dtype=torch.long, device=device)
+        seen = sums[2]
         if streaming:
             batches = stream.epoch_batches(train, epoch, cfg.batch_size // world, rank, world, steps_per_epoch,
                                            first_step, device, positions=True)
@@ -338,18 +330,15 @@ def fit(
             done = step + 1
             if (checkpointer is not None and cfg.checkpoint_every_steps > 0 and done < steps_per_epoch
                     and sched.last_epoch % cfg.checkpoint_every_steps == 0):
-                result.seconds = seconds_before + time.perf_counter() - start_time
+                result.seconds = time.perf_counter() - start_time
                 where = PartialEpoch(epoch=epoch, step=done, order=perm,
                                      sums=[(float(total_loss), int(correct), seen)],
                                      seconds=prior_seconds + time.perf_counter() - t0,
                                      streams=train.streams if streaming else 0)
                 checkpointer.save(model, opt, sched, gen, result, partial=where)
-        if world == 1:
-            train_loss, train_acc = float(total_loss) / max(1, seen), float(correct) / max(1, seen)
-        else:
-            sums = distributed.all_reduce_sum([float(total_loss), float(correct), seen])
-            train_loss, train_acc = sums[0] / sums[2], sums[1] / sums[2]
-            distributed.broadcast_buffers(model)  # BN running stats from rank 0: all ranks evaluate one model
+        loss_sum, correct_sum, count = distributed.all_reduce_sum([float(total_loss), float(correct), seen])
+        train_loss, train_acc = loss_sum / max(1, count), correct_sum / max(1, count)
+        distributed.broadcast_buffers(model)  # BN running stats from rank 0: all ranks evaluate one model
         val_loss, val_acc = _validate(model, preset, val, cfg.eval_batch_size, rank, world)
         stats = EpochStats(
             epoch=epoch, train_loss=train_loss, train_accuracy=train_acc,
@@ -358,19 +347,16 @@ def fit(
         )
         result.history.append(stats)
         if val_acc > result.best_val_accuracy:
-            result.best_val_accuracy, result.best_epoch = val_acc, epoch
-            result.best_state = _cpu_state(model)
-            bad_epochs = 0
-        else:
-            bad_epochs += 1
+            result.best_val_accuracy, result.best_epoch, result.best_state = val_acc, epoch, _cpu_state(model)
         if on_epoch is not None:
             on_epoch(stats)
         if checkpointer is not None:
-            result.seconds = seconds_before + time.perf_counter() - start_time
+            result.seconds = time.perf_counter() - start_time
             checkpointer.save(model, opt, sched, gen, result)
-    _set_backbone_trainable(backbone_params, True)
+    for p in backbone_params:
+        p.requires_grad_(True)
     model.load_state_dict(result.best_state)
-    result.seconds = seconds_before + time.perf_counter() - start_time
+    result.seconds = time.perf_counter() - start_time
     return result
 
 
@@ -436,46 +422,26 @@ def _own_sums(sums: list[tuple[float, int, int]], rank: int, world: int) -> tupl
     return sum(s[0] for s in sums), sum(s[1] for s in sums), sum(s[2] for s in sums)
 
 
-def _wrap(model: nn.Module, device: torch.device) -> nn.Module:
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-
 def _validate(
-    model: nn.Module, preset: Preset, val: Split, batch_size: int, rank: int, world: int
+    model: nn.Module, preset: Preset, val: Split | StreamSplit, batch_size: int, rank: int, world: int
 ) -> tuple[float, float]:
     """(loss, accuracy) on the val split; with several ranks each scores rows rank::world (a streamed
     split: shards rank::world) and the sums are all-reduced, so every rank gets the same numbers."""
     if isinstance(val, StreamSplit):
-        return _validate_stream(model, preset, val, batch_size, rank, world)
-    if world == 1:
+        batches, n = ((x, y) for x, y, _ in stream.scoring_batches(val, batch_size, rank, world)), len(val)
+    elif world == 1:
         logits = predict_logits(model, preset, val.x, batch_size)
         return F.cross_entropy(logits, val.y).item(), (logits.argmax(1) == val.y).float().mean().item()
-    x, y = val.x[rank::world], val.y[rank::world]
+    else:
+        batches, n = [(val.x[rank::world], val.y[rank::world])], len(val.y)
     loss_sum, correct = 0.0, 0.0
-    if len(x):
-        logits = predict_logits(model, preset, x, batch_size)
-        loss_sum = F.cross_entropy(logits, y, reduction="sum").item()
-        correct = float((logits.argmax(1) == y).sum())
+    for x, y in batches:
+        if len(x):
+            logits = predict_logits(model, preset, x, batch_size)
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+            correct += float((logits.argmax(1) == y).sum())
     loss_sum, correct = distributed.all_reduce_sum([loss_sum, correct])
-    return loss_sum / len(val.y), correct / len(val.y)
-
-
-def _validate_stream(
-    model: nn.Module, preset: Preset, val: StreamSplit, batch_size: int, rank: int, world: int
-) -> tuple[float, float]:
-    loss_sum, correct = 0.0, 0.0
-    for x, y, _ in stream.scoring_batches(val, batch_size, rank, world):
-        logits = predict_logits(model, preset, x, batch_size)
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += float((logits.argmax(1) == y).sum())
-    loss_sum, correct = distributed.all_reduce_sum([loss_sum, correct])
-    return loss_sum / len(val), correct / len(val)
-
-
-def _epochs_since_best(result: FitResult) -> int:
-    if not result.history:
-        return 0
-    return result.history[-1].epoch - result.best_epoch
+    return loss_sum / n, correct / n
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
