@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 from headstart.errors import HeadstartError
+from headstart.kfp.cli import app as pipeline_app
 
 app = typer.Typer(
     help="Headstart: retrain an image classifier, prove the pre-trained head start, promote only winners.\n\n"
@@ -21,15 +22,7 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Build and inspect the versioned dataset.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-
-
-def _mount_pipeline() -> None:
-    from headstart.kfp.cli import app as pipeline_app
-
-    app.add_typer(pipeline_app, name="pipeline", help="Compile, run locally, submit or schedule the Kubeflow pipeline.")
-
-
-_mount_pipeline()
+app.add_typer(pipeline_app, name="pipeline", help="Compile, run locally, submit or schedule the Kubeflow pipeline.")
 console = Console(stderr=True)
 
 ParamsOpt = Annotated[Path, typer.Option("--params", help="params.yaml to read knobs and thresholds from.")]
@@ -51,10 +44,6 @@ def _tracking(p: dict[str, Any]):
     from headstart.config import tracking_from_params
 
     return tracking_from_params(p)
-
-
-def _echo_json(obj: Any) -> None:
-    typer.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
 @data_app.command("import-fashion-mnist")
@@ -314,7 +303,7 @@ def status(
 
     info = lifecycle.status(_tracking(_params(params, overrides)))  # unreachable server: RegistryError, exit 2
     if as_json:
-        _echo_json(info)
+        typer.echo(json.dumps(info, indent=2, sort_keys=True, default=str))
     elif not info["registered"]:
         console.print(f"[yellow]{info['model']} is not registered at {info['tracking_uri']}[/]: nothing has been "
                       "registered there yet (run the loop: `make run`), or tracking.registered_model / "

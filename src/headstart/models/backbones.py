@@ -16,13 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from headstart.errors import ConfigError
 from headstart.models import efficientnet_lite as lite
 from headstart.models import small_cnn
-from headstart.models.weights import (
-    fetch_state_dict,
-    in_prefixes,
-    is_weights_file,
-    load_checked,
-    read_state_dict,
-)
+from headstart.models.weights import fetch_state_dict, in_prefixes, is_weights_file, load_checked, read_state_dict
 
 
 @dataclass
@@ -97,7 +91,7 @@ def _efficientnet_lite0(spec: str | None, named: bool, num_classes: int, in_chan
         load_checked(
             model, lite.lukemelas_to_timm(state) if lite.is_lukemelas(state) else state, spec, [lite.HEAD]
         )
-    lite.reset_head(model, num_classes)
+    model.reset_classifier(num_classes)  # type: ignore[operator]
     half = (0.5,) * in_channels
     return BuiltModel(model, lite.ARCH, half, half, in_channels, [lite.HEAD])
 
@@ -126,8 +120,8 @@ def head_and_backbone_params(built: BuiltModel) -> tuple[list[nn.Parameter], lis
     return head, backbone
 
 
-def count_params(model: nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
 
 
 def flops(model: nn.Module, input_size: tuple[int, int, int]) -> int:

@@ -18,7 +18,6 @@ from headstart.models.weights import StateDict
 
 ARCH = "efficientnet_lite0"
 TIMM_NAME = "tf_efficientnet_lite0"
-MEAN = STD = (0.5, 0.5, 0.5)
 HEAD = "classifier"
 STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
 
@@ -88,7 +87,3 @@ def create(in_channels: int = 3) -> nn.Module:
     import timm  # here, not at the top: timm (and the torchvision it imports) is ~2.5 s of start-up
 
     return timm.create_model(TIMM_NAME, pretrained=False, in_chans=in_channels)
-
-
-def reset_head(model: nn.Module, num_classes: int) -> None:
-    model.reset_classifier(num_classes)  # type: ignore[operator]

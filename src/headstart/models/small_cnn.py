@@ -41,13 +41,9 @@ class SmallCNN(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
-    @property
-    def num_features(self) -> int:
-        return self.classifier.in_features
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(self.features(x)).flatten(1)
         return self.classifier(self.dropout(x))
 
     def reset_classifier(self, num_classes: int) -> None:
-        self.classifier = nn.Linear(self.num_features, num_classes)
+        self.classifier = nn.Linear(self.classifier.in_features, num_classes)

@@ -85,14 +85,7 @@ def reset_head(model: nn.Module, head: str, num_classes: int) -> None:
 def set_in_channels(model: nn.Module, in_channels: int) -> None:
     """Swap the first conv for one taking `in_channels` (random init only)."""
     name, conv = next((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
-    new = nn.Conv2d(
-        in_channels,
-        conv.out_channels,
-        conv.kernel_size,  # type: ignore[arg-type]
-        stride=conv.stride,  # type: ignore[arg-type]
-        padding=conv.padding,  # type: ignore[arg-type]
-        dilation=conv.dilation,  # type: ignore[arg-type]
-        bias=conv.bias is not None,
-        padding_mode=conv.padding_mode,
-    )
+    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,  # type: ignore[arg-type]
+                    padding=conv.padding, dilation=conv.dilation,  # type: ignore[arg-type]
+                    bias=conv.bias is not None, padding_mode=conv.padding_mode)
     model.set_submodule(name, new)

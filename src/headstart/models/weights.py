@@ -99,12 +99,8 @@ def load_checked(
         problems.append(f"missing keys: {_listed(missing)}")
     if unexpected := sorted(given.keys() - own.keys()):
         problems.append(f"unexpected keys: {_listed(unexpected)}")
-    shapes = [
-        f"{k} {tuple(v.shape)} != {tuple(own[k].shape)}"
-        for k, v in given.items()
-        if k in own and v.shape != own[k].shape
-    ]
-    if shapes:
+    if shapes := [f"{k} {tuple(v.shape)} != {tuple(own[k].shape)}" for k, v in given.items()
+                  if k in own and v.shape != own[k].shape]:
         problems.append(f"wrong shapes (file != model): {_listed(shapes)}")
     if problems:
         raise WeightsError(

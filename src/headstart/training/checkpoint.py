@@ -114,9 +114,9 @@ class Checkpointer:
             name = f"epoch-{state['epoch']:04d}-step-{state['partial']['step']:08d}.pt"
         if storage.is_s3(self.location):
             with tempfile.TemporaryDirectory(prefix="headstart-ckpt-") as tmp:
-                staged = Path(tmp) / name
-                _save_file(state, staged, self.uri(name))
-                storage.upload(staged, self.uri(name), metadata={SHA_KEY: _sha256(staged.read_bytes())})
+                staged, uri = Path(tmp) / name, self.uri(name)
+                _save_file(state, staged, uri)
+                storage.upload(staged, uri, metadata={SHA_KEY: hashlib.sha256(staged.read_bytes()).hexdigest()})
         else:
             folder = Path(self.location)
             try:
@@ -225,7 +225,7 @@ class Checkpointer:
 def _check(blob: bytes, metadata: dict[str, str]) -> tuple[str | None, dict[str, Any]]:
     """(why the checkpoint is unusable or None, its state)."""
     expected = metadata.get(SHA_KEY)
-    if expected and _sha256(blob) != expected:
+    if expected and hashlib.sha256(blob).hexdigest() != expected:
         return "is corrupt (its sha256 does not match the one recorded at upload)", {}
     try:
         state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
@@ -290,10 +290,6 @@ def _save_file(state: dict[str, Any], path: Path, target: str) -> None:
         torch.save(state, path)
     except OSError as exc:
         raise StorageError(f"{target}: cannot write checkpoint ({exc})") from exc
-
-
-def _sha256(blob: bytes) -> str:
-    return hashlib.sha256(blob).hexdigest()
 
 
 def _restore_torch_rng(state: dict[str, Any]) -> None:

@@ -22,7 +22,7 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def init(timeout_s: float | None = None) -> bool:
+def init() -> bool:
     """Join the process group described by torchrun's variables; True when running distributed.
 
     Idempotent. `HEADSTART_DIST_TIMEOUT` (seconds) bounds how long a collective waits for a lost peer.
@@ -31,7 +31,7 @@ def init(timeout_s: float | None = None) -> bool:
         return True
     if env_world_size() <= 1 or not dist.is_available():
         return False
-    timeout = timeout_s or float(os.environ.get("HEADSTART_DIST_TIMEOUT", DEFAULT_TIMEOUT_S))
+    timeout = float(os.environ.get("HEADSTART_DIST_TIMEOUT", DEFAULT_TIMEOUT_S))
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(local_rank())
