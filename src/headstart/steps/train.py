@@ -25,7 +25,7 @@ from headstart.models import modelio
 from headstart.presets import Preset
 from headstart.training import congruent, distributed
 from headstart.training.checkpoint import Checkpointer
-from headstart.training.engine import EpochStats, FitResult, fit
+from headstart.training.engine import EpochStats, fit
 from headstart.training.recipe import Role, TrainConfig, data_fingerprint, load_options
 
 
@@ -111,8 +111,14 @@ def run(
         result = fit(built.model, head, backbone, preset, train, val, cfg.engine(), log_epoch, ckpt, cfg.role,
                      teacher[0] if teacher else None)
         first_step = None if result.first_step_unix is None else result.first_step_unix - started
-        if not main:
-            return _summary(cfg, out_dir, None, result, first_step, congruent_note)
+        summary = TrainResult(
+            role=cfg.role, model_dir=str(out_dir / "model"), run_id=run_id, best_epoch=result.best_epoch,
+            best_val_accuracy=result.best_val_accuracy, seconds=result.seconds,
+            epochs_run=len(result.history), resumed_from=result.resumed_from, resumed_at=result.resumed_at,
+            first_step_seconds=first_step, congruent=congruent_note,
+        )
+        if not main:  # run_id is None: only rank 0 tracks
+            return summary
         history = [asdict(h) for h in result.history]
         curve = plots.learning_curve(history, out_dir / "learning_curve.png", f"{cfg.role}: {cfg.backbone}")
         metrics = {"best_val_accuracy": result.best_val_accuracy, "train_seconds": result.seconds,
@@ -129,20 +135,7 @@ def run(
             mlflow.log_metrics(metrics)
             mlflow.log_artifact(str(curve))
             mlflow.log_artifact(str(out_dir / "history.json"))
-    summary = _summary(cfg, out_dir, run_id, result, first_step, congruent_note)
     (out_dir / "metrics.json").write_text(json.dumps(asdict(summary), indent=2, sort_keys=True) + "\n")
     if ckpt is not None:
         ckpt.finish()  # succeeded and recorded: only the final checkpoint stays, older finished runs go
     return summary
-
-
-def _summary(
-    cfg: TrainConfig, out_dir: Path, run_id: str | None, result: FitResult, first_step: float | None = None,
-    congruent_note: str | None = None,
-) -> TrainResult:
-    return TrainResult(
-        role=cfg.role, model_dir=str(out_dir / "model"), run_id=run_id, best_epoch=result.best_epoch,
-        best_val_accuracy=result.best_val_accuracy, seconds=result.seconds,
-        epochs_run=len(result.history), resumed_from=result.resumed_from, resumed_at=result.resumed_at,
-        first_step_seconds=first_step, congruent=congruent_note,
-    )

@@ -105,7 +105,30 @@ class Checkpointer:
                 sums = [tuple(t.view(torch.float64).tolist()) for t in distributed.all_gather_bytes(packed)]
                 partial = dataclasses.replace(partial, sums=[(s[0], int(s[1]), int(s[2])) for s in sums])
         if distributed.is_main():
-            self._write(_state(self.fingerprint, model, opt, sched, gen, result, scaler, rank_rngs, partial))
+            self._write({
+                "fingerprint": self.fingerprint,
+                "epoch": partial.epoch if partial is not None else result.history[-1].epoch,
+                "step": int(sched.last_epoch),  # optimizer steps taken: LambdaLR counts one per batch here
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+                "generator": gen.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "best_state": result.best_state,
+                "best_epoch": result.best_epoch,
+                "best_val_accuracy": result.best_val_accuracy,
+                "history": [dataclasses.asdict(h) for h in result.history],
+                "seconds": result.seconds,
+                "partial": None if partial is None else {
+                    "epoch": partial.epoch, "step": partial.step, "order": partial.order.cpu(),
+                    "seconds": partial.seconds, "streams": partial.streams,
+                    # float64 holds each float32 loss sum exactly, so a resume continues from the very same value
+                    "sums": torch.tensor(partial.sums, dtype=torch.float64),
+                },
+                # dropout differs per rank; each resumes its own stream
+                **({"torch_rng_ranks": rank_rngs} if rank_rngs is not None else {}),
+            })
         distributed.barrier()
 
     def _write(self, state: dict[str, Any]) -> None:
@@ -252,37 +275,6 @@ def _why(exc: Exception) -> str:
     text = " ".join(str(exc).split())
     found = re.search(r"GLOBAL \S+ (was not an allowed global|whose module \S+ is blocked)", text)
     return found.group(0) if found else text[:200] or type(exc).__name__
-
-
-def _state(
-    fingerprint: str, model: nn.Module, opt: Any, sched: Any, gen: torch.Generator, result: FitResult,
-    scaler: Any, rank_rngs: list[torch.Tensor] | None, partial: PartialEpoch | None = None,
-) -> dict[str, Any]:
-    state = {
-        "fingerprint": fingerprint,
-        "epoch": partial.epoch if partial is not None else result.history[-1].epoch,
-        "step": int(sched.last_epoch),  # optimizer steps taken: LambdaLR counts one per batch here
-        "model": model.state_dict(),
-        "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
-        "generator": gen.get_state(),
-        "torch_rng": torch.get_rng_state(),
-        "best_state": result.best_state,
-        "best_epoch": result.best_epoch,
-        "best_val_accuracy": result.best_val_accuracy,
-        "history": [dataclasses.asdict(h) for h in result.history],
-        "seconds": result.seconds,
-        "partial": None if partial is None else {
-            "epoch": partial.epoch, "step": partial.step, "order": partial.order.cpu(), "seconds": partial.seconds,
-            "streams": partial.streams,
-            # float64 holds each float32 loss sum exactly, so a resume continues from the very same value
-            "sums": torch.tensor(partial.sums, dtype=torch.float64),
-        },
-    }
-    if rank_rngs is not None:
-        state["torch_rng_ranks"] = rank_rngs  # dropout differs per rank; each resumes its own stream
-    return state
 
 
 def _save_file(state: dict[str, Any], path: Path, target: str) -> None:
