@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -355,18 +356,12 @@ def run_all(
     summary(outputs=outputs, params=params, overrides=overrides)
 
 
-def _quiet_library_warnings() -> None:
-    """MLflow's advice aimed at notebook users (type hints, integer columns) is noise in a pipeline log."""
-    import warnings
-
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: a user's mistake prints one clear line and exits non-zero, without a traceback."""
+    # MLflow's advice aimed at notebook users (type hints, integer columns) is noise in a pipeline log
     for pattern in (".*type hints to the `predict` method", ".*Inferred schema contains integer column",
                     ".*dataset source can be interpreted in multiple ways"):
         warnings.filterwarnings("ignore", message=pattern, category=UserWarning)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Entry point: a user's mistake prints one clear line and exits non-zero, without a traceback."""
-    _quiet_library_warnings()
     try:
         app(args=argv, standalone_mode=False)
     except HeadstartError as exc:

@@ -179,16 +179,12 @@ BUILDERS = {
 OPEN = "*"  # in a schema: a class that ignores keys it does not know (extra != "forbid")
 
 
+@cache
 def class_keys(ref: str) -> dict[str, Any]:
     """The keys of the pydantic class `module:Class`, read from its source: {name: None, or a nested class's
     keys}, with OPEN when the class does not forbid unknown keys. tests/unit/test_check_params.py holds this
     to the imported classes' model_fields."""
     module, name = ref.split(":")
-    return _class_keys(module, name)
-
-
-@cache
-def _class_keys(module: str, name: str) -> dict[str, Any]:
     spec = Path(__file__).parent.joinpath(*module.split(".")[1:]).with_suffix(".py")
     classes = {n.name: n for n in ast.walk(ast.parse(spec.read_text())) if isinstance(n, ast.ClassDef)}
 

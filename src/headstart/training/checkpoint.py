@@ -207,9 +207,19 @@ class Checkpointer:
         if scaler is not None and state.get("scaler") is not None:
             scaler.load_state_dict(state["scaler"])
         gen.set_state(state["generator"])
-        _restore_torch_rng(state)
+        # each rank's own stream when the checkpoint has one for it; rank 0 (or a single process) gets
+        # `torch_rng`; a rank the checkpoint has no state for keeps its fresh per-rank seed
+        rank, per_rank = distributed.rank(), state.get("torch_rng_ranks")
+        if per_rank is not None and rank < len(per_rank):
+            torch.set_rng_state(per_rank[rank])
+        elif rank == 0:
+            torch.set_rng_state(state["torch_rng"])
         history = [EpochStats(**h) for h in state["history"]]
-        self.partial = _partial(state.get("partial"))
+        saved = state.get("partial")
+        self.partial = None if saved is None else PartialEpoch(
+            epoch=int(saved["epoch"]), step=int(saved["step"]), order=saved["order"], seconds=float(saved["seconds"]),
+            sums=[(float(s[0]), int(s[1]), int(s[2])) for s in saved["sums"].tolist()],
+            streams=int(saved.get("streams", 0)))
         return FitResult(
             best_state=state["best_state"], best_epoch=state["best_epoch"],
             best_val_accuracy=state["best_val_accuracy"], history=history,
@@ -262,14 +272,6 @@ def _check(blob: bytes, metadata: dict[str, str]) -> tuple[str | None, dict[str,
     return None, state
 
 
-def _partial(saved: dict[str, Any] | None) -> PartialEpoch | None:
-    if saved is None:
-        return None
-    sums = [(float(s[0]), int(s[1]), int(s[2])) for s in saved["sums"].tolist()]
-    return PartialEpoch(epoch=int(saved["epoch"]), step=int(saved["step"]), order=saved["order"], sums=sums,
-                        seconds=float(saved["seconds"]), streams=int(saved.get("streams", 0)))
-
-
 def _why(exc: Exception) -> str:
     """The line of torch's weights-only refusal that names the offending global."""
     text = " ".join(str(exc).split())
@@ -282,14 +284,3 @@ def _save_file(state: dict[str, Any], path: Path, target: str) -> None:
         torch.save(state, path)
     except OSError as exc:
         raise StorageError(f"{target}: cannot write checkpoint ({exc})") from exc
-
-
-def _restore_torch_rng(state: dict[str, Any]) -> None:
-    """Each rank's own stream when the checkpoint has one for it; rank 0 (or a single process) gets
-    `torch_rng`; a rank the checkpoint has no state for keeps its fresh per-rank seed."""
-    rank = distributed.rank()
-    per_rank = state.get("torch_rng_ranks")
-    if per_rank is not None and rank < len(per_rank):
-        torch.set_rng_state(per_rank[rank])
-    elif rank == 0:
-        torch.set_rng_state(state["torch_rng"])
