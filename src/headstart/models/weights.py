@@ -28,9 +28,7 @@ StateDict = dict[str, torch.Tensor]
 
 def is_weights_file(spec: str) -> bool:
     """Whether a `weights` value names a file (local or s3) rather than a weights name."""
-    if storage.is_s3(spec) or Path(spec).suffix in SUFFIXES or "/" in spec or "\\" in spec:
-        return True
-    return Path(spec).exists()
+    return storage.is_s3(spec) or Path(spec).suffix in SUFFIXES or "/" in spec or "\\" in spec or Path(spec).exists()
 
 
 def read_state_dict(path: Path, source: str | None = None) -> StateDict:

@@ -69,9 +69,7 @@ log = logging.getLogger(__name__)
 
 
 class Checkpointer:
-    """Saves `epoch-NNNN.pt` into `<location>/<fingerprint>/` (a folder or s3:// prefix); the fingerprint
-    ties checkpoints to one config and dataset, so a resume never mixes runs and pruning never touches
-    another run's checkpoints."""
+    """One run's checkpoints, in `<location>/<fingerprint>/` (a folder or s3:// prefix): see the module docstring."""
 
     def __init__(self, location: str | Path, fingerprint: str) -> None:
         if not _FOLDER.match(fingerprint):

@@ -39,11 +39,7 @@ from headstart.progress import progress_enabled
 from headstart.runtime import tune_allocator
 from headstart.training import distributed
 from headstart.training.checkpoint import Checkpointer
-from headstart.training.trainstate import (  # EpochStats, FitResult: also imported from here
-    EpochStats,
-    FitResult,
-    PartialEpoch,
-)
+from headstart.training.trainstate import EpochStats, FitResult, PartialEpoch  # the first two also imported from here
 
 if TYPE_CHECKING:
     from headstart.training.congruent import Teacher
@@ -221,17 +217,10 @@ def predict_logits(
 
 
 def fit(
-    model: nn.Module,
-    head_params: list[nn.Parameter],
-    backbone_params: list[nn.Parameter],
-    preset: Preset,
-    train: Split | StreamSplit,
-    val: Split | StreamSplit,
-    cfg: EngineConfig,
-    on_epoch: Callable[[EpochStats], None] | None = None,
-    checkpointer: Checkpointer | None = None,
-    label: str = "train",
-    teacher: Teacher | None = None,
+    model: nn.Module, head_params: list[nn.Parameter], backbone_params: list[nn.Parameter], preset: Preset,
+    train: Split | StreamSplit, val: Split | StreamSplit, cfg: EngineConfig,
+    on_epoch: Callable[[EpochStats], None] | None = None, checkpointer: Checkpointer | None = None,
+    label: str = "train", teacher: Teacher | None = None,
 ) -> FitResult:
     """Train with AdamW, warm-up + cosine (`optimizer`), label smoothing and early stopping; keep the best weights.
 
