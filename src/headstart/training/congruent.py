@@ -105,9 +105,8 @@ def for_run(
             return None, f"no champion {where} yet: trained without distillation"
 
         def reload(champion_preset: Preset) -> Split:
-            how = load_options(cfg)
-            return data.load("train", champion_preset, classes, cfg.images_per_class, cfg.seed, how.cache_dir,
-                             int(cfg.tensor_cache_budget_gib * 2**30))
+            return data.load("train", champion_preset, classes, cfg.images_per_class, cfg.seed,
+                             load_options(cfg).cache_dir, int(cfg.tensor_cache_budget_gib * 2**30))
 
         made = teacher(champion_dir, source, train, classes, reload, cfg.congruent_weight, cfg.congruent_alpha,
                        cfg.congruent_beta, cfg.congruent_temperature, Path(tmp))

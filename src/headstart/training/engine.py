@@ -326,14 +326,11 @@ def fit(
                                      streams=train.streams if streaming else 0)
                 checkpointer.save(model, opt, sched, gen, result, partial=where)
         loss_sum, correct_sum, count = distributed.all_reduce_sum([float(total_loss), float(correct), seen])
-        train_loss, train_acc = loss_sum / max(1, count), correct_sum / max(1, count)
         distributed.broadcast_buffers(model)  # BN running stats from rank 0: all ranks evaluate one model
         val_loss, val_acc = _validate(model, preset, val, cfg.eval_batch_size, rank, world)
-        stats = EpochStats(
-            epoch=epoch, train_loss=train_loss, train_accuracy=train_acc,
-            val_loss=val_loss, val_accuracy=val_acc, lr=opt.param_groups[0]["lr"],
-            seconds=prior_seconds + time.perf_counter() - t0,
-        )
+        stats = EpochStats(epoch=epoch, train_loss=loss_sum / max(1, count), train_accuracy=correct_sum / max(1, count),
+                           val_loss=val_loss, val_accuracy=val_acc, lr=opt.param_groups[0]["lr"],
+                           seconds=prior_seconds + time.perf_counter() - t0)
         result.history.append(stats)
         if val_acc > result.best_val_accuracy:
             result.best_val_accuracy, result.best_epoch, result.best_state = val_acc, epoch, _cpu_state(model)
