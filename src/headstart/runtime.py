@@ -23,6 +23,7 @@ import ctypes
 import ctypes.util
 import functools
 import logging
+import math
 import os
 import sys
 
@@ -87,8 +88,6 @@ def cpu_count(cgroup_root: str = "/sys/fs/cgroup") -> int:
 
 
 def _cgroup_quota(root: str) -> int | None:
-    import math
-
     def read(name: str) -> str | None:
         try:
             with open(os.path.join(root, name)) as fh:

@@ -111,12 +111,10 @@ def run(
         result = fit(built.model, head, backbone, preset, train, val, cfg.engine(), log_epoch, ckpt, cfg.role,
                      teacher[0] if teacher else None)
         first_step = None if result.first_step_unix is None else result.first_step_unix - started
-        summary = TrainResult(
-            role=cfg.role, model_dir=str(out_dir / "model"), run_id=run_id, best_epoch=result.best_epoch,
-            best_val_accuracy=result.best_val_accuracy, seconds=result.seconds,
-            epochs_run=len(result.history), resumed_from=result.resumed_from, resumed_at=result.resumed_at,
-            first_step_seconds=first_step, congruent=congruent_note,
-        )
+        summary = TrainResult(role=cfg.role, model_dir=str(out_dir / "model"), run_id=run_id,
+                              best_epoch=result.best_epoch, best_val_accuracy=result.best_val_accuracy,
+                              seconds=result.seconds, epochs_run=len(result.history), resumed_from=result.resumed_from,
+                              resumed_at=result.resumed_at, first_step_seconds=first_step, congruent=congruent_note)
         if not main:  # run_id is None: only rank 0 tracks
             return summary
         history = [asdict(h) for h in result.history]
