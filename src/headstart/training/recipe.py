@@ -89,8 +89,7 @@ class TrainConfig(Recipe):
         return self
 
     def engine(self) -> EngineConfig:
-        fields = EngineConfig.__dataclass_fields__
-        return EngineConfig(**{k: v for k, v in self.model_dump().items() if k in fields})
+        return EngineConfig(**self.model_dump(include=set(EngineConfig.__dataclass_fields__)))
 
     def fingerprint(self, data_key: str) -> str:
         """Ties checkpoints to this config's `Recipe` and to the content of the data it trains on (`data_key`,
