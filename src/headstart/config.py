@@ -258,15 +258,6 @@ def config_for(params: dict[str, Any], name: str, **changes: Any) -> Any:
     return from_section(builder, params, name, **changes)
 
 
-def _values(params: dict[str, Any], name: str) -> None:
-    """Build section `name`'s config as its step will, importing its class only now."""
-    if name == "train":  # by name, as every class here: a stage that checks params does not depend on training
-        for role in ("finetune", "scratch"):
-            config_for(params, f"train.{role}")
-    elif name in SECTIONS:
-        config_for(params, name)
-
-
 def check_params(params: dict[str, Any], overrides: list[str] | None = None, source: str = "params.yaml", *,
                  full: bool = False, set_label: str = "--set") -> None:
     """Reject an unknown section or key anywhere (with "did you mean"), and a bad value in every section an
@@ -278,8 +269,10 @@ def check_params(params: dict[str, Any], overrides: list[str] | None = None, sou
     given = {item.split("=", 1)[0].strip(): item for item in overrides or []}
     problems = _unknown(params, _schema())
     for name in [] if problems else sorted(set(params) if full else {key.split(".")[0] for key in given}):
-        try:
-            _values(params, name)
+        try:  # build the config as its step will, its class imported only now (by name: no import of training here)
+            for key in ("train.finetune", "train.scratch") if name == "train" else (name,):
+                if key in SECTIONS:
+                    config_for(params, key)
         except InvalidParams as exc:
             problems += exc.problems
         except ConfigError as exc:
