@@ -18,30 +18,23 @@ from typing import Any
 
 from headstart.config import TrackingConfig
 
-# headstart.registry.model_registry's CHAMPION and _NOT_FOUND (a missing alias), not imported: importing
-# registry imports mlflow
+# the alias, and the error codes of a missing one; model_registry takes both from here, as this module must
+# not import it (importing it imports mlflow)
 CHAMPION = "champion"
 NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}
-
-
-def left_by_register(registration: dict[str, Any] | None, model: str) -> tuple[bool, str | None]:
-    """(known, version): the champion the last register left behind, from its registration.json; the
-    version it promoted, else the one it was gated against (which it checked was the champion)."""
-    if not registration or registration.get("model_name") != model:
-        return False, None
-    if registration.get("promoted"):
-        return True, str(registration["version"])
-    champion = (registration.get("decision") or {}).get("champion_version")
-    return True, None if champion is None else str(champion)
 
 
 def reference(model: str, current: str | None, registration: dict[str, Any] | None,
               previous: dict[str, Any] | None) -> dict[str, Any]:
     """The content of the champion file: `previous` kept while the champion is where this loop's last
-    register left it, else the current champion (None before the first promotion)."""
-    known, left = left_by_register(registration, model)
-    if previous is not None and previous.get("registered_model") == model and known and current == left:
-        return previous
+    register left it (from its registration.json: the version it promoted, else the one it was gated
+    against, which it checked was the champion), else the current champion (None before the first promotion)."""
+    registration = registration or {}
+    if previous is not None and previous.get("registered_model") == model == registration.get("model_name"):
+        left = (str(registration["version"]) if registration.get("promoted")
+                else (registration.get("decision") or {}).get("champion_version"))
+        if current == (None if left is None else str(left)):
+            return previous
     return {"registered_model": model, "champion_version": current}
 
 
