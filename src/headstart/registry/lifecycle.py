@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 from headstart.config import TrackingConfig
 from headstart.errors import ConfigError, RegistryError
 from headstart.registry import model_registry as registry
+from headstart.registry.champion_ref import NOT_FOUND
 
 
 def _version_exists(tracking: TrackingConfig, version: str) -> None:
@@ -22,7 +23,7 @@ def _version_exists(tracking: TrackingConfig, version: str) -> None:
     try:
         registry.retry(f"reading {name} v{version}", lambda: c.get_model_version(name, version))
     except RegistryError as exc:
-        if registry.error_code(exc) in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}:
+        if registry.error_code(exc) in NOT_FOUND:
             raise RegistryError(f"{name} v{version} does not exist ({exc})") from exc
         raise
 
@@ -71,12 +72,8 @@ def status(tracking: TrackingConfig, rejected_limit: int = 5) -> dict[str, Any]:
     name = tracking.registered_model
     info: dict[str, Any] = {"model": name, "tracking_uri": uri, "registered": False, "champion": None,
                             "history": [], "rejected": [], "gate_schedule": None}
-    try:
-        registry.retry(f"reading {name!r} at {uri}", lambda: c.get_registered_model(name))
-    except RegistryError as exc:
-        if registry.error_code(exc) == "RESOURCE_DOES_NOT_EXIST":
-            return info
-        raise
+    if not registry.exists(f"reading {name!r} at {uri}", lambda: c.get_registered_model(name)):
+        return info
     champ = registry.champion(tracking)
     versions = registry.retry(f"listing the versions of {name!r} at {uri}",
                               lambda: c.search_model_versions(f"name='{name}'"))

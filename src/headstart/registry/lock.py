@@ -180,7 +180,7 @@ class Lease:
                       attempts=3)
             _unreleased.pop(self.model, None)
         except RegistryError as exc:
-            if _code(exc) not in {"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"}:
+            if error_code(exc) not in {"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"}:
                 _unreleased[self.model] = self.owner
             return
         _delete(self.c, self.model, self.below, self.call)
@@ -192,8 +192,9 @@ def acquire(c: Any, model: str, owner: str, user: str, ttl: float, timeout: floa
     while True:
         gens = generations(c, model, call)
         top = gens[-1] if gens else None
+        top_gen = top.gen if top is not None else 0
         if top is None or top.free(model):
-            nxt = top_gen(top) + 1
+            nxt = top_gen + 1
             sent = time.time()
             if _create(c, model, nxt, owner, user, sent + ttl, call):
                 after = generations(c, model, call)
@@ -205,14 +206,10 @@ def acquire(c: Any, model: str, owner: str, user: str, ttl: float, timeout: floa
             who = f"{top.owner} (user {top.user or '?'})" if top else "?"
             until = time.ctime(top.expires) if top and top.expires != float("inf") else "?"
             raise RegistryError(
-                f"registry lock {lock_name(model, top_gen(top))!r} still held after {timeout:.0f}s by {who}, "
+                f"registry lock {lock_name(model, top_gen)!r} still held after {timeout:.0f}s by {who}, "
                 f"lease until {until}; another run is promoting. A holder that died stops renewing, and its "
                 "lease expires by itself: re-run after that.")
         time.sleep(0.2 + random.random() * 0.3)  # noqa: S311 - jitter, not crypto
-
-
-def top_gen(top: Generation | None) -> int:
-    return top.gen if top is not None else 0
 
 
 def _create(c: Any, model: str, gen: int, owner: str, user: str, expires: float, call: Call) -> bool:
@@ -223,7 +220,7 @@ def _create(c: Any, model: str, gen: int, owner: str, user: str, expires: float,
             name, tags={"owner": owner, "user": user, "expires": repr(expires)}, description=_DESCRIPTION))
         return True
     except RegistryError as exc:
-        if _code(exc) != "RESOURCE_ALREADY_EXISTS":
+        if error_code(exc) != "RESOURCE_ALREADY_EXISTS":
             raise
     # a retried create whose first reply was lost also lands here: then the name is ours
     held = call("reading the registry lock", lambda: c.get_registered_model(name))
@@ -242,7 +239,8 @@ def _margin(ttl: float) -> float:
     return min(ttl / 6, 10.0) if ttl > 0 else 0.0
 
 
-def _code(exc: BaseException) -> str | None:
+def error_code(exc: BaseException) -> str | None:
+    """The MLflow error code behind a RegistryError raised by registry.retry()."""
     return getattr(exc.__cause__, "error_code", None)
 
 

@@ -43,7 +43,7 @@ def log_model(tracking: TrackingConfig, model_dir: Path, card_run: str | None, s
                 mlflow.log_metrics(numbers, model_id=info.model_id)
             return info.model_uri, active.info.run_id, active.info.experiment_id
 
-    if card_run and not run_exists(card_run):
+    if card_run and not registry.exists("looking up the training run", lambda: mlflow.get_run(card_run)):
         raise RegistryError(
             f"{model_dir / 'model.json'}: its training run {card_run} is not in this MLflow tracking store. "
             "The model was trained against another store, or DVC restored it from its run cache after the store "
@@ -51,18 +51,6 @@ def log_model(tracking: TrackingConfig, model_dir: Path, card_run: str | None, s
             "tracking.tracking_uri / MLFLOW_TRACKING_URI at the store it was trained with.")
     registry.stage("log_model")
     return registry.retry("logging the model", attempt)
-
-
-def run_exists(run_id: str) -> bool:
-    import mlflow
-
-    try:
-        registry.retry("looking up the training run", lambda: mlflow.get_run(run_id))
-    except RegistryError as exc:
-        if getattr(exc.__cause__, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
-            return False
-        raise
-    return True
 
 
 def public_version(version: str) -> str:

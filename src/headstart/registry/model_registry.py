@@ -51,8 +51,10 @@ from headstart.config import TrackingConfig
 from headstart.errors import RegistryError
 from headstart.evaluation.gate import SCHEDULE_TAG, ScheduleState  # the window state, as JSON on the registered model
 from headstart.registry import lock as registry_lock
+from headstart.registry.champion_ref import CHAMPION
+from headstart.registry.champion_ref import NOT_FOUND as _NOT_FOUND
+from headstart.registry.lock import error_code
 
-CHAMPION = "champion"
 PREVIOUS = "previous-champion"
 HISTORY_TAG = "headstart.champion_history"  # the single JSON tag of older releases; read, never written
 HISTORY_PREFIX = "headstart.history."  # + zero-padded seq: one tag per move
@@ -64,7 +66,6 @@ PENDING, COMPLETE = "pending", "complete"
 COUNTED_TAG = "headstart.gate_counted"  # on a version: its judged run is counted in the schedule (counted once)
 _PERMANENT = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "NOT_FOUND",
               "PERMISSION_DENIED", "UNAUTHENTICATED", "BAD_REQUEST"}
-_NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}
 COMMIT_TIMEOUT_S = 10.0  # an alias write's timeout when no lease is held (under one: its margin)
 T = TypeVar("T")
 _stage_hook: Callable[[str], None] | None = None
@@ -142,26 +143,18 @@ def retry(what: str, fn: Callable[[], T], attempts: int = 4, delay: float = 0.5)
             if getattr(cause, "error_code", None) in _PERMANENT:
                 raise RegistryError(f"MLflow: {what} failed: {message}") from cause
             if attempt == attempts:
-                raise RegistryError(f"MLflow: {what} failed after {attempts} attempts: {_short(message)}. "
-                                    f"{_hint()}") from cause
+                raise RegistryError(_gave_up(what, attempts, message)) from cause
         time.sleep(delay * 2 ** (attempt - 1))
     raise AssertionError("unreachable")
 
 
-def _short(text: str) -> str:
-    return text if len(text) <= 400 else text[:400] + "..."
-
-
-def _hint() -> str:
+def _gave_up(what: str, attempts: int, message: str) -> str:
     import mlflow
 
-    return (f"Is the tracking server at {mlflow.get_tracking_uri()} up and reachable? Re-run once it is: a "
-            "version this run left unfinished is ignored, and a champion move it committed is completed.")
-
-
-def error_code(exc: BaseException) -> str | None:
-    """The MLflow error code behind a RegistryError raised by retry()."""
-    return getattr(exc.__cause__, "error_code", None)
+    short = message if len(message) <= 400 else message[:400] + "..."
+    return (f"MLflow: {what} failed after {attempts} attempts: {short}. Is the tracking server at "
+            f"{mlflow.get_tracking_uri()} up and reachable? Re-run once it is: a version this run left unfinished "
+            "is ignored, and a champion move it committed is completed.")
 
 
 def _unless_missing(what: str, fn: Callable[[], T]) -> T | None:
@@ -183,22 +176,23 @@ class Champion:
 
 def champion(tracking: TrackingConfig) -> Champion | None:
     """The version behind the `champion` alias, or None before the first promotion."""
-    c = client(tracking)
+    c, name = client(tracking), tracking.registered_model
     try:
-        mv = retry(f"reading the champion of {tracking.registered_model!r}",
-                   lambda: c.get_model_version_by_alias(tracking.registered_model, CHAMPION))
+        mv = retry(f"reading the champion of {name!r}", lambda: c.get_model_version_by_alias(name, CHAMPION))
     except RegistryError as exc:
         if error_code(exc) in _NOT_FOUND:
             return None
-        if error_code(exc) == "PERMISSION_DENIED" and not _exists(c, tracking.registered_model):
+        if error_code(exc) == "PERMISSION_DENIED" and not exists(f"reading {name!r}",
+                                                                  lambda: c.get_registered_model(name)):
             return None  # basic auth answers 403, not 404, for an alias of a model that does not exist yet
         raise
     return Champion(version=str(mv.version), run_id=mv.run_id, tags=dict(mv.tags))
 
 
-def _exists(c: Any, name: str) -> bool:
+def exists(what: str, fn: Callable[[], Any]) -> bool:
+    """retry(what, fn); False when what it reads does not exist (RESOURCE_DOES_NOT_EXIST only)."""
     try:
-        retry(f"reading {name!r}", lambda: c.get_registered_model(name))
+        retry(what, fn)
     except RegistryError as exc:
         if error_code(exc) == "RESOURCE_DOES_NOT_EXIST":
             return False
@@ -352,8 +346,6 @@ def move_champion(tracking: TrackingConfig, version: str, action: str, reason: s
 
     Call under lock(). The intent is written first, the alias move is the commit, then the bookkeeping.
     A promotion or override pushes onto the history; `rollback` (from rollback_plan) makes it a pop."""
-    c = client(tracking)
-    name = tracking.registered_model
     current = champion(tracking)
     old = current.version if current else None
     if old == version:
@@ -370,7 +362,7 @@ def move_champion(tracking: TrackingConfig, version: str, action: str, reason: s
     stage("promotion_intent")
     set_version_tags(tracking, version, {PROMOTION_TAG: json.dumps(entry)})
     stage("champion_alias")
-    write_alias(c, name, CHAMPION, version)
+    write_alias(client(tracking), tracking.registered_model, CHAMPION, version)
     _finish_move(tracking, entry, (items, seqs))
     return old
 
@@ -462,7 +454,8 @@ def write_alias(c: Any, name: str, alias: str, version: str | None, attempts: in
             if code in _PERMANENT and not (version is None and code in _NOT_FOUND):  # removing: read back
                 raise RegistryError(f"MLflow: {what} failed: {getattr(exc, 'message', exc)}") from exc
             failure = exc
-        now = _alias_target(c, name, alias)
+        mv = _unless_missing(f"reading alias {alias} of {name!r}", lambda: c.get_model_version_by_alias(name, alias))
+        now = None if mv is None else str(mv.version)
         if now == version:
             return
         if failure is None:
@@ -470,8 +463,7 @@ def write_alias(c: Any, name: str, alias: str, version: str | None, attempts: in
                                 "meanwhile, so this run's registry lock was not respected. Check `headstart status`.")
         if attempt == attempts:
             message = getattr(failure, "message", None) or str(failure)
-            raise RegistryError(f"MLflow: {what} failed after {attempts} attempts: {_short(message)}. "
-                                f"{_hint()}") from failure
+            raise RegistryError(_gave_up(what, attempts, message)) from failure
         time.sleep(0.5 * 2 ** (attempt - 1))
 
 
@@ -493,19 +485,13 @@ def _alias_request(c: Any, name: str, alias: str, version: str | None, timeout: 
     verify_rest_response(response, endpoint)
 
 
-def _alias_target(c: Any, name: str, alias: str) -> str | None:
-    """The version `alias` points at now (None: no such alias); a read, retried as usual."""
-    mv = _unless_missing(f"reading alias {alias} of {name!r}", lambda: c.get_model_version_by_alias(name, alias))
-    return None if mv is None else str(mv.version)
-
-
 def _finish_move(tracking: TrackingConfig, entry: dict[str, Any],
                  known: tuple[list[dict[str, Any]], list[int]] | None = None) -> None:
     """What follows from a committed move; idempotent, so a later run can redo it from the intent."""
     version, back_to = entry["version"], _back_to(entry)
     if back_to is not None or entry.get("previous") is not None:
-        stage("previous_alias")
-        set_previous(tracking, back_to)
+        stage("previous_alias")  # points at back_to, or is removed when there is none
+        write_alias(client(tracking), tracking.registered_model, PREVIOUS, back_to)
     if entry["action"] == "promote":
         stage("decision_tag")
         set_version_tags(tracking, version, {"decision": "promoted", "decision_reason": entry["reason"][:250]})
@@ -535,11 +521,6 @@ def repair(tracking: TrackingConfig) -> dict[str, Any] | None:
         return items[-1] if items else None
 
 
-def set_previous(tracking: TrackingConfig, version: str | None) -> None:
-    """Point `previous-champion` at `version`, or remove the alias when there is none."""
-    write_alias(client(tracking), tracking.registered_model, PREVIOUS, version)
-
-
 @contextlib.contextmanager
 def lock(tracking: TrackingConfig, owner: str | None = None, timeout: float = 120.0,
          ttl: float = 60.0) -> Iterator[str]:
@@ -551,7 +532,8 @@ def lock(tracking: TrackingConfig, owner: str | None = None, timeout: float = 12
     model = tracking.registered_model
     me = owner or f"{registry_lock.host_id()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     stage("lock")
-    lease = registry_lock.acquire(c, model, me, _lock_user(), ttl, timeout, retry)
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME") or current_user()
+    lease = registry_lock.acquire(c, model, me, user, ttl, timeout, retry)
     lease.start()
     _leases.setdefault(model, []).append(lease)
     try:
@@ -563,10 +545,6 @@ def lock(tracking: TrackingConfig, owner: str | None = None, timeout: float = 12
         _leases[model].remove(lease)
         stage("unlock")
         lease.release()
-
-
-def _lock_user() -> str:
-    return os.environ.get("MLFLOW_TRACKING_USERNAME") or current_user()
 
 
 def current_user() -> str:
