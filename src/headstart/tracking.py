@@ -18,15 +18,12 @@ LOOP_TAG = "headstart.loop_id"
 STEP_TAG = "headstart.step"
 
 
-def _is_local_store(uri: str) -> bool:
-    return uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri
-
-
 def artifact_location(tracking: TrackingConfig) -> str | None:
     """Where a new experiment keeps its artifacts: `artifact_root` for a local store; None (the server's
     own `--artifacts-destination`) for a tracking server, since a path in this process means nothing to
     the server or to the other pods that read the artifacts back."""
-    if not _is_local_store(tracking.resolved_uri()):
+    uri = tracking.resolved_uri()
+    if not uri.startswith(("sqlite:", "file:")) and "://" in uri:  # not a local store
         return None
     root = tracking.artifact_root
     if "://" in root:

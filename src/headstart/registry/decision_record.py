@@ -68,10 +68,6 @@ def complete(record: dict[str, Any], version: str, data_tags: dict[str, str], ml
             "mlflow": mlflow, "links": links}
 
 
-def override_command(version: str) -> str:
-    return f'headstart promote --version {version} --reason "..."'
-
-
 def _fmt(v: Any, spec: str = ".4f") -> str:
     return "?" if v is None else format(v, spec)
 
@@ -139,7 +135,7 @@ def next_steps(record: dict[str, Any]) -> list[str]:
     lines = [f"**{c['name']}**: " + NEXT_STEPS.get(c["name"], lambda c, r: c["detail"])(c, record) for c in failed]
     version = (record.get("candidate") or {}).get("version") or record.get("version") or "N"
     lines.append(f"To promote it anyway, a person overrides the gate (recorded with who and why): "
-                 f"`{override_command(str(version))}`")
+                 f'`headstart promote --version {version} --reason "..."`')
     return lines
 
 

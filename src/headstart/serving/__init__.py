@@ -38,8 +38,10 @@ class Classifier:
         if isinstance(model_input, pd.DataFrame):
             images = [preset.decode(_to_bytes(v)) for v in model_input["image"]]
         else:
+            from PIL import Image
+
             arr = np.asarray(model_input, dtype=np.uint8)
-            images = [preset.decode(_array_image(a)) for a in arr]
+            images = [preset.decode(Image.fromarray(a[:, :, 0] if a.ndim == 3 and a.shape[2] == 1 else a)) for a in arr]
         x = torch.from_numpy(np.stack(images)) if images else torch.empty(0, dtype=torch.uint8)
         probs = torch.softmax(predict_logits(self.model, preset, x, tta=self.card.tta), dim=1).numpy()
         index = probs.argmax(1)
@@ -48,9 +50,3 @@ class Classifier:
             "class_index": index.astype(np.int64),
             "confidence": probs.max(1).astype(np.float64),
         })
-
-
-def _array_image(a: np.ndarray):
-    from PIL import Image
-
-    return Image.fromarray(a[:, :, 0] if a.ndim == 3 and a.shape[2] == 1 else a)

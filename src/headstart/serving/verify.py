@@ -21,6 +21,7 @@ from headstart.config import TrackingConfig
 from headstart.errors import HeadstartError
 from headstart.evaluation.gate import Check, Decision
 from headstart.registry import model_registry as registry
+from headstart.registry.decision_record import SERVING_CHECK
 
 
 class ServingCheckTimeout(HeadstartError):
@@ -126,7 +127,7 @@ def failure(tracking: TrackingConfig, version: str, images: list[Path], expected
 
 def with_serving(decision: Decision, failure: str | None) -> Decision:
     """Add the serving check to the decision record; a failure rejects the version."""
-    check = Check(name="serving_check", passed=failure is None, applies=True,
+    check = Check(name=SERVING_CHECK, passed=failure is None, applies=True,
                   detail=failure or "the registered version loads through mlflow.pyfunc in a fresh process "
                   "and reproduces the evaluation's predictions")
     reasons = decision.reasons + ((failure,) if failure else ())
