@@ -10,7 +10,6 @@ decision.html of it.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -72,59 +71,46 @@ def _fmt(v: Any, spec: str = ".4f") -> str:
     return "?" if v is None else format(v, spec)
 
 
-def _accuracy(c: dict[str, Any], r: dict[str, Any]) -> str:
-    knob = "gate.min_accuracy" if c["name"] == ACCURACY_FLOOR else "gate.min_macro_f1"
-    return (f"The candidate scored {_fmt(c['value'])}, below `{knob}` {_fmt(c['threshold'])} (params.yaml). "
-            f"If the floor is too strict for this data, lower `{knob}`; otherwise {TRAIN_MORE}.")
-
-
-def _baseline(c: dict[str, Any], r: dict[str, Any]) -> str:
-    return ("Fine-tuning did not beat the scratch baseline by `gate.min_gain_over_baseline` "
-            f"({_fmt(c['threshold'], '+.4f')}): the pre-trained weights are not paying. Check "
-            "`train.finetune.weights`, `lr_backbone` and `probe_epochs`, or set `gate.min_gain_over_baseline: "
-            "null` to stop requiring it.")
-
-
-def _regression(c: dict[str, Any], r: dict[str, Any]) -> str:
-    schedule = r.get("schedule") or {}
-    th = r.get("thresholds") or {}
-    return (f"The gain over the champion, {_fmt(c['value'], '+.4f')} (lower bound {_fmt(c['ci_low'], '+.4f')}), "
-            f"is not proven at this run's level alpha_run {_fmt(schedule.get('alpha_run'), '.2g')}: the gate's "
-            f"false-promotion budget `gate.false_promotion_budget` {th.get('false_promotion_budget')} spread over "
-            f"`gate.horizon_runs` {th.get('horizon_runs')} runs and {schedule.get('candidates_compared')} "
-            "candidates, so one run must show a clear gain. A real but small gain needs more evidence: a larger "
-            f"test split, or a stronger candidate ({TRAIN_MORE}). If you want this model anyway, override.")
-
-
-def _class_recall(c: dict[str, Any], r: dict[str, Any]) -> str:
-    return (f"Class {c.get('subject')!r} lost recall beyond `gate.max_class_recall_drop` {_fmt(c['threshold'])} "
-            "with Holm-corrected evidence. Look at its errors in the evaluation report; add training images of "
-            "that class, or override if the trade is intended.")
-
-
-def _flips(c: dict[str, Any], r: dict[str, Any]) -> str:
-    return (f"The candidate breaks too many images the champion got right: NFR {_fmt(c['value'])}, its lower "
-            f"bound {_fmt(c['ci_low'])} above `gate.max_negative_flip_rate` {_fmt(c['threshold'])}. Keep "
-            "`train.shared.congruent: true` (positive-congruent training) and raise `train.shared.congruent_beta`, "
-            "or raise the limit if these flips are acceptable; the per-class table above shows where they are.")
-
-
-def _label_set(c: dict[str, Any], r: dict[str, Any]) -> str:
-    return (f"The classes changed ({c.get('subject')}). The gate never promotes a label-set change on its own. "
-            "If it is intended, review this version and override; if not, fix the data (or `validate.label_set` "
-            "in params.yaml) and re-run.")
-
-
-def _serving(c: dict[str, Any], r: dict[str, Any]) -> str:
-    return ("The registered model does not serve what was evaluated: fix its packaging (headstart.serving, the "
-            "logged pip requirements) and re-run `headstart register`; if it timed out on a slow machine, raise "
-            "`register.serving_check_timeout_s`. Do not override a failed serving check.")
-
-
-NEXT_STEPS: dict[str, Callable[[dict[str, Any], dict[str, Any]], str]] = {
-    ACCURACY_FLOOR: _accuracy, MACRO_F1_FLOOR: _accuracy, BEATS_BASELINE: _baseline, NO_REGRESSION: _regression,
-    CLASS_RECALL: _class_recall, NEGATIVE_FLIPS: _flips, LABEL_SET: _label_set, SERVING_CHECK: _serving,
-}
+def _next_step(c: dict[str, Any], r: dict[str, Any]) -> str:
+    """What to do about failed check `c` of record `r`."""
+    name = c["name"]
+    if name in (ACCURACY_FLOOR, MACRO_F1_FLOOR):
+        knob = "gate.min_accuracy" if name == ACCURACY_FLOOR else "gate.min_macro_f1"
+        return (f"The candidate scored {_fmt(c['value'])}, below `{knob}` {_fmt(c['threshold'])} (params.yaml). "
+                f"If the floor is too strict for this data, lower `{knob}`; otherwise {TRAIN_MORE}.")
+    if name == BEATS_BASELINE:
+        return ("Fine-tuning did not beat the scratch baseline by `gate.min_gain_over_baseline` "
+                f"({_fmt(c['threshold'], '+.4f')}): the pre-trained weights are not paying. Check "
+                "`train.finetune.weights`, `lr_backbone` and `probe_epochs`, or set `gate.min_gain_over_baseline: "
+                "null` to stop requiring it.")
+    if name == NO_REGRESSION:
+        schedule = r.get("schedule") or {}
+        th = r.get("thresholds") or {}
+        return (f"The gain over the champion, {_fmt(c['value'], '+.4f')} (lower bound {_fmt(c['ci_low'], '+.4f')}), "
+                f"is not proven at this run's level alpha_run {_fmt(schedule.get('alpha_run'), '.2g')}: the gate's "
+                f"false-promotion budget `gate.false_promotion_budget` {th.get('false_promotion_budget')} spread "
+                f"over `gate.horizon_runs` {th.get('horizon_runs')} runs and {schedule.get('candidates_compared')} "
+                "candidates, so one run must show a clear gain. A real but small gain needs more evidence: a larger "
+                f"test split, or a stronger candidate ({TRAIN_MORE}). If you want this model anyway, override.")
+    if name == CLASS_RECALL:
+        return (f"Class {c.get('subject')!r} lost recall beyond `gate.max_class_recall_drop` "
+                f"{_fmt(c['threshold'])} with Holm-corrected evidence. Look at its errors in the evaluation report; "
+                "add training images of that class, or override if the trade is intended.")
+    if name == NEGATIVE_FLIPS:
+        return (f"The candidate breaks too many images the champion got right: NFR {_fmt(c['value'])}, its lower "
+                f"bound {_fmt(c['ci_low'])} above `gate.max_negative_flip_rate` {_fmt(c['threshold'])}. Keep "
+                "`train.shared.congruent: true` (positive-congruent training) and raise "
+                "`train.shared.congruent_beta`, or raise the limit if these flips are acceptable; the per-class "
+                "table above shows where they are.")
+    if name == LABEL_SET:
+        return (f"The classes changed ({c.get('subject')}). The gate never promotes a label-set change on its "
+                "own. If it is intended, review this version and override; if not, fix the data (or "
+                "`validate.label_set` in params.yaml) and re-run.")
+    if name == SERVING_CHECK:
+        return ("The registered model does not serve what was evaluated: fix its packaging (headstart.serving, "
+                "the logged pip requirements) and re-run `headstart register`; if it timed out on a slow machine, "
+                "raise `register.serving_check_timeout_s`. Do not override a failed serving check.")
+    return c["detail"]
 
 
 def next_steps(record: dict[str, Any]) -> list[str]:
@@ -132,7 +118,7 @@ def next_steps(record: dict[str, Any]) -> list[str]:
     if record.get("decision") == "promoted":
         return []
     failed = [c for c in record.get("checks", []) if c.get("applies") and not c.get("passed")]
-    lines = [f"**{c['name']}**: " + NEXT_STEPS.get(c["name"], lambda c, r: c["detail"])(c, record) for c in failed]
+    lines = [f"**{c['name']}**: " + _next_step(c, record) for c in failed]
     version = (record.get("candidate") or {}).get("version") or record.get("version") or "N"
     lines.append(f"To promote it anyway, a person overrides the gate (recorded with who and why): "
                  f'`headstart promote --version {version} --reason "..."`')
