@@ -48,16 +48,13 @@ def configure(tracking: TrackingConfig) -> str:
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)  # the registry follows it; no set_registry_uri, which would pin an env var
     try:
-        exp = mlflow.get_experiment_by_name(tracking.experiment)
-        if exp is not None:
-            return exp.experiment_id
-        try:
-            return mlflow.create_experiment(tracking.experiment, artifact_location=artifact_location(tracking))
-        except MlflowException:
-            exp = mlflow.get_experiment_by_name(tracking.experiment)  # created meanwhile by another step
-            if exp is None:
-                raise
-            return exp.experiment_id
+        if (exp := mlflow.get_experiment_by_name(tracking.experiment)) is None:
+            try:
+                return mlflow.create_experiment(tracking.experiment, artifact_location=artifact_location(tracking))
+            except MlflowException:  # created meanwhile by another step?
+                if (exp := mlflow.get_experiment_by_name(tracking.experiment)) is None:
+                    raise
+        return exp.experiment_id
     except MlflowException as exc:
         raise RegistryError(f"MLflow at {uri}: {exc.message}") from exc
 

@@ -60,8 +60,8 @@ def rollback(tracking: TrackingConfig, reason: str = "rollback") -> tuple[str, s
     return current.version, target
 
 
-def status(tracking: TrackingConfig, rejected_limit: int = 5) -> dict[str, Any]:
-    """Champion with metrics and data version, the promotion history, the latest rejected candidates.
+def status(tracking: TrackingConfig) -> dict[str, Any]:
+    """Champion with metrics and data version, the promotion history, the latest five rejected candidates.
 
     `registered` is False when the model does not exist on the server (nothing registered yet); a server
     that cannot be reached, or that fails, raises RegistryError naming the tracking URI instead."""
@@ -77,10 +77,9 @@ def status(tracking: TrackingConfig, rejected_limit: int = 5) -> dict[str, Any]:
     champ = registry.champion(tracking)
     versions = registry.retry(f"listing the versions of {name!r} at {uri}",
                               lambda: c.search_model_versions(f"name='{name}'"))
-    rejected = []
-    for mv in sorted(versions, key=lambda v: int(v.version), reverse=True):
-        if mv.tags.get("decision") == "rejected" and len(rejected) < rejected_limit:
-            rejected.append({"version": str(mv.version), "reason": mv.tags.get("decision_reason", "")})
+    rejected = [{"version": str(mv.version), "reason": mv.tags.get("decision_reason", "")}
+                for mv in sorted(versions, key=lambda v: int(v.version), reverse=True)
+                if mv.tags.get("decision") == "rejected"][:5]
     info.update(registered=True, history=registry.history(tracking), rejected=rejected,
                 gate_schedule=_schedule(tracking))
     if champ is not None:

@@ -200,28 +200,24 @@ def exists(what: str, fn: Callable[[], Any]) -> bool:
     return True
 
 
-def download_model_dir(tracking: TrackingConfig, version: str, dest: Path) -> Path:
-    """Download a registered version and return the folder holding model.json + weights."""
+def champion_model_dir(tracking: TrackingConfig, dest: Path) -> tuple[Path, str] | None:
+    """Download the champion into `dest`: (the folder holding model.json + weights, its version), or None
+    before the first promotion."""
     import mlflow
 
     from headstart.models.modelio import CARD_FILE
 
-    client(tracking)
+    current = champion(tracking)
+    if current is None:
+        return None
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
-    uri = f"models:/{tracking.registered_model}/{version}"
+    uri = f"models:/{tracking.registered_model}/{current.version}"
     local = retry(f"downloading {uri}", lambda: mlflow.artifacts.download_artifacts(uri, dst_path=str(dest)))
     cards = sorted(Path(local).rglob(CARD_FILE))
     if not cards:
         raise RegistryError(f"{uri}: no {CARD_FILE} in the registered model; was it logged by Headstart?")
-    return cards[0].parent
-
-
-def champion_model_dir(tracking: TrackingConfig, dest: Path) -> tuple[Path, str] | None:
-    current = champion(tracking)
-    if current is None:
-        return None
-    return download_model_dir(tracking, current.version, dest), current.version
+    return cards[0].parent, current.version
 
 
 def history(tracking: TrackingConfig) -> list[dict[str, Any]]:
