@@ -18,7 +18,10 @@ from headstart.registry import model_registry as registry
 from headstart.registry.champion_ref import NOT_FOUND
 
 
-def _version_exists(tracking: TrackingConfig, version: str) -> None:
+def override(tracking: TrackingConfig, version: str, reason: str) -> str | None:
+    """Move `champion` to `version` even if its gate failed; a reason is required and recorded."""
+    if not reason.strip():
+        raise ConfigError("--reason is required: say why the gate is being overridden")
     c, name = registry.client(tracking), tracking.registered_model
     try:
         registry.retry(f"reading {name} v{version}", lambda: c.get_model_version(name, version))
@@ -26,13 +29,6 @@ def _version_exists(tracking: TrackingConfig, version: str) -> None:
         if registry.error_code(exc) in NOT_FOUND:
             raise RegistryError(f"{name} v{version} does not exist ({exc})") from exc
         raise
-
-
-def override(tracking: TrackingConfig, version: str, reason: str) -> str | None:
-    """Move `champion` to `version` even if its gate failed; a reason is required and recorded."""
-    if not reason.strip():
-        raise ConfigError("--reason is required: say why the gate is being overridden")
-    _version_exists(tracking, version)
     with registry.lock(tracking):
         previous = registry.move_champion(tracking, version, "override", reason)
         registry.set_version_tags(tracking, version,

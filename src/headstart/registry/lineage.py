@@ -14,12 +14,9 @@ def lineage(data_dir: Path) -> dict[str, str]:
     """data.dvc md5 and git commit, so a registered version points back at code and data."""
     from headstart.data.pin import pinned_md5
 
-    tags = {}
     md5 = pinned_md5(data_dir)
-    if md5:
-        tags["data.dvc_md5"] = md5
-    tags["git.commit"] = os.environ.get("HEADSTART_GIT_COMMIT") or git_head() or "unknown"
-    return tags
+    return {**({"data.dvc_md5": md5} if md5 else {}),
+            "git.commit": os.environ.get("HEADSTART_GIT_COMMIT") or git_head() or "unknown"}
 
 
 def lineage_from_metadata(metadata: dict[str, Any]) -> dict[str, str]:

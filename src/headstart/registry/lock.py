@@ -93,13 +93,12 @@ def generations(c: Any, model: str, call: Call) -> list[Generation]:
         suffix = rm.name[len(prefix):] if rm.name.startswith(prefix) else ""
         if not suffix.isdigit():  # LIKE's _ and % match more than the prefix
             continue
-        tags = rm.tags
         try:
-            expires = float(tags.get("expires", "inf"))
+            expires = float(rm.tags.get("expires", "inf"))
         except ValueError:
             expires = float("inf")
-        out.append(Generation(gen=int(suffix), owner=tags.get("owner", ""), user=tags.get("user", ""),
-                              expires=expires, released=tags.get("state") == "released"))
+        out.append(Generation(gen=int(suffix), owner=rm.tags.get("owner", ""), user=rm.tags.get("user", ""),
+                              expires=expires, released=rm.tags.get("state") == "released"))
     return sorted(out, key=lambda g: g.gen)
 
 
@@ -142,8 +141,7 @@ class Lease:
             self._thread.start()
 
     def _beat(self) -> None:
-        interval = self.ttl / 3
-        wait = interval
+        wait = interval = self.ttl / 3
         while not self._stop.wait(wait):
             try:
                 self._renew()
@@ -166,7 +164,7 @@ class Lease:
             self._stop.set()
             return
         with self._mutex:
-            old, self.gen, self.valid_until = self.gen, nxt, sent + self.ttl - _margin(self.ttl)
+            old, self.gen, self.valid_until = self.gen, nxt, sent + self.ttl - self.margin
         _delete(self.c, self.model, [old], self.call)
 
     def release(self) -> None:

@@ -34,9 +34,8 @@ def expected_labels(eval_dir: Path, name: str, model_dir: Path, sample: list[int
         return [int(evaluated[i]) for i in sample]
     key, store = meta["models"][name].get("prediction_key"), meta.get("prediction_store")
     if key and store:
-        n_classes = len(meta["classes"])
         stored = predictions.load(store, predictions.PredictionKey(**{**key, "device": SERVING_DEVICE}),
-                                  len(evaluated), n_classes)
+                                  len(evaluated), len(meta["classes"]))
         if stored is not None:
             return [int(stored[i]) for i in sample]
     return reference_labels(model_dir, images)

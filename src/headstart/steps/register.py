@@ -27,7 +27,6 @@ from headstart.evaluation.gate import Decision, GateThresholds, choose_winner, d
 from headstart.models import modelio
 from headstart.registry import decision_record, lineage, logged_model
 from headstart.registry import model_registry as registry
-from headstart.registry.decision_record import gate_numbers
 from headstart.serving import verify
 
 
@@ -82,7 +81,7 @@ def run(cfg: RegisterConfig, thresholds: GateThresholds, data_dir: Path, candida
                                 decision.pretraining_paid, metrics["models"], card.arch, card.preset.image_size)
     model_uri, run_id, experiment_id = logged_model.log_model(
         tracking, candidates[winner], card.run_id, paths, data_dir, lineage.data_only(data_tags),
-        {**gate_numbers(decision.to_dict()), **logged_model.model_numbers(metrics["models"])})
+        {**decision_record.gate_numbers(decision.to_dict()), **logged_model.model_numbers(metrics["models"])})
     version = registry.create_version(tracking, model_uri, tags)
     failure = verify.failure(tracking, version, paths, expected, cfg.serving_check_timeout_s)
     staged.cleanup()
