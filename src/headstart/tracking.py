@@ -60,10 +60,8 @@ def configure(tracking: TrackingConfig) -> str:
 
 
 @contextlib.contextmanager
-def run(
-    tracking: TrackingConfig | None, name: str, tags: dict[str, str] | None = None,
-    params: dict[str, Any] | None = None,
-) -> Iterator[str | None]:
+def run(tracking: TrackingConfig | None, name: str, tags: dict[str, str] | None = None,
+        params: dict[str, Any] | None = None) -> Iterator[str | None]:
     """Start an MLflow run in the Headstart experiment, under its loop's parent run, log `params` (as text) and
     yield its id; with tracking off (None), yield None and log nothing."""
     if tracking is None:

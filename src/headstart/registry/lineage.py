@@ -34,9 +34,8 @@ def data_only(tags: dict[str, str]) -> dict[str, str]:
 
 def version_tags(data_tags: dict[str, str], winner: str, run_ids: dict[str, str | None], pretraining_paid: bool,
                  models: dict[str, dict[str, Any]], arch: str, image_size: int) -> dict[str, str]:
-    """The registered version's tags: its data and code version, which candidate won, both candidates' training
-    runs, every evaluated model's test accuracy and macro-F1 (as text: the registry keeps no metrics on a
-    version), and the winner's architecture and input size."""
+    """The registered version's tags: data and code version, the winner, both training runs, each evaluated
+    model's test accuracy and macro-F1 (as text: the registry keeps no metrics on a version), arch and size."""
     return {**data_tags, "headstart.winner": winner,
             **{f"headstart.{role}_run_id": run_id or "" for role, run_id in run_ids.items()},
             "headstart.pretraining_paid": str(pretraining_paid),

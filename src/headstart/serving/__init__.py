@@ -21,7 +21,8 @@ def _to_bytes(value: Any) -> bytes:
 
 
 class Classifier:
-    """Pure-Python core of the pyfunc: load once, predict labels from encoded images or arrays."""
+    """Pure-Python core of the pyfunc: load once, predict labels from encoded images, the `image` column of
+    a DataFrame (the logged signature makes MLflow hand the pyfunc one, whatever the caller sent)."""
 
     def __init__(self, model_dir: Path) -> None:
         from headstart.models import modelio
@@ -35,13 +36,7 @@ class Classifier:
         from headstart.training.engine import predict_logits
 
         preset = self.card.preset
-        if isinstance(model_input, pd.DataFrame):
-            images = [preset.decode(_to_bytes(v)) for v in model_input["image"]]
-        else:
-            from PIL import Image
-
-            arr = np.asarray(model_input, dtype=np.uint8)
-            images = [preset.decode(Image.fromarray(a[:, :, 0] if a.ndim == 3 and a.shape[2] == 1 else a)) for a in arr]
+        images = [preset.decode(_to_bytes(v)) for v in model_input["image"]]
         x = torch.from_numpy(np.stack(images)) if images else torch.empty(0, dtype=torch.uint8)
         probs = torch.softmax(predict_logits(self.model, preset, x, tta=self.card.tta), dim=1).numpy()
         index = probs.argmax(1)
