@@ -194,8 +194,7 @@ def gate_numbers(record: dict[str, Any]) -> dict[str, float]:
     flips = record.get("flips") or {}
     for key in ("nfr", "pfr", "nfi"):
         out[key] = flips.get(key)
-        low, high = flips.get(f"{key}_ci") or (None, None)
-        out[f"{key}_ci_low"], out[f"{key}_ci_high"] = low, high
+        out[f"{key}_ci_low"], out[f"{key}_ci_high"] = flips.get(f"{key}_ci") or (None, None)
     out["negative_flips"], out["positive_flips"] = flips.get("negative_flips"), flips.get("positive_flips")
     schedule = record.get("schedule") or {}
     out["alpha_run"] = schedule.get("alpha_run")
