@@ -64,7 +64,7 @@ def status(tracking: TrackingConfig) -> dict[str, Any]:
     require_store(tracking)
     registry.check_reachable(tracking)
     uri = tracking.resolved_uri()
-    c = registry.reader(tracking)  # a read: no experiment or artifact folder is created
+    c = registry.client(tracking, read_only=True)  # no experiment or artifact folder is created
     name = tracking.registered_model
     info: dict[str, Any] = {"model": name, "tracking_uri": uri, "registered": False, "champion": None,
                             "history": [], "rejected": [], "gate_schedule": None}

@@ -79,30 +79,20 @@ def stage(name: str) -> None:
         _stage_hook(name)
 
 
-def client(tracking: TrackingConfig):
+def client(tracking: TrackingConfig, read_only: bool = False):
+    """An MlflowClient on the store, the experiment set up on first use. `read_only` (status) only points MLflow
+    at the store, creating no experiment or artifact folder; later calls in this process reuse that."""
+    import mlflow
     from mlflow import MlflowClient
 
     from headstart import tracking as trk
 
     key = (tracking.resolved_uri(), tracking.experiment)
-    if key in _configured:  # the registry needs only the URI; the experiment was checked once already
-        import mlflow
-
+    if key in _configured or read_only:  # the registry needs only the URI; the experiment was checked once already
         mlflow.set_tracking_uri(key[0])
     else:
         retry("connecting to the tracking server", lambda: trk.configure(tracking))
-        _configured.add(key)
-    return MlflowClient()
-
-
-def reader(tracking: TrackingConfig):
-    """A client for read-only commands (status): points MLflow at the store without creating the experiment
-    or its artifact folder, as `client` does on first use; later `client` calls in this process reuse that."""
-    import mlflow
-    from mlflow import MlflowClient
-
-    mlflow.set_tracking_uri(tracking.resolved_uri())
-    _configured.add((tracking.resolved_uri(), tracking.experiment))
+    _configured.add(key)
     return MlflowClient()
 
 
