@@ -30,18 +30,11 @@ TRAIN_MORE = ("train more: raise `train.shared.epochs` or `train.shared.images_p
               "`train.finetune.lr_head` / `lr_backbone`) in params.yaml and re-run")
 
 
-def public_uri(uri: str) -> str:
-    """The tracking URI without user name or password, fit for a record anyone may read."""
-    parts = urlsplit(uri)
-    if not parts.netloc or "@" not in parts.netloc:
-        return uri
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
-
-
 def mlflow_refs(tracking_uri: str, experiment_id: str | None, run_id: str, model: str, version: str) -> dict[str, Any]:
     """Where the run and the version are in the MLflow UI: links for a tracking server; for a local store,
     the command that serves its UI and the pages to open there."""
-    uri = public_uri(tracking_uri)
+    parts = urlsplit(tracking_uri)  # the URI shown drops any user name or password: anyone may read the record
+    uri = urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1])) if "@" in parts.netloc else tracking_uri
     run_page = f"#/experiments/{experiment_id}/runs/{run_id}" if experiment_id else None
     version_page = f"#/models/{quote(model, safe='')}/versions/{version}"
     refs: dict[str, Any] = {"tracking_uri": uri, "run_id": run_id, "experiment_id": experiment_id,
