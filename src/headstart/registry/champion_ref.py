@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from headstart.config import TrackingConfig
+from headstart.registry.lock import NOT_FOUND
 
 # the alias, and the error codes of a missing one; model_registry takes both from here, as this module must
 # not import it (importing it imports mlflow)
 CHAMPION = "champion"
-NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}
 
 
 def reference(model: str, current: str | None, registration: dict[str, Any] | None,

@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 from headstart.config import TrackingConfig
 from headstart.errors import ConfigError, RegistryError
 from headstart.registry import model_registry as registry
-from headstart.registry.champion_ref import NOT_FOUND
+from headstart.registry.lock import NOT_FOUND
 
 
 def override(tracking: TrackingConfig, version: str, reason: str) -> str | None:

@@ -237,6 +237,9 @@ def _margin(ttl: float) -> float:
     return min(ttl / 6, 10.0) if ttl > 0 else 0.0
 
 
+NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}  # MLflow error codes for "not there"
+
+
 def error_code(exc: BaseException) -> str | None:
     """The MLflow error code behind a RegistryError raised by registry.retry()."""
     return getattr(exc.__cause__, "error_code", None)

@@ -51,8 +51,7 @@ from headstart.config import TrackingConfig
 from headstart.errors import RegistryError
 from headstart.evaluation.gate import SCHEDULE_TAG, ScheduleState  # the window state, as JSON on the registered model
 from headstart.registry import lock as registry_lock
-from headstart.registry.champion_ref import CHAMPION
-from headstart.registry.champion_ref import NOT_FOUND as _NOT_FOUND
+from headstart.registry.lock import NOT_FOUND as _NOT_FOUND
 from headstart.registry.lock import error_code
 
 PREVIOUS = "previous-champion"
@@ -64,6 +63,7 @@ REGISTRATION_TAG = "headstart.registration"  # "pending" at creation, "complete"
 PROMOTION_TAG = "headstart.promotion"  # JSON: the history entry of the move to this version (the intent)
 PENDING, COMPLETE = "pending", "complete"
 COUNTED_TAG = "headstart.gate_counted"  # on a version: its judged run is counted in the schedule (counted once)
+CHAMPION = "champion"  # the alias; champion_ref names it too, without importing this (mlflow) module
 _PERMANENT = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "NOT_FOUND",
               "PERMISSION_DENIED", "UNAUTHENTICATED", "BAD_REQUEST"}
 COMMIT_TIMEOUT_S = 10.0  # an alias write's timeout when no lease is held (under one: its margin)
