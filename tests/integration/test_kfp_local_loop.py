@@ -24,7 +24,7 @@ TASKS = {"resolve-data-rev", "fetch-data", "validate-data", "train-candidate", "
 def kfp_run(packed_remote: PackedRemote, shared_mlflow: SharedMlflow, tmp_path_factory: pytest.TempPathFactory):
     """One run; the environment holds what the pods' secrets give them (S3 keys and endpoint, the tracking
     URI), and the packed project has no DVC cache, as a pod has none."""
-    from headstart.kfp import run_local
+    from headstart.kfp.local import run_local
 
     tmp = tmp_path_factory.mktemp("kfp-loop")
     model = fresh_name("kfp")

@@ -60,7 +60,7 @@ def load_spec(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 @pytest.fixture(scope="session")
 def compiled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], dict[str, Any]]:
     """The pipeline compiled from the repository's params.yaml with test images (once per session)."""
-    from headstart.kfp import compile as compile_spec
+    from headstart.kfp.spec import compile as compile_spec
 
     out = tmp_path_factory.mktemp("spec") / "pipeline.yaml"
     compile_spec("registry.test/headstart:9.9", out, params_file=ROOT / "params.yaml")

@@ -50,7 +50,7 @@ def test_evaluate_gpu_defaults_to_false_and_register_reads_whichever_branch_ran(
 
 def test_kfp_local_builds_one_cpu_evaluate_task(tmp_path):
     """kfp.local cannot merge If/Else artifacts (dsl.OneOf), so local runs build evaluate as one task."""
-    from headstart.kfp import compile as compile_spec
+    from headstart.kfp.spec import compile as compile_spec
     from tests.pipeline.conftest import load_spec
 
     spec, _ = load_spec(compile_spec("registry.test/headstart:9.9", tmp_path / "p.yaml",

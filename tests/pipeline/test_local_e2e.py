@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_invalid_data_stops_before_training(tmp_path, monkeypatch):
-    from headstart.kfp import run_local
+    from headstart.kfp.local import run_local
 
     data = make_imagefolder(tmp_path / "data", per_class={"train": 4, "val": 2, "test": 2})
     (data / "train" / "circle" / "broken.png").write_bytes(b"not a png")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from headstart.errors import ConfigError
-from headstart.kfp import schedule, submit
+from headstart.kfp.remote import schedule, submit
 
 
 def test_submit_creates_a_run_of_the_compiled_spec(fake_kfp, compiled):

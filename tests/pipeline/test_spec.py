@@ -158,7 +158,7 @@ def test_the_docker_runner_passes_exactly_what_the_secrets_give_the_pods(compile
 
 
 def test_no_secret_value_or_credential_parameter_in_the_spec(tmp_path, monkeypatch):
-    from headstart.kfp import compile as compile_spec
+    from headstart.kfp.spec import compile as compile_spec
 
     sentinels = {
         "AWS_SECRET_ACCESS_KEY": "sentinel-aws-secret-4f1c",
@@ -270,7 +270,7 @@ def test_checkpoints_go_to_the_run_workspace(compiled, tmp_path):
         assert root == "{{$.workspace_path}}"
     assert platform["platforms"]["kubernetes"]["pipelineConfig"]["workspace"]["size"] == "20Gi"
 
-    from headstart.kfp import compile as compile_spec
+    from headstart.kfp.spec import compile as compile_spec
 
     out = compile_spec("r/h:1", tmp_path / "p.yaml", params_file=ROOT / "params.yaml", workspace_size="")
     spec2, platform2 = load_spec(out)
@@ -344,14 +344,14 @@ def test_the_committed_spec_is_what_the_installed_package_compiles(tmp_path):
 )
 def test_bad_settings_are_config_errors(tmp_path, bad):
     from headstart.errors import ConfigError
-    from headstart.kfp import compile as compile_spec
+    from headstart.kfp.spec import compile as compile_spec
 
     with pytest.raises(ConfigError, match="pipeline\\."):
         compile_spec("r/h:1", tmp_path / "p.yaml", params_file=ROOT / "params.yaml", **bad)
 
 
 def test_image_defaults_from_registry_and_tag(tmp_path):
-    from headstart.kfp import compile as compile_spec
+    from headstart.kfp.spec import compile as compile_spec
 
     out = compile_spec(
         None,

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from headstart.data import shards
+from headstart.data.dataset import open_dataset
 from headstart.errors import DataError
 from headstart.evaluation import predictions, scoring
 from headstart.steps import evaluate
@@ -64,7 +65,7 @@ def test_a_prediction_store_hit_on_other_classes_is_refused(mismatched, monkeypa
     store = str(root / "store")
     # an entry for exactly this model and split, as an earlier (unchecked) scoring would have kept it
     key = predictions.PredictionKey(model=predictions.model_digest(model),
-                                    data=predictions.split_fingerprint(packed, "test", CLASSES),
+                                    data=open_dataset(packed).fingerprint("test", CLASSES, None),
                                     tta="none", device=predictions.CPU_FP32)
     n = 3 * len(OTHER)
     assert predictions.save(store, key, np.arange(n) % len(CLASSES), np.ones(n, np.float32)) is not None

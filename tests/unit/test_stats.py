@@ -78,7 +78,7 @@ def test_accuracy_recall_and_macro_f1() -> None:
     y_true = np.array([0, 0, 1, 1, 1, 2])
     y_pred = np.array([0, 1, 1, 1, 0, 2])
     assert stats.accuracy(y_true, y_pred) == pytest.approx(4 / 6)
-    np.testing.assert_allclose(stats.per_class_recall(y_true, y_pred, 4), [0.5, 2 / 3, 1.0, np.nan])
+    np.testing.assert_allclose(stats.per_class_prf(y_true, y_pred, 4)["recall"], [0.5, 2 / 3, 1.0, np.nan])
     # F1: class 0 = 2*1/(2+2), class 1 = 2*2/(3+3), class 2 = 1; class 3 absent everywhere.
     assert stats.macro_f1(y_true, y_pred, 4) == pytest.approx((0.5 + 2 / 3 + 1.0) / 3)
 

@@ -67,7 +67,7 @@ class PredictionKey:
     """What a model's predictions on a split depend on."""
 
     model: str  # model_digest(model_dir)
-    data: str  # split_fingerprint(...)
+    data: str  # the split's content: open_dataset(root).fingerprint(split, classes)
     tta: str
     device: str  # CPU_FP32 or CUDA_BF16
 
@@ -141,16 +141,6 @@ def model_digest(model_dir: Path) -> str:
             while chunk := f.read(1 << 20):
                 digest.update(chunk)
     return digest.hexdigest()
-
-
-def split_fingerprint(data_dir: Path, split: str, classes: tuple[str, ...], cache_dir: Path | None = None) -> str:
-    """The content of `split` as evaluation loads it with `classes`.
-
-    Packed: the class list and the index's shards (file, sample count, sha256; validation checks the
-    shards against the index). ImageFolder: every image's relative path, label and bytes, in load order."""
-    from headstart.data.dataset import open_dataset
-
-    return open_dataset(data_dir).fingerprint(split, classes, cache_dir)
 
 
 def entry_uri(store: str, key: PredictionKey) -> str:

@@ -85,11 +85,6 @@ def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(np.mean(y_true == y_pred)) if y_true.size else float("nan")
 
 
-def per_class_recall(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
-    """Recall of each class 0..n_classes-1; NaN for a class with no test images."""
-    return per_class_prf(y_true, y_pred, n_classes)["recall"]
-
-
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
     """Unweighted mean F1 over the classes that occur in y_true or y_pred (as scikit-learn does)."""
     f1 = per_class_prf(y_true, y_pred, n_classes)["f1"]

@@ -264,7 +264,6 @@ def fit(
     ddp_trainable: bool | None = None
     for epoch in range(first_epoch, cfg.epochs + 1):
         if epoch - 1 - result.best_epoch >= cfg.patience:  # epochs done since the best one
-            result.stopped_early = True
             break
         if _budget_spent(sched, cfg):
             break

@@ -32,7 +32,6 @@ class FitResult:
     seconds: float = 0.0
     resumed_from: int | None = None  # epochs already done when this run resumed from a checkpoint
     resumed_at: str | None = None  # where it resumed, for people: "epoch 2" or "epoch 3, step 5 of 16"
-    stopped_early: bool = False
     first_step_unix: float | None = None  # wall clock after this process's first optimizer step (time to first step)
 
 
