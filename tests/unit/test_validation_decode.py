@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from headstart.validation.decode import classify, dhash, gray_array, hamming, inspect_bytes, shrink
-from headstart.validation.scan import inspect_path
+from headstart.validation.scan import scan_files
 from tests.data.corpus import _png_declaring
 
 LIMIT = 16_777_216
@@ -89,7 +89,7 @@ def test_bomb_is_refused_without_allocating(tmp_path) -> None:
     """A 10-gigapixel declaration in a 70-byte file: refused at open, nothing decoded."""
     path = tmp_path / "bomb.png"
     path.write_bytes(_png_declaring(100_000, 100_000))
-    facts = inspect_path(str(path), LIMIT, frozenset())
+    facts = scan_files([str(path)], LIMIT, 1, None)[0][0]
     assert facts["bytes"] < 200 and facts["error_kind"] == "bomb"
     assert "decompression bomb" in facts["error"] and str(LIMIT) in facts["error"]
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import multiprocessing as mp
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -39,21 +40,13 @@ class ScanStats:
     workers: int
 
 
-def _unreadable(exc: OSError) -> dict[str, Any]:
-    return {"sha256": None, "bytes": None, "error_kind": "unreadable", "error": f"cannot read: {exc.strerror}"}
-
-
-def inspect_path(path: str, max_pixels: int, known: frozenset[str]) -> dict[str, Any]:
-    """Facts for one file; only sha256 and size when its hash is in `known`."""
+def _read(path: str) -> bytes | dict[str, Any]:
+    """The file's bytes, or the facts of a file that cannot be read."""
     try:
         with open(path, "rb") as fh:
-            data = fh.read()
+            return fh.read()
     except OSError as exc:
-        return _unreadable(exc)
-    digest = sha256(data)
-    if digest in known:
-        return {"sha256": digest, "bytes": len(data), "cached": True}
-    return {"sha256": digest, "bytes": len(data), **inspect_bytes(data, max_pixels)}
+        return {"sha256": None, "bytes": None, "error_kind": "unreadable", "error": f"cannot read: {exc.strerror}"}
 
 
 def inspect_batch(
@@ -82,14 +75,6 @@ def inspect_batch(
     return out, hits
 
 
-def _read(path: str) -> bytes | dict[str, Any]:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read()
-    except OSError as exc:
-        return _unreadable(exc)
-
-
 def facts_for_paths(paths: Sequence[str], max_pixels: int, cache: ResultCache | None) -> tuple[list[dict], int]:
     """Facts per path in order, reading LOOKUP files at a time."""
     out: list[dict[str, Any]] = []
@@ -106,8 +91,8 @@ def _init_worker(max_pixels: int, cache: ResultCache | None) -> None:
     _worker_args = (max_pixels, cache)
 
 
-def _facts_chunk(paths: Sequence[str]) -> tuple[list[dict[str, Any]], int]:
-    return facts_for_paths(paths, *_worker_args)
+def _facts_chunk(task: tuple[int, Sequence[str]]) -> tuple[int, list[dict[str, Any]], int]:
+    return task[0], *facts_for_paths(task[1], *_worker_args)
 
 
 def _frame_chunk(task: tuple[int, Sequence[Entry]]) -> tuple[int, pd.DataFrame, int]:
@@ -120,6 +105,11 @@ def resolve_workers(requested: int) -> int:
     return requested or max(1, min(cpu_count(), 16))
 
 
+def plan_workers(n_items: int, workers: int, force_pool: bool) -> int:
+    n_workers = resolve_workers(workers)
+    return n_workers if n_workers > 1 and (force_pool or n_items >= PARALLEL_MIN_FILES) else 1
+
+
 def run_tasks(
     fn: Callable[[T], R],
     tasks: Sequence[T],
@@ -127,78 +117,65 @@ def run_tasks(
     max_pixels: int,
     cache: ResultCache | None,
     desc: str,
-    total: int | None = None,
-    size: Callable[[R], int] = lambda _: 1,
+    total: int,
+    size: Callable[[R], int],
 ) -> Iterator[R]:
     """fn over tasks, in a process pool when n_workers > 1, results as they finish (any order)."""
     from tqdm import tqdm
 
     bar = tqdm(total=total or len(tasks), desc=desc, unit="img", disable=not progress_enabled())
-    if n_workers <= 1:
-        _init_worker(max_pixels, cache)
-        results: Iterable[R] = map(fn, tasks)
+    with ExitStack() as stack:
+        if n_workers <= 1:
+            _init_worker(max_pixels, cache)
+            results: Iterable[R] = map(fn, tasks)
+        else:
+            # fork where there is one: workers inherit modules for free, and the caller's script is not
+            # re-imported (spawn/forkserver break unguarded scripts). Workers touch only files, PIL, numpy,
+            # hashlib and their own SQLite connection, never locks a parent's MLflow or GX threads could hold.
+            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+            ex = stack.enter_context(
+                ProcessPoolExecutor(n_workers, ctx, initializer=_init_worker, initargs=(max_pixels, cache))
+            )
+            results = (future.result() for future in as_completed([ex.submit(fn, task) for task in tasks]))
         for res in results:
-            bar.update(size(res))
-            yield res
-        bar.close()
-        return
-    # fork where there is one: workers inherit modules for free, and the caller's script is not
-    # re-imported (spawn/forkserver break unguarded scripts). Workers touch only files, PIL, numpy,
-    # hashlib and their own SQLite connection, never locks a parent's MLflow or GX threads could hold.
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    with ProcessPoolExecutor(n_workers, ctx, initializer=_init_worker, initargs=(max_pixels, cache)) as ex:
-        futures = [ex.submit(fn, task) for task in tasks]
-        for future in as_completed(futures):
-            res = future.result()
             bar.update(size(res))
             yield res
     bar.close()
 
 
-def _chunks(items: Sequence[T], n_workers: int) -> list[Sequence[T]]:
+def _scan(
+    fn: Callable[[tuple[int, Sequence[T]]], tuple[int, R, int]],
+    items: Sequence[T],
+    max_pixels: int,
+    workers: int,
+    cache: ResultCache | None,
+    force_pool: bool,
+) -> tuple[list[R], ScanStats]:
+    """fn over chunks of items; the parts it returns (with the chunk's index and cache hits) in input order."""
+    n_workers = plan_workers(len(items), workers, force_pool)
     size = max(32, min(1024, len(items) // (n_workers * 8) + 1))
-    return [items[i : i + size] for i in range(0, len(items), size)]
-
-
-def _plan(n_items: int, workers: int, force_pool: bool) -> int:
-    n_workers = resolve_workers(workers)
-    return n_workers if n_workers > 1 and (force_pool or n_items >= PARALLEL_MIN_FILES) else 1
+    tasks = list(enumerate(items[i : i + size] for i in range(0, len(items), size)))
+    parts: dict[int, R] = {}
+    hits = 0
+    for idx, part, n in run_tasks(
+        fn, tasks, n_workers, max_pixels, cache, "hash+decode", len(items), lambda r: len(r[1])  # type: ignore[arg-type]
+    ):
+        parts[idx] = part
+        hits += n
+    return [parts.pop(i) for i in sorted(parts)], ScanStats(len(items), len(items) - hits, hits, n_workers)
 
 
 def scan_files(
     paths: Sequence[str], max_pixels: int, workers: int, cache: ResultCache | None, force_pool: bool = False
 ) -> tuple[list[dict[str, Any]], ScanStats]:
     """Facts per path, in input order, as dicts (for tools and tests; the step uses scan_entries)."""
-    n_workers = _plan(len(paths), workers, force_pool)
-    chunks = _chunks(paths, n_workers)
-    done: dict[int, list[dict[str, Any]]] = {}
-    hits = 0
-    for idx, (facts, n) in run_tasks(
-        _indexed_facts, list(enumerate(chunks)), n_workers, max_pixels, cache, "hash+decode",
-        len(paths), lambda r: len(r[1][0]),
-    ):  # fmt: skip
-        done[idx] = facts
-        hits += n
-    results = [row for i in range(len(chunks)) for row in done[i]]
-    return results, ScanStats(len(paths), len(paths) - hits, hits, n_workers)
-
-
-def _indexed_facts(task: tuple[int, Sequence[str]]) -> tuple[int, tuple[list[dict[str, Any]], int]]:
-    return task[0], _facts_chunk(task[1])
+    parts, stats = _scan(_facts_chunk, paths, max_pixels, workers, cache, force_pool)
+    return [row for part in parts for row in part], stats
 
 
 def scan_entries(
     entries: Sequence[Entry], max_pixels: int, workers: int, cache: ResultCache | None, force_pool: bool = False
 ) -> tuple[pd.DataFrame, ScanStats]:
     """The compact manifest of an ImageFolder's entries, sorted by path."""
-    n_workers = _plan(len(entries), workers, force_pool)
-    parts: dict[int, pd.DataFrame] = {}
-    hits = 0
-    for idx, part, n in run_tasks(
-        _frame_chunk, list(enumerate(_chunks(entries, n_workers))), n_workers, max_pixels, cache,
-        "hash+decode", len(entries), lambda r: len(r[1]),
-    ):  # fmt: skip
-        parts[idx] = part
-        hits += n
-    frames = [parts.pop(i) for i in sorted(parts)]  # chunks of the sorted layout: already in path order
-    return concat(frames, sort=False), ScanStats(len(entries), len(entries) - hits, hits, n_workers)
+    parts, stats = _scan(_frame_chunk, entries, max_pixels, workers, cache, force_pool)
+    return concat(parts, sort=False), stats  # chunks of the sorted layout: already in path order

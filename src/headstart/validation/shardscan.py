@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from headstart.validation.findings import Finding
 from headstart.validation.layout import Layout
 from headstart.validation.manifest import concat, frame
 from headstart.validation.report import THUMBS_PER_CLASS, thumb_uri
-from headstart.validation.scan import ScanStats, inspect_batch, resolve_workers, run_tasks
+from headstart.validation.scan import ScanStats, inspect_batch, plan_workers, run_tasks
 
 INDEX = "index.json"
 FRAME_ROWS = 4096
@@ -45,12 +45,15 @@ class ShardTask:
 class ShardOutcome:
     frame: pd.DataFrame
     hits: int
-    findings: list[Finding] = field(default_factory=list)
-    thumbs: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    findings: list[Finding]
+    thumbs: dict[str, list[tuple[str, str]]]
 
 
-def index_layout(root: Path, splits: tuple[str, ...]) -> tuple[Layout, shards.ShardIndex, list[ShardTask]]:
-    """The layout the index declares, findings where index and disk disagree, and the shards to read."""
+def index_layout(
+    root: Path, splits: tuple[str, ...], extensions: frozenset[str]
+) -> tuple[Layout, list[ShardTask]]:
+    """The layout the index declares, findings where index and disk disagree, and the shards to read
+    (with thumbnails from the first configured split that has samples, as for an ImageFolder)."""
     index = shards.read_index(root)
     layout = Layout()
     for split in sorted(index.splits):
@@ -85,13 +88,14 @@ def index_layout(root: Path, splits: tuple[str, ...]) -> tuple[Layout, shards.Sh
             reason = f"{INDEX}: class counts of split {split!r} differ from the sum over its shards"
             layout.findings.append(Finding("shards", reason, INDEX))
     tasks = []
+    thumbs_split = next((s for s in splits if s in index.splits and index.splits[s].count), None)
     for split in layout.split_dirs:
         for shard in index.splits[split].shards:
             if not (root / shard.file).is_file():
                 layout.findings.append(Finding("shards", f"listed in {INDEX} but missing on disk", shard.file))
                 continue
-            tasks.append(ShardTask(str(root), split, shard, index.classes, frozenset(), False))
-    return layout, index, tasks
+            tasks.append(ShardTask(str(root), split, shard, index.classes, extensions, split == thumbs_split))
+    return layout, tasks
 
 
 def _unlisted_files(root: Path, listed: set[str]) -> list[Finding]:
@@ -197,13 +201,10 @@ def scan_shards(
     cache: ResultCache | None,
     force_pool: bool = False,
 ) -> tuple[Layout, pd.DataFrame, ScanStats, dict[str, list[tuple[str, str]]]]:
-    """Layout with its findings, the compact manifest, scan statistics and the report's sample thumbnails
-    (from the first configured split that has samples, as for an ImageFolder)."""
-    layout, index, tasks = index_layout(root, splits)
-    thumbs_split = next((s for s in splits if s in index.splits and index.splits[s].count), None)
-    tasks = [ShardTask(t.root, t.split, t.shard, t.classes, extensions, t.split == thumbs_split) for t in tasks]
+    """Layout with its findings, the compact manifest, scan statistics and the report's sample thumbnails."""
+    layout, tasks = index_layout(root, splits, extensions)
     total = sum(t.shard.count for t in tasks)
-    n_workers = min(resolve_workers(workers), len(tasks)) if (force_pool or total >= 2000) else 1
+    n_workers = max(1, min(plan_workers(total, workers, force_pool), len(tasks)))
     if n_workers > 1:
         # the shard reader's library (webdataset) imports torch, ~200 MB: imported once here, the
         # forked workers share those pages instead of each importing its own copy
@@ -216,5 +217,5 @@ def scan_shards(
         for label, items in out.thumbs.items():
             thumbs[label] = sorted(thumbs.get(label, []) + items)[:THUMBS_PER_CLASS]
     manifest = concat(frames)
-    stats = ScanStats(len(manifest), len(manifest) - hits, hits, max(n_workers, 1))
+    stats = ScanStats(len(manifest), len(manifest) - hits, hits, n_workers)
     return layout, manifest, stats, dict(sorted(thumbs.items()))
