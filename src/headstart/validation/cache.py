@@ -19,10 +19,10 @@ from typing import Any
 import PIL
 
 from headstart.errors import StorageError
+from headstart.validation.decode import FACTS as _FIELDS
 
 SCHEMA = 2
 BATCH = 500  # hashes per query: under SQLite's bound-parameter limit (999 in old builds)
-_FIELDS = ("width", "height", "mode", "format", "error_kind", "error", "dhash", "thumb")
 _STATS = ("channels", "mean", "msq", "pixels")
 _COLUMNS = ("fp", "sha", *_FIELDS, *_STATS)
 
@@ -85,25 +85,14 @@ class ResultCache:
                     out[row[0]] = _facts(row)
         return out
 
-    def store(self, items: Iterable[tuple[str, dict[str, Any]]]) -> int:
+    def store(self, items: Iterable[tuple[str, dict[str, Any]]]) -> None:
         rows = []
         for sha, facts in items:
             stats = facts.get("stats") or {}
-            mean = ",".join(repr(v) for v in stats.get("mean", ())) or None
-            msq = ",".join(repr(v) for v in stats.get("msq", ())) or None
-            rows.append(
-                (
-                    self.fp,
-                    sha,
-                    *(facts.get(k) for k in _FIELDS),
-                    stats.get("channels"),
-                    mean,
-                    msq,
-                    stats.get("pixels"),
-                )
-            )
+            mean, msq = (",".join(repr(v) for v in stats.get(k, ())) or None for k in ("mean", "msq"))
+            rows.append((self.fp, sha, *(facts.get(k) for k in _FIELDS), stats.get("channels"),
+                         mean, msq, stats.get("pixels")))  # fmt: skip
         if rows:
             marks = ", ".join("?" * len(_COLUMNS))
             with self._connect() as db:
                 db.executemany(f"INSERT OR REPLACE INTO facts VALUES ({marks})", rows)  # noqa: S608
-        return len(rows)

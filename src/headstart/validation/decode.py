@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 THUMB = 8  # thumbnail side and dHash rows: 64 cells, 64 bits
+FACTS = ("width", "height", "mode", "format", "error_kind", "error", "dhash", "thumb")  # and "stats"
 _GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F", "P;L"}
 
 
@@ -92,17 +93,7 @@ def classify(exc: BaseException, max_pixels: int) -> tuple[str, str]:
 
 def inspect_bytes(data: bytes, max_pixels: int) -> dict[str, Any]:
     """Decode facts for one file's bytes; over max_pixels is refused before any pixel is decoded."""
-    facts: dict[str, Any] = {
-        "width": None,
-        "height": None,
-        "mode": None,
-        "format": None,
-        "error": None,
-        "error_kind": None,
-        "dhash": None,
-        "thumb": None,
-        "stats": None,
-    }
+    facts: dict[str, Any] = dict.fromkeys((*FACTS, "stats"))
     if not data:
         facts.update(error_kind="empty", error="zero-byte file")
         return facts
