@@ -42,15 +42,11 @@ NO_DIGEST = np.void(bytes(32))  # digest_bytes' value for a file that could not 
 CSV_ROWS = 65536  # manifest.csv is written this many rows at a time, hex digests made per chunk
 
 
-def build_manifest(
-    entries: Sequence[Entry], facts: Sequence[dict[str, Any]], shards: Sequence[str | None] | None = None
-) -> pd.DataFrame:
+def build_manifest(entries: Sequence[Entry], facts: Sequence[dict[str, Any]]) -> pd.DataFrame:
     """Join layout entries with their scan facts into the compact table (see `frame`)."""
     if len(entries) != len(facts):
         raise ValueError(f"{len(entries)} entries but {len(facts)} scan results")
-    return frame(
-        [e.rel for e in entries], [e.split for e in entries], [e.label for e in entries], facts, shards
-    )
+    return frame([e.rel for e in entries], [e.split for e in entries], [e.label for e in entries], facts)
 
 
 def frame(
@@ -65,7 +61,7 @@ def frame(
     Strings use pandas' string dtype (Arrow-backed), the 8x8 thumbnail is 64 raw bytes in eight
     uint64 columns (zeros when the image did not decode), the SHA-256 32 raw bytes in four (zeros
     when unreadable) and the dHash one nullable uint64: as hex strings they took 90 bytes an image
-    more, and only manifest.csv shows them (`public`). The pixel statistics are six float columns
+    more, and only manifest.csv shows them (`write_manifest`). The pixel statistics are six float columns
     (channels 1-2 NaN for grey images); `shard` names the shard a sample came from.
     Built per scan chunk and concatenated, so no per-image dict outlives its chunk.
     """
@@ -76,21 +72,17 @@ def frame(
     columns["dhash"] = pd.array([int(h, 16) if h else None for h in columns["dhash"]], dtype="UInt64")
     columns["shard"] = list(shards) if shards is not None else [None] * len(paths)
     raw = b"".join(bytes.fromhex(f["thumb"]) if f.get("thumb") else bytes(64) for f in facts)
-    packed = np.frombuffer(raw, dtype=np.uint64).reshape(len(facts), 8)
-    for j, name in enumerate(THUMB_COLUMNS):
-        columns[name] = packed[:, j]
+    columns.update(zip(THUMB_COLUMNS, np.frombuffer(raw, dtype=np.uint64).reshape(len(facts), 8).T, strict=True))
     digests = b"".join(bytes.fromhex(f["sha256"]) if f.get("sha256") else bytes(32) for f in facts)
     raw_sha = np.frombuffer(digests, dtype=">u8").reshape(len(facts), 4).astype(np.uint64)
-    for j, name in enumerate(SHA_COLUMNS):
-        columns[name] = raw_sha[:, j]
+    columns.update(zip(SHA_COLUMNS, raw_sha.T, strict=True))
     columns["channels"] = [(f.get("stats") or {}).get("channels") for f in facts]
     stats = np.full((len(facts), 6), np.nan)
     for i, f in enumerate(facts):
         if f.get("stats"):
             n = len(f["stats"]["mean"])
             stats[i, :n], stats[i, 3 : 3 + n] = f["stats"]["mean"], f["stats"]["msq"]
-    for j, name in enumerate(STAT_COLUMNS):
-        columns[name] = stats[:, j]
+    columns.update(zip(STAT_COLUMNS, stats.T, strict=True))
     out = pd.DataFrame(columns)
     for col in _STRS + ("channels",):
         out[col] = out[col].astype("str")
@@ -109,18 +101,6 @@ def concat(frames: list[pd.DataFrame], sort: bool = True) -> pd.DataFrame:
     out = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     frames.clear()
     return out.sort_values(["path", *SHA_COLUMNS], kind="stable", ignore_index=True) if sort else out
-
-
-def sharded(frame: pd.DataFrame) -> bool:
-    return bool(frame["shard"].notna().any())
-
-
-def public(frame: pd.DataFrame, shard: bool) -> pd.DataFrame:
-    """manifest.csv's columns, digests and dHashes as hex; a sharded dataset adds each sample's shard."""
-    out = frame.assign(
-        sha256=sha_hex(frame), dhash=[None if pd.isna(h) else f"{h:016x}" for h in frame["dhash"]]
-    )
-    return out.loc[:, [*COLUMNS, "shard"] if shard else list(COLUMNS)]
 
 
 def sha_hex(frame: pd.DataFrame) -> list[str | None]:
@@ -148,10 +128,13 @@ def digest_bytes(frame: pd.DataFrame) -> np.ndarray:
 
 
 def write_manifest(frame: pd.DataFrame, path: Path) -> Path:
-    shard = sharded(frame)
+    """manifest.csv: COLUMNS, digests and dHashes as hex; a sharded dataset adds each sample's shard."""
+    columns = [*COLUMNS, "shard"] if frame["shard"].notna().any() else list(COLUMNS)
     with open(path, "w", encoding="utf-8", newline="") as fh:
         for start in range(0, max(len(frame), 1), CSV_ROWS):
-            chunk = public(frame.iloc[start : start + CSV_ROWS], shard)
+            chunk = frame.iloc[start : start + CSV_ROWS]
+            hexed = [None if pd.isna(h) else f"{h:016x}" for h in chunk["dhash"]]
+            chunk = chunk.assign(sha256=sha_hex(chunk), dhash=hexed).loc[:, columns]
             chunk.to_csv(fh, header=start == 0, index=False, lineterminator="\n")
     give_back_freed()  # each chunk's text columns; the report's pages come next
     return path
