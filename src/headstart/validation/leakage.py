@@ -114,7 +114,7 @@ def exact_duplicates(
 
 
 def match_near_duplicates(
-    ref: np.ndarray | cKDTree | ThumbIndex,
+    ref: np.ndarray | ThumbIndex,
     ref_hashes: Sequence[int],
     query: np.ndarray,
     query_hashes: Sequence[int],
@@ -127,15 +127,15 @@ def match_near_duplicates(
 
     Thumbnails are (n, 64) arrays in [0, 1] (`decode.shrink(gray, 8, 8)`), hashes `decode.dhash`
     ints; pairs with equal keys (same bytes) are skipped.
-    `ref` may be an index already built on the ref thumbnails (a cKDTree, or a ThumbIndex). Works on
-    raw arrays too, so an importer can keep copies out of different splits before writing a file.
+    `ref` may be a ThumbIndex already built on the ref thumbnails. Works on raw arrays too, so an
+    importer can keep copies out of different splits before writing a file.
     """
-    n_ref = ref.n if isinstance(ref, cKDTree | ThumbIndex) else len(ref)
+    n_ref = ref.n if isinstance(ref, ThumbIndex) else len(ref)
     if n_ref == 0 or len(query) == 0:
         return []
     k = min(NEIGHBOURS, n_ref)
     radius = max_rms * 8 * (1 + 1e-9) + 1e-12  # L2 over 64 cells = 8 x RMS
-    tree = ref if isinstance(ref, cKDTree | ThumbIndex) else cKDTree(ref)
+    tree = ref if isinstance(ref, ThumbIndex) else cKDTree(ref)
     dist, idx = tree.query(query, k=k, distance_upper_bound=radius)
     dist, idx = dist.reshape(len(query), k), idx.reshape(len(query), k)
     matches = []
@@ -168,12 +168,9 @@ def near_duplicates(
     shas, paths = digest_bytes(manifest), manifest["path"].array
     hashes = {s: dhashes[idx] for s, idx in rows.items()}
     findings: list[Finding] = []
-    for i, earlier in enumerate(order):
+    for i, earlier in enumerate(order[:-1]):
         ref_rows = rows[earlier]
-        if not order[i + 1 :]:
-            break
-        tree = ThumbIndex(cells[ref_rows])
-        ref_keys = _Picked(shas, ref_rows)
+        tree, ref_keys = ThumbIndex(cells[ref_rows]), shas[ref_rows]
         for later in order[i + 1 :]:
             query_rows = rows[later]
             for start in range(0, len(query_rows), QUERY_CHUNK):
@@ -181,7 +178,7 @@ def near_duplicates(
                 matches = match_near_duplicates(
                     tree, hashes[earlier], cells[part].astype(np.float32) / 255.0,
                     hashes[later][start : start + QUERY_CHUNK], cfg.near_duplicate_max_rms,
-                    cfg.near_duplicate_max_hamming, ref_keys, _Picked(shas, part),
+                    cfg.near_duplicate_max_hamming, ref_keys, shas[part],
                 )  # fmt: skip
                 for qi, ri, rms, bits in matches:
                     original = paths[ref_rows[ri]]
@@ -193,16 +190,3 @@ def near_duplicates(
         "files": len({f.file for f in findings}),
     }
     return findings, {"near_duplicates_across_splits": numbers}
-
-
-class _Picked:
-    """Rows `rows` of a column, indexable without copying the column into Python objects."""
-
-    def __init__(self, column: Any, rows: np.ndarray) -> None:
-        self.column, self.rows = column, rows
-
-    def __getitem__(self, i: int) -> Any:
-        return self.column[int(self.rows[i])]
-
-    def __len__(self) -> int:
-        return len(self.rows)
