@@ -12,7 +12,7 @@ stops. A missing or unreadable data folder is a DataError.
 from __future__ import annotations
 
 import shutil
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from headstart.config import TrackingConfig
@@ -96,12 +96,7 @@ def run(
         labels=labels,
         label_source=source,
         fingerprint=summary["fingerprint"],
-        scan={
-            "files": scan.files,
-            "decoded": scan.decoded,
-            "cache_hits": scan.cache_hits,
-            "workers": scan.workers,
-        },
+        scan=asdict(scan),
     )
     report = result.to_dict() | {"expectations": suite.expectations}
     reports = {

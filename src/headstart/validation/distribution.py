@@ -31,15 +31,9 @@ def pixel_stats(manifest: pd.DataFrame) -> dict[str, dict[str, dict[str, float]]
             for j, name in enumerate(CHANNEL_NAMES[str(channels)]):
                 mean = float(manifest[f"mean{j}"].to_numpy()[rows].sum()) / n
                 sq = float(manifest[f"msq{j}"].to_numpy()[rows].sum()) / n
-                _put(out, str(split), name, mean, sq)
+                std = math.sqrt(max(0.0, sq - mean**2))
+                out.setdefault(str(split), {})[name] = {"mean": round(mean, 6), "std": round(std, 6)}
     return {split: dict(sorted(channels.items())) for split, channels in sorted(out.items())}
-
-
-def _put(out: dict[str, dict[str, dict[str, float]]], split: str, name: str, mean: float, sq: float) -> None:
-    out.setdefault(split, {})[name] = {
-        "mean": round(mean, 6),
-        "std": round(math.sqrt(max(0.0, sq - mean**2)), 6),
-    }
 
 
 def class_balance(

@@ -57,9 +57,9 @@ def _expectations(cfg: ValidateConfig, labels: list[str]) -> list[Any]:
     return items
 
 
-def _reason(column: str | None, value: Any, row: pd.Series | None, cfg: ValidateConfig) -> str:
-    if row is not None and column in ("error", "bytes") and pd.notna(row["error"]):
-        return str(row["error"])
+def _reason(column: str | None, value: Any, error: Any, cfg: ValidateConfig) -> str:
+    if column in ("error", "bytes") and pd.notna(error):
+        return str(error)
     bounds = {"width": (cfg.min_width, cfg.max_width), "height": (cfg.min_height, cfg.max_height)}
     if column in bounds:
         return f"{column} {value} px outside [{bounds[column][0]}, {bounds[column][1]}]"
@@ -151,18 +151,16 @@ def run_suite(
             )
             continue
         rows = res.result.get("partial_unexpected_index_list") or []
-        listed = {item["path"] for item in rows}
         # only the listed rows, looked up once: indexing the whole manifest by path would copy it
-        picked = manifest[manifest["path"].isin(listed)].drop_duplicates("path") if listed else manifest.iloc[:0]
-        by_path = picked.set_index("path", drop=False)
+        picked = manifest.loc[manifest["path"].isin({item["path"] for item in rows}), ["path", "error"]]
+        errors = dict(picked.drop_duplicates("path").itertuples(index=False))
         if not rows:
             observed = res.result.get("observed_value")
             what = "no images found" if config.type == "expect_table_row_count_to_be_between" else "failed"
             findings.append(Finding(check, f"{what} (GX {config.type}: observed {observed})"))
         for item in rows:
             path = item["path"]
-            row = by_path.loc[path] if path in by_path.index else None
-            findings.append(Finding(check, _reason(column, item.get(column), row, cfg), path))
+            findings.append(Finding(check, _reason(column, item.get(column), errors.get(path), cfg), path))
         totals[check] = max(totals.get(check, 0), count)
     index = docs_dir / "index.html" if docs_dir is not None and (docs_dir / "index.html").is_file() else None
     return SuiteOutcome(findings, totals, summaries, index)

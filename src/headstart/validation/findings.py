@@ -68,8 +68,8 @@ def assemble(
     findings: list[Finding],
     numbers: dict[str, dict[str, Any]],
     cfg: ValidateConfig,
-    totals: dict[str, int] | None = None,
-    not_applicable: dict[str, str] | None = None,
+    totals: dict[str, int],
+    not_applicable: dict[str, str],
 ) -> tuple[CheckResult, ...]:
     """One result per check in CHECKS: severity when anything was found, else pass, or n/a (with the reason
     from `not_applicable`) for a check with nothing to look at, so a report never says "ok" about it.
@@ -87,11 +87,9 @@ def assemble(
     for name, (group, guards) in CHECKS.items():
         # one entry per offending file (or folder), its reasons joined: counts are of files
         found = [(file, "; ".join(sorted(reasons))) for file, reasons in sorted(by_check[name].items())]
-        total = max(len(found), (totals or {}).get(name, 0))
-        status: Status = getattr(cfg.severity, name) if found else "pass"
-        why = (not_applicable or {}).get(name)
-        if why and not found:
-            status = "n/a"
+        total = max(len(found), totals.get(name, 0))
+        why = not_applicable.get(name)
+        status: Status = getattr(cfg.severity, name) if found else "n/a" if why else "pass"
         results.append(
             CheckResult(
                 name=name,

@@ -32,9 +32,7 @@ font-weight:600;font-size:12px}code{font-size:12px;word-break:break-all}details{
 """
 
 
-def _b64_png(img: Image.Image) -> str:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", optimize=True)
+def _png_uri(buf: io.BytesIO) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -61,7 +59,7 @@ def class_chart(counts: dict[str, dict[str, int]], split_order: tuple[str, ...] 
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return _png_uri(buf)
 
 
 def thumb_uri(data: bytes) -> str | None:
@@ -73,7 +71,8 @@ def thumb_uri(data: bytes) -> str | None:
             if max(thumb.size) < THUMB_PX:
                 scale = THUMB_PX // max(thumb.size)
                 thumb = thumb.resize((thumb.width * scale, thumb.height * scale), Image.Resampling.NEAREST)
-            return _b64_png(thumb)
+            thumb.save(buf := io.BytesIO(), format="PNG", optimize=True)
+            return _png_uri(buf)
     except Exception:  # noqa: BLE001 - a sample that cannot be shown is simply left out
         return None
 

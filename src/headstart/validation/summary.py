@@ -55,13 +55,9 @@ def with_checks(summary: dict[str, Any], checks: dict[str, str]) -> dict[str, An
     return summary | {"passed": all(status != "fail" for status in checks.values()), "checks": checks}
 
 
-def dump(data: Any) -> str:
-    return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=True) + "\n"
-
-
 def write_json(path: Path, data: Any) -> Path:
     """Write atomically, so a crash never leaves half a state file for the next run to trust."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(dump(data), encoding="utf-8")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=True) + "\n", encoding="utf-8")
     tmp.replace(path)
     return path
