@@ -65,7 +65,7 @@ def run(
     current = summarize(manifest, labels, counts, stats, {})
     findings, numbers = list(layout.findings), integrity_numbers(manifest)
     for found, nums in (
-        label_checks(cfg, layout, manifest, labels, source),
+        label_checks(cfg, layout, counts, labels, source),
         leakage.exact_duplicates(cfg, manifest),
         leakage.near_duplicates(cfg, manifest),
         distribution.class_balance(cfg, counts, labels),

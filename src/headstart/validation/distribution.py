@@ -66,9 +66,6 @@ def pixel_checks(
         for channel, values in channels.items():
             for key, (low, high) in bounds.items():
                 if not low <= values[key] <= high:
-                    value = values[key]
-                    reason = (
-                        f"{split} channel {channel} intensity {key} {value:.4f} outside [{low:g}, {high:g}]"
-                    )
+                    reason = f"{split} channel {channel} intensity {key} {values[key]:.4f} outside [{low:g}, {high:g}]"
                     findings.append(Finding("pixel_stats", reason, split + "/"))
     return findings, {"pixel_stats": {"stats": stats, "bounds": {k: list(v) for k, v in bounds.items()}}}

@@ -27,8 +27,9 @@ def expected_labels(
 
 
 def label_checks(
-    cfg: ValidateConfig, layout: Layout, manifest: pd.DataFrame, labels: list[str], source: str
+    cfg: ValidateConfig, layout: Layout, counts: dict[str, dict[str, int]], labels: list[str], source: str
 ) -> tuple[list[Finding], dict[str, dict[str, Any]]]:
+    """Label set, class folders and per-split class counts (`class_counts`) against the expected labels."""
     findings: list[Finding] = []
     known = set(labels)
     if len(labels) < 2:
@@ -43,34 +44,18 @@ def label_checks(
                                     f"{expects} {len(labels)}; set `validate.label_set`", f"{split}/"))
         for name in found:
             if name not in known:
-                findings.append(
-                    Finding(
-                        "labels",
-                        f"unknown class folder {name!r} (label set from {source})",
-                        f"{split}/{name}/",
-                    )
-                )
-    counts = class_counts(manifest)
+                findings.append(Finding("labels", f"unknown class folder {name!r} (label set from {source})",
+                                        f"{split}/{name}/"))  # fmt: skip
     for split in layout.split_dirs:
         if not counts.get(split):
             findings.append(Finding("splits", "empty split: no images", split + "/"))
             continue
         for label in labels:
             n = counts[split].get(label, 0)
-            if n == 0:
-                findings.append(
-                    Finding(
-                        "class_counts", f"class {label!r} missing from split {split!r}", f"{split}/{label}/"
-                    )
-                )
-            elif n < cfg.min_images_per_class:
-                findings.append(
-                    Finding(
-                        "class_counts",
-                        f"{n} images < min_images_per_class={cfg.min_images_per_class}",
-                        f"{split}/{label}/",
-                    )
-                )
+            if n == 0 or n < cfg.min_images_per_class:
+                reason = (f"{n} images < min_images_per_class={cfg.min_images_per_class}" if n
+                          else f"class {label!r} missing from split {split!r}")  # fmt: skip
+                findings.append(Finding("class_counts", reason, f"{split}/{label}/"))
     numbers = {
         "labels": {"expected": labels, "source": source, "n_classes": len(labels)},
         "class_counts": {"min_images_per_class": cfg.min_images_per_class, "counts": counts},
