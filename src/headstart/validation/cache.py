@@ -27,20 +27,11 @@ _STATS = ("channels", "mean", "msq", "pixels")
 _COLUMNS = ("fp", "sha", *_FIELDS, *_STATS)
 
 
-def fingerprint(max_pixels: int) -> str:
-    return f"v{SCHEMA}-pil{PIL.__version__}-px{max_pixels}"
-
-
-def _floats(text: str) -> list[float]:
-    return [float(v) for v in text.split(",")]
-
-
 def _facts(row: tuple[Any, ...]) -> dict[str, Any]:
     facts = dict(zip(_FIELDS, row[1:9], strict=True))
-    channels, mean, msq, pixels = row[9:]
-    facts["stats"] = (
-        {"channels": channels, "mean": _floats(mean), "msq": _floats(msq), "pixels": pixels} if channels else None
-    )
+    channels, pixels = row[9], row[12]
+    mean, msq = ([float(v) for v in text.split(",")] if text else None for text in row[10:12])
+    facts["stats"] = {"channels": channels, "mean": mean, "msq": msq, "pixels": pixels} if channels else None
     return facts
 
 
@@ -51,7 +42,7 @@ class ResultCache:
 
     def __init__(self, folder: Path, max_pixels: int) -> None:
         self.path = folder / "files.sqlite"
-        self.fp = fingerprint(max_pixels)
+        self.fp = f"v{SCHEMA}-pil{PIL.__version__}-px{max_pixels}"  # what else a result depends on
         try:
             folder.mkdir(parents=True, exist_ok=True)
             with self._connect() as db:

@@ -100,13 +100,10 @@ def _frame_chunk(task: tuple[int, Sequence[Entry]]) -> tuple[int, pd.DataFrame, 
     return task[0], build_manifest(task[1], facts), hits
 
 
-def resolve_workers(requested: int) -> int:
-    """`requested`, or one per CPU the pod may use (its cgroup quota, not the node's cores), at most 16."""
-    return requested or max(1, min(cpu_count(), 16))
-
-
 def plan_workers(n_items: int, workers: int, force_pool: bool) -> int:
-    n_workers = resolve_workers(workers)
+    """`workers`, or one per CPU the pod may use (its cgroup quota, not the node's cores), at most 16;
+    1 (in-process) below PARALLEL_MIN_FILES items unless `force_pool`."""
+    n_workers = workers or max(1, min(cpu_count(), 16))
     return n_workers if n_workers > 1 and (force_pool or n_items >= PARALLEL_MIN_FILES) else 1
 
 

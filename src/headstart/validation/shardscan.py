@@ -25,7 +25,7 @@ from headstart.validation.findings import Finding
 from headstart.validation.layout import Layout
 from headstart.validation.manifest import concat, frame
 from headstart.validation.report import THUMBS_PER_CLASS, thumb_uri
-from headstart.validation.scan import ScanStats, inspect_batch, plan_workers, run_tasks
+from headstart.validation.scan import LOOKUP, ScanStats, inspect_batch, plan_workers, run_tasks
 
 INDEX = "index.json"
 FRAME_ROWS = 4096
@@ -132,7 +132,7 @@ def scan_shard(task: ShardTask) -> ShardOutcome:
     heaps: dict[str, list[tuple[str, bytes]]] = {}  # per class, the first paths in sort order
     pending: list[shards.Sample] = []
     counts: Counter[str] = Counter()
-    hits = 0
+    hits, read_all = 0, True
 
     def flush() -> None:
         nonlocal hits
@@ -162,13 +162,11 @@ def scan_shard(task: ShardTask) -> ShardOutcome:
                 )  # fmt: skip
                 continue
             pending.append(sample)
-            if len(pending) >= 64:
+            if len(pending) >= LOOKUP:
                 flush()
     except DataError as exc:  # iter_shard names the shard and the sample, and checks the count
         findings.append(Finding("shards", str(exc), file))
         read_all = False
-    else:
-        read_all = True
     flush()
     n = sum(counts.values())
     if read_all and n != task.shard.count:
