@@ -21,34 +21,27 @@ def _read(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def collect(outputs: Path) -> dict[str, Any]:
-    return {
-        "train": {r: _read(outputs / r / "metrics.json") for r in ("finetune", "scratch")},
-        "eval": _read(outputs / "evaluation" / "metrics.json"),
-        "decision": _read(outputs / "decision" / "decision.json"),
-        "registration": _read(outputs / "decision" / "registration.json"),
-    }
-
-
 def _num(v: Any, fmt: str = "{:.4f}") -> str:
     return "—" if v is None else fmt.format(v)
 
 
 def render(outputs: Path, tracking: TrackingConfig) -> Group:
-    info = collect(outputs)
-    models, reg, dec = info["eval"]["models"], info["registration"], info["decision"]
+    train = {r: _read(outputs / r / "metrics.json") for r in ("finetune", "scratch")}
+    evaluation = _read(outputs / "evaluation" / "metrics.json")
+    dec, reg = _read(outputs / "decision" / "decision.json"), _read(outputs / "decision" / "registration.json")
+    models = evaluation["models"]
     cands = Table(title="Candidates on the test split", title_justify="left")
     for col in ("model", "test accuracy", "macro-F1", "train time (s)", "best epoch"):
         cands.add_column(col, justify="left" if col == "model" else "right")
     for role in ("finetune", "scratch"):
-        t = info["train"][role]
+        t = train[role]
         mark = " ★" if reg["winner"] == role else ""
         cands.add_row(role + mark, _num(models[role]["accuracy"]), _num(models[role]["macro_f1"]),
                       _num(t["seconds"], "{:.0f}"), str(t["best_epoch"]))
     if "champion" in models:
-        cands.add_row(f"champion v{info['eval']['champion_version']} (before)", _num(models["champion"]["accuracy"]),
+        cands.add_row(f"champion v{evaluation['champion_version']} (before)", _num(models["champion"]["accuracy"]),
                       _num(models["champion"]["macro_f1"]), "—", "—")
-    comp = info["eval"].get("comparison") or {}
+    comp = evaluation.get("comparison") or {}
     lines = []
     with_tta = [name for name, m in models.items() if m.get("tta") == "flip"]
     if with_tta:
@@ -57,10 +50,9 @@ def render(outputs: Path, tracking: TrackingConfig) -> Group:
         lines.append(f"finetune − scratch: {comp['accuracy_diff']:+.4f} "
                      f"({comp['ci_level']:.0%} CI {comp['ci_low']:+.4f}..{comp['ci_high']:+.4f}, "
                      f"McNemar p={comp['mcnemar_p']:.3g})")
-    if reg["winner"] == "scratch":
-        lines.append("Winner: scratch — pre-training did not pay this time; the baseline is registered.")
-    else:
-        lines.append("Winner: finetune — the pre-trained backbone beat the scratch baseline.")
+    lines.append("Winner: scratch — pre-training did not pay this time; the baseline is registered."
+                 if reg["winner"] == "scratch" else
+                 "Winner: finetune — the pre-trained backbone beat the scratch baseline.")
     gate = Table(title="Gate checks", title_justify="left")
     for col in ("check", "result", "value", "threshold", "CI", "p"):
         gate.add_column(col)
