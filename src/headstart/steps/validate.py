@@ -50,7 +50,6 @@ def run(
         layout = scan_layout(data_dir, cfg.splits, cfg.extensions)
         manifest, scan = scan_entries(layout.entries, cfg.max_pixels, cfg.workers, cache)
         del layout.entries[:]  # the manifest holds what the checks need, compactly
-        thumbs = {}
     give_back_freed()  # the per-file entries and scan chunks are gone: the later peaks need not stand on them
 
     previous = load_accepted(cfg.state_dir)

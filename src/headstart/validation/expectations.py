@@ -71,9 +71,9 @@ def _reason(column: str | None, value: Any, error: Any, cfg: ValidateConfig) -> 
 
 
 def run_suite(
-    cfg: ValidateConfig, manifest: pd.DataFrame, labels: list[str], docs_dir: Path | None
+    cfg: ValidateConfig, manifest: pd.DataFrame, labels: list[str], docs_dir: Path
 ) -> SuiteOutcome:
-    """Validate the manifest with GX; build Data Docs into docs_dir when given."""
+    """Validate the manifest with GX; build Data Docs into docs_dir."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     logging.getLogger("great_expectations").setLevel(logging.ERROR)
     with warnings.catch_warnings():
@@ -88,20 +88,17 @@ def run_suite(
 
         context = gx.get_context(mode="ephemeral")
         context.variables.progress_bars = ProgressBarsConfig(globally=False)
-        actions = []
-        if docs_dir is not None:
-            context.add_data_docs_site(
-                "headstart",
-                {
-                    "class_name": "SiteBuilder",
-                    "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-                    "store_backend": {
-                        "class_name": "TupleFilesystemStoreBackend",
-                        "base_directory": str(docs_dir.resolve()),
-                    },
+        context.add_data_docs_site(
+            "headstart",
+            {
+                "class_name": "SiteBuilder",
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+                "store_backend": {
+                    "class_name": "TupleFilesystemStoreBackend",
+                    "base_directory": str(docs_dir.resolve()),
                 },
-            )
-            actions.append(gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["headstart"]))
+            },
+        )
         batch = (
             context.data_sources.add_pandas("manifest")
             .add_dataframe_asset("images")
@@ -116,7 +113,7 @@ def run_suite(
             gx.Checkpoint(
                 name=SUITE,
                 validation_definitions=[definition],
-                actions=actions,
+                actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["headstart"])],
                 result_format={
                     "result_format": "SUMMARY",
                     "partial_unexpected_count": cfg.max_listed_files,
@@ -162,5 +159,5 @@ def run_suite(
             path = item["path"]
             findings.append(Finding(check, _reason(column, item.get(column), errors.get(path), cfg), path))
         totals[check] = max(totals.get(check, 0), count)
-    index = docs_dir / "index.html" if docs_dir is not None and (docs_dir / "index.html").is_file() else None
-    return SuiteOutcome(findings, totals, summaries, index)
+    index = docs_dir / "index.html"
+    return SuiteOutcome(findings, totals, summaries, index if index.is_file() else None)

@@ -129,7 +129,8 @@ def scan_shard(task: ShardTask) -> ShardOutcome:
     names: list[str] = []
     labels: list[str] = []
     facts: list[dict[str, Any]] = []
-    heaps: dict[str, list[tuple[str, bytes]]] = {}  # per class, the first paths in sort order
+    # per class, the first paths in sort order (the ones an ImageFolder's report shows), 2 * THUMBS_PER_CLASS at most
+    heaps: dict[str, list[tuple[str, bytes]]] = {}
     pending: list[shards.Sample] = []
     counts: Counter[str] = Counter()
     hits, read_all = 0, True
@@ -146,7 +147,11 @@ def scan_shard(task: ShardTask) -> ShardOutcome:
                 row["error"] = f"{row['error']} (shard {file}, sample {sample.key})"
             facts.append(row)
             if task.thumbs and row.get("error") is None:
-                _keep(heaps.setdefault(label, []), names[-1], sample.data)
+                kept = heaps.setdefault(label, [])
+                kept.append((names[-1], sample.data))
+                if len(kept) > 2 * THUMBS_PER_CLASS:
+                    kept.sort()
+                    del kept[THUMBS_PER_CLASS:]
         pending.clear()
         if len(names) >= FRAME_ROWS:
             frames.append(frame(names, [task.split] * len(names), labels, facts, [file] * len(names)))
@@ -180,14 +185,6 @@ def scan_shard(task: ShardTask) -> ShardOutcome:
               for c, h in heaps.items()}  # fmt: skip
     frames.append(frame(names, [task.split] * len(names), labels, facts, [file] * len(names)))
     return ShardOutcome(concat(frames, sort=False), hits, findings, thumbs)
-
-
-def _keep(kept: list[tuple[str, bytes]], path: str, data: bytes) -> None:
-    """Keep the THUMBS_PER_CLASS smallest paths of a class: the ones an ImageFolder's report shows."""
-    kept.append((path, data))
-    if len(kept) > 2 * THUMBS_PER_CLASS:
-        kept.sort()
-        del kept[THUMBS_PER_CLASS:]
 
 
 def scan_shards(
