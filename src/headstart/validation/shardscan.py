@@ -135,7 +135,7 @@ def scan_shard(task: ShardTask) -> ShardOutcome:
     counts: Counter[str] = Counter()
     hits, read_all = 0, True
 
-    def flush() -> None:
+    def flush(last: bool = False) -> None:
         nonlocal hits
         rows, n = inspect_batch([s.data for s in pending], max_pixels, cache)
         hits += n
@@ -153,7 +153,7 @@ def scan_shard(task: ShardTask) -> ShardOutcome:
                     kept.sort()
                     del kept[THUMBS_PER_CLASS:]
         pending.clear()
-        if len(names) >= FRAME_ROWS:
+        if last or len(names) >= FRAME_ROWS:
             frames.append(frame(names, [task.split] * len(names), labels, facts, [file] * len(names)))
             names.clear(), labels.clear(), facts.clear()
 
@@ -172,7 +172,7 @@ def scan_shard(task: ShardTask) -> ShardOutcome:
     except DataError as exc:  # iter_shard names the shard and the sample, and checks the count
         findings.append(Finding("shards", str(exc), file))
         read_all = False
-    flush()
+    flush(last=True)
     n = sum(counts.values())
     if read_all and n != task.shard.count:
         findings.append(Finding("shards", f"holds {n} samples; {INDEX} says {task.shard.count}", file))
@@ -183,7 +183,6 @@ def scan_shard(task: ShardTask) -> ShardOutcome:
         findings.append(Finding("shards", f"class counts (found, in {INDEX}) differ: {diff}", file))
     thumbs = {c: [(p, uri) for p, data in sorted(h)[:THUMBS_PER_CLASS] if (uri := thumb_uri(data))]
               for c, h in heaps.items()}  # fmt: skip
-    frames.append(frame(names, [task.split] * len(names), labels, facts, [file] * len(names)))
     return ShardOutcome(concat(frames, sort=False), hits, findings, thumbs)
 
 
