@@ -102,8 +102,7 @@ def main(argv: list[str] | None = None) -> None:
             t0 = time.perf_counter()
             res = train.run(cfg, args.data, work / name, champion_dir=champion)
             wall = time.perf_counter() - t0
-            scored = evaluate.predict_folder(Path(res.model_dir), args.data, ecfg.batch_size, cfg=ecfg,
-                                             cache_dir=Path(ecfg.tensor_cache_dir) if ecfg.tensor_cache_dir else None)
+            scored = evaluate.predict_folder(Path(res.model_dir), args.data, ecfg.batch_size, cfg=ecfg)
             acc = float((scored.y_pred == scored.y_true).mean())
             print(f"{name}: accuracy {acc:.4f}, trained in {wall:.0f}s ({res.congruent})", file=sys.stderr)
             return {"seed": seed, "accuracy": acc, "train_wall_s": round(wall, 1), "best_epoch": res.best_epoch,

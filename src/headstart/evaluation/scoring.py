@@ -49,8 +49,8 @@ def scoring_device() -> Any:
 
 
 def predict_folder(
-    model_dir: Path, data_dir: Any, batch_size: int, cache_dir: Path | None = None, *,
-    cfg: EvaluateConfig, fingerprints: dict[tuple[str, ...], str] | None = None,
+    model_dir: Path, data_dir: Any, batch_size: int, *, cfg: EvaluateConfig,
+    fingerprints: dict[tuple[str, ...], str] | None = None,
 ) -> Scored:
     """Predictions of a saved model on the test split, decoded with the model's own preset.
 
@@ -65,13 +65,13 @@ def predict_folder(
     device = scoring_device()
     kind = predictions.device_kind(device.type)
     store = cfg.prediction_store
+    cache_dir = Path(cfg.tensor_cache_dir) if cfg.tensor_cache_dir else None
     listing = data.items("test", cache_dir=cache_dir)  # a directory listing, or the index's (no image decoded)
     key = None
     if store:
         fingerprints = {} if fingerprints is None else fingerprints
         if card.classes not in fingerprints:
-            digests = Path(cfg.tensor_cache_dir) if cfg.tensor_cache_dir else None
-            fingerprints[card.classes] = data.fingerprint("test", card.classes, digests)
+            fingerprints[card.classes] = data.fingerprint("test", card.classes, cache_dir)
         key = predictions.PredictionKey(model=predictions.model_digest(model_dir), data=fingerprints[card.classes],
                                         tta=card.tta, device=kind)
         stored = predictions.load_scored(store, key, len(listing), len(card.classes))

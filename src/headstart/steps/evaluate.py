@@ -48,7 +48,6 @@ def run(
     """Write predictions.npz, metrics.json, confusion PNGs, example thumbnails, the candidates' training
     histories and report.html to `out_dir` (headstart.evaluation.eval_folder)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    cache = Path(cfg.tensor_cache_dir) if cfg.tensor_cache_dir else None
     fingerprints: dict[tuple[str, ...], str] = {}
     scored: dict[str, Scored] = {}
     tta: dict[str, str] = {}
@@ -56,7 +55,7 @@ def run(
     paths: list[str] = []
     classes: list[str] = []
     for name, folder in candidates.items():
-        s = predict_folder(folder, data_dir, cfg.batch_size, cache, cfg=cfg, fingerprints=fingerprints)
+        s = predict_folder(folder, data_dir, cfg.batch_size, cfg=cfg, fingerprints=fingerprints)
         card = modelio.load_card(folder)
         classes_ = list(card.classes)
         if y_true is not None and (s.paths != paths or classes_ != classes):
@@ -73,7 +72,7 @@ def run(
             champ_card = modelio.load_card(champ_dir)
             champion_classes = list(champ_card.classes)  # recorded either way: the gate names a change
             if champion_classes == classes:
-                scored["champion"] = predict_folder(champ_dir, data_dir, cfg.batch_size, cache, cfg=cfg,
+                scored["champion"] = predict_folder(champ_dir, data_dir, cfg.batch_size, cfg=cfg,
                                                     fingerprints=fingerprints)
                 tta["champion"] = champ_card.tta
     preds = {name: s.y_pred for name, s in scored.items()}
