@@ -120,20 +120,15 @@ class ScheduleState:
         names = [f.name for f in fields(cls)]
         if not isinstance(raw, dict) or sorted(raw) != sorted(names):
             raise _corrupt(model, text, f"expected an object with the keys {names}")
-
-        def whole(key: str, least: int) -> int:
-            v = raw[key]
-            if isinstance(v, bool) or not isinstance(v, int) or v < least:
-                raise _corrupt(model, text, f"{key} must be a whole number >= {least}, got {v!r}")
-            return v
-
-        spent = raw["alpha_spent"]
+        spent, reason = raw["alpha_spent"], raw["reset_reason"]
         if isinstance(spent, bool) or not isinstance(spent, int | float) or not 0 <= spent <= 1:
             raise _corrupt(model, text, f"alpha_spent must be a number in [0, 1], got {spent!r}")
-        reason = raw["reset_reason"]
         if reason is not None and not isinstance(reason, str):
             raise _corrupt(model, text, f"reset_reason must be text or null, got {reason!r}")
-        state = cls(whole("window_runs", 0), whole("horizon_runs", 1), float(spent), whole("window", 1), reason)
+        for key, least in (("window_runs", 0), ("horizon_runs", 1), ("window", 1)):
+            if isinstance(raw[key], bool) or not isinstance(raw[key], int) or raw[key] < least:
+                raise _corrupt(model, text, f"{key} must be a whole number >= {least}, got {raw[key]!r}")
+        state = cls(**{**raw, "alpha_spent": float(spent)})
         if state.window_runs > state.horizon_runs:
             raise _corrupt(model, text, f"window_runs {state.window_runs} exceeds horizon_runs {state.horizon_runs}")
         return state
@@ -493,7 +488,8 @@ def _no_regression(cand: ModelEval, champ: ModelEval, th: GateThresholds, alpha_
     return Check(NO_REGRESSION, passed, True, diff, bound, low, high, p, detail)
 
 
-def _flips(cand: ModelEval, champ: ModelEval, th: GateThresholds) -> tuple[dict[str, Any], stats.FlipRates]:
+def _flips(cand: ModelEval, champ: ModelEval, th: GateThresholds, recalls: stats.ClassRecallDrops
+           ) -> tuple[dict[str, Any], stats.FlipRates]:
     """The flips as the record shows them: plain numbers, every class (decision.md shows the worst)."""
     f = stats.flip_rates(cand.y_true, cand.correct, champ.correct, len(cand.class_names), th.ci_level)
 
@@ -504,11 +500,10 @@ def _flips(cand: ModelEval, champ: ModelEval, th: GateThresholds) -> tuple[dict[
     per_class = []
     for k, name in enumerate(cand.class_names):
         support, neg, pos = int(f.support[k]), int(f.negative_per_class[k]), int(f.positive_per_class[k])
-        mask = cand.y_true == k
         per_class.append({"class": name, "support": support, **rate("nfr", neg, support), **rate("pfr", pos, support),
                           "negative_flips": neg, "positive_flips": pos,
-                          "recall_candidate": _plain(cand.correct[mask].mean()) if support else None,
-                          "recall_champion": _plain(champ.correct[mask].mean()) if support else None})
+                          "recall_candidate": _plain(recalls.recall_candidate[k]),  # NaN (no images): None
+                          "recall_champion": _plain(recalls.recall_reference[k])})
     record = {**rate("nfr", f.negative, f.n), **rate("pfr", f.positive, f.n),
               **rate("nfi", f.negative, f.candidate_errors), "negative_flips": f.negative,
               "positive_flips": f.positive, "n": f.n, "ci_level": th.ci_level, "per_class": per_class}
