@@ -526,11 +526,8 @@ def _negative_flips(f: stats.FlipRates, champ: ModelEval, th: GateThresholds) ->
     return Check(NEGATIVE_FLIPS, passed, True, f.nfr, limit, low, high, detail=detail)
 
 
-def _class_recall(cand: ModelEval, champ: ModelEval, th: GateThresholds) -> Check:
+def _class_recall(cand: ModelEval, champ: ModelEval, th: GateThresholds, res: stats.ClassRecallDrops) -> Check:
     """Veto only where Holm-adjusted evidence says a class's recall fell by more than the margin."""
-    res = stats.class_recall_drops(
-        cand.y_true, cand.correct, champ.correct, len(cand.class_names), th.max_class_recall_drop
-    )
     tested = np.flatnonzero(res.support > 0)
     # Worst class: strongest evidence of a drop, then the largest drop.
     worst = int(tested[np.lexsort((-res.drop[tested], res.p_adjusted[tested]))[0]])
@@ -629,8 +626,10 @@ def decide(candidate: ModelEval, baseline: ModelEval, champion: ModelEval | Inco
         alpha_run = alpha_per_run(th, candidates_compared)
         after = before.after_run(alpha_run, th.horizon_runs)
         checks.append(_no_regression(candidate, champion, th, alpha_run, candidates_compared))
-        checks.append(_class_recall(candidate, champion, th))
-        flips, rates = _flips(candidate, champion, th)
+        recalls = stats.class_recall_drops(candidate.y_true, candidate.correct, champion.correct,
+                                           len(candidate.class_names), th.max_class_recall_drop)
+        checks.append(_class_recall(candidate, champion, th, recalls))
+        flips, rates = _flips(candidate, champion, th, recalls)
         checks.append(_negative_flips(rates, champion, th))
     failed = [c for c in checks if c.applies and not c.passed]
     return Decision(
