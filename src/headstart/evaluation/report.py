@@ -53,6 +53,12 @@ def _f(v: Any, spec: str = ".3f") -> str:
     return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, spec)
 
 
+def _table(attrs: str, head: list[str], rows: str) -> str:
+    """A table with the column titles `head` (HTML) and the rows, ready."""
+    cells = "".join(f"<th>{h}</th>" for h in head)
+    return f"<table{attrs}><thead><tr>{cells}</tr></thead><tbody>{rows}</tbody></table>"
+
+
 def _png(fig: Any) -> bytes:
     """A matplotlib figure, laid out, as PNG bytes, closed after."""
     fig.tight_layout()
@@ -131,8 +137,7 @@ def decision_section(decision: dict[str, Any] | None, links: dict[str, str], pag
     rows = "".join(f"<tr><td>{_e(c['name'])}</td><td>{_f(c.get('value'), '.4f')}</td>"
                    f"<td>{_f(c.get('threshold'), '.4f')}</td><td style='text-align:left'>{_e(c.get('detail', ''))}"
                    "</td></tr>" for c in failed)
-    checks = (f"<table id='failed-checks'><thead><tr><th>failed check</th><th>value</th><th>threshold</th>"
-              f"<th>detail</th></tr></thead><tbody>{rows}</tbody></table>") if failed else \
+    checks = _table(" id='failed-checks'", ["failed check", "value", "threshold", "detail"], rows) if failed else \
         "<p>All applicable checks passed.</p>"
     champ = decision.get("champion_version")
     every = {**(decision.get("links") or {}), **links}
@@ -164,9 +169,8 @@ def per_class_section(ev: Evaluation, cand: str, base: str | None, decision: dic
     key = deltas.get("champion", deltas.get(base)) if others else None
     order = np.argsort(np.nan_to_num(key[0], nan=np.inf), kind="stable") if key is not None else np.arange(n)
     shown = order[:TOP_K]
-    head = "<th>class</th><th>support</th>" + "".join(
-        f"<th>{_e(ev.label(m))} {k}</th>" for m in prf for k in ("precision", "recall", "F1"))
-    head += "".join(f"<th>Δ recall vs {_e(ev.label(m))} [95% CI]</th>" for m in deltas)
+    head = ["class", "support", *(f"{_e(ev.label(m))} {k}" for m in prf for k in ("precision", "recall", "F1")),
+            *(f"Δ recall vs {_e(ev.label(m))} [95% CI]" for m in deltas)]
     rows = []
     for k in shown:
         cells = [f"<td>{_e(ev.classes[k])}{' ⚑' if k in flagged else ''}</td>",
@@ -181,40 +185,35 @@ def per_class_section(ev: Evaluation, cand: str, base: str | None, decision: dic
         if n > len(shown) else ""
     what = "; ⚑ = a drop the gate's Holm-corrected test finds significant" if flagged else ""
     missing = "" if "champion" in ev.pred else f"<p>{_e(ev.no_champion())} Compared with the baseline only.</p>"
+    table = _table(" class='sortable'", head, "".join(rows))
     return (f'<section id="per-class"><h2>Per class: candidate {_e(cand)}</h2>{missing}<p class="note">Sorted by the '
             f"candidate's recall change, worst first (click a column to sort); intervals: normal, from the images "
-            f"only one of the two got right{what}.</p>{note}<table class='sortable'><thead><tr>{head}</tr></thead>"
-            f"<tbody>{''.join(rows)}</tbody></table></section>")
+            f"only one of the two got right{what}.</p>{note}{table}</section>")
 
 
-def flips_section(ev: Evaluation, cand: str, decision: dict[str, Any] | None) -> str:
-    per_class = ((decision or {}).get("flips") or {}).get("per_class")
-    if per_class is None and "champion" in ev.pred:
-        f = stats.flip_rates(ev.y, ev.correct(cand), ev.correct("champion"), len(ev.classes))
-        per_class = [{"class": c, "support": int(f.support[k]), "negative_flips": int(f.negative_per_class[k]),
-                      "positive_flips": int(f.positive_per_class[k])} for k, c in enumerate(ev.classes)]
-    if not per_class:
+def flips_section(ev: Evaluation, cand: str) -> str:
+    """Counted from the predictions: the decision's flips (gate._flips) are these same counts."""
+    if "champion" not in ev.pred:
         return f'<section id="flips"><h2>Flips against the champion</h2><p>{_e(ev.no_champion())}</p></section>'
-    worst = sorted(per_class, key=lambda r: (-r["negative_flips"], r["class"]))[:TOP_K]
+    f = stats.flip_rates(ev.y, ev.correct(cand), ev.correct("champion"), len(ev.classes))
+    n, neg, pos = f.support, f.negative_per_class, f.positive_per_class
     rows = "".join(
-        f"<tr class='flip-row'><td>{_e(r['class'])}</td><td>{r['support']}</td><td class='neg'>{r['negative_flips']}"
-        f"</td><td>{_f(r['negative_flips'] / r['support'] if r['support'] else None)}</td><td class='pos'>"
-        f"{r['positive_flips']}</td><td>{_f(r['positive_flips'] / r['support'] if r['support'] else None)}</td></tr>"
-        for r in worst)
+        f"<tr class='flip-row'><td>{_e(ev.classes[k])}</td><td>{n[k]}</td><td class='neg'>{neg[k]}</td>"
+        f"<td>{_f(neg[k] / n[k] if n[k] else None)}</td><td class='pos'>{pos[k]}</td>"
+        f"<td>{_f(pos[k] / n[k] if n[k] else None)}</td></tr>"
+        for k in sorted(range(len(ev.classes)), key=lambda k: (-neg[k], ev.classes[k]))[:TOP_K])
+    table = _table(" class='sortable'", ["class", "support", "negative", "NFR", "positive", "PFR"], rows)
     return ('<section id="flips"><h2>Flips against the champion</h2><p class="note">Negative: the champion right, '
-            f"the candidate ({_e(cand)}) wrong; positive: the reverse. Most negative flips first.</p>"
-            "<table class='sortable'><thead><tr><th>class</th><th>support</th><th>negative</th><th>NFR</th>"
-            f"<th>positive</th><th>PFR</th></tr></thead><tbody>{rows}</tbody></table></section>")
+            f"the candidate ({_e(cand)}) wrong; positive: the reverse. Most negative flips first.</p>{table}</section>")
 
 
 def _matrix_table(matrix: np.ndarray, classes: list[str], model: str) -> str:
     share = matrix / np.maximum(1, matrix.sum(axis=1, keepdims=True))
-    head = "<th>true \\ predicted</th>" + "".join(f"<th>{_e(c)}</th>" for c in classes)
     rows = "".join(
         f"<tr><td>{_e(c)}</td>" + "".join(
             f"<td style='background:rgba(31,119,180,{share[i, j]:.2f});color:{'#fff' if share[i, j] > .5 else '#222'}'>"
             f"{share[i, j]:.0%}</td>" for j in range(len(classes))) + "</tr>" for i, c in enumerate(classes))
-    return f"<h3>{_e(model)}</h3><table class='matrix'><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+    return f"<h3>{_e(model)}</h3>" + _table(" class='matrix'", ["true \\ predicted", *map(_e, classes)], rows)
 
 
 def confusion_section(ev: Evaluation) -> str:
@@ -228,10 +227,8 @@ def confusion_section(ev: Evaluation) -> str:
         elif (png := ev.dir / f"confusion_{m}.png").is_file():  # the compact picture evaluate drew
             parts.append(f"<h3>{_e(ev.label(m))}</h3>" + _img(png.read_bytes(), f"{ev.label(m)}: confusion matrix"))
         pairs = plots.most_confused(matrix, ev.classes, 10)
-        parts.append("<table class='pairs'><thead><tr><th>true</th><th>predicted</th><th>images</th><th>share of "
-                     "true class</th></tr></thead><tbody>" + "".join(
-                         f"<tr><td>{_e(t)}</td><td>{_e(p)}</td><td>{c}</td><td>{s:.1%}</td></tr>"
-                         for t, p, c, s in pairs) + "</tbody></table></div>")
+        rows = "".join(f"<tr><td>{_e(t)}</td><td>{_e(p)}</td><td>{c}</td><td>{s:.1%}</td></tr>" for t, p, c, s in pairs)
+        parts.append(_table(" class='pairs'", ["true", "predicted", "images", "share of true class"], rows) + "</div>")
     return ("<section id='confusion'><h2>Confusion, row-normalised</h2><p class='note'>Each row: where the true "
             f"class's images went. Full matrices: confusion_*.npz.</p>{''.join(parts)}</section>")
 
@@ -281,9 +278,8 @@ def calibration_section(ev: Evaluation) -> str:
                     f"<td>{float(ev.correct(m).mean()):.4f}</td></tr>")
     ax.set_xlabel("confidence"), ax.set_ylabel("accuracy"), ax.legend(), ax.grid(alpha=.3)
     ax.set_title("reliability (15 bins)")
-    return ("<section id='calibration'><h2>Confidence</h2><table><thead><tr><th>model</th><th>ECE (15 bins)</th>"
-            f"<th>mean confidence</th><th>accuracy</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
-            f"{_img(_png(fig), 'reliability diagram')}</section>")
+    table = _table("", ["model", "ECE (15 bins)", "mean confidence", "accuracy"], "".join(rows))
+    return f"<section id='calibration'><h2>Confidence</h2>{table}{_img(_png(fig), 'reliability diagram')}</section>"
 
 
 def curves_section(ev: Evaluation) -> str:
@@ -324,8 +320,7 @@ def history_section(history: list[dict[str, Any]] | None) -> str:
                    f"<td>{_f(h.get('accuracy'), '.4f')}</td><td>{_f(h.get('macro_f1'), '.4f')}</td></tr>"
                    for h in reversed(history))
     return (f"<section id='history'><h2>History</h2>{_img(_png(fig), 'test accuracy and macro-F1 by version')}"
-            f"<table class='sortable'><thead><tr><th>version</th><th>accuracy</th><th>macro-F1</th></tr></thead>"
-            f"<tbody>{rows}</tbody></table></section>")
+            + _table(" class='sortable'", ["version", "accuracy", "macro-F1"], rows) + "</section>")
 
 
 def summary_table(ev: Evaluation) -> str:
@@ -336,8 +331,7 @@ def summary_table(ev: Evaluation) -> str:
     c = ev.comparison
     paired = (f"<p>{_e(c['pair'])}: {c['accuracy_diff']:+.4f}, {c['ci_level']:.0%} bootstrap CI [{c['ci_low']:+.4f}, "
               f"{c['ci_high']:+.4f}], McNemar p = {c['mcnemar_p']:.3g}.</p>") if c else ""
-    return ("<table id='models'><thead><tr><th>model</th><th>accuracy</th><th>macro-F1</th><th>ECE</th>"
-            f"<th>test images</th><th>predictions</th></tr></thead><tbody>{rows}</tbody></table>{paired}")
+    return _table(" id='models'", ["model", "accuracy", "macro-F1", "ECE", "test images", "predictions"], rows) + paired
 
 
 def render(eval_dir: Path, decision: dict[str, Any] | None = None, history: list[dict[str, Any]] | None = None,
@@ -348,7 +342,7 @@ def render(eval_dir: Path, decision: dict[str, Any] | None = None, history: list
     cand, base = _roles(ev, decision)
     body = "".join([
         "<h1>Evaluation on the test split</h1>", decision_section(decision, links or {}, page_dir or eval_dir),
-        summary_table(ev), per_class_section(ev, cand, base, decision), flips_section(ev, cand, decision),
+        summary_table(ev), per_class_section(ev, cand, base, decision), flips_section(ev, cand),
         confusion_section(ev), examples_section(ev), calibration_section(ev), curves_section(ev),
         history_section(history),
     ])
