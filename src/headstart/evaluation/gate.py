@@ -387,8 +387,8 @@ def _flips_markdown(f: dict[str, Any], champion_version: str | None) -> list[str
     for r in shown:
         delta = _delta(r)
         lines.append(
-            f"| {r['class']} | {r['support']} | {_fmt(r.get('recall_champion'))} "
-            f"| {_fmt(r.get('recall_candidate'))} | {'' if delta is None else f'{delta:+.4f}'} "
+            f"| {r['class']} | {r['support']} | {_fmt(r['recall_champion'])} "
+            f"| {_fmt(r['recall_candidate'])} | {'' if delta is None else f'{delta:+.4f}'} "
             f"| {r['negative_flips']} | {_rate(r['nfr'], r['nfr_ci'])} "
             f"| {r['positive_flips']} | {_rate(r['pfr'], r['pfr_ci'])} |"
         )
@@ -399,10 +399,8 @@ def _flips_markdown(f: dict[str, Any], champion_version: str | None) -> list[str
 
 
 def _delta(r: dict[str, Any]) -> float | None:
-    """Candidate recall minus champion recall on one class (None in a record from before recalls were kept)."""
-    if r.get("recall_candidate") is None or r.get("recall_champion") is None:
-        return None
-    return r["recall_candidate"] - r["recall_champion"]
+    """Candidate recall minus champion recall on one class; None for a class without test images."""
+    return r["recall_candidate"] - r["recall_champion"] if r["support"] else None
 
 
 def _short(c: Check) -> str:
