@@ -52,7 +52,6 @@ class ClassRecallDrops:
     drop: np.ndarray
     p_value: np.ndarray
     p_adjusted: np.ndarray
-    margin: float
 
 
 def _as_bool_pair(a_correct: np.ndarray, b_correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -246,7 +245,7 @@ def class_recall_drops(y_true: np.ndarray, candidate_correct: np.ndarray, refere
     rec_r = np.where(support > 0, ref_hits / np.maximum(support, 1), np.nan)
     p = np.array([paired_drop_pvalue(int(lost[k]), int(gained[k]), int(support[k]), margin) if support[k] > 0
                   else np.nan for k in range(n_classes)])
-    return ClassRecallDrops(support, rec_c, rec_r, rec_r - rec_c, p, holm(p), margin)
+    return ClassRecallDrops(support, rec_c, rec_r, rec_r - rec_c, p, holm(p))
 
 
 @dataclass(frozen=True)
@@ -333,8 +332,7 @@ def paired_recall_diff(
     """Per class, recall(a) - recall(b) on the same images and its normal interval from the discordant
     pairs: var = (g + l - (g - l)^2 / n) / n^2 with g, l the images only a, only b got right. Analytic,
     so 1,000 classes cost one bincount (a per-class bootstrap would not fit in a report)."""
-    y = np.asarray(y_true).ravel()
-    a, b = _as_bool_pair(a_correct, b_correct)
+    y, a, b = _with_labels(y_true, a_correct, b_correct)
     n, gained, lost = (c.astype(float) for c in _counts(n_classes, y, y[a & ~b], y[b & ~a]))
     z = float(sps.norm.ppf(0.5 + level / 2))
     diff = np.where(n > 0, (gained - lost) / np.maximum(n, 1), np.nan)
