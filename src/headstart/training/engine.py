@@ -21,8 +21,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -39,48 +38,13 @@ from headstart.progress import progress_enabled
 from headstart.runtime import tune_allocator
 from headstart.training import distributed
 from headstart.training.checkpoint import Checkpointer
+from headstart.training.recipe import EngineConfig
 from headstart.training.trainstate import EpochStats, FitResult, PartialEpoch  # the first two also imported from here
 
 if TYPE_CHECKING:
     from headstart.training.congruent import Teacher
 
 TTA_MODES = ("none", "flip")
-
-
-@dataclass(frozen=True, kw_only=True)
-class EngineConfig:
-    """The engine's knobs. Every training knob is required: its one default lives in params.yaml and
-    arrives through `TrainConfig.engine()`, so the engine cannot drift from what a run is configured with.
-
-    `batch_size` is the global batch (per rank: batch_size / world size). `lr_scaling="linear"`
-    multiplies both learning rates by batch_size / lr_reference_batch (Goyal et al. 2017); "none" uses
-    them as written. Neither depends on the number of processes. `warmup_from` and `decay_norm_bias`
-    select the recipe (see `optimizer`)."""
-
-    epochs: int
-    batch_size: int
-    lr_head: float
-    lr_backbone: float
-    weight_decay: float
-    decay_norm_bias: bool
-    warmup_epochs: float
-    warmup_from: Literal["start", "unfreeze"]
-    label_smoothing: float
-    probe_epochs: int
-    patience: int
-    augment: bool
-    flip: bool
-    max_shift: float
-    seed: int
-    lr_scaling: Literal["none", "linear"]
-    lr_reference_batch: int
-    checkpoint_every_steps: int  # also checkpoint every N optimizer steps inside an epoch; 0 = epoch ends only
-    max_steps: int  # end training after this many optimizer steps (its epoch is scored and checkpointed); 0 = no limit
-    eval_batch_size: int = 256  # validation's inference batch: how, not what, the engine computes
-    threads: int | None = None  # None: torch's own choice
-
-    def lr_factor(self) -> float:
-        return self.batch_size / self.lr_reference_batch if self.lr_scaling == "linear" else 1.0
 
 
 def device_for_training() -> torch.device:

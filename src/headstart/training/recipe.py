@@ -3,6 +3,7 @@ fingerprint), the `TrainConfig` that adds how a run runs, and the content hash o
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -14,7 +15,6 @@ from headstart.config import Frozen
 from headstart.data import stream
 from headstart.data.dataset import LoadOptions
 from headstart.data.imagefolder import Split
-from headstart.training.engine import EngineConfig
 
 Role = Literal["finetune", "scratch"]
 
@@ -89,7 +89,7 @@ class TrainConfig(Recipe):
         return self
 
     def engine(self) -> EngineConfig:
-        return EngineConfig(**self.model_dump(include=set(EngineConfig.__dataclass_fields__)))
+        return EngineConfig(**dict(self))
 
     def fingerprint(self, data_key: str) -> str:
         """Ties checkpoints to this config's `Recipe` and to the content of the data it trains on (`data_key`,
@@ -97,6 +97,21 @@ class TrainConfig(Recipe):
         fresh training, while a forced re-run on the same data resumes (a finished run: trains nothing)."""
         stamp = json.dumps(self.model_dump(include=set(Recipe.model_fields)), sort_keys=True) + data_key
         return hashlib.sha256(stamp.encode()).hexdigest()[:16]
+
+
+def _lr_factor(self: EngineConfig) -> float:
+    """Both learning rates' multiplier: batch_size / lr_reference_batch under `lr_scaling="linear"` (Goyal et al.
+    2017), else 1. Neither depends on the number of processes (`batch_size` is the global batch)."""
+    return self.batch_size / self.lr_reference_batch if self.lr_scaling == "linear" else 1.0
+
+
+# What the engine (`fit`) is given: TrainConfig's fields, as the frozen dataclass that tests and benchmarks
+# `dataclasses.replace`, so the two cannot drift; plus validation's inference batch, how (not what) it computes.
+EngineConfig = dataclasses.make_dataclass(
+    "EngineConfig",
+    [(name, f.annotation) if f.is_required() else (name, f.annotation, f.default)
+     for name, f in TrainConfig.model_fields.items()] + [("eval_batch_size", int, 256)],
+    namespace={"lr_factor": _lr_factor, "__module__": __name__}, frozen=True, kw_only=True)
 
 
 def data_fingerprint(*splits: Split | stream.StreamSplit) -> str:
