@@ -13,7 +13,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from headstart.errors import HeadstartError
+from headstart.config import load_params, tracking_from_params
+from headstart.errors import ConfigError, HeadstartError, ValidationFailed
 
 app = typer.Typer(
     help="Headstart: retrain an image classifier, prove the pre-trained head start, promote only winners.\n\n"
@@ -44,18 +45,6 @@ DataOpt = Annotated[Path, typer.Option("--data", help="Dataset root: an ImageFol
                                       "or a packed dataset (index.json + shards, headstart data pack).")]
 
 
-def _params(params: Path, overrides: list[str] | None, full: bool = False) -> dict[str, Any]:
-    from headstart.config import load_params
-
-    return load_params(params, overrides, full=full)
-
-
-def _tracking(p: dict[str, Any]):
-    from headstart.config import tracking_from_params
-
-    return tracking_from_params(p)
-
-
 @data_app.command("import-fashion-mnist")
 def import_fashion_mnist(
     out: Annotated[Path, typer.Option(help="Where to write the ImageFolder (replaced atomically, and only if "
@@ -69,7 +58,7 @@ def import_fashion_mnist(
     """Build data/{train,val,test}/<class>/*.png from Fashion-MNIST (checksums verified, deterministic)."""
     from headstart.data.fashion_mnist import import_fashion_mnist as run
 
-    p = _params(params, overrides)
+    p = load_params(params, overrides)
     data_cfg, val_cfg = p.get("data", {}), p.get("validate", {})
     result = run(out, val_per_class=int(data_cfg.get("val_per_class", 500)), seed=int(p.get("seed", 42)),
                  source=source, download_dir=Path(".headstart/downloads") if download else None,
@@ -80,8 +69,6 @@ def import_fashion_mnist(
 
 def _size(text: str) -> int:
     """"256MB", "1GiB", "500k" or plain bytes."""
-    from headstart.errors import ConfigError
-
     units = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
              "g": 10**9, "gb": 10**9, "gib": 2**30}
     value = text.strip().lower()
@@ -127,11 +114,10 @@ def validate(
     track: Annotated[bool, typer.Option(help="Log the reports to MLflow.")] = True,
 ) -> None:
     """Validate the dataset (integrity, labels, leakage, distribution, drift); exit 3 on failure."""
-    from headstart.errors import ValidationFailed
     from headstart.steps import validate as step
 
-    p = _params(params, overrides)
-    result = step.run(step.config_from_params(p), data, out, _tracking(p) if track else None)
+    p = load_params(params, overrides)
+    result = step.run(step.config_from_params(p), data, out, tracking_from_params(p) if track else None)
     table = step.format_failures(result)
     if table:
         console.print(table)
@@ -159,13 +145,12 @@ def train(
     """Train one candidate with the shared engine; settings from train.shared + train.<role>."""
     import subprocess
 
-    from headstart.errors import ConfigError
     from headstart.steps import train as step
     from headstart.training import distributed
 
     if role not in ("finetune", "scratch"):
         raise ConfigError(f"role {role!r}: choose finetune or scratch")
-    p = _params(params, overrides)
+    p = load_params(params, overrides)
     cfg = step.config_from_params(p, role)
     if nproc > 1 and distributed.env_world_size() <= 1:
         distributed.per_rank_batch(cfg.batch_size, nproc)  # a config error here, not in every rank
@@ -187,7 +172,7 @@ def train(
         root = open_remote(data)
         cfg = cfg.model_copy(update={"data_loading": "stream"})  # the memory path reads files on disk
     try:
-        result = step.run(cfg, root, out or Path("outputs") / role, _tracking(p))
+        result = step.run(cfg, root, out or Path("outputs") / role, tracking_from_params(p))
         main = distributed.is_main()
     finally:
         distributed.shutdown()
@@ -211,9 +196,9 @@ def evaluate(
     """Evaluate both candidates and the current champion on the same test split."""
     from headstart.steps import evaluate as step
 
-    p = _params(params, overrides)
+    p = load_params(params, overrides)
     result = step.run(step.config_from_params(p), data, {"finetune": finetune, "scratch": scratch}, out,
-                      _tracking(p))
+                      tracking_from_params(p))
     for name, m in result.models.items():
         console.print(f"{name:>9}: accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}")
 
@@ -231,10 +216,10 @@ def register(
     """Register the winner in MLflow, run the gate, promote it to `champion` only if every check passes."""
     from headstart.steps import register as step
 
-    p = _params(params, overrides)
+    p = load_params(params, overrides)
     cfg, thresholds = step.configs_from_params(p)
     result = step.run(cfg, thresholds, data, {"finetune": finetune, "scratch": scratch}, evaluation, out,
-                      _tracking(p))
+                      tracking_from_params(p))
     verdict = "[green]promoted to champion[/]" if result.promoted else "[yellow]rejected[/] (champion unchanged)"
     console.print(f"{result.model_name} v{result.version} ({result.winner}): {verdict}")
 
@@ -251,7 +236,7 @@ def champion_ref(
     """Write the champion's version for dvc.yaml, so evaluate and register re-run when the champion moves."""
     from headstart.registry import champion_ref as step
 
-    ref, changed = step.write(_tracking(_params(params, overrides)), out, registration)
+    ref, changed = step.write(tracking_from_params(load_params(params, overrides)), out, registration)
     console.print(f"{out}: {'changed' if changed else 'unchanged'} {json.dumps(ref, sort_keys=True)}",
                   highlight=False, markup=False)
 
@@ -265,7 +250,7 @@ def summary(
     """Print the run's summary table: candidates, winner, gate checks, promotion, MLflow model."""
     from headstart.summary import render
 
-    Console().print(render(outputs, _tracking(_params(params, overrides))))
+    Console().print(render(outputs, tracking_from_params(load_params(params, overrides))))
 
 
 @app.command()
@@ -281,7 +266,7 @@ def promote(
     how a person resets a corrupt schedule: promoting the current champion again keeps it and resets it."""
     from headstart.registry import lifecycle
 
-    tracking = _tracking(_params(params, overrides))
+    tracking = tracking_from_params(load_params(params, overrides))
     previous = lifecycle.override(tracking, version, reason)
     console.print(f"[green]{tracking.registered_model} v{version} is champion[/] (was v{previous}); reason recorded")
 
@@ -295,7 +280,7 @@ def rollback(
     """Move `champion` back to the version it replaced, and record the rollback."""
     from headstart.registry import lifecycle
 
-    tracking = _tracking(_params(params, overrides))
+    tracking = tracking_from_params(load_params(params, overrides))
     old, new = lifecycle.rollback(tracking, reason)
     console.print(f"[green]rolled back[/] {tracking.registered_model}: champion v{old} -> v{new}")
 
@@ -311,7 +296,8 @@ def status(
     from headstart.registry import lifecycle
     from headstart.summary import render_status
 
-    info = lifecycle.status(_tracking(_params(params, overrides)))  # unreachable server: RegistryError, exit 2
+    # an unreachable server: RegistryError, exit 2
+    info = lifecycle.status(tracking_from_params(load_params(params, overrides)))
     if as_json:
         typer.echo(json.dumps(info, indent=2, sort_keys=True, default=str))
     elif not info["registered"]:
@@ -352,7 +338,7 @@ def run_all(
     overrides: SetOpt = None,
 ) -> None:
     """Run the whole loop in-process (what `dvc repro` runs stage by stage), then print the summary."""
-    _params(params, overrides, full=True)  # every section's values now: a bad gate threshold before training
+    load_params(params, overrides, full=True)  # every section's values now: a bad gate threshold before training
     ctx_params = {"params": params, "overrides": overrides}
     with _one_loop():
         validate(data=data, out=outputs / "validation", track=True, **ctx_params)
