@@ -38,7 +38,6 @@ and broadcasts its bytes, so every rank loads the very same checkpoint and only 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import io
@@ -95,13 +94,10 @@ class Checkpointer:
     ) -> None:
         """Collective under DDP. With `partial`, a mid-epoch checkpoint: pass this rank's running sums
         as `partial.sums[0]`; every rank's are gathered into the file."""
-        rank_rngs = None
-        if distributed.is_distributed():
-            rank_rngs = distributed.all_gather_bytes(torch.get_rng_state())
-            if partial is not None:
-                packed = torch.tensor(partial.sums[0], dtype=torch.float64).view(torch.uint8)
-                sums = [tuple(t.view(torch.float64).tolist()) for t in distributed.all_gather_bytes(packed)]
-                partial = dataclasses.replace(partial, sums=[(s[0], int(s[1]), int(s[2])) for s in sums])
+        rank_rngs = distributed.all_gather_bytes(torch.get_rng_state()) if distributed.is_distributed() else None
+        if partial is not None:  # float64 holds each float32 loss sum exactly, so a resume continues from it
+            packed = torch.tensor(partial.sums[0], dtype=torch.float64).view(torch.uint8)
+            sums = torch.stack([t.view(torch.float64) for t in distributed.all_gather_bytes(packed)])
         if distributed.is_main():
             self._write({
                 "fingerprint": self.fingerprint,
@@ -116,9 +112,7 @@ class Checkpointer:
                 "seconds": result.seconds,
                 "partial": None if partial is None else {
                     "epoch": partial.epoch, "step": partial.step, "order": partial.order.cpu(),
-                    "seconds": partial.seconds, "streams": partial.streams,
-                    # float64 holds each float32 loss sum exactly, so a resume continues from the very same value
-                    "sums": torch.tensor(partial.sums, dtype=torch.float64),
+                    "seconds": partial.seconds, "streams": partial.streams, "sums": sums,
                 },
                 # dropout differs per rank; each resumes its own stream
                 **({"torch_rng_ranks": rank_rngs} if rank_rngs is not None else {}),
@@ -175,11 +169,7 @@ class Checkpointer:
                 kept.add(fingerprint)
                 continue
             folder = storage.join(self.root, fingerprint)
-            for old in storage.list_names(folder):
-                storage.delete(storage.join(folder, old))
-            if not storage.is_s3(folder):
-                with contextlib.suppress(OSError):
-                    Path(folder).rmdir()
+            storage.delete_folder(folder)
             storage.delete(storage.join(self.root, name))  # last: a crash midway prunes it again next time
             log.info("checkpoints of finished run %s deleted (%d newer finished runs kept)", folder, KEEP_FINISHED)
 
@@ -211,9 +201,7 @@ class Checkpointer:
         history = [EpochStats(**h) for h in state["history"]]
         saved = state.get("partial")
         self.partial = None if saved is None else PartialEpoch(
-            epoch=int(saved["epoch"]), step=int(saved["step"]), order=saved["order"], seconds=float(saved["seconds"]),
-            sums=[(float(s[0]), int(s[1]), int(s[2])) for s in saved["sums"].tolist()],
-            streams=int(saved.get("streams", 0)))
+            **{**saved, "sums": [(float(s[0]), int(s[1]), int(s[2])) for s in saved["sums"].tolist()]})
         return FitResult(
             best_state=state["best_state"], best_epoch=state["best_epoch"],
             best_val_accuracy=state["best_val_accuracy"], history=history,
