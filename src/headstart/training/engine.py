@@ -200,7 +200,10 @@ def fit(
     """
     start_time = time.perf_counter()
     tune_allocator()
-    _limit_threads(cfg.threads)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    elif torch.get_num_threads() > runtime.cpu_count():  # torch counts the node's cores, not the pod's quota
+        torch.set_num_threads(runtime.cpu_count())
     distributed.init()
     rank, world = distributed.rank(), distributed.world_size()
     distributed.per_rank_batch(cfg.batch_size, world)  # a full batch splits evenly, or a ConfigError
@@ -218,7 +221,14 @@ def fit(
     result = FitResult(best_state=_cpu_state(model), best_epoch=0, best_val_accuracy=-1.0)
     first_epoch, partial = 1, None
     if checkpointer is not None and (restored := checkpointer.restore(model, opt, sched, gen)) is not None:
-        result, first_epoch, partial, train = _resumed(restored, checkpointer.partial, train, steps_per_epoch)
+        result, partial = restored, checkpointer.partial
+        first_epoch = result.history[-1].epoch + 1 if result.history else 1
+        result.resumed_at = f"epoch {first_epoch - 1}"
+        if partial is not None:  # inside an epoch
+            if streaming and partial.streams and partial.streams != train.streams:
+                train = dataclasses.replace(train, workers=partial.streams)  # the order it was read in
+            first_epoch = partial.epoch
+            result.resumed_at = f"epoch {partial.epoch}, step {partial.step} of {steps_per_epoch}"
     start_time -= result.seconds  # time spent by earlier, interrupted attempts counts too
     if not streaming:
         x_train, y_train = train.x.to(device), train.y.to(device)
@@ -307,26 +317,6 @@ def fit(
     model.load_state_dict(result.best_state)
     result.seconds = time.perf_counter() - start_time
     return result
-
-
-def _limit_threads(threads: int | None) -> None:
-    if threads:
-        torch.set_num_threads(threads)
-    elif torch.get_num_threads() > runtime.cpu_count():  # torch counts the node's cores, not the pod's quota
-        torch.set_num_threads(runtime.cpu_count())
-
-
-def _resumed(restored: FitResult, partial: PartialEpoch | None, train: Split | StreamSplit,
-             steps_per_epoch: int) -> tuple[FitResult, int, PartialEpoch | None, Split | StreamSplit]:
-    """(result, first epoch, the partial epoch, train split) to go on from a restored checkpoint."""
-    first_epoch = restored.history[-1].epoch + 1 if restored.history else 1
-    restored.resumed_at = f"epoch {first_epoch - 1}"
-    if partial is not None:
-        if isinstance(train, StreamSplit) and partial.streams and partial.streams != train.streams:
-            train = dataclasses.replace(train, workers=partial.streams)  # the order it was read in
-        first_epoch = partial.epoch
-        restored.resumed_at = f"epoch {partial.epoch}, step {partial.step} of {steps_per_epoch}"
-    return restored, first_epoch, partial, train
 
 
 def _augment_share(x: torch.Tensor, gen: torch.Generator, cfg: EngineConfig, streaming: bool, step: int,
