@@ -239,7 +239,7 @@ def fit(
     for epoch in range(first_epoch, cfg.epochs + 1):
         if epoch - 1 - result.best_epoch >= cfg.patience:  # epochs done since the best one
             break
-        if _budget_spent(sched, cfg):
+        if 0 < cfg.max_steps <= sched.last_epoch:  # the step budget is spent (LambdaLR counts one step per batch)
             break
         t0 = time.perf_counter()
         trainable = epoch > cfg.probe_epochs
@@ -269,7 +269,7 @@ def fit(
                    initial=first_step, total=steps_per_epoch,
                    disable=not (progress_enabled() and rank == 0), leave=False)
         for step, (xb_raw, yb, rows) in zip(bar, batches, strict=False):
-            if _budget_spent(sched, cfg):
+            if 0 < cfg.max_steps <= sched.last_epoch:
                 break
             xb = preset.normalize(xb_raw)
             if cfg.augment:
@@ -343,11 +343,6 @@ def _memory_batches(
         batch = order[start : start + batch_size]
         idx = batch if world == 1 else batch[torch.arange(rank, len(batch), world, device=device)]
         yield x[idx], y[idx], idx
-
-
-def _budget_spent(sched: torch.optim.lr_scheduler.LambdaLR, cfg: EngineConfig) -> bool:
-    """`max_steps` optimizer steps taken (LambdaLR counts one per batch here)."""
-    return cfg.max_steps > 0 and sched.last_epoch >= cfg.max_steps
 
 
 def _own_sums(sums: list[tuple[float, int, int]], rank: int, world: int) -> tuple[float, int, int]:
