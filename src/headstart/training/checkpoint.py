@@ -79,9 +79,6 @@ class Checkpointer:
         self.resumed_from_uri: str | None = None
         self.partial: PartialEpoch | None = None  # set by restore() when it resumed inside an epoch
 
-    def uri(self, name: str) -> str:
-        return storage.join(self.location, name)
-
     def _names(self) -> list[str]:
         """Checkpoint names, newest first: by epoch, then a finished epoch after its mid-epoch ones."""
         found = [(m, n) for n in storage.list_names(self.location, "epoch-") if (m := _NAME.match(n))]
@@ -125,7 +122,7 @@ class Checkpointer:
             name = f"epoch-{state['epoch']:04d}-step-{state['partial']['step']:08d}.pt"
         if storage.is_s3(self.location):
             with tempfile.TemporaryDirectory(prefix="headstart-ckpt-") as tmp:
-                staged, uri = Path(tmp) / name, self.uri(name)
+                staged, uri = Path(tmp) / name, storage.join(self.location, name)
                 _save_file(state, staged, uri)
                 storage.upload(staged, uri, metadata={SHA_KEY: hashlib.sha256(staged.read_bytes()).hexdigest()})
         else:
@@ -141,37 +138,35 @@ class Checkpointer:
             except OSError as exc:
                 raise StorageError(f"{folder / name}: cannot write checkpoint ({exc})") from exc
         for old in self._names()[KEEP:]:
-            storage.delete(self.uri(old))
+            storage.delete(storage.join(self.location, old))
 
     def finish(self) -> None:
         """Call once the run succeeded and its model is recorded (rank 0 only): keep this folder's final
         checkpoint, mark it finished, and delete the folders of finished fingerprints past the KEEP_FINISHED newest.
         Best effort: the run has succeeded, so a store that fails now is logged, and pruned at the next finish."""
         try:
-            self._finish()
-        except StorageError as exc:
-            log.warning("checkpoints in %s not pruned (%s); the next finished run prunes them", self.root, exc)
-
-    def _finish(self) -> None:
-        for old in self._names()[1:]:
-            storage.delete(self.uri(old))
-        with tempfile.TemporaryDirectory(prefix="headstart-ckpt-") as tmp:
-            marker = Path(tmp) / f"finished-{time.time_ns():020d}-{self.fingerprint}"
-            marker.touch()
-            storage.upload(marker, storage.join(self.root, marker.name))
-        finished = sorted(((m[1], m[2], n) for n in storage.list_names(self.root, "finished-")
-                           if (m := _FINISHED.match(n))), reverse=True)
-        kept: set[str] = set()
-        for _, fingerprint, name in finished:
-            if fingerprint in kept or len(kept) < KEEP_FINISHED:
+            for old in self._names()[1:]:
+                storage.delete(storage.join(self.location, old))
+            with tempfile.TemporaryDirectory(prefix="headstart-ckpt-") as tmp:
+                marker = Path(tmp) / f"finished-{time.time_ns():020d}-{self.fingerprint}"
+                marker.touch()
+                storage.upload(marker, storage.join(self.root, marker.name))
+            finished = sorted(((m[1], m[2], n) for n in storage.list_names(self.root, "finished-")
+                               if (m := _FINISHED.match(n))), reverse=True)
+            kept: set[str] = set()
+            for _, fingerprint, name in finished:
                 if fingerprint in kept:  # an older marker of a fingerprint finished again
                     storage.delete(storage.join(self.root, name))
-                kept.add(fingerprint)
-                continue
-            folder = storage.join(self.root, fingerprint)
-            storage.delete_folder(folder)
-            storage.delete(storage.join(self.root, name))  # last: a crash midway prunes it again next time
-            log.info("checkpoints of finished run %s deleted (%d newer finished runs kept)", folder, KEEP_FINISHED)
+                elif len(kept) < KEEP_FINISHED:
+                    kept.add(fingerprint)
+                else:
+                    folder = storage.join(self.root, fingerprint)
+                    storage.delete_folder(folder)
+                    storage.delete(storage.join(self.root, name))  # last: a crash midway prunes it again next time
+                    log.info("checkpoints of finished run %s deleted (%d newer finished runs kept)", folder,
+                             KEEP_FINISHED)
+        except StorageError as exc:
+            log.warning("checkpoints in %s not pruned (%s); the next finished run prunes them", self.root, exc)
 
     def restore(
         self, model: nn.Module, opt: Any, sched: Any, gen: torch.Generator, scaler: Any = None
@@ -216,7 +211,7 @@ class Checkpointer:
         names = self._names()
         skipped = []
         for name in names:
-            uri = self.uri(name)
+            uri = storage.join(self.location, name)
             try:
                 blob, metadata = storage.read_bytes(uri)
             except StorageError:
