@@ -39,7 +39,7 @@ DISTRIBUTED_LABEL = "headstart.io/distributed-training"
 # Downward-API variables the pipeline sets on the launcher task (headstart.kfp.components.train_distributed).
 POD_NAME_ENV, POD_UID_ENV, POD_NAMESPACE_ENV = "POD_NAME", "POD_UID", "POD_NAMESPACE"
 REQUEST_TIMEOUT = (10, 30)  # (connect, read) s, every API call: the client has no default and ignores a float
-API_ATTEMPTS, RETRY_BASE_S, RETRY_MAX_S = 5, 1.0, 30.0  # a call meeting transient errors: 5 tries, 1+2+4+8 s apart
+API_ATTEMPTS, RETRY_BASE_S = 5, 1.0  # a call meeting transient errors: 5 tries, 1+2+4+8 s apart
 
 
 class TrainingJobFailed(HeadstartError):
@@ -85,7 +85,6 @@ class JobRequest:
     image: str = ""  # "" = the settings' CUDA image
     checkpoint_claim: str = ""  # a PVC for the checkpoints that outlives the Master pod; "" = emptyDir
     checkpoint_dir: str = "/checkpoints"  # where that volume is mounted; only rank 0 reads and writes it
-    backoff_limit: int = 3
     service_account: str = ""
     overrides: list[str] = field(default_factory=list)
     data: str = ""  # the staged dataset (`stage`): a packed one's folder (.../data/) or a .tar.gz; "" = the job's
@@ -271,7 +270,7 @@ def manifest(req: JobRequest, settings: PipelineSettings, owner: dict[str, Any] 
         "spec": {
             "nprocPerNode": str(req.gpus_per_node),
             "pytorchReplicaSpecs": replicas,
-            "runPolicy": {"backoffLimit": req.backoff_limit, "cleanPodPolicy": "None"},
+            "runPolicy": {"backoffLimit": 3, "cleanPodPolicy": "None"},
         },
     }
 
@@ -316,17 +315,16 @@ def _describe(exc: BaseException) -> str:
     return f"the Kubernetes API answered {status} ({why or getattr(exc, 'reason', '')})"
 
 
-def _retry(call: Callable[[], Any], sleep: Callable[[float], None] = time.sleep,
-           attempts: int = API_ATTEMPTS) -> Any:
-    """`call()`, tried again after a transient error with exponential backoff (1, 2, 4, 8 s), `attempts`
+def _retry(call: Callable[[], Any], sleep: Callable[[float], None] = time.sleep) -> Any:
+    """`call()`, tried again after a transient error with exponential backoff (1, 2, 4, 8 s), API_ATTEMPTS
     times in all; other errors, and the last transient one, go on."""
-    for attempt in range(1, attempts + 1):
+    for attempt in range(1, API_ATTEMPTS + 1):
         try:
             return call()
         except Exception as exc:
-            if attempt == attempts or not _transient(exc):
+            if attempt == API_ATTEMPTS or not _transient(exc):
                 raise
-            sleep(min(RETRY_MAX_S, RETRY_BASE_S * 2 ** (attempt - 1)))
+            sleep(RETRY_BASE_S * 2 ** (attempt - 1))
     raise AssertionError("unreachable")
 
 
@@ -455,13 +453,10 @@ def _sigterm_raises() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    fired = False
 
     def handler(signum: int, frame: Any) -> None:
-        nonlocal fired
-        if not fired:
-            fired = True
-            raise Terminated
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:
@@ -497,26 +492,16 @@ def launch(req: JobRequest, settings: PipelineSettings, api: Any, timeout_s: flo
             echo(f"SIGTERM: deleting PyTorchJob {where}")
             raise
         finally:
-            if ours:
-                if not terminated:
-                    _print_logs(req, api, echo)
-                _delete_quietly(req, api, echo)
-
-
-def _print_logs(req: JobRequest, api: Any, echo: Callable[[str], None]) -> None:
-    try:
-        for pod, text in logs(req.name, req.namespace, api).items():
-            echo(f"----- {pod} -----\n{text}")
-    except Exception as exc:  # noqa: BLE001 - logs are a courtesy; the deletion and the real error matter
-        echo(f"warning: could not read the logs of PyTorchJob {req.namespace}/{req.name}: {exc}")
-
-
-def _delete_quietly(req: JobRequest, api: Any, echo: Callable[[str], None]) -> None:
-    """Delete without masking the error that brought us here; say how to finish by hand if it fails."""
-    try:
-        if delete(req.name, req.namespace, api):
-            echo(f"deleted PyTorchJob {req.namespace}/{req.name}")
-    except Exception as exc:  # noqa: BLE001
-        echo(f"warning: could not delete PyTorchJob {req.namespace}/{req.name} ({exc}); delete it with "
-             f"`kubectl -n {req.namespace} delete pytorchjob {req.name}` (its owner reference to the launcher "
-             "pod, when set, lets the cluster remove it once that pod is gone)")
+            try:
+                if ours and not terminated:
+                    for pod, text in logs(req.name, req.namespace, api).items():
+                        echo(f"----- {pod} -----\n{text}")
+            except Exception as exc:  # noqa: BLE001 - logs are a courtesy; the deletion and the real error matter
+                echo(f"warning: could not read the logs of PyTorchJob {where}: {exc}")
+            try:  # without masking the error that brought us here; say how to finish by hand if it fails
+                if ours and delete(req.name, req.namespace, api):
+                    echo(f"deleted PyTorchJob {where}")
+            except Exception as exc:  # noqa: BLE001
+                echo(f"warning: could not delete PyTorchJob {where} ({exc}); delete it with "
+                     f"`kubectl -n {req.namespace} delete pytorchjob {req.name}` (its owner reference to the launcher "
+                     "pod, when set, lets the cluster remove it once that pod is gone)")
