@@ -49,9 +49,6 @@ class TrainingJobFailed(HeadstartError):
 class Terminated(SystemExit):
     """SIGTERM arrived (KFP cancels a run by terminating its pods): unwinds through `finally`, exits 143."""
 
-    def __init__(self) -> None:
-        super().__init__(128 + signal.SIGTERM)
-
 
 def check_staging_uri(staging_uri: str) -> None:
     """Refuse what the job's pods could not read: they share no disk with the launcher, so anything but an
@@ -456,7 +453,7 @@ def _sigterm_raises() -> Iterator[None]:
 
     def handler(signum: int, frame: Any) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise Terminated
+        raise Terminated(128 + signal.SIGTERM)
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:
