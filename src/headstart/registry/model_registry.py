@@ -114,7 +114,7 @@ def check_reachable(tracking: TrackingConfig, timeout: float = 10.0) -> None:
                             "one.") from exc
 
 
-def retry(what: str, fn: Callable[[], T], attempts: int = 4, delay: float = 0.5) -> T:
+def retry(what: str, fn: Callable[[], T], attempts: int = 4) -> T:
     """Retry transient MLflow failures (connection errors, 5xx, timeouts) with exponential backoff, then
     fail with a RegistryError that says what failed; errors that a retry cannot fix fail at once.
 
@@ -134,7 +134,7 @@ def retry(what: str, fn: Callable[[], T], attempts: int = 4, delay: float = 0.5)
                 raise RegistryError(f"MLflow: {what} failed: {message}") from cause
             if attempt == attempts:
                 raise RegistryError(_gave_up(what, attempts, message)) from cause
-        time.sleep(delay * 2 ** (attempt - 1))
+        time.sleep(0.5 * 2 ** (attempt - 1))
     raise AssertionError("unreachable")
 
 
@@ -147,12 +147,12 @@ def _gave_up(what: str, attempts: int, message: str) -> str:
             "is ignored, and a champion move it committed is completed.")
 
 
-def _unless_missing(what: str, fn: Callable[[], T]) -> T | None:
-    """retry(what, fn), or None when what it reads does not exist."""
+def _unless_missing(what: str, fn: Callable[[], T], missing: set[str] = _NOT_FOUND) -> T | None:
+    """retry(what, fn), or None when what it reads does not exist (an error code in `missing`)."""
     try:
         return retry(what, fn)
     except RegistryError as exc:
-        if error_code(exc) in _NOT_FOUND:
+        if error_code(exc) in missing:
             return None
         raise
 
@@ -168,26 +168,18 @@ def champion(tracking: TrackingConfig) -> Champion | None:
     """The version behind the `champion` alias, or None before the first promotion."""
     c, name = client(tracking), tracking.registered_model
     try:
-        mv = retry(f"reading the champion of {name!r}", lambda: c.get_model_version_by_alias(name, CHAMPION))
+        mv = _unless_missing(f"reading the champion of {name!r}", lambda: c.get_model_version_by_alias(name, CHAMPION))
     except RegistryError as exc:
-        if error_code(exc) in _NOT_FOUND:
-            return None
         if error_code(exc) == "PERMISSION_DENIED" and not exists(f"reading {name!r}",
                                                                   lambda: c.get_registered_model(name)):
             return None  # basic auth answers 403, not 404, for an alias of a model that does not exist yet
         raise
-    return Champion(version=str(mv.version), run_id=mv.run_id, tags=dict(mv.tags))
+    return None if mv is None else Champion(version=str(mv.version), run_id=mv.run_id, tags=dict(mv.tags))
 
 
 def exists(what: str, fn: Callable[[], Any]) -> bool:
-    """retry(what, fn); False when what it reads does not exist (RESOURCE_DOES_NOT_EXIST only)."""
-    try:
-        retry(what, fn)
-    except RegistryError as exc:
-        if error_code(exc) == "RESOURCE_DOES_NOT_EXIST":
-            return False
-        raise
-    return True
+    """retry(what, fn); False when what fn reads (and returns) does not exist (RESOURCE_DOES_NOT_EXIST only)."""
+    return _unless_missing(what, fn, {"RESOURCE_DOES_NOT_EXIST"}) is not None
 
 
 def champion_model_dir(tracking: TrackingConfig, dest: Path) -> tuple[Path, str] | None:
@@ -220,10 +212,9 @@ def _read_history(tracking: TrackingConfig) -> tuple[list[dict[str, Any]], list[
     """The entries, and the seqs of the per-move tags holding them (oldest first)."""
     c = client(tracking)
     rm = _unless_missing("reading the champion history", lambda: c.get_registered_model(tracking.registered_model))
-    if rm is None:
-        return [], []
-    legacy = json.loads(rm.tags.get(HISTORY_TAG, "[]"))
-    moves = sorted((int(k.removeprefix(HISTORY_PREFIX)), v) for k, v in rm.tags.items()
+    tags = {} if rm is None else rm.tags
+    legacy = json.loads(tags.get(HISTORY_TAG, "[]"))
+    moves = sorted((int(k.removeprefix(HISTORY_PREFIX)), v) for k, v in tags.items()
                    if k.startswith(HISTORY_PREFIX) and k.removeprefix(HISTORY_PREFIX).isdigit())
     return legacy + [json.loads(v) for _, v in moves], [seq for seq, _ in moves]
 
@@ -273,9 +264,7 @@ def rollback_plan(items: list[dict[str, Any]], current: str) -> tuple[str, dict[
     target = _back_to(made) if made else None
     if target is None:
         return None
-    below = _made_by(items, made)
-    if below is None:
-        return target, {"back_to": None, "undo": None}
+    below = _made_by(items, made) or {"undo": None}  # none: nothing to roll back to after this one
     if "undo" not in below:  # made by an older release: the next rollback finds its state by position
         return target, {"back_to": _back_to(below)}
     return target, {"back_to": _back_to(below), "undo": below["undo"]}
@@ -337,16 +326,14 @@ def move_champion(tracking: TrackingConfig, version: str, action: str, reason: s
     if old == version:
         return old
     items, seqs = _read_history(tracking)
-    if rollback is None:
-        made = items[-1] if items and old is not None and items[-1]["version"] == old else None
-        rollback = {"back_to": old, "undo": made.get("seq") if made else None}
-        if made is not None and "seq" not in made:  # made by an older release: found by position when read
-            rollback = {"back_to": old}
+    if rollback is None:  # the entry that made `old` champion; one without seq (an older release's): found by position
+        made = items[-1] if items and old is not None and items[-1]["version"] == old else {"seq": None}
+        rollback = {"back_to": old, "undo": made["seq"]} if "seq" in made else {"back_to": old}
     entry = {"seq": max(seqs, default=0) + 1, "version": version, "previous": old, **rollback, "action": action,
              "reason": reason[:REASON_CHARS], "by": current_user(),
              "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     stage("promotion_intent")
-    set_version_tags(tracking, version, {PROMOTION_TAG: json.dumps(entry)})
+    set_version_tags(tracking, version, {PROMOTION_TAG: entry})
     stage("champion_alias")
     write_alias(client(tracking), tracking.registered_model, CHAMPION, version)
     _finish_move(tracking, entry, (items, seqs))
@@ -392,8 +379,7 @@ def count_run(tracking: TrackingConfig, version: str, alpha_run: float, horizon_
         return state
     state = state.after_run(alpha_run, horizon_runs)
     write_schedule(tracking, state)
-    set_version_tags(tracking, version, {COUNTED_TAG: json.dumps({"window": state.window,
-                                                                  "run": state.window_runs})})
+    set_version_tags(tracking, version, {COUNTED_TAG: {"window": state.window, "run": state.window_runs}})
     return state
 
 
