@@ -138,17 +138,6 @@ def rank_shards(data: StreamSplit, epoch: int, rank: int, world: int) -> list[in
     return torch.randperm(n, generator=gen)[rank::world].tolist()
 
 
-def stream_shards(data: StreamSplit, epoch: int, rank: int, world: int, shuffle: bool = True) -> list[list[int]]:
-    """The shards of each of this rank's streams, in reading order (`shuffle` False: index order, for scoring)."""
-    mine = rank_shards(data, epoch, rank, world) if shuffle else list(range(data.parts))[rank::world]
-    return [mine[s :: data.streams] for s in range(data.streams)]
-
-
-def _stream_seed(data: StreamSplit, epoch: int, rank: int, stream: int) -> int:
-    key = f"{data.seed}|{epoch}|{rank}|{stream}".encode()
-    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
-
-
 def resume_plan(sizes: Sequence[int], chunk: int, skip: int) -> tuple[list[int], list[int], int]:
     """Where the round-robin over streams of `sizes` samples (in chunks of `chunk`) stands after `skip`
     samples: (whole chunks each stream skips, the streams still to read in the order the round-robin
@@ -172,11 +161,13 @@ def resume_plan(sizes: Sequence[int], chunk: int, skip: int) -> tuple[list[int],
 
 
 class _Chunks(IterableDataset):
-    """One epoch's chunks for one rank; DataLoader worker w reads stream `order[w]`."""
+    """One epoch's chunks for one rank; DataLoader worker w reads stream `order[w]`. `shuffle` False (scoring):
+    no shuffle buffer, each stream reads its shards front to back."""
 
-    def __init__(self, data: StreamSplit, epoch: int, rank: int, plan: list[tuple[int, list[int], int]]):
+    def __init__(self, data: StreamSplit, epoch: int, rank: int, plan: list[tuple[int, list[int], int]],
+                 shuffle: bool):
         super().__init__()
-        self.data, self.epoch, self.rank = data, epoch, rank
+        self.data, self.epoch, self.rank, self.shuffle = data, epoch, rank, shuffle
         self.plan = plan  # per worker slot: (stream id, its shard indices, whole chunks to skip)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -188,16 +179,20 @@ class _Chunks(IterableDataset):
 
     def _samples(self, stream: int, shard_ids: list[int]) -> Iterator[Sample]:
         data = self.data
-        rng = random.Random(_stream_seed(data, self.epoch, self.rank, stream))
+        samples = itertools.chain.from_iterable(map(data.source.read, shard_ids))
+        if not self.shuffle:
+            yield from samples
+            return
+        key = f"{data.seed}|{self.epoch}|{self.rank}|{stream}".encode()
+        rng = random.Random(int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little"))
         buffer: list[Sample] = []
-        for i in shard_ids:
-            for sample in data.source.read(i):
-                if len(buffer) < data.shuffle_buffer:
-                    buffer.append(sample)
-                    continue
-                j = rng.randrange(len(buffer))
-                buffer[j], sample = sample, buffer[j]
-                yield sample
+        for sample in samples:
+            if len(buffer) < data.shuffle_buffer:
+                buffer.append(sample)
+                continue
+            j = rng.randrange(len(buffer))
+            buffer[j], sample = sample, buffer[j]
+            yield sample
         rng.shuffle(buffer)
         yield from buffer
 
@@ -224,25 +219,24 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # decoding is PIL's; one thread per worker leaves the cores to the workers
 
 
-def _loader(dataset: _Chunks, workers: int) -> DataLoader:
-    """`generator`: a DataLoader draws its workers' base seed from it, else from torch's global RNG, which
-    would shift the training's dropout masks by one draw per epoch and break resume bit-identity."""
-    return DataLoader(dataset, batch_size=None, num_workers=workers, generator=torch.Generator().manual_seed(0),
-                      worker_init_fn=_worker_init if workers else None,
-                      prefetch_factor=4 if workers else None, persistent_workers=False)
-
-
 def _pass(data: StreamSplit, epoch: int, rank: int, world: int, skip: int,
           shuffle: bool = True) -> Iterator[tuple[torch.Tensor, ...]]:
-    """One pass over this rank's shards, from sample `skip` on, as chunks in the deterministic order."""
-    streams = stream_shards(data, epoch, rank, world, shuffle)
+    """One pass over this rank's shards, from sample `skip` on, as chunks in the deterministic order
+    (`shuffle` False: the shards in index order, for scoring)."""
+    mine = rank_shards(data, epoch, rank, world) if shuffle else list(range(data.parts))[rank::world]
+    streams = [mine[s :: data.streams] for s in range(data.streams)]  # each stream's shards, in reading order
     sizes = [sum(data.source.counts[i] for i in ids) for ids in streams]
     done, order, drop = resume_plan(sizes, data.chunk, skip)
     plan = [(s, streams[s], done[s]) for s in order]
     if not plan:
         return
-    dataset = _Chunks(data, epoch, rank, plan) if shuffle else _Ordered(data, epoch, rank, plan)
-    for x, y, pos in _loader(dataset, data.workers and len(plan)):
+    workers = data.workers and len(plan)
+    # `generator`: a DataLoader draws its workers' base seed from it, else from torch's global RNG, which would
+    # shift the training's dropout masks by one draw per epoch and break resume bit-identity
+    loader = DataLoader(_Chunks(data, epoch, rank, plan, shuffle), batch_size=None, num_workers=workers,
+                        generator=torch.Generator().manual_seed(0), worker_init_fn=_worker_init if workers else None,
+                        prefetch_factor=4 if workers else None, persistent_workers=False)
+    for x, y, pos in loader:
         if drop:
             x, y, pos, drop = x[drop:], y[drop:], pos[drop:], 0
         if len(y):
@@ -283,33 +277,23 @@ def _rebatch(
     """Cut a stream of chunks (tuples of tensors with one row per sample) into batches of `batch_size`
     rows, the last one short, `limit` rows in all."""
     pending: list[tuple[torch.Tensor, ...]] = []
-    held = emitted = 0
-    for chunk in chunks:
-        pending.append(chunk)
-        held += len(chunk[0])
-        while held >= batch_size and emitted < limit:
+    held = 0
+    for chunk in itertools.chain(chunks, [()]):  # () ends the stream: what is held goes as the short batch
+        if chunk:
+            pending.append(chunk)
+            held += len(chunk[0])
+        while held and limit > 0 and (held >= batch_size or not chunk):
             joined = [torch.cat(parts) for parts in zip(*pending, strict=True)]
-            take = min(batch_size, limit - emitted)
+            take = min(batch_size, limit, held)
             yield tuple(t[:take] for t in joined)
             pending = [tuple(t[take:] for t in joined)]
             held -= take
-            emitted += take
-        if emitted >= limit:
+            limit -= take
+        if limit <= 0:
             return
-    if held and emitted < limit:
-        joined = [torch.cat(parts) for parts in zip(*pending, strict=True)]
-        yield tuple(t[: limit - emitted] for t in joined)
 
 
 # ---- in index order, for scoring ----------------------------------------------------------------------
-
-class _Ordered(_Chunks):
-    """Scoring: no shuffle buffer; each stream reads its shards front to back."""
-
-    def _samples(self, stream: int, shard_ids: list[int]) -> Iterator[Sample]:
-        for i in shard_ids:
-            yield from self.data.source.read(i)
-
 
 def scoring_batches(
     data: StreamSplit, batch_size: int, rank: int = 0, world: int = 1, device: torch.device | None = None,
