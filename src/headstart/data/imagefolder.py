@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
 import PIL
@@ -144,7 +144,9 @@ def decode_cached(
     arrays = np.empty(shape, dtype=np.uint8)
     fill(arrays)
     if cache_file is not None:
-        write_cached(cache_file, arrays, budget_bytes)
+        write_atomic(cache_file, lambda fh: np.save(fh, arrays, allow_pickle=False))
+        if budget_bytes is not None:
+            prune_cache(cache_file.parent, budget_bytes, keep=cache_file)
     return arrays
 
 
@@ -197,18 +199,17 @@ def file_digests(paths: list[Path], cache_dir: Path | None) -> list[str]:
     return out
 
 
-def write_cached(path: Path, arrays: np.ndarray, budget_bytes: int | None = None) -> None:
-    """Atomic (write then rename), and best effort: a read-only or full disk only loses the cache."""
+def write_atomic(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """A cache file, written whole by `write` then renamed into place, and best effort: a read-only or full disk
+    only loses the cache."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
-            np.save(tmp, arrays, allow_pickle=False)
+            write(tmp)
         os.replace(tmp.name, path)
     except OSError:
         with contextlib.suppress(OSError, UnboundLocalError):
             os.unlink(tmp.name)
-    if budget_bytes is not None:
-        prune_cache(path.parent, budget_bytes, keep=path)
 
 
 def prune_cache(folder: Path, budget_bytes: int, keep: Path | None = None) -> None:

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Protocol
 
 from headstart.data import shards as shardlib
 from headstart.data.imagefolder import file_digests
@@ -25,27 +24,6 @@ DEFAULT_SHUFFLE_BUFFER = 2048  # samples each stream shuffles among
 DEFAULT_CHUNK = 32  # samples a worker decodes and hands over at a time
 FILES_PER_PART = 256  # an ImageFolder's virtual shard: about one packed shard's worth of small images...
 MIN_PARTS = 64  # ...but cut smaller on a small split, so that its parts still spread over workers and ranks
-
-
-class PartSource(Protocol):
-    """What the stream engine reads: `len()` parts, each part's kept sample count, its samples in order."""
-
-    keep: frozenset[str] | None
-
-    def __len__(self) -> int: ...
-
-    @property
-    def where(self) -> str: ...  # the dataset, for messages
-
-    @property
-    def counts(self) -> tuple[int, ...]: ...  # samples kept in each part
-
-    @property
-    def positions(self) -> int: ...  # samples' positions run over [0, positions): the split, kept or not
-
-    def read(self, i: int) -> Iterator[Sample]: ...
-
-    def stamp(self) -> str: ...  # what the parts hold, for the split's fingerprint (no image read)
 
 
 @dataclass(frozen=True)
@@ -147,3 +125,5 @@ def part_size(n: int) -> int:
     MIN_PARTS parts. A pure function of `n`, so a resumed run cuts the split the same way."""
     return max(1, min(FILES_PER_PART, n // MIN_PARTS))
 
+
+PartSource = ShardParts | FileParts

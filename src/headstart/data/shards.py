@@ -30,7 +30,7 @@ from typing import IO, Any
 from tqdm import tqdm
 
 from headstart import storage
-from headstart.data.imagefolder import list_classes, list_split
+from headstart.data.imagefolder import list_classes, list_split, write_atomic
 from headstart.data.names import shown, unsafe_path_reason
 from headstart.data.remote import RemoteRoot
 from headstart.errors import DataError
@@ -237,7 +237,8 @@ def split_items(root: Root, split: str, cache_dir: Path | None = None) -> list[t
         if known is None:
             known = [(s.name, s.label) for s in iter_shard(root, shard, len(index.classes))]
             if memo is not None:
-                _write_items(memo, known)
+                text = json.dumps(known, separators=(",", ":"))
+                write_atomic(memo, lambda fh: fh.write(text.encode()))  # noqa: B023 - called before the loop goes on
         items.extend(known)
     return items
 
@@ -252,18 +253,6 @@ def _read_items(memo: Path, shard: ShardInfo, n_classes: int) -> list[tuple[str,
                                             for name, label in known):
         return None  # read the shard again, which refuses an unsafe name
     return known
-
-
-def _write_items(memo: Path, items: list[tuple[str, int]]) -> None:
-    """Atomic (write then rename) and best effort: a read-only or full disk only loses the memo."""
-    tmp = memo.with_name(f".{memo.name}.{os.getpid()}.tmp")
-    try:
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(items, separators=(",", ":")), encoding="utf-8")
-        os.replace(tmp, memo)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
 
 
 # ---- packing -----------------------------------------------------------------------------------------------
