@@ -12,10 +12,12 @@ botocore does not retry a body cut off mid-stream: `ObjectStream` resumes it fro
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeGuard
 
@@ -134,6 +136,15 @@ def _s3_errors() -> tuple[type[Exception], ...]:
     return (BotoCoreError, ClientError, Boto3Error, OSError)
 
 
+@contextlib.contextmanager
+def _s3_call(uri: str | Path, action: str) -> Iterator[None]:
+    """An S3 call (or a local write it needs) failing is a StorageError naming `uri` and `action`."""
+    try:
+        yield
+    except _s3_errors() as exc:
+        raise _error(uri, action, exc) from exc
+
+
 def _local(uri: str | Path) -> Path:
     return Path(str(uri).removeprefix(FILE_SCHEME)).expanduser()
 
@@ -149,11 +160,9 @@ def fetch(uri: str | Path, dest_dir: Path) -> Path:
         return path
     bucket, key = split_s3(uri)
     dest = Path(dest_dir) / PurePosixPath(key).name
-    try:
+    with _s3_call(uri, "download"):
         dest.parent.mkdir(parents=True, exist_ok=True)
         _client().download_file(bucket, key, str(dest))
-    except _s3_errors() as exc:
-        raise _error(uri, "download", exc) from exc
     return dest
 
 
@@ -176,11 +185,9 @@ def upload(path: Path, uri: str | Path, metadata: dict[str, str] | None = None) 
             raise StorageError(f"{uri}: could not copy {path} there: {exc}; check permissions.") from exc
         return
     bucket, key = split_s3(uri)
-    try:
+    with _s3_call(uri, f"upload {path}"):
         extra = {"Metadata": metadata} if metadata else None
         _client().upload_file(str(path), bucket, key, ExtraArgs=extra)
-    except _s3_errors() as exc:
-        raise _error(uri, f"upload {path}", exc) from exc
 
 
 def exists(uri: str | Path) -> bool:
@@ -204,13 +211,11 @@ def list_names(folder: str | Path, prefix: str = "") -> list[str]:
         return sorted(p.name for p in path.glob(f"{prefix}*") if p.is_file()) if path.is_dir() else []
     bucket, key = split_folder(folder)
     names: list[str] = []
-    try:
+    with _s3_call(folder, "list"):
         pages = _client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key + prefix,
                                                                     Delimiter="/")
         for page in pages:
             names += [item["Key"][len(key) :] for item in page.get("Contents", [])]
-    except _s3_errors() as exc:
-        raise _error(folder, "list", exc) from exc
     return sorted(names)
 
 
@@ -223,13 +228,11 @@ def read_bytes(uri: str | Path) -> tuple[bytes, dict[str, str]]:
             raise StorageError(f"{uri}: could not read: {exc}") from exc
     bucket, key = split_s3(uri)
     buffer = io.BytesIO()
-    try:
+    with _s3_call(uri, "download"):
         client = _client()
         metadata = client.head_object(Bucket=bucket, Key=key).get("Metadata") or {}
         client.download_fileobj(bucket, key, buffer)  # s3transfer also retries a body cut off mid-way
         return buffer.getvalue(), dict(metadata)
-    except _s3_errors() as exc:
-        raise _error(uri, "download", exc) from exc
 
 
 def _network_errors() -> tuple[type[Exception], ...]:
@@ -308,11 +311,9 @@ def sizes(folder: str | Path) -> dict[str, int]:
         path = _local(folder)
         return {p.relative_to(path).as_posix(): p.stat().st_size for p in path.rglob("*") if p.is_file()}
     bucket, prefix = split_folder(folder)
-    try:
+    with _s3_call(folder, "list"):
         pages = _client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
         return {item["Key"][len(prefix):]: int(item["Size"]) for page in pages for item in page.get("Contents", [])}
-    except _s3_errors() as exc:
-        raise _error(folder, "list", exc) from exc
 
 
 def delete_folder(folder: str | Path) -> int:
@@ -333,7 +334,7 @@ def delete_folder(folder: str | Path) -> int:
     if not prefix:
         raise StorageError(f"{folder}: refusing to delete a whole bucket; give a folder inside it")
     count = 0
-    try:
+    with _s3_call(folder, "delete"):
         client = _client()
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
@@ -343,8 +344,6 @@ def delete_folder(folder: str | Path) -> int:
                     raise StorageError(f"{folder}: could not delete {len(failed)} object(s), e.g. "
                                        f"{failed[0].get('Key')}: {failed[0].get('Message')}. {_hint()}")
                 count += len(keys)
-    except _s3_errors() as exc:
-        raise _error(folder, "delete", exc) from exc
     return count
 
 
