@@ -11,7 +11,7 @@ import os
 import sqlite3
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -114,24 +114,21 @@ def load_split(
     items = per_class_subset(list_split(data_dir, split, classes), per_class, seed)
     rel = tuple(str(p.relative_to(data_dir)) for p, _ in items)
 
-    def fill(arrays: np.ndarray) -> None:
-        for i, (path, _) in enumerate(
-            tqdm(items, desc=f"decoding {split}", unit="img", disable=not progress_enabled(), leave=False)
-        ):
-            arrays[i] = preset.decode(path)
-
-    x = decode_cached((len(items), preset.image_size, preset.image_size, preset.channels), cache_dir,
-                      lambda: content_key(items, rel, preset, cache_dir), fill, cache_budget_bytes, cache_max_bytes)
+    x = decode_cached(split, (len(items), preset.image_size, preset.image_size, preset.channels), cache_dir,
+                      lambda: content_key(items, rel, preset, cache_dir),
+                      lambda: ((i, preset.decode(path)) for i, (path, _) in enumerate(items)), cache_budget_bytes,
+                      cache_max_bytes)
     return Split(x=torch.from_numpy(x), y=torch.tensor([c for _, c in items], dtype=torch.int64), paths=rel,
                  classes=classes)
 
 
 def decode_cached(
-    shape: tuple[int, ...], cache_dir: Path | None, key: Callable[[], str], fill: Callable[[np.ndarray], None],
-    budget_bytes: int | None, max_bytes: int = CACHE_MAX_BYTES,
+    split: str, shape: tuple[int, ...], cache_dir: Path | None, key: Callable[[], str],
+    images: Callable[[], Iterator[tuple[int, np.ndarray]]], budget_bytes: int | None, max_bytes: int = CACHE_MAX_BYTES,
 ) -> np.ndarray:
-    """The uint8 array of `shape` that `fill` decodes, read instead from `<cache_dir>/<key()>.npy` where a load
-    wrote it; a fresh one is written there unless it passes `max_bytes` (both forms' `load` share this)."""
+    """The uint8 array of `shape` whose rows `images` decodes (row, image), read instead from
+    `<cache_dir>/<key()>.npy` where a load wrote it; a fresh one is written there unless it passes `max_bytes`
+    (both forms' `load` share this)."""
     cache_file = None
     if cache_dir is not None and math.prod(shape) <= max_bytes:
         cache_file = Path(cache_dir) / f"{key()}.npy"
@@ -142,7 +139,10 @@ def decode_cached(
                     os.utime(cache_file)  # used now: the mtime orders the LRU pruning (atime: noatime, relatime)
                 return cached
     arrays = np.empty(shape, dtype=np.uint8)
-    fill(arrays)
+    with tqdm(total=shape[0], desc=f"decoding {split}", unit="img", disable=not progress_enabled(), leave=False) as bar:
+        for row, image in images():
+            arrays[row] = image
+            bar.update(1)
     if cache_file is not None:
         write_atomic(cache_file, lambda fh: np.save(fh, arrays, allow_pickle=False))
         if budget_bytes is not None:

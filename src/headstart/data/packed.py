@@ -5,12 +5,12 @@ with the tensor cache, or streamed shard by shard through DataLoader workers."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import PIL
-from tqdm import tqdm
 
 from headstart.data import imagefolder, shards
 from headstart.data.imagefolder import Split, decode_cached
@@ -18,7 +18,6 @@ from headstart.data.listing import Listing
 from headstart.data.parts import DEFAULT_SHUFFLE_BUFFER
 from headstart.data.suffixes import IMAGE_SUFFIXES
 from headstart.errors import DataError
-from headstart.progress import progress_enabled
 
 if TYPE_CHECKING:  # torch, loaded where a split is loaded or streamed: validation only lists
     from headstart.data.stream import StreamSplit
@@ -88,25 +87,22 @@ class PackedDataset:
             text += "".join(f"|{shard.file}|{shard.sha256}" for shard in entries) + "|".join(rel)
             return hashlib.blake2b(text.encode(), digest_size=20).hexdigest()
 
-        def fill(arrays: np.ndarray) -> None:
-            bar = tqdm(total=len(chosen), desc=f"decoding {split}", unit="img", disable=not progress_enabled(),
-                       leave=False)
+        def images() -> Iterator[tuple[int, np.ndarray]]:
             for shard in entries:
                 for sample in shards.iter_shard(root, shard, len(classes)):
                     row = rows.pop(sample.name, None)
                     if row is not None:
                         try:
-                            arrays[row] = preset.decode(sample.data)
+                            image = preset.decode(sample.data)
                         except DataError as exc:
                             raise DataError(f"{root}/{shard.file}: sample {sample.key} ({sample.name}): {exc}") from exc
-                        bar.update(1)
-            bar.close()
+                        yield row, image
             if rows:  # a shard replaced since it was listed: never hand back unfilled rows
                 raise DataError(f"{root}: split {split!r}: {len(rows)} listed samples not found in its shards (first: "
                                 f"{next(iter(rows))}); the shards differ from index.json: re-fetch or re-pack")
 
-        x = decode_cached((len(chosen), preset.image_size, preset.image_size, preset.channels), cache_dir, key, fill,
-                          cache_budget_bytes)
+        x = decode_cached(split, (len(chosen), preset.image_size, preset.image_size, preset.channels), cache_dir, key,
+                          images, cache_budget_bytes)
         return Split(x=torch.from_numpy(x), y=torch.tensor([c for _, c in chosen], dtype=torch.int64), paths=rel,
                      classes=classes)
 

@@ -318,8 +318,7 @@ def pack_subset(root: Root, index: ShardIndex, split: str, keep: frozenset[str],
             split: SplitIndex(count=sum(counts), class_counts=class_counts, shards=tuple(written))})
         (staging / INDEX).write_text(json.dumps(subset.to_dict(), indent=1, sort_keys=True) + "\n")
         if not _subset_packed(out_dir, split, counts):  # else a concurrent writer's copy is in place
-            shutil.rmtree(out_dir, ignore_errors=True)  # an incomplete or stale copy
-            os.replace(staging, out_dir)
+            _swap(staging, out_dir)  # over an incomplete or stale copy
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return read_index(out_dir).splits[split].shards
