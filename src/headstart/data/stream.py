@@ -94,19 +94,18 @@ def open_split(
     check_workers(workers)
     index = shardlib.read_index(root)
     entries = shardlib.split_of(root, index, split).shards
-    if keep is None:
-        counts = tuple(s.count for s in entries)
-    else:
+    counts = tuple(s.count for s in entries)
+    subset = None
+    if keep is not None:
         listed = listed if listed is not None else shardlib.split_items(root, split, cache_dir)
         names = [name for name, _ in listed]  # index order, shard by shard
         starts = list(itertools.accumulate((s.count for s in entries), initial=0))
         counts = tuple(sum(name in keep for name in names[a:b]) for a, b in itertools.pairwise(starts))
-    subset = None
-    if keep is not None and cache_dir is not None:
-        key = hashlib.blake2b(f"{split}|{'|'.join(s.sha256 for s in entries)}|{'|'.join(sorted(keep))}".encode(),
-                              digest_size=16).hexdigest()
-        local = Path(cache_dir) / "subsets" / key
-        subset = (str(local), shardlib.pack_subset(root, index, split, keep, counts, local))
+        if cache_dir is not None:
+            key = hashlib.blake2b(f"{split}|{'|'.join(s.sha256 for s in entries)}|{'|'.join(sorted(keep))}".encode(),
+                                  digest_size=16).hexdigest()
+            local = Path(cache_dir) / "subsets" / key
+            subset = (str(local), shardlib.pack_subset(root, index, split, keep, counts, local))
     source = ShardParts(root=root if not isinstance(root, Path) else str(root), shards=entries, counts=counts,
                         n_classes=len(index.classes), keep=keep, subset=subset)
     return StreamSplit(source=source, split=split, classes=index.classes, preset=preset, seed=seed,
@@ -170,12 +169,13 @@ class _Chunks(IterableDataset):
         self.data, self.epoch, self.rank, self.shuffle = data, epoch, rank, shuffle
         self.plan = plan  # per worker slot: (stream id, its shard indices, whole chunks to skip)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         info = get_worker_info()  # None: no workers, the main process reads every stream
-        for s in [info.id] if info is not None else range(len(self.plan)):
-            if s < len(self.plan):
-                stream, shard_ids, skip_chunks = self.plan[s]
-                yield from self._stream(stream, shard_ids, skip_chunks)
+        for stream, shard_ids, skip_chunks in self.plan[info.id : info.id + 1] if info is not None else self.plan:
+            # resumed: the skipped samples were trained on before the checkpoint; they are read, not decoded
+            samples = itertools.islice(self._samples(stream, shard_ids), skip_chunks * self.data.chunk, None)
+            while chunk := list(itertools.islice(samples, self.data.chunk)):
+                yield _decode(chunk, self.data.preset)
 
     def _samples(self, stream: int, shard_ids: list[int]) -> Iterator[Sample]:
         data = self.data
@@ -195,12 +195,6 @@ class _Chunks(IterableDataset):
             yield sample
         rng.shuffle(buffer)
         yield from buffer
-
-    def _stream(self, stream: int, shard_ids: list[int], skip_chunks: int) -> Iterator[tuple[torch.Tensor, ...]]:
-        # resumed: the skipped samples were trained on before the checkpoint; they are read, not decoded
-        samples = itertools.islice(self._samples(stream, shard_ids), skip_chunks * self.data.chunk, None)
-        while chunk := list(itertools.islice(samples, self.data.chunk)):
-            yield _decode(chunk, self.data.preset)
 
 
 def _decode(samples: list[Sample], preset: Preset) -> tuple[torch.Tensor, ...]:
