@@ -28,7 +28,7 @@ FILE_SCHEME = "file://"
 ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 DEFAULT_ATTEMPTS = 6
 DEFAULT_TIMEOUTS = {"HEADSTART_S3_CONNECT_TIMEOUT": 10.0, "HEADSTART_S3_READ_TIMEOUT": 60.0}
-_MISSING_CODES = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
+_MISSING_CODES = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchBucket"})
 RESUME_BACKOFF_S = 0.5  # before the first resumed read of a streamed object; doubles for each next one
 
 
@@ -137,12 +137,14 @@ def _s3_errors() -> tuple[type[Exception], ...]:
 
 
 @contextlib.contextmanager
-def _s3_call(uri: str | Path, action: str) -> Iterator[None]:
-    """An S3 call (or a local write it needs) failing is a StorageError naming `uri` and `action`."""
+def _s3_call(uri: str | Path, action: str, ignore: frozenset[str] = frozenset()) -> Iterator[None]:
+    """An S3 call (or a local write it needs) failing is a StorageError naming `uri` and `action`, unless its
+    error code is in `ignore` (then the block just ends there)."""
     try:
         yield
     except _s3_errors() as exc:
-        raise _error(uri, action, exc) from exc
+        if _code(exc) not in ignore:
+            raise _error(uri, action, exc) from exc
 
 
 def _local(uri: str | Path) -> Path:
@@ -195,13 +197,10 @@ def exists(uri: str | Path) -> bool:
     if not is_s3(uri):
         return _local(uri).exists()
     bucket, key = split_s3(uri)
-    try:
+    with _s3_call(uri, "check", ignore=frozenset({"404", "NoSuchKey", "NotFound"})):
         _client().head_object(Bucket=bucket, Key=key)
-    except _s3_errors() as exc:
-        if _code(exc) in {"404", "NoSuchKey", "NotFound"}:
-            return False
-        raise _error(uri, "check", exc) from exc
-    return True
+        return True
+    return False
 
 
 def list_names(folder: str | Path, prefix: str = "") -> list[str]:
@@ -356,8 +355,5 @@ def delete(uri: str | Path) -> None:
             raise StorageError(f"{uri}: could not delete: {exc}") from exc
         return
     bucket, key = split_s3(uri)
-    try:
+    with _s3_call(uri, "delete", ignore=_MISSING_CODES):
         _client().delete_object(Bucket=bucket, Key=key)
-    except _s3_errors() as exc:
-        if _code(exc) not in _MISSING_CODES:
-            raise _error(uri, "delete", exc) from exc
