@@ -209,13 +209,10 @@ def list_names(folder: str | Path, prefix: str = "") -> list[str]:
         path = _local(folder)
         return sorted(p.name for p in path.glob(f"{prefix}*") if p.is_file()) if path.is_dir() else []
     bucket, key = split_folder(folder)
-    names: list[str] = []
     with _s3_call(folder, "list"):
         pages = _client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key + prefix,
                                                                     Delimiter="/")
-        for page in pages:
-            names += [item["Key"][len(key) :] for item in page.get("Contents", [])]
-    return sorted(names)
+        return sorted(item["Key"][len(key) :] for page in pages for item in page.get("Contents", []))
 
 
 def read_bytes(uri: str | Path) -> tuple[bytes, dict[str, str]]:
