@@ -247,7 +247,6 @@ def epoch_batches(
     One process: the split once, in batches of `batch_size` (the last one short). Under DDP
     (`world` > 1): exactly `steps` batches of `batch_size` samples per rank (`batch_size` is the per-rank
     batch here), the rank's sequence repeated or cut to fill them."""
-    device = device or torch.device("cpu")
     per_pass = sum(data.source.counts[i] for i in rank_shards(data, epoch, rank, world))
     if per_pass == 0:
         raise DataError(f"{data.source.where}: split {data.split!r}: rank {rank} got no samples in epoch {epoch}")
@@ -260,9 +259,9 @@ def epoch_batches(
         yield (_to(xb, device), _to(yb, device), pos) if positions else (_to(xb, device), _to(yb, device))
 
 
-def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Pinned host memory, then an asynchronous copy, when the device is a GPU."""
-    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
+def _to(t: torch.Tensor, device: torch.device | None) -> torch.Tensor:
+    """Pinned host memory, then an asynchronous copy, when the device is a GPU (None: the CPU)."""
+    return t.pin_memory().to(device, non_blocking=True) if device is not None and device.type == "cuda" else t
 
 
 def _rebatch(
@@ -297,7 +296,6 @@ def scoring_batches(
 
     Positions are the samples' sequence numbers in the split (their keys), so predictions can be put back
     in index order whatever order the workers delivered them in."""
-    device = device or torch.device("cpu")
     chunks = _pass(data, 0, rank, world, 0, shuffle=False)
     for x, y, pos in _rebatch(chunks, batch_size, len(data)):
         yield _to(x, device), _to(y, device), pos
