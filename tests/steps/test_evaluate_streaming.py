@@ -62,7 +62,7 @@ def test_auto_keeps_a_small_packed_split_in_memory(packed, monkeypatch: pytest.M
     def refuse(*_a, **_k):
         raise AssertionError("a small split must not stream")
 
-    monkeypatch.setattr(stream, "predict_batches", refuse)
+    monkeypatch.setattr(stream, "scoring_batches", refuse)
     cfg = params_cfg("evaluate", bootstrap_samples=20, tensor_cache_dir=None, prediction_store=None)
     evaluate.run(cfg, sharded, cands, root / "auto")
     assert batches == [21, 21]

@@ -270,20 +270,22 @@ def _rebatch(
     """Cut a stream of chunks (tuples of tensors with one row per sample) into batches of `batch_size`
     rows, the last one short, `limit` rows in all."""
     pending: list[tuple[torch.Tensor, ...]] = []
-    held = 0
-    for chunk in itertools.chain(chunks, [()]):  # () ends the stream: what is held goes as the short batch
-        if chunk:
-            pending.append(chunk)
-            held += len(chunk[0])
-        while held and limit > 0 and (held >= batch_size or not chunk):
+    held = emitted = 0
+    for chunk in chunks:
+        pending.append(chunk)
+        held += len(chunk[0])
+        while held >= batch_size and emitted < limit:
             joined = [torch.cat(parts) for parts in zip(*pending, strict=True)]
-            take = min(batch_size, limit, held)
+            take = min(batch_size, limit - emitted)
             yield tuple(t[:take] for t in joined)
             pending = [tuple(t[take:] for t in joined)]
             held -= take
-            limit -= take
-        if limit <= 0:
+            emitted += take
+        if emitted >= limit:
             return
+    if held and emitted < limit:
+        joined = [torch.cat(parts) for parts in zip(*pending, strict=True)]
+        yield tuple(t[: limit - emitted] for t in joined)
 
 
 # ---- in index order, for scoring ----------------------------------------------------------------------
@@ -300,5 +302,3 @@ def scoring_batches(
     for x, y, pos in _rebatch(chunks, batch_size, len(data)):
         yield _to(x, device), _to(y, device), pos
 
-
-predict_batches = scoring_batches  # a whole split for prediction; memory: a few batches, whatever the split's size

@@ -119,7 +119,7 @@ def _predict_streaming(model: Any, card: modelio.ModelCard, data: Dataset, batch
     by_position = np.full(split.positions, -1, dtype=np.int64)  # the stream's positions
     conf = np.zeros(split.positions, dtype=np.float32)
     with tqdm(total=n, desc="scoring test", unit="img", disable=not progress_enabled(), leave=False) as bar:
-        for xb, _, pos in stream.predict_batches(split, batch_size, device=device):
+        for xb, _, pos in stream.scoring_batches(split, batch_size, device=device):
             logits = predict_logits(model, card.preset, xb, batch_size, tta=card.tta)
             by_position[pos.numpy()], conf[pos.numpy()] = _top(logits)
             bar.update(len(pos))
