@@ -105,6 +105,7 @@ def run(
         "report_html": out_dir / "report.html",
         "data_docs": suite.docs_index or docs_dir,
     }
+    give_back_freed()  # manifest.csv's chunks (their hex and text columns): the report's pages come next
     if not sharded:
         sample_split = next((s for s in cfg.splits if s in counts), None)
         thumbs = sample_thumbs(manifest, data_dir, sample_split) if sample_split else {}

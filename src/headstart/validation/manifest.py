@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from headstart.runtime import give_back_freed
 from headstart.validation.layout import Entry
 
 COLUMNS = (
@@ -136,7 +135,6 @@ def write_manifest(frame: pd.DataFrame, path: Path) -> Path:
             hexed = [None if pd.isna(h) else f"{h:016x}" for h in chunk["dhash"]]
             chunk = chunk.assign(sha256=sha_hex(chunk), dhash=hexed).loc[:, columns]
             chunk.to_csv(fh, header=start == 0, index=False, lineterminator="\n")
-    give_back_freed()  # each chunk's text columns; the report's pages come next
     return path
 
 
