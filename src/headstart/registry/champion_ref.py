@@ -19,8 +19,8 @@ from typing import Any
 from headstart.config import TrackingConfig
 from headstart.registry.lock import NOT_FOUND
 
-# the alias, and the error codes of a missing one; model_registry takes both from here, as this module must
-# not import it (importing it imports mlflow)
+# the alias, as model_registry names it: this module must not import that one (importing it imports mlflow);
+# tests/integration/test_champion_lookup.py checks that both, and their not-found codes (lock.NOT_FOUND), agree
 CHAMPION = "champion"
 
 
